@@ -1,0 +1,234 @@
+#!/usr/bin/env python3
+"""Compile every cudit kernel variant ahead of time into cubins, plus one PTX.
+
+Toolchain: PyPI wheels only. NVRTC 12.x (nvidia-cuda-nvrtc-cu12, driven through
+cuda.core's Program) turns the CUDA C++ under kernels/ into PTX; ptxas from
+nvidia-cuda-nvcc-cu12 assembles each architecture's cubin and reports registers,
+spills and shared memory, which go into manifest.json beside the cubins.
+
+    python build_cubins.py                 # all architectures into cudit/_cubins
+    python build_cubins.py --arch sm_90    # a subset (repeatable)
+    python build_cubins.py --force         # rebuild even when up to date
+"""
+from __future__ import annotations
+
+import argparse
+import concurrent.futures
+import hashlib
+import importlib.util
+import itertools
+import json
+import os
+import re
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent
+KERNELS = ROOT / "kernels"
+DEFAULT_OUT = ROOT / "cudit" / "_cubins"
+
+ARCHS = ("sm_80", "sm_86", "sm_89", "sm_90", "sm_100", "sm_120")
+# Oldest virtual arch: the driver can JIT it for any GPU newer than every shipped cubin.
+PTX_ARCH = "compute_80"
+FAMILY = "qk_norm_rope"
+
+DTYPES = {"f32": "float", "f16": "__half", "bf16": "__nv_bfloat16"}
+ROPES = {"none": 0, "interleaved": 1, "half": 2}
+# Items a thread holds in registers; 0 = loop over the row twice (rows too long for registers).
+# Each comes with its block-size bound, which sets the register cap (65536 / threads).
+ITEMS_PER_THREAD = {1: 1024, 0: 512}
+
+
+def variants() -> list[dict]:
+    """Every kernel the runtime may launch, with the name it is looked up by."""
+    out = []
+    for dt, rope, norm, k in itertools.product(DTYPES, ROPES, (True, False), ITEMS_PER_THREAD):
+        if rope == "none" and not norm:
+            continue  # nothing to do: the runtime rejects it before planning
+        for table in (DTYPES if rope != "none" else (None,)):
+            name = f"qknr_{dt}_{rope}{'_' + table if table else ''}_{'norm' if norm else 'nonorm'}_k{k}"
+            out.append({"name": name, "dtype": dt, "table_dtype": table, "rope": rope, "norm": norm,
+                        "items": k, "max_threads": ITEMS_PER_THREAD[k]})
+    return out
+
+
+def instantiation_source() -> str:
+    lines = [f'#include "{FAMILY}.cu"']
+    for v in variants():
+        table = DTYPES[v["table_dtype"] or "f32"]
+        lines.append(
+            f"CUDIT_QKNR({v['name']}, {DTYPES[v['dtype']]}, {table}, {ROPES[v['rope']]}, "
+            f"{'true' if v['norm'] else 'false'}, {v['items']}, {v['max_threads']})"
+        )
+    return "\n".join(lines) + "\n"
+
+
+def _wheel_dir(package: str) -> Path:
+    spec = importlib.util.find_spec(package)
+    if spec is None or not spec.submodule_search_locations:
+        raise SystemExit(f"build_cubins: Python package {package!r} is missing; pip install it")
+    return Path(list(spec.submodule_search_locations)[0])
+
+
+def toolchain() -> dict:
+    include = _wheel_dir("nvidia.cuda_runtime") / "include"
+    ptxas = _wheel_dir("nvidia.cuda_nvcc") / "bin" / "ptxas"
+    if not (include / "cuda_fp16.h").exists():
+        raise SystemExit(f"build_cubins: no cuda_fp16.h under {include} (nvidia-cuda-runtime-cu12)")
+    if not ptxas.exists():
+        raise SystemExit(f"build_cubins: no ptxas at {ptxas} (nvidia-cuda-nvcc-cu12)")
+    version = subprocess.run([str(ptxas), "--version"], capture_output=True, text=True, check=True).stdout
+    release = re.search(r"release (\d+\.\d+)", version)
+    return {"include": str(include), "ptxas": str(ptxas), "version": release.group(1) if release else "?"}
+
+
+def source_digest(tools: dict) -> str:
+    h = hashlib.sha256()
+    for path in sorted(KERNELS.glob("*")) + [Path(__file__)]:
+        h.update(path.name.encode())
+        h.update(path.read_bytes())
+    h.update(tools["version"].encode())
+    return h.hexdigest()
+
+
+def _nvrtc_check(result):
+    from cuda.bindings import nvrtc
+
+    err, *rest = result
+    if err != nvrtc.nvrtcResult.NVRTC_SUCCESS:
+        raise RuntimeError(f"NVRTC: {nvrtc.nvrtcGetErrorString(err)[1].decode()}")
+    return rest[0] if len(rest) == 1 else rest
+
+
+def compile_ptx(virtual_arch: str, tools: dict) -> str:
+    """NVRTC front end (cuda.bindings.nvrtc: cuda.core's Program needs a driver, CI has none)."""
+    from cuda.bindings import nvrtc
+
+    prog = _nvrtc_check(nvrtc.nvrtcCreateProgram(instantiation_source().encode(), f"{FAMILY}_variants.cu".encode(),
+                                                 0, [], []))
+    opts = [f"--gpu-architecture={virtual_arch}", "--std=c++17", "-default-device",
+            f"-I{KERNELS}", f"-I{tools['include']}"]
+    try:
+        err, = nvrtc.nvrtcCompileProgram(prog, len(opts), [o.encode() for o in opts])
+        size = _nvrtc_check(nvrtc.nvrtcGetProgramLogSize(prog))
+        log = bytearray(size)
+        _nvrtc_check(nvrtc.nvrtcGetProgramLog(prog, log))
+        if err != nvrtc.nvrtcResult.NVRTC_SUCCESS:
+            raise SystemExit(f"build_cubins: NVRTC failed for {virtual_arch}:\n{log.decode(errors='replace')}")
+        size = _nvrtc_check(nvrtc.nvrtcGetPTXSize(prog))
+        ptx = bytearray(size)
+        _nvrtc_check(nvrtc.nvrtcGetPTX(prog, ptx))
+    finally:
+        nvrtc.nvrtcDestroyProgram(prog)
+    return bytes(ptx).rstrip(b"\0").decode()
+
+
+_RESOURCE = re.compile(
+    r"Compiling entry function '(?P<name>\w+)'.*?"
+    r"(?P<stack>\d+) bytes stack frame, (?P<st>\d+) bytes spill stores, (?P<ld>\d+) bytes spill loads.*?"
+    r"Used (?P<regs>\d+) registers(?P<rest>[^\n]*)",
+    re.S,
+)
+
+
+def parse_ptxas_report(report: str) -> dict:
+    """ptxas -v output -> {kernel: {registers, spill_stores, spill_loads, stack, static_smem}}."""
+    kernels = {}
+    for m in _RESOURCE.finditer(report):
+        smem = re.search(r"(\d+) bytes smem", m.group("rest"))
+        kernels[m.group("name")] = {
+            "registers": int(m.group("regs")),
+            "spill_stores": int(m.group("st")),
+            "spill_loads": int(m.group("ld")),
+            "stack_bytes": int(m.group("stack")),
+            "static_smem": int(smem.group(1)) if smem else 0,
+        }
+    return kernels
+
+
+def build_arch(arch: str, tools: dict, out: Path) -> dict:
+    ptx = compile_ptx("compute_" + arch[3:], tools)
+    cubin = out / f"{FAMILY}.{arch}.cubin"
+    with tempfile.TemporaryDirectory() as tmp:
+        ptx_path = Path(tmp) / "k.ptx"
+        ptx_path.write_text(ptx)
+        res = subprocess.run(
+            [tools["ptxas"], f"-arch={arch}", "-O3", "-v", str(ptx_path), "-o", str(cubin)],
+            capture_output=True, text=True,
+        )
+    if res.returncode != 0:
+        raise SystemExit(f"build_cubins: ptxas failed for {arch}:\n{res.stderr}")
+    kernels = parse_ptxas_report(res.stderr)
+    missing = {v["name"] for v in variants()} - set(kernels)
+    if missing:
+        raise SystemExit(f"build_cubins: ptxas report for {arch} lacks {sorted(missing)}")
+    return {"file": cubin.name, "kernels": kernels}
+
+
+def build_ptx(tools: dict, out: Path) -> dict:
+    path = out / f"{FAMILY}.{PTX_ARCH}.ptx"
+    path.write_text(compile_ptx(PTX_ARCH, tools))
+    return {"arch": PTX_ARCH, "file": path.name}
+
+
+def load_manifest(out: Path) -> dict:
+    try:
+        return json.loads((out / "manifest.json").read_text())
+    except (OSError, ValueError):
+        return {}
+
+
+def up_to_date(old: dict, arch: str, digest: str, out: Path) -> bool:
+    entry = old.get("archs", {}).get(arch)
+    return bool(entry) and entry.get("digest") == digest and (out / entry["file"]).exists()
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--arch", action="append", choices=ARCHS, help="build only these (repeatable)")
+    ap.add_argument("--out", type=Path, default=DEFAULT_OUT)
+    ap.add_argument("--force", action="store_true")
+    ap.add_argument("--jobs", type=int, default=os.cpu_count() or 1)
+    args = ap.parse_args(argv)
+
+    tools = toolchain()
+    digest = source_digest(tools)
+    out: Path = args.out
+    out.mkdir(parents=True, exist_ok=True)
+    old = load_manifest(out)
+    archs = args.arch or list(ARCHS)
+
+    manifest = {
+        "family": FAMILY,
+        "toolkit": tools["version"],
+        "variants": {v["name"]: {k: x for k, x in v.items() if k != "name"} for v in variants()},
+        # Keep what other invocations built, so that `--arch` adds to the set.
+        "archs": {a: e for a, e in old.get("archs", {}).items() if a in ARCHS and up_to_date(old, a, digest, out)},
+        "ptx": old.get("ptx") if old.get("ptx", {}).get("digest") == digest else None,
+    }
+    todo = [a for a in archs if args.force or not up_to_date(old, a, digest, out)]
+    need_ptx = args.force or manifest["ptx"] is None or not (out / manifest["ptx"]["file"]).exists()
+
+    with concurrent.futures.ProcessPoolExecutor(max_workers=max(1, args.jobs)) as pool:
+        futures = {pool.submit(build_arch, a, tools, out): a for a in todo}
+        ptx_future = pool.submit(build_ptx, tools, out) if need_ptx else None
+        for fut in concurrent.futures.as_completed(futures):
+            arch = futures[fut]
+            manifest["archs"][arch] = dict(fut.result(), digest=digest)
+            worst = max(manifest["archs"][arch]["kernels"].values(), key=lambda k: k["registers"])
+            print(f"build_cubins: {arch}: {len(manifest['archs'][arch]['kernels'])} kernels, "
+                  f"max {worst['registers']} registers", flush=True)
+        if ptx_future is not None:
+            manifest["ptx"] = dict(ptx_future.result(), digest=digest)
+    skipped = sorted(set(archs) - set(todo))
+    if skipped:
+        print(f"build_cubins: up to date: {', '.join(skipped)}")
+    manifest["archs"] = dict(sorted(manifest["archs"].items(), key=lambda kv: int(kv[0][3:])))
+    (out / "manifest.json").write_text(json.dumps(manifest, indent=1, sort_keys=True) + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,94 @@
+"""Array views: any DLPack / CUDA-Array-Interface object -> ArrayInfo (pointer, shape, strides).
+
+The planner sees only ArrayInfo, so it can be tested on the CPU with made-up arrays.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+# numpy dtype name -> cudit's short name (ml_dtypes names bfloat16 "bfloat16").
+_DTYPE_NAMES = {"float32": "f32", "float16": "f16", "bfloat16": "bf16"}
+ITEMSIZE = {"f32": 4, "f16": 2, "bf16": 2}
+
+
+@dataclass(frozen=True)
+class ArrayInfo:
+    """What the planner needs to know of one array. Strides are in elements."""
+
+    ptr: int
+    shape: tuple
+    strides: tuple
+    dtype: str          # "f32" / "f16" / "bf16", or the numpy name of anything else
+    device_id: int      # -1: host memory
+    readonly: bool = False
+    framework: str = ""  # "torch", "cupy", "jax", ... (the exporting object's top module)
+
+    @property
+    def ndim(self) -> int:
+        return len(self.shape)
+
+    @property
+    def itemsize(self) -> int:
+        return ITEMSIZE.get(self.dtype, 0)
+
+
+def contiguous_strides(shape) -> tuple:
+    strides, acc = [], 1
+    for n in reversed(shape):
+        strides.append(acc)
+        acc *= max(int(n), 1)
+    return tuple(reversed(strides))
+
+
+def framework_of(obj) -> str:
+    return type(obj).__module__.split(".", 1)[0]
+
+
+def dtype_name(dtype) -> str:
+    name = np.dtype(dtype).name if dtype is not None else "unknown"
+    return _DTYPE_NAMES.get(name, name)
+
+
+_DLPACK_CPU = 1
+
+
+def _on_host(obj) -> bool:
+    dev = getattr(obj, "__dlpack_device__", None)
+    if dev is None:
+        return False
+    try:
+        return int(dev()[0]) == _DLPACK_CPU
+    except Exception:  # an exporter that cannot say: let the view decide
+        return False
+
+
+def describe(obj, stream_ptr: int) -> ArrayInfo:
+    """View obj through cuda.core (DLPack first, then the CUDA Array Interface).
+
+    stream_ptr is the stream the kernel will run on: the producer orders its work before it.
+    """
+    from cuda.core.utils import StridedMemoryView
+
+    if _on_host(obj):
+        stream_ptr = -1  # a host array takes no stream; the planner rejects it by name
+    try:
+        view = StridedMemoryView.from_any_interface(obj, stream_ptr=stream_ptr)
+    except (BufferError, TypeError, AttributeError) as exc:
+        raise TypeError(
+            f"expected a GPU array that speaks DLPack or __cuda_array_interface__, "
+            f"got {type(obj).__name__}: {exc}"
+        ) from None
+    shape = tuple(int(n) for n in view.shape)
+    strides = view.strides
+    strides = contiguous_strides(shape) if strides is None else tuple(int(s) for s in strides)
+    try:
+        dt = dtype_name(view.dtype)
+    except NotImplementedError:  # a narrow dtype without ml_dtypes
+        dt = "unknown"
+    device = int(view.device_id) if view.is_device_accessible else -1
+    return ArrayInfo(
+        ptr=int(view.ptr), shape=shape, strides=strides, dtype=dt, device_id=device,
+        readonly=bool(view.readonly), framework=framework_of(obj),
+    )

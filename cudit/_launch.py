@@ -1,0 +1,110 @@
+"""Streams, per-device state and the kernel launch itself.
+
+Kernels take one struct by value, which cuda.core's launch() cannot pass; the launch goes
+through cuda.bindings' cuLaunchKernelEx with a pointer to the ctypes struct. Loading stays
+with cuda.core.
+"""
+from __future__ import annotations
+
+import ctypes
+import functools
+from dataclasses import dataclass
+
+from . import _modules
+from ._arrays import framework_of
+from ._planner import DeviceLimits, Plan, check_fits
+
+
+def _check(result):
+    from cuda.bindings import driver
+
+    err = result[0]
+    if err != driver.CUresult.CUDA_SUCCESS:
+        _, msg = driver.cuGetErrorString(err)
+        raise RuntimeError(f"CUDA error {int(err)}: {msg.decode() if msg else err}")
+    return result[1] if len(result) == 2 else result[1:]
+
+
+def driver_version() -> str:
+    from cuda.bindings import driver
+
+    v = _check(driver.cuDriverGetVersion())
+    return f"{v // 1000}.{(v % 1000) // 10}"
+
+
+@dataclass
+class DeviceState:
+    device: object           # cuda.core Device
+    limits: DeviceLimits
+    image: _modules.Image
+
+
+@functools.lru_cache(maxsize=None)
+def device_state(device_id: int) -> DeviceState:
+    from cuda.core import Device
+
+    dev = Device(device_id)
+    dev.set_current()
+    props = dev.properties
+    arch = tuple(dev.compute_capability)
+    limits = DeviceLimits(
+        arch=arch,
+        max_threads_per_block=props.max_threads_per_block,
+        max_smem_per_block=props.max_shared_memory_per_block_optin,
+        max_regs_per_block=props.max_registers_per_block,
+    )
+    image = _modules.select_image(arch, _modules.manifest(), driver_version())
+    return DeviceState(dev, limits, image)
+
+
+@functools.lru_cache(maxsize=4096)
+def _checked_kernel(device_id: int, p: Plan):
+    """The kernel handle for a plan on a device, after checking the plan fits it."""
+    st = device_state(device_id)
+    check_fits(p, st.limits, _modules.kernel_meta(_modules.manifest(), st.image, p.kernel))
+    return _modules.load_kernel(st.image, p.kernel).handle
+
+
+def resolve_stream(stream, like) -> int:
+    """A CUstream handle: stream= as given, else the current stream of `like`'s framework."""
+    if stream is None:
+        fw = framework_of(like)
+        if fw == "torch":
+            import torch
+
+            return int(torch.cuda.current_stream(like.device).cuda_stream)
+        if fw == "cupy":
+            import cupy
+
+            return int(cupy.cuda.get_current_stream().ptr)
+        return 0  # legacy default stream (JAX and others expose no current stream)
+    if isinstance(stream, bool):
+        raise TypeError(f"stream: expected an int handle or a stream object, got {stream!r}")
+    if isinstance(stream, int):
+        return stream
+    if hasattr(stream, "__cuda_stream__"):
+        return int(stream.__cuda_stream__()[1])
+    for attr in ("cuda_stream", "ptr", "handle"):  # torch, cupy, cuda.core streams
+        if hasattr(stream, attr):
+            return int(getattr(stream, attr))
+    raise TypeError(f"stream: expected an int handle or a stream object, got {type(stream).__name__}")
+
+
+def dlpack_stream(handle: int) -> int:
+    """The consumer stream to hand to __dlpack__: 0 is not valid there; 1 is the legacy default."""
+    return 1 if handle == 0 else handle
+
+
+def launch(device_id: int, p: Plan, params, stream: int) -> None:
+    from cuda.bindings import driver
+
+    kernel = _checked_kernel(device_id, p)
+    device_state(device_id).device.set_current()
+    config = driver.CUlaunchConfig()
+    config.gridDimX, config.gridDimY, config.gridDimZ = p.grid, 1, 1
+    config.blockDimX, config.blockDimY, config.blockDimZ = p.block, 1, 1
+    config.sharedMemBytes = p.smem
+    config.hStream = driver.CUstream(stream)
+    config.numAttrs = 0
+    argv = (ctypes.c_void_p * 1)(ctypes.addressof(params))
+    _check(driver.cuLaunchKernelEx(config, kernel, ctypes.addressof(argv), 0))

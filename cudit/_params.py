@@ -1,0 +1,35 @@
+"""ctypes mirror of kernels/qk_norm_rope_params.h (checked against the C layout by the tests)."""
+from __future__ import annotations
+
+import ctypes
+
+i64 = ctypes.c_int64
+u32 = ctypes.c_uint32
+ptr = ctypes.c_void_p
+
+
+class SideParams(ctypes.Structure):
+    _fields_ = [
+        ("in_", ptr), ("out", ptr),
+        ("in_sb", i64), ("in_ss", i64), ("in_hs", i64),
+        ("out_sb", i64), ("out_ss", i64), ("out_hs", i64),
+        ("w", ptr), ("w_txt", ptr),
+        ("rows", ctypes.c_int), ("heads_per_row", ctypes.c_int), ("items", ctypes.c_int),
+        ("w_dtype", ctypes.c_int), ("inv_n", ctypes.c_float),
+    ]
+
+
+class Params(ctypes.Structure):
+    _fields_ = [
+        ("side", SideParams * 2),
+        ("cos", ptr), ("sin", ptr),
+        ("cos_rb", i64), ("cos_rs", i64), ("cos_hs", i64),
+        ("sin_rb", i64), ("sin_rs", i64), ("sin_hs", i64),
+        ("tab_rows", u32), ("tab_inner", u32), ("seq", u32), ("num_txt", u32),
+        ("rows_per_token", u32), ("total_rows", u32), ("team", u32),
+        ("head_dim", ctypes.c_int), ("half_vecs", ctypes.c_int), ("eps", ctypes.c_float),
+    ]
+
+# Runtime dtype codes; must match DTypeCode in kernels/cudit_common.cuh.
+DTYPE_CODES = {"f32": 0, "f16": 1, "bf16": 2}
+ROPE_CODES = {"none": 0, "interleaved": 1, "half": 2}

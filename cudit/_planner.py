@@ -1,0 +1,557 @@
+"""The launch planner: arrays' shapes, dtypes and strides -> kernel, grid, block, parameters.
+
+Pure Python: no GPU, no CUDA import. Everything here raises before any launch, so bad
+input never writes a byte. Plans are cached per signature (shapes, strides, dtypes,
+pointer alignment, options); only pointers are bound per call.
+"""
+from __future__ import annotations
+
+import functools
+from dataclasses import dataclass, replace
+
+from ._arrays import ArrayInfo
+from ._params import DTYPE_CODES, Params
+
+ACT_DTYPES = ("bf16", "f16", "f32")
+HEAD_DIM_MIN, HEAD_DIM_MAX, HEAD_DIM_STEP = 32, 256, 16
+# Block-size bound of each items-per-thread variant (mirrors build_cubins.ITEMS_PER_THREAD).
+VARIANT_MAX_THREADS = {1: 1024, 0: 512}
+SMALL_ROW_BLOCK = 256   # threads per block when several rows share a block
+MAX_GRID_X = 2**31 - 1
+
+
+class PlanError(ValueError):
+    """Bad input, found before any launch; nothing was written."""
+
+
+@dataclass(frozen=True)
+class DeviceLimits:
+    arch: tuple                       # (major, minor)
+    max_threads_per_block: int = 1024
+    max_smem_per_block: int = 48 * 1024   # opt-in maximum, bytes
+    max_regs_per_block: int = 65536
+
+
+# Per-block shared memory an opt-in kernel may use, by architecture (bytes).
+SMEM_LIMITS = {(8, 0): 163 * 1024, (8, 6): 99 * 1024, (8, 9): 99 * 1024, (9, 0): 227 * 1024,
+               (10, 0): 227 * 1024, (12, 0): 99 * 1024}
+
+
+def limits_for_arch(arch: tuple) -> DeviceLimits:
+    return DeviceLimits(arch=tuple(arch), max_smem_per_block=SMEM_LIMITS.get(tuple(arch), 48 * 1024))
+
+
+@dataclass(frozen=True)
+class Request:
+    """One call of qk_norm_rope, as arrays' descriptions plus options."""
+
+    qkv: object                      # ArrayInfo (packed) or (ArrayInfo, ArrayInfo) (split)
+    q_weight: ArrayInfo | None = None
+    k_weight: ArrayInfo | None = None
+    cos: ArrayInfo | None = None
+    sin: ArrayInfo | None = None
+    num_heads: object = None
+    eps: float = 1e-6
+    interleave: bool = True
+    q_add_weight: ArrayInfo | None = None
+    k_add_weight: ArrayInfo | None = None
+    num_txt_tokens: int = 0
+    seq_len: int | None = None
+    out: object = None               # None (in place), ArrayInfo, or (ArrayInfo, ArrayInfo)
+
+    @property
+    def split(self) -> bool:
+        return isinstance(self.qkv, tuple)
+
+    def arrays(self) -> dict:
+        """role -> ArrayInfo of every array given."""
+        roles = {}
+        if self.split:
+            roles["q"], roles["k"] = self.qkv
+        else:
+            roles["qkv"] = self.qkv
+        if isinstance(self.out, tuple):
+            roles["q_out"], roles["k_out"] = self.out
+        elif self.out is not None:
+            roles["out"] = self.out
+        for name in ("q_weight", "k_weight", "q_add_weight", "k_add_weight", "cos", "sin"):
+            if getattr(self, name) is not None:
+                roles[name] = getattr(self, name)
+        return roles
+
+
+@dataclass(frozen=True)
+class Plan:
+    kernel: str
+    grid: int
+    block: int
+    smem: int
+    team: int
+    norm: str            # "head", "full" or "none"
+    rope: str            # "interleaved", "half" or "none"
+    template: bytes      # Params with null pointers
+    pointers: tuple      # ((field path, role, byte offset), ...)
+
+    def bind(self, arrays: dict) -> Params:
+        """The kernel's parameter struct with this call's pointers filled in."""
+        p = Params.from_buffer_copy(self.template)
+        for path, role, offset in self.pointers:
+            target = p
+            for name in path[:-1]:
+                target = target[name] if isinstance(name, int) else getattr(target, name)
+            setattr(target, path[-1], arrays[role].ptr + offset)
+        return p
+
+
+# ---------------------------------------------------------------------------- checks
+
+
+def _fail(arg: str, expected: str, got) -> PlanError:
+    return PlanError(f"{arg}: expected {expected}, got {got}")
+
+
+def _check_device(arrays: dict) -> int:
+    devices = {}
+    for role, a in arrays.items():
+        if a.device_id < 0:
+            raise _fail(role, "a GPU array", f"a host (CPU) array of shape {a.shape}")
+        devices.setdefault(a.device_id, role)
+    if len(devices) > 1:
+        raise PlanError("arrays are on different devices: " +
+                        ", ".join(f"{r} on GPU {d}" for d, r in devices.items()))
+    return next(iter(devices))
+
+
+def _check_dtype(role: str, a: ArrayInfo, allowed=ACT_DTYPES) -> None:
+    if a.dtype not in allowed:
+        raise _fail(role, "dtype " + " / ".join(allowed), a.dtype)
+
+
+def _check_last_contiguous(role: str, a: ArrayInfo) -> None:
+    if a.ndim == 0:
+        raise _fail(role, "an array with at least one axis", "a scalar")
+    if a.shape[-1] > 1 and a.strides[-1] != 1:
+        raise _fail(role, "a contiguous last axis (stride 1)", f"stride {a.strides[-1]}")
+
+
+def _stride(a: ArrayInfo, axis: int) -> int:
+    """Stride of an axis, 0 where the axis has one element (its stride never matters)."""
+    return 0 if a.shape[axis] == 1 else a.strides[axis]
+
+
+def _check_aligned(role: str, residue: int, strides, itemsize: int, align: int) -> None:
+    if residue % align:
+        raise _fail(role, f"a data pointer aligned to {align} bytes for the vector path",
+                    f"an address {residue % align} bytes past a multiple of {align}")
+    for s in strides:
+        if (s * itemsize) % align:
+            raise _fail(role, f"strides that are multiples of {align} bytes for the vector path",
+                        f"a stride of {s} elements")
+
+
+# ------------------------------------------------------------------ layouts of Q and K
+
+
+@dataclass(frozen=True)
+class Side:
+    role: str          # array the side lives in
+    offset: int        # bytes from that array's pointer to head 0 of token 0
+    sb: int            # element strides: batch, sequence, head
+    ss: int
+    hs: int
+    heads: int
+
+
+@dataclass(frozen=True)
+class Tokens:
+    batch: int
+    seq: int
+
+    @property
+    def count(self) -> int:
+        return self.batch * self.seq
+
+
+def _token_axes(role: str, a: ArrayInfo, seq_len) -> tuple:
+    """(Tokens, sb, ss) of a 2-D [T, W], 3-D [B, S, W] or 4-D [B, S, H, D] array."""
+    if a.ndim == 2:
+        t = a.shape[0]
+        s = t if seq_len is None else seq_len
+        if s <= 0 or t % s:
+            raise _fail("seq_len", f"a positive divisor of the {t} tokens of {role}", seq_len)
+        tokens = Tokens(t // s, s)
+        st = _stride(a, 0)
+        return tokens, st * s, st
+    if a.ndim in (3, 4):
+        b, s = a.shape[0], a.shape[1]
+        if seq_len is not None and seq_len != s:
+            raise _fail("seq_len", f"None or the sequence length {s} of {role}", seq_len)
+        return Tokens(b, s), _stride(a, 0), _stride(a, 1)
+    raise _fail(role, "a 2-D, 3-D or 4-D array", f"{a.ndim}-D shape {a.shape}")
+
+
+def _head_dim(role: str, width: int, heads: int) -> int:
+    if heads <= 0:
+        raise _fail("num_heads", "positive head counts", heads)
+    if width % heads:
+        raise _fail(role, f"a last-axis width divisible by its {heads} heads", width)
+    return width // heads
+
+
+def _check_head_dim(d: int) -> None:
+    if d % 2:
+        raise _fail("head_dim", "an even head_dim", d)
+    if not (HEAD_DIM_MIN <= d <= HEAD_DIM_MAX) or d % HEAD_DIM_STEP:
+        raise _fail("head_dim", f"a multiple of {HEAD_DIM_STEP} from {HEAD_DIM_MIN} to {HEAD_DIM_MAX}", d)
+
+
+def _int_heads(num_heads, n: int):
+    """num_heads as a tuple of n ints (an int means the same count for all)."""
+    if isinstance(num_heads, bool):
+        raise _fail("num_heads", f"an int or a tuple of {n} ints", num_heads)
+    if isinstance(num_heads, int):
+        return (num_heads,) * n
+    if isinstance(num_heads, (tuple, list)) and len(num_heads) == n and all(
+            isinstance(h, int) and not isinstance(h, bool) for h in num_heads):
+        return tuple(num_heads)
+    raise _fail("num_heads", f"an int or a tuple of {n} ints", num_heads)
+
+
+def _packed_sides(role: str, a: ArrayInfo, num_heads, seq_len):
+    if num_heads is None:
+        raise _fail("num_heads", "an int H or (Hq, Hk, Hv) for a packed qkv", None)
+    hq, hk, hv = _int_heads(num_heads, 3)
+    if min(hq, hk) <= 0 or hv < 0:
+        raise _fail("num_heads", "positive Q and K head counts", num_heads)
+    tokens, sb, ss = _token_axes(role, a, seq_len)
+    if a.ndim == 4:
+        if a.shape[2] != hq + hk + hv:
+            raise _fail(role, f"{hq}+{hk}+{hv} heads on axis 2", a.shape[2])
+        d, hs = a.shape[3], _stride(a, 2)
+    else:
+        d = _head_dim(role, a.shape[-1], hq + hk + hv)
+        hs = d
+    q = Side(role, 0, sb, ss, hs, hq)
+    k = Side(role, hq * hs * a.itemsize, sb, ss, hs, hk)
+    return tokens, d, q, k
+
+
+def _split_side(role: str, a: ArrayInfo, heads, seq_len):
+    tokens, sb, ss = _token_axes(role, a, seq_len)
+    if a.ndim == 4:
+        if heads is not None and heads != a.shape[2]:
+            raise _fail("num_heads", f"{a.shape[2]} heads for {role} (axis 2 of its shape)", heads)
+        return tokens, a.shape[3], Side(role, 0, sb, ss, _stride(a, 2), a.shape[2])
+    if heads is None:
+        raise _fail("num_heads", f"an int or (Hq, Hk) for a {a.ndim}-D {role}", None)
+    d = _head_dim(role, a.shape[-1], heads)
+    return tokens, d, Side(role, 0, sb, ss, d, heads)
+
+
+def _split_sides(q: ArrayInfo, k: ArrayInfo, num_heads, seq_len):
+    hq = hk = None
+    if num_heads is not None:
+        hq, hk = _int_heads(num_heads, 2)
+    tq, dq, sq = _split_side("q", q, hq, seq_len)
+    tk, dk, sk = _split_side("k", k, hk, seq_len)
+    if tq != tk:
+        raise _fail("k", f"the token layout of q ({tq.batch} x {tq.seq})", f"{tk.batch} x {tk.seq}")
+    if dq != dk:
+        raise _fail("k", f"the head_dim of q ({dq})", dk)
+    return tq, dq, sq, sk
+
+
+def _out_sides(req: Request, tokens: Tokens, d: int, q: Side, k: Side, arrays: dict):
+    """Sides of the output (the input's own sides in place)."""
+    if req.out is None:
+        for role in ("qkv",) if not req.split else ("q", "k"):
+            a = arrays[role]
+            if a.readonly or a.framework == "jax":
+                raise _fail(role, "a writable array for in-place use (pass out= for JAX arrays)",
+                            f"a read-only {a.framework or 'array'}")
+        return q, k
+    if req.split != isinstance(req.out, tuple):
+        raise _fail("out", "a (q_out, k_out) tuple for split input" if req.split
+                    else "one array for packed input", type(req.out).__name__)
+    pairs = (("q_out", "q"), ("k_out", "k")) if req.split else (("out", "qkv"),)
+    for o_role, i_role in pairs:
+        o, i = arrays[o_role], arrays[i_role]
+        if o.shape != i.shape or o.dtype != i.dtype:
+            raise _fail(o_role, f"shape {i.shape} and dtype {i.dtype} like {i_role}",
+                        f"shape {o.shape}, dtype {o.dtype}")
+        if o.readonly:
+            raise _fail(o_role, "a writable array", "a read-only one")
+        _check_last_contiguous(o_role, o)
+    if req.split:
+        _, _, oq, ok = _split_sides(arrays["q_out"], arrays["k_out"], (q.heads, k.heads), req.seq_len)
+    else:
+        _, _, oq, ok = _packed_sides("out", arrays["out"], req.num_heads, req.seq_len)
+    return oq, ok
+
+
+# ------------------------------------------------------------------------ norm weights
+
+
+def _norm_kind(req: Request, d: int, q: Side, k: Side) -> str:
+    if req.q_weight is None and req.k_weight is None:
+        return "none"
+    if req.q_weight is None or req.k_weight is None:
+        missing = "q_weight" if req.q_weight is None else "k_weight"
+        raise _fail(missing, "a weight like the other side's (Q and K use the same norm kind)", None)
+    kinds = []
+    for role, side in (("q_weight", q), ("k_weight", k)):
+        w = getattr(req, role)
+        n = w.shape[0] if w.ndim == 1 else None
+        if n == d:
+            kinds.append("head")
+        elif n == side.heads * d:
+            kinds.append("full")
+        else:
+            raise _fail(role, f"a 1-D weight of length {d} (per-head) or {side.heads * d} (full-dim)",
+                        f"shape {w.shape}")
+    if kinds[0] != kinds[1]:
+        raise _fail("k_weight", f"the same norm kind as q_weight ({kinds[0]}-dim)", f"{kinds[1]}-dim")
+    return kinds[0]
+
+
+def _check_weights(req: Request, vec: int) -> None:
+    for role in ("q_weight", "k_weight", "q_add_weight", "k_add_weight"):
+        w = getattr(req, role)
+        if w is None:
+            continue
+        _check_dtype(role, w)
+        if w.ndim != 1:
+            raise _fail(role, "a 1-D weight", f"shape {w.shape}")
+        _check_last_contiguous(role, w)
+        _check_aligned(role, w.ptr, (), w.itemsize, min(16, vec * w.itemsize))
+    for main, add in (("q_weight", "q_add_weight"), ("k_weight", "k_add_weight")):
+        m, a = getattr(req, main), getattr(req, add)
+        if m is None or a is None:
+            continue
+        if a.shape != m.shape or a.dtype != m.dtype:
+            raise _fail(add, f"shape {m.shape} and dtype {m.dtype} like {main}", f"{a.shape}, {a.dtype}")
+
+
+def _check_dual_stream(req: Request, tokens: Tokens, norm: str) -> bool:
+    """True when the text tokens use their own weights."""
+    n = req.num_txt_tokens
+    if isinstance(n, bool) or not isinstance(n, int) or n < 0 or n > tokens.seq:
+        raise _fail("num_txt_tokens", f"an int from 0 to the sequence length {tokens.seq}", n)
+    if n == 0 or norm == "none":
+        return False
+    missing = [r for r in ("q_add_weight", "k_add_weight") if getattr(req, r) is None]
+    if missing:
+        raise _fail(missing[0], f"the text-stream weight for num_txt_tokens={n}", None)
+    return True
+
+
+# --------------------------------------------------------------------------- cos / sin
+
+
+@dataclass(frozen=True)
+class Table:
+    rows: int       # R
+    inner: int      # rows of the inner row axis
+    rb: int         # element strides: outer row, inner row, head
+    rs: int
+    hs: int
+
+
+def _table_layout(role: str, t: ArrayInfo, d: int, q: Side, k: Side, tokens: Tokens) -> Table:
+    def heads_stride(width_heads: int, hs: int) -> int:
+        if width_heads == 1:
+            return 0
+        if width_heads != q.heads:
+            raise _fail(role, f"a last axis of {d} (shared) or {q.heads}x{d} (one table per head)",
+                        f"shape {t.shape}")
+        if q.heads != k.heads:
+            raise _fail(role, f"a table shared by all heads: per-head tables need Hq == Hk, "
+                              f"here {q.heads} != {k.heads}", f"shape {t.shape}")
+        return hs
+
+    if t.ndim in (2, 3):
+        width = t.shape[-1]
+        if width % d:
+            raise _fail(role, f"a last axis of {d} or {q.heads}x{d}", f"shape {t.shape}")
+        hs = heads_stride(width // d, d)
+        if t.ndim == 2:
+            outer, inner, rb, rs = 1, t.shape[0], 0, _stride(t, 0)
+        else:
+            outer, inner, rb, rs = t.shape[0], t.shape[1], _stride(t, 0), _stride(t, 1)
+    elif t.ndim == 4:
+        if t.shape[3] != d:
+            raise _fail(role, f"a last axis of head_dim {d}", f"shape {t.shape}")
+        hs = heads_stride(t.shape[2], _stride(t, 2))
+        outer, inner, rb, rs = t.shape[0], t.shape[1], _stride(t, 0), _stride(t, 1)
+    else:
+        raise _fail(role, "a 2-D [R, D], 3-D [B, S, D] or 4-D [B, S, H, D] table", f"shape {t.shape}")
+    rows = outer * inner
+    if rows == 0 or tokens.count % rows:
+        raise _fail(role, f"a row count that equals or divides the {tokens.count} tokens", rows)
+    return Table(rows, inner, rb, rs, hs)
+
+
+def _rope_tables(req: Request, d: int, q: Side, k: Side, tokens: Tokens, vec: int):
+    if req.cos is None and req.sin is None:
+        return None, None
+    if req.cos is None or req.sin is None:
+        raise _fail("cos" if req.cos is None else "sin", "cos and sin given together", None)
+    c, s = req.cos, req.sin
+    _check_dtype("cos", c)
+    if s.dtype != c.dtype:
+        raise _fail("sin", f"the dtype of cos ({c.dtype})", s.dtype)
+    if s.shape != c.shape:
+        raise _fail("sin", f"the shape of cos {c.shape}", s.shape)
+    tables = []
+    for role, t in (("cos", c), ("sin", s)):
+        _check_last_contiguous(role, t)
+        lay = _table_layout(role, t, d, q, k, tokens)
+        _check_aligned(role, t.ptr, (lay.rb, lay.rs, lay.hs), t.itemsize, min(16, vec * t.itemsize))
+        tables.append(lay)
+    return tables[0], tables[1]
+
+
+# -------------------------------------------------------------------------- the plan
+
+
+def signature(req: Request):
+    """Hashable key: everything a plan depends on; pointers only through their alignment."""
+    def sig(x):
+        if isinstance(x, ArrayInfo):
+            return replace(x, ptr=x.ptr % 16)
+        if isinstance(x, tuple):
+            return tuple(sig(y) for y in x)
+        return x
+    return tuple(sig(getattr(req, f)) for f in Request.__dataclass_fields__)
+
+
+def plan(req: Request) -> Plan:
+    """The launch for this request (cached per signature), with pointers bound."""
+    return _plan_cached(signature(req))
+
+
+@functools.lru_cache(maxsize=1024)
+def _plan_cached(sig) -> Plan:
+    return make_plan(Request(*sig))
+
+
+def _next_pow2(n: int) -> int:
+    return 1 << max(0, (n - 1).bit_length())
+
+
+def geometry(items: int) -> tuple:
+    """(items per thread K, team, block) for rows of `items` items."""
+    if items <= 32:
+        team = _next_pow2(items)
+        return 1, team, max(SMALL_ROW_BLOCK, team)
+    if items <= VARIANT_MAX_THREADS[1]:
+        team = -(-items // 32) * 32
+        return 1, team, team
+    return 0, VARIANT_MAX_THREADS[0], VARIANT_MAX_THREADS[0]
+
+
+def kernel_name(dtype: str, rope: str, table_dtype, norm: bool, k: int) -> str:
+    table = f"_{table_dtype}" if rope != "none" else ""
+    return f"qknr_{dtype}_{rope}{table}_{'norm' if norm else 'nonorm'}_k{k}"
+
+
+def make_plan(req: Request) -> Plan:
+    """Validate a request and choose its launch. Pointers in req matter only modulo 16."""
+    arrays = req.arrays()
+    _check_device(arrays)
+    for role in ("q", "k", "qkv"):
+        if role in arrays:
+            _check_dtype(role, arrays[role])
+            _check_last_contiguous(role, arrays[role])
+    if req.split:
+        q_arr, k_arr = req.qkv
+        if q_arr.dtype != k_arr.dtype:
+            raise _fail("k", f"the dtype of q ({q_arr.dtype})", k_arr.dtype)
+        tokens, d, q, k = _split_sides(q_arr, k_arr, req.num_heads, req.seq_len)
+    else:
+        tokens, d, q, k = _packed_sides("qkv", req.qkv, req.num_heads, req.seq_len)
+    _check_head_dim(d)
+    dtype = arrays["q" if req.split else "qkv"].dtype
+    itemsize = arrays["q" if req.split else "qkv"].itemsize
+    vec = 16 // itemsize
+    oq, ok = _out_sides(req, tokens, d, q, k, arrays)
+    for side in (q, k, oq, ok):
+        _check_aligned(side.role, arrays[side.role].ptr + side.offset, (side.sb, side.ss, side.hs),
+                       itemsize, 16)
+
+    norm = _norm_kind(req, d, q, k)
+    _check_weights(req, vec)
+    dual = _check_dual_stream(req, tokens, norm)
+    cos_t, sin_t = _rope_tables(req, d, q, k, tokens, vec)
+    rope = "none" if cos_t is None else ("interleaved" if req.interleave else "half")
+    if norm == "none" and rope == "none":
+        raise PlanError("q_weight/k_weight and cos/sin are all None: there is nothing to compute")
+    if not (isinstance(req.eps, (int, float)) and req.eps >= 0):
+        raise _fail("eps", "a non-negative float", req.eps)
+
+    half_vecs = d // (2 * vec)
+    hpr = [s.heads if norm == "full" else 1 for s in (q, k)]   # heads per row
+    items = [h * half_vecs for h in hpr]
+    k_items, team, block = geometry(max(items))
+    rows_per_token = q.heads // hpr[0] + k.heads // hpr[1]
+    total_rows = tokens.count * rows_per_token
+    if total_rows >= 2**32:
+        raise PlanError(f"qkv: {tokens.count} tokens x {rows_per_token} rows exceed the 2^32-row limit")
+    rows_per_block = 1 if team > 32 else block // team
+    grid = -(-total_rows // rows_per_block)
+    if grid > MAX_GRID_X:
+        raise PlanError(f"qkv: {total_rows} rows need {grid} blocks, over the grid limit")
+
+    p = Params()
+    pointers = []
+    for i, (side, out) in enumerate(((q, oq), (k, ok))):
+        sp = p.side[i]
+        sp.in_sb, sp.in_ss, sp.in_hs = side.sb, side.ss, side.hs
+        sp.out_sb, sp.out_ss, sp.out_hs = out.sb, out.ss, out.hs
+        sp.rows = side.heads // hpr[i]
+        sp.heads_per_row = hpr[i]
+        sp.items = items[i]
+        sp.inv_n = 1.0 / (hpr[i] * d)
+        pointers += [(("side", i, "in_"), side.role, side.offset),
+                     (("side", i, "out"), out.role, out.offset)]
+        if norm != "none":
+            w_role = ("q" if i == 0 else "k") + "_weight"
+            sp.w_dtype = DTYPE_CODES[getattr(req, w_role).dtype]
+            add_role = ("q" if i == 0 else "k") + "_add_weight"
+            pointers += [(("side", i, "w"), w_role, 0),
+                         (("side", i, "w_txt"), add_role if dual else w_role, 0)]
+    if cos_t is not None:
+        p.cos_rb, p.cos_rs, p.cos_hs = cos_t.rb, cos_t.rs, cos_t.hs
+        p.sin_rb, p.sin_rs, p.sin_hs = sin_t.rb, sin_t.rs, sin_t.hs
+        p.tab_rows, p.tab_inner = cos_t.rows, cos_t.inner
+        pointers += [(("cos",), "cos", 0), (("sin",), "sin", 0)]
+    else:
+        p.tab_rows = p.tab_inner = 1
+    p.seq = tokens.seq
+    p.num_txt = req.num_txt_tokens if dual else 0
+    p.rows_per_token = rows_per_token
+    p.total_rows = total_rows
+    p.team = team
+    p.head_dim = d
+    p.half_vecs = half_vecs
+    p.eps = float(req.eps)
+    name = kernel_name(dtype, rope, req.cos.dtype if cos_t else None, norm != "none", k_items)
+    return Plan(kernel=name, grid=grid, block=block, smem=0, team=team, norm=norm, rope=rope,
+                template=bytes(p), pointers=tuple(pointers))
+
+
+def check_fits(p: Plan, limits: DeviceLimits, kernel_meta: dict) -> None:
+    """Raise if a plan exceeds the device's or the compiled kernel's limits."""
+    regs = kernel_meta["registers"]
+    problems = []
+    if p.block > limits.max_threads_per_block:
+        problems.append(f"{p.block} threads > {limits.max_threads_per_block} per block")
+    if regs * p.block > limits.max_regs_per_block:
+        problems.append(f"{regs} registers x {p.block} threads > {limits.max_regs_per_block}")
+    smem = kernel_meta.get("static_smem", 0) + p.smem
+    if smem > limits.max_smem_per_block:
+        problems.append(f"{smem} bytes of shared memory > {limits.max_smem_per_block}")
+    if problems:
+        raise PlanError(f"{p.kernel} does not fit sm_{limits.arch[0]}{limits.arch[1]}: " + "; ".join(problems))
+
+

@@ -1,0 +1,49 @@
+// Kernel parameters of the qk_norm_rope family, passed by value as one struct.
+// Plain C on purpose: the CPU tests compile it with the host compiler and check that
+// cudit/_params.py (ctypes) lays it out byte for byte the same way.
+#pragma once
+
+#ifdef __cplusplus
+namespace cudit {
+#endif
+
+typedef long long cudit_i64;
+typedef unsigned int cudit_u32;
+
+enum RopeMode { ROPE_NONE = 0, ROPE_INTERLEAVED = 1, ROPE_HALF = 2 };
+
+typedef struct SideParams {
+    const void* in;
+    void* out;
+    cudit_i64 in_sb, in_ss, in_hs;    // batch, sequence, head strides of the input
+    cudit_i64 out_sb, out_ss, out_hs; // same for the output (equal to the input's in place)
+    const void* w;              // norm weight (image stream), length D or H*D
+    const void* w_txt;          // norm weight of the first num_txt tokens (dual-stream)
+    int rows;                   // rows per token on this side: H (per-head) or 1 (full-dim)
+    int heads_per_row;          // 1 (per-head) or H (full-dim)
+    int items;                  // items per row
+    int w_dtype;                // DTypeCode of both weights
+    float inv_n;                // 1 / values per row
+} SideParams;
+
+typedef struct Params {
+    SideParams side[2];         // 0 = Q, 1 = K
+    const void* cos;
+    const void* sin;
+    cudit_i64 cos_rb, cos_rs, cos_hs; // table strides: outer row, inner row, head (0: shared by heads)
+    cudit_i64 sin_rb, sin_rs, sin_hs;
+    cudit_u32 tab_rows;               // R: token t reads table row t mod R
+    cudit_u32 tab_inner;              // rows of the table's inner row axis
+    cudit_u32 seq;                    // S: tokens per batch element
+    cudit_u32 num_txt;                // dual-stream text tokens at the start of each batch element
+    cudit_u32 rows_per_token;         // side[0].rows + side[1].rows
+    cudit_u32 total_rows;             // tokens * rows_per_token
+    cudit_u32 team;                   // threads per row
+    int head_dim;
+    int half_vecs;              // D / (2 * VEC)
+    float eps;
+} Params;
+
+#ifdef __cplusplus
+}  // namespace cudit
+#endif
