@@ -1,0 +1,53 @@
+"""Shared fixtures. GPU tests carry the `gpu` marker and skip, with the reason, when no
+usable GPU (or not the one CUDIT_ARCH names) is attached."""
+from __future__ import annotations
+
+import functools
+import os
+
+import pytest
+
+
+@functools.lru_cache(maxsize=None)
+def gpu_arch():
+    """(major, minor) of GPU 0, or a string saying why there is none."""
+    try:
+        from cuda.bindings import driver
+    except ImportError as exc:
+        return f"cuda.bindings is not importable ({exc})"
+    try:
+        (err,) = driver.cuInit(0)
+    except Exception as exc:  # no driver library at all
+        return f"no CUDA driver ({exc.__class__.__name__})"
+    if err != driver.CUresult.CUDA_SUCCESS:
+        return f"no usable CUDA driver (cuInit: {err.name})"
+    err, n = driver.cuDeviceGetCount()
+    if err != driver.CUresult.CUDA_SUCCESS or n == 0:
+        return "no GPU attached"
+    from cuda.core import Device
+
+    return tuple(Device(0).compute_capability)
+
+
+def wanted_arch():
+    """CUDIT_ARCH=sm_90 (set by the per-arch tox envs) -> (9, 0); None when unset."""
+    name = os.environ.get("CUDIT_ARCH")
+    if not name:
+        return None
+    digits = name.split("_", 1)[1]
+    return int(digits[:-1]), int(digits[-1])
+
+
+def pytest_collection_modifyitems(config, items):
+    arch = gpu_arch()
+    want = wanted_arch()
+    if isinstance(arch, str):
+        reason = arch
+    elif want is not None and arch != want:
+        reason = f"the attached GPU is sm_{arch[0]}{arch[1]}, this run is for sm_{want[0]}{want[1]}"
+    else:
+        return
+    skip = pytest.mark.skip(reason=f"GPU test skipped: {reason}")
+    for item in items:
+        if "gpu" in item.keywords:
+            item.add_marker(skip)

@@ -1,0 +1,208 @@
+"""The launch planner on made-up arrays: geometry, parameters, caching and every bad input."""
+import re
+
+import pytest
+
+from cudit._params import Params
+from cudit._planner import PlanError, Request, geometry, make_plan, plan
+from fakes import BASE, arr
+
+D = 128
+
+
+def packed(b=2, s=64, h=4, d=D, dtype="bf16", **kw):
+    return arr((b, s, 3 * h * d), dtype, **kw)
+
+
+def weights(n, dtype="f32"):
+    return arr((n,), dtype, ptr=BASE + 0x100000), arr((n,), dtype, ptr=BASE + 0x200000)
+
+
+def table(shape, dtype="f32", **kw):
+    return arr(shape, dtype, ptr=BASE + 0x300000, **kw), arr(shape, dtype, ptr=BASE + 0x400000, **kw)
+
+
+def params(p) -> Params:
+    return Params.from_buffer_copy(p.template)
+
+
+def test_per_head_geometry_packs_many_heads_per_block():
+    qw, kw = weights(D)
+    c, s = table((64, D))
+    p = make_plan(Request(packed(), qw, kw, c, s, num_heads=4))
+    assert (p.team, p.block, p.norm, p.rope) == (8, 256, "head", "interleaved")
+    assert p.kernel == "qknr_bf16_interleaved_f32_norm_k1"
+    assert p.grid == -(-2 * 64 * 8 // 32)    # 8 rows a token, 32 rows a block
+    prm = params(p)
+    assert prm.side[0].rows == 4 and prm.side[0].items == 8 and prm.half_vecs == 8
+    assert prm.tab_rows == 64 and prm.seq == 64
+
+
+@pytest.mark.parametrize("heads,dtype,k,block", [(40, "bf16", 1, 320), (128, "bf16", 1, 1024),
+                                                (128, "f32", 0, 512), (12, "f16", 1, 96)])
+def test_full_dim_rows_fill_a_block_or_loop(heads, dtype, k, block):
+    qw, kw = weights(heads * D)
+    p = make_plan(Request(packed(h=heads, dtype=dtype), qw, kw, num_heads=heads))
+    assert p.norm == "full" and p.block == block and p.kernel.endswith(f"_k{k}")
+    prm = params(p)
+    assert prm.side[1].heads_per_row == heads and prm.side[1].rows == 1
+    assert prm.total_rows == 2 * 64 * 2
+
+
+def test_geometry_team_is_a_power_of_two_for_short_rows():
+    assert geometry(6) == (1, 8, 256)      # D=96 bf16: 6 items
+    assert geometry(33) == (1, 64, 64)
+    assert geometry(1025) == (0, 512, 512)
+
+
+def test_pointers_bind_per_call_and_k_follows_q():
+    qw, kw = weights(D)
+    req = Request(arr((2, 64, 7 * D)), qw, kw, num_heads=(3, 2, 2))  # GQA
+    p = make_plan(req)
+    prm = p.bind(req.arrays())
+    assert prm.side[0].in_ == BASE and prm.side[1].in_ == BASE + 3 * D * 2
+    assert prm.side[0].out == prm.side[0].in_  # in place
+    assert prm.side[0].w == BASE + 0x100000 and prm.side[0].w_txt == prm.side[0].w
+
+
+def test_plans_are_cached_per_signature_not_per_pointer():
+    qw, kw = weights(D)
+    a = plan(Request(packed(), qw, kw, num_heads=4))
+    b = plan(Request(packed(ptr=BASE + 4096), qw, kw, num_heads=4))
+    c = plan(Request(packed(s=65), qw, kw, num_heads=4))
+    assert a is b and a is not c
+
+
+def test_split_views_of_a_bshd_buffer():
+    b, s, h = 2, 10, 4
+    big = (b, s, 3, h, D)
+    strides = (s * 3 * h * D, 3 * h * D, h * D, D, 1)
+    q = arr((b, s, h, D), strides=(strides[0], strides[1], strides[3], 1))
+    k = arr((b, s, h, D), strides=(strides[0], strides[1], strides[3], 1), ptr=BASE + h * D * 2)
+    qw, kw = weights(D)
+    c, sn = table((1, s, 1, D))
+    p = make_plan(Request((q, k), qw, kw, c, sn))
+    prm = params(p)
+    assert (prm.side[0].in_sb, prm.side[0].in_ss, prm.side[0].in_hs) == (strides[0], strides[1], D)
+    assert prm.cos_hs == 0 and prm.tab_rows == s
+
+
+def test_per_head_tables_and_batch_tables():
+    qw, kw = weights(D)
+    c, s = table((2 * 64, 4 * D))              # LTX-2: [T, H*D]
+    prm = params(make_plan(Request(packed(), qw, kw, c, s, num_heads=4, interleave=False)))
+    assert prm.cos_hs == D and prm.tab_rows == 128 and prm.cos_rs == 4 * D
+    c, s = table((2, 64, 4, D))                # [B, S, H, D]
+    prm = params(make_plan(Request(packed(), qw, kw, c, s, num_heads=4)))
+    assert prm.cos_hs == D and prm.tab_rows == 128 and prm.tab_inner == 64 and prm.cos_rb == 64 * 4 * D
+
+
+def test_dual_stream_points_text_rows_at_add_weights():
+    qw, kw = weights(D)
+    qa, ka = arr((D,), "f32", ptr=BASE + 0x500000), arr((D,), "f32", ptr=BASE + 0x600000)
+    req = Request(packed(), qw, kw, num_heads=4, q_add_weight=qa, k_add_weight=ka, num_txt_tokens=7)
+    prm = make_plan(req).bind(req.arrays())
+    assert prm.num_txt == 7 and prm.side[0].w_txt == BASE + 0x500000 and prm.side[1].w_txt == BASE + 0x600000
+
+
+def test_out_of_place_has_its_own_strides():
+    qw, kw = weights(D)
+    x = packed()
+    o = arr(x.shape, strides=(64 * 2000, 2000, 1), ptr=BASE + 0x1000000)
+    req = Request(x, qw, kw, num_heads=4, out=o)
+    prm = make_plan(req).bind(req.arrays())
+    assert prm.side[0].out_ss == 2000 and prm.side[0].in_ss == 3 * 4 * D
+    assert prm.side[1].out == BASE + 0x1000000 + 4 * D * 2
+
+
+# ------------------------------------------------------------------ bad input, by name
+
+
+def bad(match, **kw):
+    qw, kw_ = weights(D)
+    c, s = table((64, D))
+    base = dict(qkv=packed(), q_weight=qw, k_weight=kw_, cos=c, sin=s, num_heads=4)
+    base.update(kw)
+    with pytest.raises(PlanError, match=match):
+        make_plan(Request(**base))
+
+
+def test_cpu_arrays():
+    bad(r"qkv: expected a GPU array, got a host", qkv=packed(device=-1))
+
+
+def test_arrays_on_different_devices():
+    bad(r"different devices.*cos on GPU 1", cos=arr((64, D), "f32", device=1))
+
+
+def test_unsupported_dtype():
+    bad(r"qkv: expected dtype bf16 / f16 / f32, got float64", qkv=packed(dtype="float64"))
+    bad(r"q_weight: expected dtype", q_weight=arr((D,), "int32"))
+
+
+def test_mixed_cos_sin_dtypes():
+    bad(r"sin: expected the dtype of cos \(f32\), got bf16", sin=arr((64, D), "bf16"))
+
+
+def test_last_axis_not_contiguous():
+    bad(r"qkv: expected a contiguous last axis", qkv=packed(strides=(64 * 3 * 4 * D * 2, 3 * 4 * D * 2, 2)))
+
+
+def test_misaligned_pointer_and_stride():
+    bad(r"qkv: expected a data pointer aligned to 16 bytes", qkv=packed(ptr=BASE + 2))
+    bad(r"qkv: expected strides that are multiples of 16 bytes",
+        qkv=packed(strides=(64 * 1540, 1540, 1)))
+
+
+def test_width_does_not_match_num_heads():
+    bad(r"qkv: expected a last-axis width divisible by its 15 heads", num_heads=5)
+    bad(r"num_heads: expected an int or a tuple of 3 ints", num_heads=(4, 4))
+
+
+def test_weight_length_and_norm_kinds():
+    bad(r"q_weight: expected a 1-D weight of length 128 \(per-head\) or 512", q_weight=arr((100,), "f32"))
+    bad(r"k_weight: expected the same norm kind as q_weight", k_weight=arr((4 * D,), "f32"))
+    bad(r"k_weight: expected a weight like", k_weight=None)
+
+
+def test_cos_shapes_that_fit_no_rule_and_rows_that_do_not_divide():
+    bad(r"cos: expected a last axis of 128", cos=arr((64, 100), "f32"), sin=arr((64, 100), "f32"))
+    bad(r"cos: expected a row count that equals or divides the 128 tokens",
+        cos=arr((48, D), "f32"), sin=arr((48, D), "f32"))
+    bad(r"sin: expected the shape of cos", sin=arr((32, D), "f32"))
+    bad(r"cos: expected cos and sin given together", cos=None)
+
+
+def test_per_head_table_needs_equal_head_counts():
+    bad(r"cos: expected a table shared by all heads: per-head tables need Hq == Hk",
+        num_heads=(4, 2, 2), qkv=arr((2, 64, 8 * D)),
+        cos=arr((64, 4 * D), "f32"), sin=arr((64, 4 * D), "f32"))
+
+
+def test_num_txt_tokens_range_and_missing_add_weights():
+    bad(r"num_txt_tokens: expected an int from 0 to the sequence length 64, got 65", num_txt_tokens=65)
+    bad(r"num_txt_tokens: expected .* got -1", num_txt_tokens=-1)
+    bad(r"q_add_weight: expected the text-stream weight", num_txt_tokens=3)
+
+
+def test_read_only_and_immutable_outputs():
+    bad(r"out: expected a writable array", out=packed(readonly=True, ptr=BASE + 0x1000000))
+    bad(r"qkv: expected a writable array for in-place use \(pass out= for JAX", qkv=packed(framework="jax"))
+
+
+def test_head_dim_odd_or_out_of_range():
+    bad(r"head_dim: expected an even head_dim, got 25", qkv=(arr((64, 2 * 25)), arr((64, 2 * 25))),
+        num_heads=2, q_weight=None, k_weight=None)
+    bad(r"head_dim: expected a multiple of 16 from 32 to 256, got 512",
+        qkv=(arr((64, 512)), arr((64, 512))), num_heads=1, q_weight=None, k_weight=None,
+        cos=arr((64, 512), "f32"), sin=arr((64, 512), "f32"))
+
+
+def test_nothing_to_do():
+    bad(r"there is nothing to compute", q_weight=None, k_weight=None, cos=None, sin=None)
+
+
+def test_every_message_names_expected_and_given():
+    with pytest.raises(PlanError) as info:
+        make_plan(Request(packed(dtype="float64"), None, None, num_heads=4))
+    assert re.match(r"^\w+: expected .+, got .+$", str(info.value))
