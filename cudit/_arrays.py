@@ -43,7 +43,8 @@ def contiguous_strides(shape) -> tuple:
 
 
 def framework_of(obj) -> str:
-    return type(obj).__module__.split(".", 1)[0]
+    top = type(obj).__module__.split(".", 1)[0]
+    return "jax" if top == "jaxlib" else top
 
 
 def dtype_name(dtype) -> str:

@@ -248,16 +248,16 @@ def _split_side(role: str, a: ArrayInfo, heads, seq_len):
     return tokens, d, Side(role, 0, sb, ss, d, heads)
 
 
-def _split_sides(q: ArrayInfo, k: ArrayInfo, num_heads, seq_len):
+def _split_sides(q: ArrayInfo, k: ArrayInfo, num_heads, seq_len, roles=("q", "k")):
     hq = hk = None
     if num_heads is not None:
         hq, hk = _int_heads(num_heads, 2)
-    tq, dq, sq = _split_side("q", q, hq, seq_len)
-    tk, dk, sk = _split_side("k", k, hk, seq_len)
+    tq, dq, sq = _split_side(roles[0], q, hq, seq_len)
+    tk, dk, sk = _split_side(roles[1], k, hk, seq_len)
     if tq != tk:
-        raise _fail("k", f"the token layout of q ({tq.batch} x {tq.seq})", f"{tk.batch} x {tk.seq}")
+        raise _fail(roles[1], f"the token layout of {roles[0]} ({tq.batch} x {tq.seq})", f"{tk.batch} x {tk.seq}")
     if dq != dk:
-        raise _fail("k", f"the head_dim of q ({dq})", dk)
+        raise _fail(roles[1], f"the head_dim of {roles[0]} ({dq})", dk)
     return tq, dq, sq, sk
 
 
@@ -283,7 +283,8 @@ def _out_sides(req: Request, tokens: Tokens, d: int, q: Side, k: Side, arrays: d
             raise _fail(o_role, "a writable array", "a read-only one")
         _check_last_contiguous(o_role, o)
     if req.split:
-        _, _, oq, ok = _split_sides(arrays["q_out"], arrays["k_out"], (q.heads, k.heads), req.seq_len)
+        _, _, oq, ok = _split_sides(arrays["q_out"], arrays["k_out"], (q.heads, k.heads), req.seq_len,
+                                    roles=("q_out", "k_out"))
     else:
         _, _, oq, ok = _packed_sides("out", arrays["out"], req.num_heads, req.seq_len)
     return oq, ok
@@ -302,16 +303,16 @@ def _norm_kind(req: Request, d: int, q: Side, k: Side) -> str:
     for role, side in (("q_weight", q), ("k_weight", k)):
         w = getattr(req, role)
         n = w.shape[0] if w.ndim == 1 else None
-        if n == d:
-            kinds.append("head")
-        elif n == side.heads * d:
-            kinds.append("full")
-        else:
+        # With one head, per-head and full-dim are the same computation: either kind fits.
+        fits = {kind for kind, length in (("head", d), ("full", side.heads * d)) if n == length}
+        if not fits:
             raise _fail(role, f"a 1-D weight of length {d} (per-head) or {side.heads * d} (full-dim)",
                         f"shape {w.shape}")
-    if kinds[0] != kinds[1]:
-        raise _fail("k_weight", f"the same norm kind as q_weight ({kinds[0]}-dim)", f"{kinds[1]}-dim")
-    return kinds[0]
+        kinds.append(fits)
+    both = kinds[0] & kinds[1]
+    if not both:
+        raise _fail("k_weight", f"the same norm kind as q_weight ({min(kinds[0])}-dim)", f"{min(kinds[1])}-dim")
+    return "head" if "head" in both else "full"
 
 
 def _check_weights(req: Request, vec: int) -> None:

@@ -206,3 +206,11 @@ def test_every_message_names_expected_and_given():
     with pytest.raises(PlanError) as info:
         make_plan(Request(packed(dtype="float64"), None, None, num_heads=4))
     assert re.match(r"^\w+: expected .+, got .+$", str(info.value))
+
+
+def test_mqa_single_k_head_takes_the_q_norm_kind():
+    w_q, w_k = arr((8 * D,), "f32", ptr=BASE + 0x100000), arr((D,), "f32", ptr=BASE + 0x200000)
+    p = make_plan(Request(arr((1, 16, 10 * D)), w_q, w_k, num_heads=(8, 1, 1)))
+    assert p.norm == "full"
+    p = make_plan(Request(arr((1, 16, 10 * D)), arr((D,), "f32"), w_k, num_heads=(8, 1, 1)))
+    assert p.norm == "head"

@@ -1,0 +1,297 @@
+"""Benchmark: cudit against copy bandwidth, torch eager and torch.compile (needs torch).
+
+    python -m cudit bench [--quick] [--json FILE] [--png FILE] [--no-compile]
+
+Method (docs/benchmark.md): device events around each call, warm-up first, the median of
+many calls, inputs rotated across enough buffers to exceed L2 so every call reads DRAM;
+the copy bandwidth and the baselines are measured in the same run on the same card.
+Bytes moved (the floor) = Q and K read and written once, plus the cos/sin rows and the
+weights read once.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import statistics
+from dataclasses import asdict, dataclass
+
+import numpy as np
+
+
+@dataclass(frozen=True)
+class Shape:
+    name: str
+    heads: int            # Hq = Hk = Hv unless kv_heads is set
+    d: int
+    tokens: int           # per batch element (S)
+    batch: int = 1
+    norm: str = "full"    # full / head
+    rope: str = "interleaved"
+    table: str = "shared"  # shared [S, D] (broadcast over the batch) or perhead [T, H*D]
+    table_dtype: str = "f32"
+    split: bool = False
+    dtype: str = "bf16"
+    kv_heads: int = 0
+    n_txt: int = 0
+
+    @property
+    def hk(self) -> int:
+        return self.kv_heads or self.heads
+
+
+def production_shapes(quick: bool = False) -> list:
+    """SPEC section 5 model shapes with >= 4096 tokens, and the variants issue #4 asks for."""
+    base = [
+        Shape("WAN-1.3B", 12, 128, 32760),
+        Shape("WAN-5B", 24, 128, 32760),
+        Shape("WAN-14B", 40, 128, 32760),
+        Shape("WAN-14B-720p", 40, 128, 75600),
+        Shape("LTX-2-video", 32, 128, 13500, rope="half", table="perhead", table_dtype="bf16"),
+        Shape("FLUX.1", 24, 128, 4608, norm="head", n_txt=512),
+        Shape("FLUX.2", 48, 128, 4608, norm="head", n_txt=512),
+        Shape("HunyuanVideo", 24, 128, 118800, norm="head"),
+        Shape("Cosmos", 32, 128, 28000, norm="head", rope="half", kv_heads=8),
+        Shape("Lumina-2", 24, 96, 4096, norm="head"),
+    ]
+    if quick:
+        return [base[0], base[6]]
+    out = list(base)
+    for s in base:
+        if s.name in ("WAN-1.3B", "WAN-14B", "FLUX.1", "HunyuanVideo"):
+            out.append(Shape(s.name + "-split", **{**_fields(s), "split": True}))
+            out.append(Shape(s.name + "-other-norm", **{**_fields(s), "norm": "head" if s.norm == "full" else "full",
+                                                         "n_txt": 0}))
+            out.append(Shape(s.name + "-other-rope", **{**_fields(s), "rope": "half" if s.rope == "interleaved"
+                                                         else "interleaved"}))
+    for s in (base[0], base[2], base[5]):
+        out.append(Shape(s.name + "-CFG2", **{**_fields(s), "batch": 2}))
+        out.append(Shape(s.name + "-fp16", **{**_fields(s), "dtype": "f16"}))
+        out.append(Shape(s.name + "-fp32", **{**_fields(s), "dtype": "f32"}))
+    for d in (64, 96, 256):
+        out.append(Shape(f"WAN-like-D{d}", 1536 // d, d, 32760))
+    return out
+
+
+def _fields(s: Shape) -> dict:
+    f = asdict(s)
+    f.pop("name")
+    return f
+
+
+def bytes_moved(s: Shape) -> int:
+    item = {"bf16": 2, "f16": 2, "f32": 4}[s.dtype]
+    titem = {"bf16": 2, "f16": 2, "f32": 4}[s.table_dtype]
+    t = s.batch * s.tokens
+    qk = t * (s.heads + s.hk) * s.d * item * 2
+    rows = t if s.table == "perhead" else s.tokens
+    width = s.heads * s.d if s.table == "perhead" else s.d
+    tables = 2 * rows * width * titem
+    wlen = s.d if s.norm == "head" else (s.heads + s.hk) * s.d // 2
+    weights = 2 * wlen * 4 * (2 if s.n_txt else 1)
+    return qk + tables + weights
+
+
+# --------------------------------------------------------------------------- inputs
+
+
+def make_inputs(s: Shape, torch, device="cuda"):
+    dt = {"bf16": torch.bfloat16, "f16": torch.float16, "f32": torch.float32}
+    t = s.batch * s.tokens
+    w = (s.heads + s.hk + s.hk) * s.d
+    g = torch.Generator(device=device).manual_seed(0)
+    if s.split:
+        q = torch.randn(s.batch, s.tokens, s.heads * s.d, device=device, generator=g).to(dt[s.dtype])
+        k = torch.randn(s.batch, s.tokens, s.hk * s.d, device=device, generator=g).to(dt[s.dtype])
+        qkv = (q, k)
+    else:
+        qkv = torch.randn(s.batch, s.tokens, w, device=device, generator=g).to(dt[s.dtype])
+    wq_len = s.d if s.norm == "head" else s.heads * s.d
+    wk_len = s.d if s.norm == "head" else s.hk * s.d
+    qw = torch.rand(wq_len, device=device, generator=g) + 0.5
+    kw = torch.rand(wk_len, device=device, generator=g) + 0.5
+    rows, width = (t, s.heads * s.d) if s.table == "perhead" else (s.tokens, s.d)
+    ang = torch.rand(rows, width, device=device, generator=g) * 6.2831853
+    cos, sin = torch.cos(ang).to(dt[s.table_dtype]), torch.sin(ang).to(dt[s.table_dtype])
+    extra = {}
+    if s.n_txt:
+        extra = dict(q_add_weight=torch.rand_like(qw) + 0.5, k_add_weight=torch.rand_like(kw) + 0.5,
+                     num_txt_tokens=s.n_txt)
+    return qkv, qw, kw, cos, sin, extra
+
+
+def cudit_call(s: Shape):
+    import cudit
+
+    heads = (s.heads, s.hk) if s.split else (s.heads, s.hk, s.hk)
+
+    def run(inp):
+        qkv, qw, kw, cos, sin, extra = inp
+        cudit.qk_norm_rope(qkv, qw, kw, cos, sin, num_heads=heads, interleave=s.rope == "interleaved", **extra)
+    return run
+
+
+def eager_fn(s: Shape, torch):
+    """Diffusers-style unfused code: norm in fp32, back to dtype, RoPE in fp32, back to dtype."""
+    eps = 1e-6
+
+    def rms(x, w):
+        xf = x.float()
+        return (xf * torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + eps) * w.float()).to(x.dtype)
+
+    def rope(x, cos, sin):
+        xf = x.float()
+        if s.rope == "interleaved":
+            a, b = xf.unflatten(-1, (-1, 2)).unbind(-1)
+            rot = torch.stack((-b, a), dim=-1).flatten(-2)
+        else:
+            a, b = xf.chunk(2, dim=-1)
+            rot = torch.cat((-b, a), dim=-1)
+        return (xf * cos + rot * sin).to(x.dtype)
+
+    def side(x, w, heads, cos, sin, w_txt):
+        b, t = x.shape[0], x.shape[1]
+        if s.norm == "full":
+            y = rms(x, w)
+            if w_txt is not None:
+                y = torch.cat((rms(x[:, :s.n_txt], w_txt), y[:, s.n_txt:]), dim=1)
+            y = y.unflatten(-1, (heads, s.d))
+        else:
+            xh = x.unflatten(-1, (heads, s.d))
+            y = rms(xh, w)
+            if w_txt is not None:
+                y = torch.cat((rms(xh[:, :s.n_txt], w_txt), y[:, s.n_txt:]), dim=1)
+        if s.table == "perhead":
+            c, sn = cos.view(b, t, heads, s.d), sin.view(b, t, heads, s.d)
+        else:
+            c, sn = cos.view(1, t, 1, s.d), sin.view(1, t, 1, s.d)
+        return rope(y, c.float(), sn.float())
+
+    def fn(qkv, qw, kw, cos, sin, q_add_weight=None, k_add_weight=None, num_txt_tokens=0):
+        if isinstance(qkv, tuple):
+            q, k = qkv
+        else:
+            q, k, _ = qkv.split((s.heads * s.d, s.hk * s.d, s.hk * s.d), dim=-1)
+        return side(q, qw, s.heads, cos, sin, q_add_weight), side(k, kw, s.hk, cos, sin, k_add_weight)
+    return fn
+
+
+# --------------------------------------------------------------------------- timing
+
+
+def time_call(fn, inputs, torch, warmup=5, reps=50) -> float:
+    """Median milliseconds of fn over rotating input sets, timed with device events."""
+    for i in range(warmup):
+        fn(inputs[i % len(inputs)])
+    starts = [torch.cuda.Event(enable_timing=True) for _ in range(reps)]
+    ends = [torch.cuda.Event(enable_timing=True) for _ in range(reps)]
+    for i in range(reps):
+        starts[i].record()
+        fn(inputs[i % len(inputs)])
+        ends[i].record()
+    torch.cuda.synchronize()
+    return statistics.median(a.elapsed_time(b) for a, b in zip(starts, ends))
+
+
+def copy_bandwidth(torch, nbytes=2 << 30) -> float:
+    """Device-to-device copy, GB/s counting bytes read plus bytes written."""
+    src = torch.empty(nbytes // 2, dtype=torch.int16, device="cuda").random_()
+    dst = torch.empty_like(src)
+    ms = time_call(lambda _: dst.copy_(src), [None], torch, warmup=3, reps=20)
+    del src, dst
+    return 2 * nbytes / ms / 1e6
+
+
+def rotation(s: Shape, torch, l2_bytes: int) -> list:
+    """Enough input sets that rotating through them overflows L2 twice over."""
+    one = bytes_moved(s) // 2
+    n = max(1, min(8, math.ceil(2 * l2_bytes / max(one, 1))))
+    return [make_inputs(s, torch) for _ in range(n)]
+
+
+def measure(s: Shape, torch, compile_fns: dict, l2_bytes: int, baselines=True) -> dict:
+    inputs = rotation(s, torch, l2_bytes)
+    row = {"shape": s.name, "bytes": bytes_moved(s)}
+    row["cudit_ms"] = time_call(cudit_call(s), inputs, torch)
+    if baselines:
+        eager = eager_fn(s, torch)
+        row["eager_ms"] = time_call(lambda a: eager(*a[:5], **a[5]), inputs, torch)
+        key = (s.norm, s.rope, s.table, s.split, bool(s.n_txt))
+        if compile_fns is not None:
+            if key not in compile_fns:
+                compile_fns[key] = torch.compile(eager_fn(s, torch), dynamic=False)
+            comp = compile_fns[key]
+            row["compile_ms"] = time_call(lambda a: comp(*a[:5], **a[5]), inputs, torch, warmup=3)
+    del inputs
+    torch.cuda.empty_cache()
+    return row
+
+
+def report(rows: list, copy_gbs: float, device: str) -> str:
+    head = f"{'shape':<26}{'cudit us':>10}{'GB/s':>8}{'% copy':>8}{'eager us':>10}{'x':>6}{'compile us':>12}{'x':>6}"
+    lines = [f"device: {device}; copy bandwidth {copy_gbs:.0f} GB/s", head]
+    for r in rows:
+        gbs = r["bytes"] / r["cudit_ms"] / 1e6
+        line = f"{r['shape']:<26}{r['cudit_ms'] * 1e3:>10.1f}{gbs:>8.0f}{100 * gbs / copy_gbs:>7.1f}%"
+        for key in ("eager_ms", "compile_ms"):
+            if key in r:
+                line += f"{r[key] * 1e3:>{10 if key == 'eager_ms' else 12}.1f}{r[key] / r['cudit_ms']:>6.1f}"
+        lines.append(line)
+    return "\n".join(lines)
+
+
+def plot(rows: list, copy_gbs: float, device: str, path: str) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    names = [r["shape"] for r in rows]
+    x = np.arange(len(rows))
+    fig, ax = plt.subplots(figsize=(max(8, 0.45 * len(rows)), 5))
+    for key, label in (("cudit_ms", "cudit"), ("compile_ms", "torch.compile"), ("eager_ms", "torch eager")):
+        if all(key in r for r in rows):
+            pct = [100 * r["bytes"] / r[key] / 1e6 / copy_gbs for r in rows]
+            ax.plot(x, pct, "o-", label=label)
+    ax.axhline(90, color="grey", ls="--", lw=1)
+    ax.set_xticks(x, names, rotation=70, ha="right", fontsize=8)
+    ax.set_ylabel("% of copy bandwidth")
+    ax.set_title(f"QK RMSNorm + RoPE, {device}")
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+
+
+def main(argv=None) -> int:
+    import torch
+
+    ap = argparse.ArgumentParser(prog="python -m cudit bench")
+    ap.add_argument("--quick", action="store_true", help="two shapes only")
+    ap.add_argument("--no-compile", action="store_true", help="skip the torch.compile baseline")
+    ap.add_argument("--json", default="cudit-bench.json")
+    ap.add_argument("--png", default="cudit-bench.png")
+    ap.add_argument("--only", default="", help="comma-separated shape names")
+    args = ap.parse_args(argv)
+
+    props = torch.cuda.get_device_properties(0)
+    device = props.name
+    copy_gbs = copy_bandwidth(torch)
+    shapes = production_shapes(args.quick)
+    if args.only:
+        keep = set(args.only.split(","))
+        shapes = [s for s in shapes if s.name in keep]
+    compile_fns = None if args.no_compile else {}
+    rows = []
+    for s in shapes:
+        rows.append(measure(s, torch, compile_fns, props.L2_cache_size))
+        print(f"  {s.name}: {rows[-1]['cudit_ms'] * 1e3:.1f} us", flush=True)
+    text = report(rows, copy_gbs, device)
+    with open(args.json, "w") as f:
+        json.dump({"device": device, "copy_GBps": copy_gbs, "torch": torch.__version__,
+                   "shapes": [asdict(s) for s in shapes], "rows": rows}, f, indent=1)
+    try:
+        plot(rows, copy_gbs, device, args.png)
+    except ImportError:
+        print("(matplotlib missing: no plot)")
+    print(text)
+    return 0

@@ -1,0 +1,16 @@
+"""setuptools hook: compile the cubins (build_cubins.py) before the package files are copied."""
+import subprocess
+import sys
+from pathlib import Path
+
+from setuptools import setup
+from setuptools.command.build_py import build_py
+
+
+class BuildPyWithCubins(build_py):
+    def run(self):
+        subprocess.run([sys.executable, str(Path(__file__).parent / "build_cubins.py")], check=True)
+        super().run()
+
+
+setup(cmdclass={"build_py": BuildPyWithCubins})

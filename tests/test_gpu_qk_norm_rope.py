@@ -1,0 +1,108 @@
+"""Every mode of SPEC sections 1-2 on the GPU against the float64 reference (torch arrays)."""
+import pytest
+
+from gpu_cases import Case, run_case
+
+
+def cases():
+    out = []
+    add = out.append
+    # layouts: packed / split, 2-D / 3-D / 4-D, contiguous and strided views, odd B and S
+    for split in (False, True):
+        for ndim in (2, 3, 4):
+            for pad in (0, 24):
+                add(Case(f"layout-{'split' if split else 'packed'}-{ndim}d-pad{pad}", split=split, ndim=ndim,
+                         pad=pad, B=3 if ndim != 2 else 1, S=17))
+    add(Case("split-bshd-of-bs3hd", split=True, ndim=4, bshd5=True, B=2, S=9))
+    add(Case("packed-2d-batch-seq_len", ndim=2, B=3, S=11, seq_len_arg=True, n_txt=4))
+    # norm kinds x rope modes
+    for norm in ("head", "full", "none"):
+        for rope in ("interleaved", "half", "none"):
+            if norm == rope == "none":
+                continue
+            add(Case(f"norm-{norm}-rope-{rope}", norm=norm, rope=rope, B=2, S=13))
+    # GQA / MQA, both norm kinds, packed and split
+    for heads in ((8, 2, 2), (8, 1, 1), (2, 6, 6)):
+        for norm in ("head", "full"):
+            for split in (False, True):
+                add(Case(f"gqa-{heads}-{norm}-{'split' if split else 'packed'}", heads=heads, norm=norm,
+                         split=split, S=21, rope="half"))
+    # full-dim head counts: register path, bigger blocks, and the looping path
+    for h in (40, 64, 128, 256):
+        add(Case(f"full-{h}heads", heads=(h, h, h), norm="full", S=5))
+    add(Case("full-128heads-f32-loop", heads=(128, 128, 128), norm="full", dtype="f32", S=3))
+    add(Case("full-96heads-d256-f32-loop", heads=(96, 96, 0), D=256, norm="full", dtype="f32", S=3))
+    # dual-stream with both norm kinds
+    for norm in ("head", "full"):
+        add(Case(f"dual-{norm}", norm=norm, n_txt=5, B=2, S=19))
+        add(Case(f"dual-{norm}-all-text", norm=norm, n_txt=19, B=1, S=19))
+    # cos/sin: dtype x form x shared/per-head x rows
+    for tdt in ("f32", "bf16", "f16"):
+        for form in ("2d", "3d", "4d"):
+            for table in ("shared", "perhead"):
+                for rows in ("S", "T"):
+                    add(Case(f"table-{tdt}-{form}-{table}-{rows}", table_dtype=tdt, table_form=form, table=table,
+                             table_rows=rows, B=2, S=7, rope="half" if table == "perhead" else "interleaved"))
+    add(Case("table-strided-rows", table_pad=32, B=2, S=9))
+    add(Case("table-strided-rows-bf16-perhead", table_pad=16, table="perhead", table_dtype="bf16", S=9))
+    # activation x weight dtypes
+    for dt in ("bf16", "f16", "f32"):
+        for wdt in ("bf16", "f16", "f32"):
+            add(Case(f"dtype-{dt}-w{wdt}", dtype=dt, w_dtype=wdt, B=2, S=9, norm="full" if wdt == "bf16" else "head"))
+    # head_dim: every multiple of 16 from 32 to 256, both rope modes; fp32 on a few
+    for d in range(32, 257, 16):
+        for rope in ("interleaved", "half"):
+            add(Case(f"d{d}-{rope}", D=d, rope=rope, S=9))
+        add(Case(f"d{d}-full-f16", D=d, norm="full", dtype="f16", S=5))
+    for d in (32, 96, 256):
+        add(Case(f"d{d}-f32", D=d, dtype="f32", rope="half", S=9))
+    # out-of-place, packed and split, strided
+    for split in (False, True):
+        for norm in ("head", "full"):
+            add(Case(f"out-{'split' if split else 'packed'}-{norm}", split=split, norm=norm, out=True, B=2, S=11,
+                     pad=8))
+    add(Case("out-f32-4d", out=True, ndim=4, dtype="f32", S=9))
+    add(Case("eps-large", eps=0.5, S=9))
+    return out
+
+
+# SPEC section 5 models at their real head layouts; token counts cut for the float64 reference.
+MODELS = [
+    Case("WAN2.1-1.3B", heads=(12, 12, 12), norm="full", table_form="4d", B=2, S=257),
+    Case("WAN2.1-5B", heads=(24, 24, 24), norm="full", table_form="4d", B=2, S=129),
+    Case("WAN2.1-14B", heads=(40, 40, 40), norm="full", table_form="4d", B=2, S=101),
+    Case("LTX-2-video", heads=(32, 32, 32), norm="full", rope="half", table="perhead", table_rows="T",
+         table_dtype="bf16", B=1, S=151),
+    Case("LTX-2-video-f32-table", heads=(32, 32, 32), norm="full", rope="half", table="perhead", table_rows="T",
+         B=1, S=77),
+    Case("LTX-2-audio", heads=(32, 32, 32), D=64, norm="full", rope="half", table="perhead", table_rows="T",
+         B=1, S=129),
+    Case("FLUX.1", heads=(24, 24, 24), n_txt=64, B=1, S=64 + 193),
+    Case("FLUX.2-CFG", heads=(48, 48, 48), n_txt=32, B=2, S=32 + 97),
+    Case("HunyuanVideo", heads=(24, 24, 24), B=1, S=301),
+    Case("Cosmos-GQA", split=True, ndim=4, heads=(32, 8, 8), rope="half", B=1, S=181),
+    Case("Lumina-Image-2", heads=(24, 24, 24), D=96, B=1, S=257),
+]
+
+CASES = cases()
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("case", CASES, ids=str)
+def test_mode(case):
+    import cudit
+
+    run_case(case, cudit.qk_norm_rope)
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("case", MODELS, ids=str)
+def test_model(case):
+    import cudit
+
+    run_case(case, cudit.qk_norm_rope)
+
+
+def test_case_names_are_unique():
+    names = [c.name for c in CASES + MODELS]
+    assert len(names) == len(set(names))
