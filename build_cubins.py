@@ -36,23 +36,24 @@ FAMILY = "qk_norm_rope"
 
 DTYPES = {"f32": "float", "f16": "__half", "bf16": "__nv_bfloat16"}
 ROPES = {"none": 0, "interleaved": 1, "half": 2}
-# Items a thread holds in registers; 0 = loop over the row twice (rows too long for registers).
-# Each comes with its block-size bound, which sets the register cap (65536 / threads).
-ITEMS_PER_THREAD = {1: 1024, 0: 512}
+NORMS = {"none": 0, "head": 1, "full": 2}
+# Heads a thread holds in registers (0: loops over heads), each with its block-size bound,
+# which sets the register cap (65536 / threads).
+HEADS_PER_THREAD = {1: 512, 2: 512, 4: 384, 0: 512}
 
 
 def variants() -> list[dict]:
     """Every kernel the runtime may launch, with the name it is looked up by."""
     out = []
-    for dt, rope, norm, k in itertools.product(DTYPES, ROPES, (True, False), ITEMS_PER_THREAD):
-        if rope == "none" and not norm:
+    for dt, rope, norm, k in itertools.product(DTYPES, ROPES, NORMS, HEADS_PER_THREAD):
+        if rope == "none" and norm == "none":
             continue  # nothing to do: the runtime rejects it before planning
-        if not norm and k == 0:
-            continue  # without a norm every row is one head, which always fits in registers
+        if norm == "full" and k == 1:
+            continue  # one head: the planner runs full-dim as per-head, the same computation
         for table in (DTYPES if rope != "none" else (None,)):
-            name = f"qknr_{dt}_{rope}{'_' + table if table else ''}_{'norm' if norm else 'nonorm'}_k{k}"
+            name = f"qknr_{dt}_{rope}{'_' + table if table else ''}_{norm}_k{k}"
             out.append({"name": name, "dtype": dt, "table_dtype": table, "rope": rope, "norm": norm,
-                        "items": k, "max_threads": ITEMS_PER_THREAD[k]})
+                        "heads_per_thread": k, "max_threads": HEADS_PER_THREAD[k]})
     return out
 
 
@@ -62,7 +63,7 @@ def instantiation_source() -> str:
         table = DTYPES[v["table_dtype"] or "f32"]
         lines.append(
             f"CUDIT_QKNR({v['name']}, {DTYPES[v['dtype']]}, {table}, {ROPES[v['rope']]}, "
-            f"{'true' if v['norm'] else 'false'}, {v['items']}, {v['max_threads']})"
+            f"{NORMS[v['norm']]}, {v['heads_per_thread']}, {v['max_threads']})"
         )
     return "\n".join(lines) + "\n"
 

@@ -14,8 +14,7 @@ class SideParams(ctypes.Structure):
         ("in_sb", i64), ("in_ss", i64), ("in_hs", i64),
         ("out_sb", i64), ("out_ss", i64), ("out_hs", i64),
         ("w", ptr), ("w_txt", ptr),
-        ("rows", ctypes.c_int), ("heads_per_row", ctypes.c_int), ("items", ctypes.c_int),
-        ("w_dtype", ctypes.c_int), ("inv_n", ctypes.c_float),
+        ("heads", ctypes.c_int), ("w_dtype", ctypes.c_int), ("inv_n", ctypes.c_float),
     ]
 
 
@@ -26,7 +25,7 @@ class Params(ctypes.Structure):
         ("cos_rb", i64), ("cos_rs", i64), ("cos_hs", i64),
         ("sin_rb", i64), ("sin_rs", i64), ("sin_hs", i64),
         ("tab_rows", u32), ("tab_inner", u32), ("seq", u32), ("num_txt", u32),
-        ("rows_per_token", u32), ("total_rows", u32), ("team", u32),
+        ("total_rows", u32), ("team", u32), ("tj", u32), ("th", u32),
         ("head_dim", ctypes.c_int), ("half_vecs", ctypes.c_int), ("eps", ctypes.c_float),
     ]
 

@@ -14,9 +14,11 @@ from ._params import DTYPE_CODES, Params
 
 ACT_DTYPES = ("bf16", "f16", "f32")
 HEAD_DIM_MIN, HEAD_DIM_MAX, HEAD_DIM_STEP = 32, 256, 16
-# Block-size bound of each items-per-thread variant (mirrors build_cubins.ITEMS_PER_THREAD).
-VARIANT_MAX_THREADS = {1: 1024, 0: 512}
-SMALL_ROW_BLOCK = 256   # threads per block when several rows share a block
+# Block-size bound of each heads-per-thread variant (mirrors build_cubins.HEADS_PER_THREAD).
+VARIANT_MAX_THREADS = {1: 512, 2: 512, 4: 384, 0: 512}
+BLOCK_TARGET = 256      # threads per block when several rows share a block
+# Heads a thread takes by default, by the row's head count (tuning: docs/perf-notes.md).
+HEADS_PER_THREAD_OVERRIDE = None
 MAX_GRID_X = 2**31 - 1
 
 
@@ -440,20 +442,44 @@ def _next_pow2(n: int) -> int:
     return 1 << max(0, (n - 1).bit_length())
 
 
-def geometry(items: int) -> tuple:
-    """(items per thread K, team, block) for rows of `items` items."""
-    if items <= 32:
-        team = _next_pow2(items)
-        return 1, team, max(SMALL_ROW_BLOCK, team)
-    if items <= VARIANT_MAX_THREADS[1]:
-        team = -(-items // 32) * 32
-        return 1, team, team
-    return 0, VARIANT_MAX_THREADS[0], VARIANT_MAX_THREADS[0]
+@dataclass(frozen=True)
+class Geometry:
+    heads_per_thread: int   # K (0: the looping variant)
+    tj: int                 # lanes along the head dim
+    th: int                 # lanes along the heads
+    block: int
+
+    @property
+    def team(self) -> int:
+        return self.tj * self.th
 
 
-def kernel_name(dtype: str, rope: str, table_dtype, norm: bool, k: int) -> str:
+def default_heads_per_thread(heads: int) -> int:
+    if HEADS_PER_THREAD_OVERRIDE is not None:
+        return HEADS_PER_THREAD_OVERRIDE
+    return 1 if heads == 1 else (2 if heads <= 4 else 4)
+
+
+def geometry(half_vecs: int, heads: int, k: int | None = None) -> Geometry:
+    """Threads for rows of `heads` heads of half_vecs items each."""
+    tj = _next_pow2(half_vecs)
+    k = default_heads_per_thread(heads) if k is None else k
+    if k > 0:
+        th = -(-heads // k)
+        if tj * th <= 32:
+            th = _next_pow2(th)               # a team inside a warp: aligned power of two
+        else:
+            th = -(-tj * th // 32) * 32 // tj  # a team of whole warps
+        if tj * th <= VARIANT_MAX_THREADS[k]:
+            rows = max(1, min(BLOCK_TARGET, VARIANT_MAX_THREADS[k]) // (tj * th))
+            return Geometry(k, tj, th, rows * tj * th)
+    th = VARIANT_MAX_THREADS[0] // tj
+    return Geometry(0, tj, th, tj * th)
+
+
+def kernel_name(dtype: str, rope: str, table_dtype, norm: str, k: int) -> str:
     table = f"_{table_dtype}" if rope != "none" else ""
-    return f"qknr_{dtype}_{rope}{table}_{'norm' if norm else 'nonorm'}_k{k}"
+    return f"qknr_{dtype}_{rope}{table}_{norm}_k{k}"
 
 
 def make_plan(req: Request) -> Plan:
@@ -491,14 +517,11 @@ def make_plan(req: Request) -> Plan:
         raise _fail("eps", "a non-negative float", req.eps)
 
     half_vecs = d // (2 * vec)
-    hpr = [s.heads if norm == "full" else 1 for s in (q, k)]   # heads per row
-    items = [h * half_vecs for h in hpr]
-    k_items, team, block = geometry(max(items))
-    rows_per_token = q.heads // hpr[0] + k.heads // hpr[1]
-    total_rows = tokens.count * rows_per_token
+    geo = geometry(half_vecs, max(q.heads, k.heads))
+    total_rows = 2 * tokens.count
     if total_rows >= 2**32:
-        raise PlanError(f"qkv: {tokens.count} tokens x {rows_per_token} rows exceed the 2^32-row limit")
-    rows_per_block = 1 if team > 32 else block // team
+        raise PlanError(f"qkv: {tokens.count} tokens exceed the 2^31-token limit")
+    rows_per_block = geo.block // geo.team
     grid = -(-total_rows // rows_per_block)
     if grid > MAX_GRID_X:
         raise PlanError(f"qkv: {total_rows} rows need {grid} blocks, over the grid limit")
@@ -509,10 +532,8 @@ def make_plan(req: Request) -> Plan:
         sp = p.side[i]
         sp.in_sb, sp.in_ss, sp.in_hs = side.sb, side.ss, side.hs
         sp.out_sb, sp.out_ss, sp.out_hs = out.sb, out.ss, out.hs
-        sp.rows = side.heads // hpr[i]
-        sp.heads_per_row = hpr[i]
-        sp.items = items[i]
-        sp.inv_n = 1.0 / (hpr[i] * d)
+        sp.heads = side.heads
+        sp.inv_n = 1.0 / ((side.heads if norm == "full" else 1) * d)
         pointers += [(("side", i, "in_"), side.role, side.offset),
                      (("side", i, "out"), out.role, out.offset)]
         if norm != "none":
@@ -530,14 +551,13 @@ def make_plan(req: Request) -> Plan:
         p.tab_rows = p.tab_inner = 1
     p.seq = tokens.seq
     p.num_txt = req.num_txt_tokens if dual else 0
-    p.rows_per_token = rows_per_token
     p.total_rows = total_rows
-    p.team = team
+    p.team, p.tj, p.th = geo.team, geo.tj, geo.th
     p.head_dim = d
     p.half_vecs = half_vecs
     p.eps = float(req.eps)
-    name = kernel_name(dtype, rope, req.cos.dtype if cos_t else None, norm != "none", k_items)
-    return Plan(kernel=name, grid=grid, block=block, smem=0, team=team, norm=norm, rope=rope,
+    name = kernel_name(dtype, rope, req.cos.dtype if cos_t else None, norm, geo.heads_per_thread)
+    return Plan(kernel=name, grid=grid, block=geo.block, smem=0, team=geo.team, norm=norm, rope=rope,
                 template=bytes(p), pointers=tuple(pointers))
 
 

@@ -271,7 +271,15 @@ def main(argv=None) -> int:
     ap.add_argument("--json", default="cudit-bench.json")
     ap.add_argument("--png", default="cudit-bench.png")
     ap.add_argument("--only", default="", help="comma-separated shape names")
+    ap.add_argument("--heads-per-thread", type=int, choices=(0, 1, 2, 4), default=None,
+                    help="tuning: force the planner's heads-per-thread variant")
+    ap.add_argument("--no-baselines", action="store_true", help="time cudit only")
     args = ap.parse_args(argv)
+    if args.heads_per_thread is not None:
+        from . import _planner
+
+        _planner.HEADS_PER_THREAD_OVERRIDE = args.heads_per_thread
+        _planner._plan_cached.cache_clear()
 
     props = torch.cuda.get_device_properties(0)
     device = props.name
@@ -283,7 +291,7 @@ def main(argv=None) -> int:
     compile_fns = None if args.no_compile else {}
     rows = []
     for s in shapes:
-        rows.append(measure(s, torch, compile_fns, props.L2_cache_size))
+        rows.append(measure(s, torch, compile_fns, props.L2_cache_size, baselines=not args.no_baselines))
         print(f"  {s.name}: {rows[-1]['cudit_ms'] * 1e3:.1f} us", flush=True)
     text = report(rows, copy_gbs, device)
     with open(args.json, "w") as f:

@@ -19,11 +19,9 @@ typedef struct SideParams {
     cudit_i64 out_sb, out_ss, out_hs; // same for the output (equal to the input's in place)
     const void* w;              // norm weight (image stream), length D or H*D
     const void* w_txt;          // norm weight of the first num_txt tokens (dual-stream)
-    int rows;                   // rows per token on this side: H (per-head) or 1 (full-dim)
-    int heads_per_row;          // 1 (per-head) or H (full-dim)
-    int items;                  // items per row
+    int heads;                  // heads on this side
     int w_dtype;                // DTypeCode of both weights
-    float inv_n;                // 1 / values per row
+    float inv_n;                // 1 / values normalised together (D or H*D)
 } SideParams;
 
 typedef struct Params {
@@ -36,9 +34,10 @@ typedef struct Params {
     cudit_u32 tab_inner;              // rows of the table's inner row axis
     cudit_u32 seq;                    // S: tokens per batch element
     cudit_u32 num_txt;                // dual-stream text tokens at the start of each batch element
-    cudit_u32 rows_per_token;         // side[0].rows + side[1].rows
-    cudit_u32 total_rows;             // tokens * rows_per_token
-    cudit_u32 team;                   // threads per row
+    cudit_u32 total_rows;             // tokens * 2: a row is one side (Q or K) of one token
+    cudit_u32 team;                   // threads per row: tj * th, rounded up to a power of two or warps
+    cudit_u32 tj;                     // lanes along the head dim (a power of two >= half_vecs)
+    cudit_u32 th;                     // lanes along the heads: thread takes heads hl, hl + th, ...
     int head_dim;
     int half_vecs;              // D / (2 * VEC)
     float eps;

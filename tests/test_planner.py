@@ -4,7 +4,7 @@ import re
 import pytest
 
 from cudit._params import Params
-from cudit._planner import PlanError, Request, geometry, make_plan, plan
+from cudit._planner import Geometry, PlanError, Request, geometry, make_plan, plan
 from fakes import BASE, arr
 
 D = 128
@@ -30,29 +30,34 @@ def test_per_head_geometry_packs_many_heads_per_block():
     qw, kw = weights(D)
     c, s = table((64, D))
     p = make_plan(Request(packed(), qw, kw, c, s, num_heads=4))
-    assert (p.team, p.block, p.norm, p.rope) == (8, 256, "head", "interleaved")
-    assert p.kernel == "qknr_bf16_interleaved_f32_norm_k1"
-    assert p.grid == -(-2 * 64 * 8 // 32)    # 8 rows a token, 32 rows a block
+    # 4 heads: 2 a thread, 8 lanes along D x 2 along heads = 16 threads a row, 16 rows a block
+    assert (p.team, p.block, p.norm, p.rope) == (16, 256, "head", "interleaved")
+    assert p.kernel == "qknr_bf16_interleaved_f32_head_k2"
+    assert p.grid == -(-2 * 64 * 2 // 16)    # a row is one side of one token
     prm = params(p)
-    assert prm.side[0].rows == 4 and prm.side[0].items == 8 and prm.half_vecs == 8
-    assert prm.tab_rows == 64 and prm.seq == 64
+    assert (prm.tj, prm.th, prm.half_vecs, prm.side[0].heads) == (8, 2, 8, 4)
+    assert prm.tab_rows == 64 and prm.seq == 64 and prm.total_rows == 2 * 2 * 64
 
 
-@pytest.mark.parametrize("heads,dtype,k,block", [(40, "bf16", 1, 320), (128, "bf16", 1, 1024),
-                                                (128, "f32", 0, 512), (12, "f16", 1, 96)])
-def test_full_dim_rows_fill_a_block_or_loop(heads, dtype, k, block):
+@pytest.mark.parametrize("heads,dtype,k,team", [(40, "bf16", 4, 96), (128, "bf16", 4, 256),
+                                                (12, "f16", 4, 32), (96, "f32", 4, 384),
+                                                (256, "f32", 0, 512)])
+def test_full_dim_rows(heads, dtype, k, team):
     qw, kw = weights(heads * D)
     p = make_plan(Request(packed(h=heads, dtype=dtype), qw, kw, num_heads=heads))
-    assert p.norm == "full" and p.block == block and p.kernel.endswith(f"_k{k}")
+    assert p.norm == "full" and p.team == team and p.kernel.endswith(f"_full_k{k}")
     prm = params(p)
-    assert prm.side[1].heads_per_row == heads and prm.side[1].rows == 1
-    assert prm.total_rows == 2 * 64 * 2
+    assert prm.side[1].heads == heads and abs(prm.side[1].inv_n * heads * D - 1) < 1e-7
+    assert prm.tj * prm.th == team and (k == 0 or prm.th * k >= heads)
 
 
-def test_geometry_team_is_a_power_of_two_for_short_rows():
-    assert geometry(6) == (1, 8, 256)      # D=96 bf16: 6 items
-    assert geometry(33) == (1, 64, 64)
-    assert geometry(1025) == (0, 512, 512)
+def test_geometry_rounds_teams_to_aligned_lanes():
+    assert geometry(6, 24).team == 64            # D=96 bf16: 8 lanes x 6 head lanes -> 2 warps
+    assert (geometry(6, 24).tj, geometry(6, 24).th) == (8, 8)
+    assert geometry(8, 3).team == 16             # 8 x 2 (3 heads, 2 a thread), a power of two
+    assert geometry(8, 1) == Geometry(1, 8, 1, 256)
+    g = geometry(32, 200)                        # fp32 D=256, 200 heads: too many for registers
+    assert g.heads_per_thread == 0 and g.team == 512
 
 
 def test_pointers_bind_per_call_and_k_follows_q():
