@@ -179,7 +179,7 @@ def eager_fn(s: Shape, torch):
 # --------------------------------------------------------------------------- timing
 
 
-def time_call(fn, inputs, torch, warmup=5, reps=50) -> float:
+def time_call(fn, inputs, torch, warmup=20, reps=50) -> float:
     """Median milliseconds of fn over rotating input sets, timed with device events."""
     for i in range(warmup):
         fn(inputs[i % len(inputs)])
