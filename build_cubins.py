@@ -37,9 +37,12 @@ FAMILY = "qk_norm_rope"
 DTYPES = {"f32": "float", "f16": "__half", "bf16": "__nv_bfloat16"}
 ROPES = {"none": 0, "interleaved": 1, "half": 2}
 NORMS = {"none": 0, "head": 1, "full": 2}
-# Heads a thread holds in registers (0: loops over heads), each with its block-size bound,
-# which sets the register cap (65536 / threads).
-HEADS_PER_THREAD = {1: 512, 2: 512, 4: 384, 0: 512}
+# Heads a thread holds in registers (0: loops over heads).
+HEADS_PER_THREAD = (1, 2, 4, 0)
+# Block-size bound by (vectors an item holds, heads a thread holds): it sets the register cap
+# (65536 / threads), chosen as the largest block for which no architecture spills.
+MAX_THREADS = {(1, 1): 1024, (1, 2): 768, (1, 4): 512, (1, 0): 768,
+               (2, 1): 512, (2, 2): 512, (2, 4): 384, (2, 0): 512}
 
 
 def variants() -> list[dict]:
@@ -52,8 +55,9 @@ def variants() -> list[dict]:
             continue  # one head: the planner runs full-dim as per-head, the same computation
         for table in (DTYPES if rope != "none" else (None,)):
             name = f"qknr_{dt}_{rope}{'_' + table if table else ''}_{norm}_k{k}"
+            parts = 2 if rope == "half" else 1
             out.append({"name": name, "dtype": dt, "table_dtype": table, "rope": rope, "norm": norm,
-                        "heads_per_thread": k, "max_threads": HEADS_PER_THREAD[k]})
+                        "heads_per_thread": k, "max_threads": MAX_THREADS[(parts, k)]})
     return out
 
 

@@ -14,8 +14,9 @@ from ._params import DTYPE_CODES, Params
 
 ACT_DTYPES = ("bf16", "f16", "f32")
 HEAD_DIM_MIN, HEAD_DIM_MAX, HEAD_DIM_STEP = 32, 256, 16
-# Block-size bound of each heads-per-thread variant (mirrors build_cubins.HEADS_PER_THREAD).
-VARIANT_MAX_THREADS = {1: 512, 2: 512, 4: 384, 0: 512}
+# Block-size bound by (vectors per item, heads per thread) (mirrors build_cubins.MAX_THREADS).
+VARIANT_MAX_THREADS = {(1, 1): 1024, (1, 2): 768, (1, 4): 512, (1, 0): 768,
+                       (2, 1): 512, (2, 2): 512, (2, 4): 384, (2, 0): 512}
 BLOCK_TARGET = 256      # threads per block when several rows share a block
 # Heads a thread takes by default, by the row's head count (tuning: docs/perf-notes.md).
 HEADS_PER_THREAD_OVERRIDE = None
@@ -460,9 +461,9 @@ def default_heads_per_thread(heads: int) -> int:
     return 1 if heads == 1 else (2 if heads <= 4 else 4)
 
 
-def geometry(half_vecs: int, heads: int, k: int | None = None) -> Geometry:
-    """Threads for rows of `heads` heads of half_vecs items each."""
-    tj = _next_pow2(half_vecs)
+def geometry(lanes_d: int, heads: int, parts: int = 1, k: int | None = None) -> Geometry:
+    """Threads for rows of `heads` heads of lanes_d items (of `parts` vectors) each."""
+    tj = _next_pow2(lanes_d)
     k = default_heads_per_thread(heads) if k is None else k
     if k > 0:
         th = -(-heads // k)
@@ -470,10 +471,12 @@ def geometry(half_vecs: int, heads: int, k: int | None = None) -> Geometry:
             th = _next_pow2(th)               # a team inside a warp: aligned power of two
         else:
             th = -(-tj * th // 32) * 32 // tj  # a team of whole warps
-        if tj * th <= VARIANT_MAX_THREADS[k]:
-            rows = max(1, min(BLOCK_TARGET, VARIANT_MAX_THREADS[k]) // (tj * th))
+        bound = VARIANT_MAX_THREADS[(parts, k)]
+        if tj * th <= bound:
+            rows = max(1, min(BLOCK_TARGET, bound) // (tj * th))
             return Geometry(k, tj, th, rows * tj * th)
-    th = VARIANT_MAX_THREADS[0] // tj
+    bound = VARIANT_MAX_THREADS[(parts, 0)]
+    th = max(1, min(512, bound) // tj)
     return Geometry(0, tj, th, tj * th)
 
 
@@ -516,8 +519,10 @@ def make_plan(req: Request) -> Plan:
     if not (isinstance(req.eps, (int, float)) and req.eps >= 0):
         raise _fail("eps", "a non-negative float", req.eps)
 
-    half_vecs = d // (2 * vec)
-    geo = geometry(half_vecs, max(q.heads, k.heads))
+    # rotate_half pairs d with d + D/2 inside one item; otherwise an item is one vector
+    parts = 2 if rope == "half" else 1
+    lanes_d = d // (vec * parts)
+    geo = geometry(lanes_d, max(q.heads, k.heads), parts)
     total_rows = 2 * tokens.count
     if total_rows >= 2**32:
         raise PlanError(f"qkv: {tokens.count} tokens exceed the 2^31-token limit")
@@ -554,7 +559,7 @@ def make_plan(req: Request) -> Plan:
     p.total_rows = total_rows
     p.team, p.tj, p.th = geo.team, geo.tj, geo.th
     p.head_dim = d
-    p.half_vecs = half_vecs
+    p.lanes_d = lanes_d
     p.eps = float(req.eps)
     name = kernel_name(dtype, rope, req.cos.dtype if cos_t else None, norm, geo.heads_per_thread)
     return Plan(kernel=name, grid=grid, block=geo.block, smem=0, team=geo.team, norm=norm, rope=rope,

@@ -2,9 +2,10 @@
 //
 // Work decomposition (one template serves every mode):
 //   row   = one side (Q or K) of one token, all its heads.
-//   item  = VEC values at d = j*VEC and VEC values at d = j*VEC + D/2 of one head, for
-//           j < half_vecs = D/(2*VEC). Holding both halves lets rotate_half pair i with i + D/2
-//           in registers; interleaved pairs sit inside a VEC.
+//   item  = one thread's part of one head: for rotate_half the VEC values at d = j*VEC and the
+//           VEC values at d + D/2 (so i pairs with i + D/2 in registers), j < D/(2*VEC); for
+//           interleaved RoPE (pairs sit inside a vector) and no RoPE, the VEC values at
+//           d = j*VEC, j < D/VEC. p.lanes_d counts these j.
 //   team  = the tj * th threads of one row: lane j = lane % tj walks the head dim, head lane
 //           hl = lane / tj takes heads hl, hl + th, hl + 2*th, ... So every item of a thread
 //           has the same j: a table shared by the heads, and a per-head weight, are loaded
@@ -20,9 +21,12 @@ namespace cudit {
 
 enum NormKind : int { NORM_NONE = 0, NORM_HEAD = 1, NORM_FULL = 2 };
 
-template <typename T> struct Item {
+// PARTS = 2 for rotate_half (an item holds d and d + D/2), else 1 (an item is one vector).
+template <int ROPE> struct Parts { static constexpr int N = ROPE == ROPE_HALF ? 2 : 1; };
+
+template <typename T, int PARTS> struct Item {
     static constexpr int VEC = 16 / (int)sizeof(T);
-    Packet<T, VEC> lo, hi;
+    Packet<T, VEC> part[PARTS];
 };
 
 // Where one row lives, resolved once per thread.
@@ -72,92 +76,94 @@ __device__ __forceinline__ Row<T, C> locate_row(const Params& p, u32 row, int d)
     return out;
 }
 
-template <typename T, typename C>
-__device__ __forceinline__ void load_item(const Row<T, C>& row, int half, int h, Item<T>& it) {
+template <typename T, typename C, int PARTS>
+__device__ __forceinline__ void load_item(const Row<T, C>& row, int half, int h, Item<T, PARTS>& it) {
     const T* src = row.in + (i64)h * row.in_hs;
-    it.lo.load(src);
-    it.hi.load(src + half);
+#pragma unroll
+    for (int q = 0; q < PARTS; ++q) it.part[q].load(src + q * half);
 }
 
-template <typename T>
-__device__ __forceinline__ float item_sumsq(const Item<T>& it) {
-    constexpr int VEC = Item<T>::VEC;
-    float lo[VEC], hi[VEC];
-    it.lo.to_floats(lo);
-    it.hi.to_floats(hi);
+template <typename T, int PARTS>
+__device__ __forceinline__ float item_sumsq(const Item<T, PARTS>& it) {
+    constexpr int VEC = Item<T, PARTS>::VEC;
     float s = 0.f;
 #pragma unroll
-    for (int e = 0; e < VEC; ++e) s += lo[e] * lo[e] + hi[e] * hi[e];
+    for (int q = 0; q < PARTS; ++q) {
+        float x[VEC];
+        it.part[q].to_floats(x);
+#pragma unroll
+        for (int e = 0; e < VEC; ++e) s += x[e] * x[e];
+    }
     return s;
 }
 
 template <int N>
-__device__ __forceinline__ void rotate_pairs(const float (&x)[N], const float (&c)[N], const float (&s)[N],
-                                             float (&out)[N]) {
+__device__ __forceinline__ void rotate_pairs(float (&x)[N], const float (&c)[N], const float (&s)[N]) {
 #pragma unroll
     for (int e = 0; e < N; e += 2) {
-        out[e] = x[e] * c[e] - x[e + 1] * s[e];
-        out[e + 1] = x[e + 1] * c[e + 1] + x[e] * s[e + 1];
+        const float a = x[e], b = x[e + 1];
+        x[e] = a * c[e] - b * s[e];
+        x[e + 1] = b * c[e + 1] + a * s[e + 1];
     }
 }
 
-// cos/sin of one head at this thread's d: low half and high half.
-template <typename C, int VEC> struct TableSlice {
-    Packet<C, VEC> c_lo, c_hi, s_lo, s_hi;
+// cos/sin of one head at this thread's d (and d + D/2 for rotate_half).
+template <typename C, int VEC, int PARTS> struct TableSlice {
+    Packet<C, VEC> c[PARTS], s[PARTS];
 
     __device__ __forceinline__ void load(const C* cos, const C* sin, int half) {
-        c_lo.load_ro(cos);
-        c_hi.load_ro(cos + half);
-        s_lo.load_ro(sin);
-        s_hi.load_ro(sin + half);
+#pragma unroll
+        for (int q = 0; q < PARTS; ++q) {
+            c[q].load_ro(cos + q * half);
+            s[q].load_ro(sin + q * half);
+        }
     }
 };
 
 // Normalise (scale r, weight w), rotate, round once, store.
-template <typename T, typename C, int ROPE, bool NORM>
-__device__ __forceinline__ void finish_item(const Row<T, C>& row, int half, int h, const Item<T>& it, float r,
-                                            const float (&wl)[Item<T>::VEC], const float (&wh)[Item<T>::VEC],
-                                            const TableSlice<C, Item<T>::VEC>& tab) {
-    constexpr int VEC = Item<T>::VEC;
-    float lo[VEC], hi[VEC];
-    it.lo.to_floats(lo);
-    it.hi.to_floats(hi);
-    if (NORM) {
+template <typename T, typename C, int ROPE, int NORM, int PARTS>
+__device__ __forceinline__ void finish_item(const Row<T, C>& row, int half, int h, int d, const Item<T, PARTS>& it,
+                                            float r, const TableSlice<C, Item<T, PARTS>::VEC, PARTS>& tab) {
+    constexpr int VEC = Item<T, PARTS>::VEC;
+    float x[PARTS][VEC];
 #pragma unroll
-        for (int e = 0; e < VEC; ++e) {
-            lo[e] *= r * wl[e];
-            hi[e] *= r * wh[e];
+    for (int q = 0; q < PARTS; ++q) it.part[q].to_floats(x[q]);
+    if (NORM != NORM_NONE) {
+        // Weight index: per-head weights repeat for every head, full-dim ones run across heads.
+        const i64 widx = (NORM == NORM_FULL ? (i64)h * (2 * half) : 0) + d;
+#pragma unroll
+        for (int q = 0; q < PARTS; ++q) {
+            float w[VEC];
+            load_floats<VEC>(row.w, row.w_dtype, widx + q * half, w);
+#pragma unroll
+            for (int e = 0; e < VEC; ++e) x[q][e] *= r * w[e];
         }
     }
-    Item<T> o;
-    if (ROPE == ROPE_NONE) {
-        o.lo.from_floats(lo);
-        o.hi.from_floats(hi);
-    } else {
-        float c[VEC], s[VEC], out[VEC];
-        tab.c_lo.to_floats(c);
-        tab.s_lo.to_floats(s);
-        if (ROPE == ROPE_INTERLEAVED) {
-            rotate_pairs(lo, c, s, out);
-            o.lo.from_floats(out);
-            tab.c_hi.to_floats(c);
-            tab.s_hi.to_floats(s);
-            rotate_pairs(hi, c, s, out);
-            o.hi.from_floats(out);
-        } else {
+    Item<T, PARTS> o;
+    if (ROPE == ROPE_INTERLEAVED) {
+        float c[VEC], s[VEC];
+        tab.c[0].to_floats(c);
+        tab.s[0].to_floats(s);
+        rotate_pairs(x[0], c, s);
+    } else if (ROPE == ROPE_HALF) {
+        float c[VEC], s[VEC], lo[VEC];
+        tab.c[0].to_floats(c);
+        tab.s[0].to_floats(s);
 #pragma unroll
-            for (int e = 0; e < VEC; ++e) out[e] = lo[e] * c[e] - hi[e] * s[e];
-            o.lo.from_floats(out);
-            tab.c_hi.to_floats(c);
-            tab.s_hi.to_floats(s);
+        for (int e = 0; e < VEC; ++e) lo[e] = x[0][e] * c[e] - x[PARTS - 1][e] * s[e];
+        tab.c[PARTS - 1].to_floats(c);
+        tab.s[PARTS - 1].to_floats(s);
 #pragma unroll
-            for (int e = 0; e < VEC; ++e) out[e] = hi[e] * c[e] + lo[e] * s[e];
-            o.hi.from_floats(out);
-        }
+        for (int e = 0; e < VEC; ++e) x[PARTS - 1][e] = x[PARTS - 1][e] * c[e] + x[0][e] * s[e];
+#pragma unroll
+        for (int e = 0; e < VEC; ++e) x[0][e] = lo[e];
     }
     T* dst = row.out + (i64)h * row.out_hs;
-    o.lo.store(dst);
-    o.hi.store(dst + half);
+#pragma unroll
+    for (int q = 0; q < PARTS; ++q) {
+        o.part[q].from_floats(x[q]);
+        o.part[q].store(dst + q * half);
+    }
 }
 
 // Sum over a team: a power of two <= 32 aligned lanes, or whole warps that share shared memory.
@@ -174,19 +180,11 @@ __device__ __forceinline__ float team_sum(float v, u32 team, u32 row_in_block) {
     return s;
 }
 
-template <typename T, typename C, int ROPE, int NORM>
-__device__ __forceinline__ void load_weight(const Row<T, C>& row, int h, int d, int half,
-                                            float (&wl)[Item<T>::VEC], float (&wh)[Item<T>::VEC]) {
-    constexpr int VEC = Item<T>::VEC;
-    if (NORM == NORM_NONE) return;
-    const i64 idx = (NORM == NORM_FULL ? (i64)h * (2 * half) : 0) + d;
-    load_floats<VEC>(row.w, row.w_dtype, idx, wl);
-    load_floats<VEC>(row.w, row.w_dtype, idx + half, wh);
-}
-
 template <typename T, typename C, int ROPE, int NORM, int K>
 __device__ __forceinline__ void qk_norm_rope_body(const Params& p) {
-    constexpr int VEC = Item<T>::VEC;
+    constexpr int PARTS = Parts<ROPE>::N;
+    constexpr int VEC = Item<T, PARTS>::VEC;
+    typedef Item<T, PARTS> It;
     const u32 team = p.team;
     const u32 lane = threadIdx.x % team;
     const u32 row_in_block = threadIdx.x / team;
@@ -197,16 +195,15 @@ __device__ __forceinline__ void qk_norm_rope_body(const Params& p) {
     const int half = p.head_dim >> 1;
     const int d = (int)j * VEC;
     // Threads of a missing row or past the head dim still take part in shuffles and barriers.
-    const bool active = row_id < p.total_rows && (int)j < p.half_vecs;
+    const bool active = row_id < p.total_rows && (int)j < p.lanes_d;
 
     wait_for_producer();
     const Row<T, C> row = locate_row<T, C>(p, active ? row_id : 0u, d);
     const bool shared_table = ROPE != ROPE_NONE && row.cos_hs == 0 && row.sin_hs == 0;
-    TableSlice<C, VEC> tab;
-    float wl[VEC], wh[VEC];
+    TableSlice<C, VEC, PARTS> tab;
 
     if (K > 0) {
-        Item<T> it[K > 0 ? K : 1];
+        It it[K > 0 ? K : 1];
 #pragma unroll
         for (int k = 0; k < K; ++k) {
             const int h = hl + k * th;
@@ -236,11 +233,8 @@ __device__ __forceinline__ void qk_norm_rope_body(const Params& p) {
         for (int k = 0; k < K; ++k) {
             const int h = hl + k * th;
             if (!(active && h < row.heads)) continue;
-            // Per item, not hoisted: a per-head weight is an L1 hit, and registers are scarce.
-            load_weight<T, C, ROPE, NORM>(row, h, d, half, wl, wh);
             if (ROPE != ROPE_NONE && !shared_table) tab.load(row.cos + h * row.cos_hs, row.sin + h * row.sin_hs, half);
-            finish_item<T, C, ROPE, NORM != NORM_NONE>(row, half, h, it[k], NORM == NORM_HEAD ? r[k] : r[0], wl,
-                                                        wh, tab);
+            finish_item<T, C, ROPE, NORM, PARTS>(row, half, h, d, it[k], NORM == NORM_HEAD ? r[k] : r[0], tab);
         }
     } else {
         // Heads beyond registers: loop. The trip count is uniform across the team (shuffles).
@@ -248,9 +242,8 @@ __device__ __forceinline__ void qk_norm_rope_body(const Params& p) {
         float r = 1.f;
         if (NORM == NORM_FULL) {
             float ss = 0.f;
-            for (int h = hl; h < row.heads; h += th) {
-                if (!active) break;
-                Item<T> it;
+            for (int h = hl; active && h < row.heads; h += th) {
+                It it;
                 load_item(row, half, h, it);
                 ss += item_sumsq(it);
             }
@@ -261,13 +254,12 @@ __device__ __forceinline__ void qk_norm_rope_body(const Params& p) {
         for (int base = 0; base < max_heads; base += th) {
             const int h = base + hl;
             const bool ok = active && h < row.heads;
-            Item<T> it;
+            It it;
             if (ok) load_item(row, half, h, it);
             if (NORM == NORM_HEAD) r = 1.f / sqrtf(team_sum_warp(ok ? item_sumsq(it) : 0.f, p.tj) * row.inv_n + p.eps);
             if (!ok) continue;
-            load_weight<T, C, ROPE, NORM>(row, h, d, half, wl, wh);
             if (ROPE != ROPE_NONE && !shared_table) tab.load(row.cos + h * row.cos_hs, row.sin + h * row.sin_hs, half);
-            finish_item<T, C, ROPE, NORM != NORM_NONE>(row, half, h, it, r, wl, wh, tab);
+            finish_item<T, C, ROPE, NORM, PARTS>(row, half, h, d, it, r, tab);
         }
     }
 }

@@ -36,10 +36,10 @@ typedef struct Params {
     cudit_u32 num_txt;                // dual-stream text tokens at the start of each batch element
     cudit_u32 total_rows;             // tokens * 2: a row is one side (Q or K) of one token
     cudit_u32 team;                   // threads per row: tj * th, rounded up to a power of two or warps
-    cudit_u32 tj;                     // lanes along the head dim (a power of two >= half_vecs)
+    cudit_u32 tj;                     // lanes along the head dim (a power of two >= lanes_d)
     cudit_u32 th;                     // lanes along the heads: thread takes heads hl, hl + th, ...
     int head_dim;
-    int half_vecs;              // D / (2 * VEC)
+    int lanes_d;                // items along the head dim: D / (2 * VEC) for rotate_half, else D / VEC
     float eps;
 } Params;
 

@@ -30,17 +30,17 @@ def test_per_head_geometry_packs_many_heads_per_block():
     qw, kw = weights(D)
     c, s = table((64, D))
     p = make_plan(Request(packed(), qw, kw, c, s, num_heads=4))
-    # 4 heads: 2 a thread, 8 lanes along D x 2 along heads = 16 threads a row, 16 rows a block
-    assert (p.team, p.block, p.norm, p.rope) == (16, 256, "head", "interleaved")
+    # 4 heads, 2 a thread: 16 vectors along D x 2 lanes along heads = 32 threads a row
+    assert (p.team, p.block, p.norm, p.rope) == (32, 256, "head", "interleaved")
     assert p.kernel == "qknr_bf16_interleaved_f32_head_k2"
-    assert p.grid == -(-2 * 64 * 2 // 16)    # a row is one side of one token
+    assert p.grid == 2 * 64 * 2 // 8         # a row is one side of one token; 8 rows a block
     prm = params(p)
-    assert (prm.tj, prm.th, prm.half_vecs, prm.side[0].heads) == (8, 2, 8, 4)
+    assert (prm.tj, prm.th, prm.lanes_d, prm.side[0].heads) == (16, 2, 16, 4)
     assert prm.tab_rows == 64 and prm.seq == 64 and prm.total_rows == 2 * 2 * 64
 
 
-@pytest.mark.parametrize("heads,dtype,k,team", [(40, "bf16", 4, 96), (128, "bf16", 4, 256),
-                                                (12, "f16", 4, 32), (96, "f32", 4, 384),
+@pytest.mark.parametrize("heads,dtype,k,team", [(40, "bf16", 4, 160), (128, "bf16", 4, 512),
+                                                (12, "f16", 4, 64), (96, "f32", 0, 512),
                                                 (256, "f32", 0, 512)])
 def test_full_dim_rows(heads, dtype, k, team):
     qw, kw = weights(heads * D)
@@ -49,6 +49,7 @@ def test_full_dim_rows(heads, dtype, k, team):
     prm = params(p)
     assert prm.side[1].heads == heads and abs(prm.side[1].inv_n * heads * D - 1) < 1e-7
     assert prm.tj * prm.th == team and (k == 0 or prm.th * k >= heads)
+    assert prm.lanes_d == D * {"bf16": 2, "f16": 2, "f32": 4}[dtype] // 16
 
 
 def test_geometry_rounds_teams_to_aligned_lanes():
@@ -56,6 +57,7 @@ def test_geometry_rounds_teams_to_aligned_lanes():
     assert (geometry(6, 24).tj, geometry(6, 24).th) == (8, 8)
     assert geometry(8, 3).team == 16             # 8 x 2 (3 heads, 2 a thread), a power of two
     assert geometry(8, 1) == Geometry(1, 8, 1, 256)
+    assert geometry(8, 40, parts=2) == Geometry(4, 8, 12, 192)   # rotate_half: 2 rows of 96
     g = geometry(32, 200)                        # fp32 D=256, 200 heads: too many for registers
     assert g.heads_per_thread == 0 and g.team == 512
 
