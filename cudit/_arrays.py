@@ -47,9 +47,21 @@ def framework_of(obj) -> str:
     return "jax" if top == "jaxlib" else top
 
 
+_DTYPE_CACHE: dict = {}
+
+
 def dtype_name(dtype) -> str:
+    try:
+        return _DTYPE_CACHE[dtype]
+    except (KeyError, TypeError):
+        pass
     name = np.dtype(dtype).name if dtype is not None else "unknown"
-    return _DTYPE_NAMES.get(name, name)
+    short = _DTYPE_NAMES.get(name, name)
+    try:
+        _DTYPE_CACHE[dtype] = short
+    except TypeError:  # an unhashable dtype-like: just don't cache
+        pass
+    return short
 
 
 _DLPACK_CPU = 1

@@ -57,12 +57,29 @@ def device_state(device_id: int) -> DeviceState:
     return DeviceState(dev, limits, image)
 
 
-@functools.lru_cache(maxsize=4096)
-def _checked_kernel(device_id: int, p: Plan):
-    """The kernel handle for a plan on a device, after checking the plan fits it."""
+_LAUNCH_CONFIGS: dict = {}
+
+
+def _launch_config(device_id: int, p: Plan):
+    """Kernel handle and launch configuration of a plan on a device, checked once."""
+    key = (device_id, p)
+    hit = _LAUNCH_CONFIGS.get(key)
+    if hit is not None:
+        return hit
+    from cuda.bindings import driver
+
     st = device_state(device_id)
     check_fits(p, st.limits, _modules.kernel_meta(_modules.manifest(), st.image, p.kernel))
-    return _modules.load_kernel(st.image, p.kernel).handle
+    kernel = _modules.load_kernel(st.image, p.kernel).handle
+    config = driver.CUlaunchConfig()
+    config.gridDimX, config.gridDimY, config.gridDimZ = p.grid, 1, 1
+    config.blockDimX, config.blockDimY, config.blockDimZ = p.block, 1, 1
+    config.sharedMemBytes = p.smem
+    config.numAttrs = 0
+    if len(_LAUNCH_CONFIGS) > 4096:
+        _LAUNCH_CONFIGS.clear()
+    _LAUNCH_CONFIGS[key] = hit = (kernel, config)
+    return hit
 
 
 def resolve_stream(stream, like) -> int:
@@ -98,13 +115,8 @@ def dlpack_stream(handle: int) -> int:
 def launch(device_id: int, p: Plan, params, stream: int) -> None:
     from cuda.bindings import driver
 
-    kernel = _checked_kernel(device_id, p)
+    kernel, config = _launch_config(device_id, p)
     device_state(device_id).device.set_current()
-    config = driver.CUlaunchConfig()
-    config.gridDimX, config.gridDimY, config.gridDimZ = p.grid, 1, 1
-    config.blockDimX, config.blockDimY, config.blockDimZ = p.block, 1, 1
-    config.sharedMemBytes = p.smem
     config.hStream = driver.CUstream(stream)
-    config.numAttrs = 0
     argv = (ctypes.c_void_p * 1)(ctypes.addressof(params))
     _check(driver.cuLaunchKernelEx(config, kernel, ctypes.addressof(argv), 0))

@@ -83,7 +83,7 @@ class Request:
         return roles
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False)   # identity hash: plans are cached and used as keys
 class Plan:
     kernel: str
     grid: int
@@ -418,25 +418,38 @@ def _rope_tables(req: Request, d: int, q: Side, k: Side, tokens: Tokens, vec: in
 # -------------------------------------------------------------------------- the plan
 
 
-def signature(req: Request):
+def _array_key(x):
+    if isinstance(x, ArrayInfo):
+        return (x.shape, x.strides, x.dtype, x.device_id, x.readonly, x.framework, x.ptr & 15)
+    if isinstance(x, tuple):
+        return tuple(_array_key(y) for y in x)
+    return x
+
+
+def signature(req: Request) -> tuple:
     """Hashable key: everything a plan depends on; pointers only through their alignment."""
-    def sig(x):
-        if isinstance(x, ArrayInfo):
-            return replace(x, ptr=x.ptr % 16)
-        if isinstance(x, tuple):
-            return tuple(sig(y) for y in x)
-        return x
-    return tuple(sig(getattr(req, f)) for f in Request.__dataclass_fields__)
+    return tuple(_array_key(getattr(req, f)) for f in _FIELDS)
+
+
+_FIELDS = tuple(Request.__dataclass_fields__)
+_CACHE: dict = {}
+_CACHE_LIMIT = 4096
 
 
 def plan(req: Request) -> Plan:
-    """The launch for this request (cached per signature), with pointers bound."""
-    return _plan_cached(signature(req))
+    """The launch for this request, cached per signature (shapes, strides, dtypes, alignment)."""
+    key = signature(req)
+    p = _CACHE.get(key)
+    if p is None:
+        p = make_plan(req)
+        if len(_CACHE) >= _CACHE_LIMIT:
+            _CACHE.clear()
+        _CACHE[key] = p
+    return p
 
 
-@functools.lru_cache(maxsize=1024)
-def _plan_cached(sig) -> Plan:
-    return make_plan(Request(*sig))
+def clear_cache() -> None:
+    _CACHE.clear()
 
 
 def _next_pow2(n: int) -> int:
