@@ -20,6 +20,8 @@ VARIANT_MAX_THREADS = {(1, 1): 1024, (1, 2): 768, (1, 4): 512, (1, 0): 768,
 BLOCK_TARGET = 256      # threads per block when several rows share a block
 # Heads a thread takes by default, by the row's head count (tuning: docs/perf-notes.md).
 HEADS_PER_THREAD_OVERRIDE = None
+# Row groups a block processes in turn, prefetching the next into L2 (tuning: docs/perf-notes.md).
+ROW_ITERS = 4
 MAX_GRID_X = 2**31 - 1
 
 
@@ -540,7 +542,8 @@ def make_plan(req: Request) -> Plan:
     if total_rows >= 2**32:
         raise PlanError(f"qkv: {tokens.count} tokens exceed the 2^31-token limit")
     rows_per_block = geo.block // geo.team
-    grid = -(-total_rows // rows_per_block)
+    iters = max(1, min(ROW_ITERS, -(-total_rows // rows_per_block)))
+    grid = -(-total_rows // (rows_per_block * iters))
     if grid > MAX_GRID_X:
         raise PlanError(f"qkv: {total_rows} rows need {grid} blocks, over the grid limit")
 
@@ -570,7 +573,7 @@ def make_plan(req: Request) -> Plan:
     p.seq = tokens.seq
     p.num_txt = req.num_txt_tokens if dual else 0
     p.total_rows = total_rows
-    p.team, p.tj, p.th = geo.team, geo.tj, geo.th
+    p.team, p.tj, p.th, p.iters = geo.team, geo.tj, geo.th, iters
     p.head_dim = d
     p.lanes_d = lanes_d
     p.eps = float(req.eps)

@@ -179,7 +179,7 @@ def eager_fn(s: Shape, torch):
 # --------------------------------------------------------------------------- timing
 
 
-def time_call(fn, inputs, torch, warmup=20, reps=50) -> float:
+def time_call(fn, inputs, torch, warmup=20, reps=50, graph=True) -> float:
     """Median milliseconds of fn over rotating input sets, timed with device events.
 
     The calls are captured in a CUDA graph and replayed, so host overhead between launches
@@ -191,6 +191,8 @@ def time_call(fn, inputs, torch, warmup=20, reps=50) -> float:
         for i in range(warmup):
             fn(inputs[i % len(inputs)])
     torch.cuda.current_stream().wait_stream(side)
+    if not graph:
+        return _time_direct(fn, inputs, torch, reps)
     per_graph = max(len(inputs), 8)
     graph = torch.cuda.CUDAGraph()
     with torch.cuda.graph(graph):
@@ -206,6 +208,17 @@ def time_call(fn, inputs, torch, warmup=20, reps=50) -> float:
         ends[i].record()
     torch.cuda.synchronize()
     return statistics.median(a.elapsed_time(b) for a, b in zip(starts, ends)) / per_graph
+
+
+def _time_direct(fn, inputs, torch, reps) -> float:
+    starts = [torch.cuda.Event(enable_timing=True) for _ in range(reps)]
+    ends = [torch.cuda.Event(enable_timing=True) for _ in range(reps)]
+    for i in range(reps):
+        starts[i].record()
+        fn(inputs[i % len(inputs)])
+        ends[i].record()
+    torch.cuda.synchronize()
+    return statistics.median(a.elapsed_time(b) for a, b in zip(starts, ends))
 
 
 def overhead(torch, calls=10000) -> dict:
@@ -230,7 +243,8 @@ def copy_bandwidth(torch, nbytes=1 << 30) -> float:
     """Device-to-device copy, GB/s counting bytes read plus bytes written."""
     src = torch.empty(nbytes // 2, dtype=torch.int16, device="cuda").random_()
     dst = torch.empty_like(src)
-    ms = time_call(lambda _: dst.copy_(src), [None], torch, warmup=3, reps=20)
+    # Not in a graph: a captured copy becomes a copy-engine node, slower than the SM copy.
+    ms = time_call(lambda _: dst.copy_(src), [None], torch, warmup=3, reps=20, graph=False)
     del src, dst
     return 2 * nbytes / ms / 1e6
 
@@ -307,12 +321,15 @@ def main(argv=None) -> int:
     ap.add_argument("--heads-per-thread", type=int, choices=(0, 1, 2, 4), default=None,
                     help="tuning: force the planner's heads-per-thread variant")
     ap.add_argument("--no-baselines", action="store_true", help="time cudit only")
+    ap.add_argument("--row-iters", type=int, default=None, help="tuning: row groups a block takes in turn")
     args = ap.parse_args(argv)
-    if args.heads_per_thread is not None:
-        from . import _planner
+    from . import _planner
 
+    if args.heads_per_thread is not None:
         _planner.HEADS_PER_THREAD_OVERRIDE = args.heads_per_thread
-        _planner.clear_cache()
+    if args.row_iters is not None:
+        _planner.ROW_ITERS = args.row_iters
+    _planner.clear_cache()
 
     props = torch.cuda.get_device_properties(0)
     device = props.name

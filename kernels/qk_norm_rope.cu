@@ -167,28 +167,44 @@ __device__ __forceinline__ void finish_item(const Row<T, C>& row, int half, int 
 }
 
 // Sum over a team: a power of two <= 32 aligned lanes, or whole warps that share shared memory.
-__device__ __forceinline__ float team_sum(float v, u32 team, u32 row_in_block) {
+// `parity` alternates between rows a block processes in turn: with two buffers, the barrier of
+// the next row separates this row's reads from the writes of the row after.
+__device__ __forceinline__ float team_sum(float v, u32 team, u32 row_in_block, u32 parity) {
     if (team <= 32u) return team_sum_warp(v, team);
-    __shared__ float partial[32];
+    __shared__ float partial[2][32];
     v = team_sum_warp(v, 32u);
-    if ((threadIdx.x & 31u) == 0) partial[threadIdx.x >> 5] = v;
+    if ((threadIdx.x & 31u) == 0) partial[parity][threadIdx.x >> 5] = v;
     __syncthreads();
     const u32 warps = team >> 5;
     const u32 first = row_in_block * warps;
     float s = 0.f;
-    for (u32 i = 0; i < warps; ++i) s += partial[first + i];
+    for (u32 i = 0; i < warps; ++i) s += partial[parity][first + i];
     return s;
 }
 
+// Ask L2 for a row a team will process next: the data arrives without holding registers.
+template <typename T, typename C, int PARTS, int K>
+__device__ __forceinline__ void prefetch_row(const Params& p, u32 row_id, int d, int hl, int th, int half) {
+    const Row<T, C> row = locate_row<T, C>(p, row_id, d);
+    const int n = K > 0 ? K : 4;
+#pragma unroll
+    for (int k = 0; k < n; ++k) {
+        const int h = hl + k * th;
+        if (h >= row.heads) break;
+#pragma unroll
+        for (int q = 0; q < PARTS; ++q) {
+            asm volatile("prefetch.global.L2 [%0];" ::"l"(row.in + (i64)h * row.in_hs + q * half));
+        }
+    }
+}
+
 template <typename T, typename C, int ROPE, int NORM, int K>
-__device__ __forceinline__ void qk_norm_rope_body(const Params& p) {
+__device__ __forceinline__ void process_row(const Params& p, u32 row_id, u32 row_in_block, u32 parity) {
     constexpr int PARTS = Parts<ROPE>::N;
     constexpr int VEC = Item<T, PARTS>::VEC;
     typedef Item<T, PARTS> It;
     const u32 team = p.team;
     const u32 lane = threadIdx.x % team;
-    const u32 row_in_block = threadIdx.x / team;
-    const u32 row_id = blockIdx.x * (blockDim.x / team) + row_in_block;
     const u32 j = lane & (p.tj - 1u);
     const int hl = (int)(lane / p.tj);
     const int th = (int)p.th;
@@ -197,7 +213,6 @@ __device__ __forceinline__ void qk_norm_rope_body(const Params& p) {
     // Threads of a missing row or past the head dim still take part in shuffles and barriers.
     const bool active = row_id < p.total_rows && (int)j < p.lanes_d;
 
-    wait_for_producer();
     const Row<T, C> row = locate_row<T, C>(p, active ? row_id : 0u, d);
     const bool shared_table = ROPE != ROPE_NONE && row.cos_hs == 0 && row.sin_hs == 0;
     TableSlice<C, VEC, PARTS> tab;
@@ -227,7 +242,7 @@ __device__ __forceinline__ void qk_norm_rope_body(const Params& p) {
                 const int h = hl + k * th;
                 if (active && h < row.heads) ss += item_sumsq(it[k]);
             }
-            r[0] = 1.f / sqrtf(team_sum(ss, team, row_in_block) * row.inv_n + p.eps);
+            r[0] = 1.f / sqrtf(team_sum(ss, team, row_in_block, parity) * row.inv_n + p.eps);
         }
 #pragma unroll
         for (int k = 0; k < K; ++k) {
@@ -247,7 +262,7 @@ __device__ __forceinline__ void qk_norm_rope_body(const Params& p) {
                 load_item(row, half, h, it);
                 ss += item_sumsq(it);
             }
-            r = 1.f / sqrtf(team_sum(ss, team, row_in_block) * row.inv_n + p.eps);
+            r = 1.f / sqrtf(team_sum(ss, team, row_in_block, parity) * row.inv_n + p.eps);
         }
         release_dependents();
         const int max_heads = p.side[0].heads > p.side[1].heads ? p.side[0].heads : p.side[1].heads;
@@ -261,6 +276,27 @@ __device__ __forceinline__ void qk_norm_rope_body(const Params& p) {
             if (ROPE != ROPE_NONE && !shared_table) tab.load(row.cos + h * row.cos_hs, row.sin + h * row.sin_hs, half);
             finish_item<T, C, ROPE, NORM, PARTS>(row, half, h, d, it, r, tab);
         }
+    }
+}
+
+template <typename T, typename C, int ROPE, int NORM, int K>
+__device__ __forceinline__ void qk_norm_rope_body(const Params& p) {
+    constexpr int PARTS = Parts<ROPE>::N;
+    const u32 team = p.team;
+    const u32 rows_per_block = blockDim.x / team;
+    const u32 row_in_block = threadIdx.x / team;
+    const u32 lane = threadIdx.x % team;
+    const u32 j = lane & (p.tj - 1u);
+    const int d = (int)j * Item<T, PARTS>::VEC;
+    // A block takes p.iters groups of rows in turn and prefetches each next group into L2.
+    const u32 first = blockIdx.x * rows_per_block * p.iters + row_in_block;
+    wait_for_producer();
+    for (u32 i = 0; i < p.iters; ++i) {
+        const u32 row_id = first + i * rows_per_block;
+        const u32 next = row_id + rows_per_block;
+        if (i + 1 < p.iters && next < p.total_rows && (int)j < p.lanes_d)
+            prefetch_row<T, C, PARTS, K>(p, next, d, (int)(lane / p.tj), (int)p.th, p.head_dim >> 1);
+        process_row<T, C, ROPE, NORM, K>(p, row_id, row_in_block, i & 1u);
     }
 }
 

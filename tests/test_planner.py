@@ -3,6 +3,7 @@ import re
 
 import pytest
 
+from cudit import _planner
 from cudit._params import Params
 from cudit._planner import Geometry, PlanError, Request, geometry, make_plan, plan
 from fakes import BASE, arr
@@ -33,7 +34,9 @@ def test_per_head_geometry_packs_many_heads_per_block():
     # 4 heads, 2 a thread: 16 vectors along D x 2 lanes along heads = 32 threads a row
     assert (p.team, p.block, p.norm, p.rope) == (32, 256, "head", "interleaved")
     assert p.kernel == "qknr_bf16_interleaved_f32_head_k2"
-    assert p.grid == 2 * 64 * 2 // 8         # a row is one side of one token; 8 rows a block
+    prm = params(p)
+    # a row is one side of one token; 8 rows a block, ROW_ITERS groups of rows in turn
+    assert p.grid == -(-2 * 64 * 2 // (8 * prm.iters)) and prm.iters == _planner.ROW_ITERS
     prm = params(p)
     assert (prm.tj, prm.th, prm.lanes_d, prm.side[0].heads) == (16, 2, 16, 4)
     assert prm.tab_rows == 64 and prm.seq == 64 and prm.total_rows == 2 * 2 * 64
