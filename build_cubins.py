@@ -43,6 +43,8 @@ HEADS_PER_THREAD = (1, 2, 4, 0)
 # (65536 / threads), chosen as the largest block for which no architecture spills.
 MAX_THREADS = {(1, 1): 1024, (1, 2): 768, (1, 4): 512, (1, 0): 768,
                (2, 1): 512, (2, 2): 512, (2, 4): 384, (2, 0): 512}
+# Variants that fit a tighter cap (more threads resident), by (vectors, norm, heads a thread).
+MAX_THREADS_BY_NORM = {}
 
 
 def variants() -> list[dict]:
@@ -56,8 +58,9 @@ def variants() -> list[dict]:
         for table in (DTYPES if rope != "none" else (None,)):
             name = f"qknr_{dt}_{rope}{'_' + table if table else ''}_{norm}_k{k}"
             parts = 2 if rope == "half" else 1
+            bound = MAX_THREADS_BY_NORM.get((parts, norm, k), MAX_THREADS[(parts, k)])
             out.append({"name": name, "dtype": dt, "table_dtype": table, "rope": rope, "norm": norm,
-                        "heads_per_thread": k, "max_threads": MAX_THREADS[(parts, k)]})
+                        "heads_per_thread": k, "max_threads": bound})
     return out
 
 

@@ -73,7 +73,7 @@ def _launch_config(device_id: int, p: Plan):
     kernel = _modules.load_kernel(st.image, p.kernel).handle
     config = driver.CUlaunchConfig()
     config.gridDimX, config.gridDimY, config.gridDimZ = p.grid, 1, 1
-    config.blockDimX, config.blockDimY, config.blockDimZ = p.block, 1, 1
+    config.blockDimX, config.blockDimY, config.blockDimZ = p.team, p.block // p.team, 1  # x: lane, y: row
     config.sharedMemBytes = p.smem
     config.numAttrs = 0
     if len(_LAUNCH_CONFIGS) > 4096:

@@ -3,10 +3,12 @@ from __future__ import annotations
 
 import functools
 import json
+import os
 from dataclasses import dataclass
 from pathlib import Path
 
-CUBIN_DIR = Path(__file__).resolve().parent / "_cubins"
+# CUDIT_CUBIN_DIR: a developer's knob to load another build (A/B timing of kernel variants).
+CUBIN_DIR = Path(os.environ.get("CUDIT_CUBIN_DIR") or Path(__file__).resolve().parent / "_cubins")
 
 
 class NoImageError(RuntimeError):

@@ -8,6 +8,19 @@ u32 = ctypes.c_uint32
 ptr = ctypes.c_void_p
 
 
+class FastDiv(ctypes.Structure):
+    _fields_ = [("d", u32), ("m", u32), ("s", u32)]
+
+
+def fast_div(d: int) -> FastDiv:
+    """Magic numbers for n // d == (umulhi(n, m) + n) >> s, exact for all 32-bit n."""
+    if not 1 <= d < 2**32:
+        raise ValueError(f"divisor out of range: {d}")
+    s = (d - 1).bit_length()
+    m = ((1 << 32) * ((1 << s) - d)) // d + 1
+    return FastDiv(d, m, s)
+
+
 class SideParams(ctypes.Structure):
     _fields_ = [
         ("in_", ptr), ("out", ptr),
@@ -24,7 +37,7 @@ class Params(ctypes.Structure):
         ("cos", ptr), ("sin", ptr),
         ("cos_rb", i64), ("cos_rs", i64), ("cos_hs", i64),
         ("sin_rb", i64), ("sin_rs", i64), ("sin_hs", i64),
-        ("tab_rows", u32), ("tab_inner", u32), ("seq", u32), ("num_txt", u32),
+        ("tab_rows", FastDiv), ("tab_inner", FastDiv), ("seq", FastDiv), ("num_txt", u32),
         ("total_rows", u32), ("team", u32), ("tj", u32), ("th", u32), ("iters", u32),
         ("head_dim", ctypes.c_int), ("lanes_d", ctypes.c_int), ("eps", ctypes.c_float),
     ]

@@ -10,7 +10,7 @@ import functools
 from dataclasses import dataclass, replace
 
 from ._arrays import ArrayInfo
-from ._params import DTYPE_CODES, Params
+from ._params import DTYPE_CODES, Params, fast_div
 
 ACT_DTYPES = ("bf16", "f16", "f32")
 HEAD_DIM_MIN, HEAD_DIM_MAX, HEAD_DIM_STEP = 32, 256, 16
@@ -566,11 +566,11 @@ def make_plan(req: Request) -> Plan:
     if cos_t is not None:
         p.cos_rb, p.cos_rs, p.cos_hs = cos_t.rb, cos_t.rs, cos_t.hs
         p.sin_rb, p.sin_rs, p.sin_hs = sin_t.rb, sin_t.rs, sin_t.hs
-        p.tab_rows, p.tab_inner = cos_t.rows, cos_t.inner
+        p.tab_rows, p.tab_inner = fast_div(cos_t.rows), fast_div(cos_t.inner)
         pointers += [(("cos",), "cos", 0), (("sin",), "sin", 0)]
     else:
-        p.tab_rows = p.tab_inner = 1
-    p.seq = tokens.seq
+        p.tab_rows = p.tab_inner = fast_div(1)
+    p.seq = fast_div(tokens.seq)
     p.num_txt = req.num_txt_tokens if dual else 0
     p.total_rows = total_rows
     p.team, p.tj, p.th, p.iters = geo.team, geo.tj, geo.th, iters

@@ -16,6 +16,15 @@ __device__ __forceinline__ float to_float(float x) { return x; }
 __device__ __forceinline__ float to_float(__half x) { return __half2float(x); }
 __device__ __forceinline__ float to_float(__nv_bfloat16 x) { return __bfloat162float(x); }
 
+// Two floats into two adjacent values: one packed conversion for the 16-bit types.
+__device__ __forceinline__ void from_float2(float* v, float a, float b) { v[0] = a; v[1] = b; }
+__device__ __forceinline__ void from_float2(__half* v, float a, float b) {
+    *reinterpret_cast<__half2*>(v) = __floats2half2_rn(a, b);
+}
+__device__ __forceinline__ void from_float2(__nv_bfloat16* v, float a, float b) {
+    *reinterpret_cast<__nv_bfloat162*>(v) = __floats2bfloat162_rn(a, b);
+}
+
 template <typename T> __device__ __forceinline__ T from_float(float x);
 template <> __device__ __forceinline__ float from_float<float>(float x) { return x; }
 template <> __device__ __forceinline__ __half from_float<__half>(float x) { return __float2half_rn(x); }
@@ -61,8 +70,9 @@ template <typename T, int N> struct Packet {
     }
     __device__ __forceinline__ void from_floats(const float (&in)[N]) {
         T* v = reinterpret_cast<T*>(w);
+        static_assert(N % 2 == 0, "packets hold pairs");
 #pragma unroll
-        for (int i = 0; i < N; ++i) v[i] = from_float<T>(in[i]);
+        for (int i = 0; i < N; i += 2) from_float2(v + i, in[i], in[i + 1]);
     }
 };
 
@@ -79,24 +89,24 @@ __device__ __forceinline__ void load_floats(const void* base, int dtype, i64 idx
     }
 }
 
+// Thread index in the block, x fastest (blocks may be 2-D: x = lane in a team, y = team).
+__device__ __forceinline__ u32 linear_tid() { return threadIdx.y * blockDim.x + threadIdx.x; }
+
+// n / d for a divisor fixed for the whole launch: multiply-high and shift, with the magic
+// numbers computed on the host (cudit/_planner.py fast_div); exact for every 32-bit n.
+struct FastDiv {
+    u32 d, m, s;
+};
+__device__ __forceinline__ u32 div(u32 n, const FastDiv& f) {
+    return (u32)(((unsigned long long)__umulhi(n, f.m) + n) >> f.s);
+}
+
 // Sum over the `team` consecutive lanes that share a row (team is a power of two <= 32).
 __device__ __forceinline__ float team_sum_warp(float v, u32 team) {
-    const u32 lane = threadIdx.x & 31u;
+    const u32 lane = linear_tid() & 31u;
     const u32 mask = team >= 32u ? 0xffffffffu : (((1u << team) - 1u) << (lane & ~(team - 1u)));
     for (u32 off = team >> 1; off > 0; off >>= 1) v += __shfl_xor_sync(mask, v, off);
     return v;
-}
-
-// Sum over the whole block (blockDim.x a multiple of 32, at most 1024); every thread gets it.
-__device__ __forceinline__ float block_sum(float v) {
-    __shared__ float partial[32];
-    v = team_sum_warp(v, 32u);
-    const u32 warps = blockDim.x >> 5;
-    if ((threadIdx.x & 31u) == 0) partial[threadIdx.x >> 5] = v;
-    __syncthreads();
-    float s = 0.f;
-    for (u32 i = 0; i < warps; ++i) s += partial[i];
-    return s;
 }
 
 // Programmatic dependent launch (sm_90+): no-ops when the launch did not ask for it.

@@ -50,8 +50,8 @@ __device__ __forceinline__ Row<T, C> locate_row(const Params& p, u32 row, int d)
     // Select field by field: a dynamic index into the parameter struct would copy it to local memory.
     const SideParams& q = p.side[0];
     const SideParams& k = p.side[1];
-    const u32 b = tok / p.seq;
-    const u32 s = tok - b * p.seq;
+    const u32 b = div(tok, p.seq);
+    const u32 s = tok - b * p.seq.d;
 
     Row<T, C> out;
     out.in_hs = k_side ? k.in_hs : q.in_hs;
@@ -66,9 +66,9 @@ __device__ __forceinline__ Row<T, C> locate_row(const Params& p, u32 row, int d)
     out.heads = k_side ? k.heads : q.heads;
     out.inv_n = k_side ? k.inv_n : q.inv_n;
 
-    const u32 trow = tok % p.tab_rows;
-    const u32 tb = trow / p.tab_inner;
-    const u32 ts = trow - tb * p.tab_inner;
+    const u32 trow = tok - div(tok, p.tab_rows) * p.tab_rows.d;
+    const u32 tb = div(trow, p.tab_inner);
+    const u32 ts = trow - tb * p.tab_inner.d;
     out.cos = static_cast<const C*>(p.cos) + (i64)tb * p.cos_rb + (i64)ts * p.cos_rs + d;
     out.sin = static_cast<const C*>(p.sin) + (i64)tb * p.sin_rb + (i64)ts * p.sin_rs + d;
     out.cos_hs = p.cos_hs;
@@ -173,7 +173,8 @@ __device__ __forceinline__ float team_sum(float v, u32 team, u32 row_in_block, u
     if (team <= 32u) return team_sum_warp(v, team);
     __shared__ float partial[2][32];
     v = team_sum_warp(v, 32u);
-    if ((threadIdx.x & 31u) == 0) partial[parity][threadIdx.x >> 5] = v;
+    const u32 tid = linear_tid();
+    if ((tid & 31u) == 0) partial[parity][tid >> 5] = v;
     __syncthreads();
     const u32 warps = team >> 5;
     const u32 first = row_in_block * warps;
@@ -204,9 +205,9 @@ __device__ __forceinline__ void process_row(const Params& p, u32 row_id, u32 row
     constexpr int VEC = Item<T, PARTS>::VEC;
     typedef Item<T, PARTS> It;
     const u32 team = p.team;
-    const u32 lane = threadIdx.x % team;
+    const u32 lane = threadIdx.x;
     const u32 j = lane & (p.tj - 1u);
-    const int hl = (int)(lane / p.tj);
+    const int hl = (int)(lane >> (31 - __clz(p.tj)));
     const int th = (int)p.th;
     const int half = p.head_dim >> 1;
     const int d = (int)j * VEC;
@@ -282,10 +283,9 @@ __device__ __forceinline__ void process_row(const Params& p, u32 row_id, u32 row
 template <typename T, typename C, int ROPE, int NORM, int K>
 __device__ __forceinline__ void qk_norm_rope_body(const Params& p) {
     constexpr int PARTS = Parts<ROPE>::N;
-    const u32 team = p.team;
-    const u32 rows_per_block = blockDim.x / team;
-    const u32 row_in_block = threadIdx.x / team;
-    const u32 lane = threadIdx.x % team;
+    const u32 rows_per_block = blockDim.y;   // blockDim.x is the team
+    const u32 row_in_block = threadIdx.y;
+    const u32 lane = threadIdx.x;
     const u32 j = lane & (p.tj - 1u);
     const int d = (int)j * Item<T, PARTS>::VEC;
     // A block takes p.iters groups of rows in turn and prefetches each next group into L2.
@@ -295,7 +295,7 @@ __device__ __forceinline__ void qk_norm_rope_body(const Params& p) {
         const u32 row_id = first + i * rows_per_block;
         const u32 next = row_id + rows_per_block;
         if (i + 1 < p.iters && next < p.total_rows && (int)j < p.lanes_d)
-            prefetch_row<T, C, PARTS, K>(p, next, d, (int)(lane / p.tj), (int)p.th, p.head_dim >> 1);
+            prefetch_row<T, C, PARTS, K>(p, next, d, (int)(lane >> (31 - __clz(p.tj))), (int)p.th, p.head_dim >> 1);
         process_row<T, C, ROPE, NORM, K>(p, row_id, row_in_block, i & 1u);
     }
 }

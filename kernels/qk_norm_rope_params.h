@@ -10,6 +10,11 @@ namespace cudit {
 typedef long long cudit_i64;
 typedef unsigned int cudit_u32;
 
+// n / d as a multiply-high and a shift (magic numbers from the host).
+#ifndef __CUDACC__
+typedef struct FastDiv { cudit_u32 d, m, s; } FastDiv;
+#endif
+
 enum RopeMode { ROPE_NONE = 0, ROPE_INTERLEAVED = 1, ROPE_HALF = 2 };
 
 typedef struct SideParams {
@@ -30,12 +35,12 @@ typedef struct Params {
     const void* sin;
     cudit_i64 cos_rb, cos_rs, cos_hs; // table strides: outer row, inner row, head (0: shared by heads)
     cudit_i64 sin_rb, sin_rs, sin_hs;
-    cudit_u32 tab_rows;               // R: token t reads table row t mod R
-    cudit_u32 tab_inner;              // rows of the table's inner row axis
-    cudit_u32 seq;                    // S: tokens per batch element
+    FastDiv tab_rows;                 // R: token t reads table row t mod R
+    FastDiv tab_inner;                // rows of the table's inner row axis
+    FastDiv seq;                      // S: tokens per batch element
     cudit_u32 num_txt;                // dual-stream text tokens at the start of each batch element
     cudit_u32 total_rows;             // tokens * 2: a row is one side (Q or K) of one token
-    cudit_u32 team;                   // threads per row: tj * th, rounded up to a power of two or warps
+    cudit_u32 team;                   // threads per row (blockDim.x): tj * th
     cudit_u32 tj;                     // lanes along the head dim (a power of two >= lanes_d)
     cudit_u32 th;                     // lanes along the heads: thread takes heads hl, hl + th, ...
     cudit_u32 iters;                  // row groups a block processes in turn

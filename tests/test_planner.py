@@ -4,7 +4,7 @@ import re
 import pytest
 
 from cudit import _planner
-from cudit._params import Params
+from cudit._params import Params, fast_div
 from cudit._planner import Geometry, PlanError, Request, geometry, make_plan, plan
 from fakes import BASE, arr
 
@@ -39,7 +39,7 @@ def test_per_head_geometry_packs_many_heads_per_block():
     assert p.grid == -(-2 * 64 * 2 // (8 * prm.iters)) and prm.iters == _planner.ROW_ITERS
     prm = params(p)
     assert (prm.tj, prm.th, prm.lanes_d, prm.side[0].heads) == (16, 2, 16, 4)
-    assert prm.tab_rows == 64 and prm.seq == 64 and prm.total_rows == 2 * 2 * 64
+    assert prm.tab_rows.d == 64 and prm.seq.d == 64 and prm.total_rows == 2 * 2 * 64
 
 
 @pytest.mark.parametrize("heads,dtype,k,team", [(40, "bf16", 4, 160), (128, "bf16", 4, 512),
@@ -94,17 +94,17 @@ def test_split_views_of_a_bshd_buffer():
     p = make_plan(Request((q, k), qw, kw, c, sn))
     prm = params(p)
     assert (prm.side[0].in_sb, prm.side[0].in_ss, prm.side[0].in_hs) == (strides[0], strides[1], D)
-    assert prm.cos_hs == 0 and prm.tab_rows == s
+    assert prm.cos_hs == 0 and prm.tab_rows.d == s
 
 
 def test_per_head_tables_and_batch_tables():
     qw, kw = weights(D)
     c, s = table((2 * 64, 4 * D))              # LTX-2: [T, H*D]
     prm = params(make_plan(Request(packed(), qw, kw, c, s, num_heads=4, interleave=False)))
-    assert prm.cos_hs == D and prm.tab_rows == 128 and prm.cos_rs == 4 * D
+    assert prm.cos_hs == D and prm.tab_rows.d == 128 and prm.cos_rs == 4 * D
     c, s = table((2, 64, 4, D))                # [B, S, H, D]
     prm = params(make_plan(Request(packed(), qw, kw, c, s, num_heads=4)))
-    assert prm.cos_hs == D and prm.tab_rows == 128 and prm.tab_inner == 64 and prm.cos_rb == 64 * 4 * D
+    assert prm.cos_hs == D and prm.tab_rows.d == 128 and prm.tab_inner.d == 64 and prm.cos_rb == 64 * 4 * D
 
 
 def test_dual_stream_points_text_rows_at_add_weights():
@@ -224,3 +224,15 @@ def test_mqa_single_k_head_takes_the_q_norm_kind():
     assert p.norm == "full"
     p = make_plan(Request(arr((1, 16, 10 * D)), arr((D,), "f32"), w_k, num_heads=(8, 1, 1)))
     assert p.norm == "head"
+
+
+@pytest.mark.parametrize("d", [1, 2, 3, 7, 64, 96, 4608, 32760, 75600, 118800, 2**31 - 1, 2**32 - 1])
+def test_fast_div_is_exact(d):
+    import random
+
+    f = fast_div(d)
+    rnd = random.Random(d)
+    ns = [0, 1, d - 1, d, d + 1, 2**32 - 1, 2**32 - d] + [rnd.randrange(2**32) for _ in range(2000)]
+    for n in ns:
+        if 0 <= n < 2**32:
+            assert (((n * f.m) >> 32) + n) >> f.s == n // d, (n, d)
