@@ -340,15 +340,20 @@ def main(argv=None) -> int:
         shapes = [s for s in shapes if s.name in keep]
     compile_fns = None if args.no_compile else {}
     rows = []
+
+    def save(extra=None):
+        with open(args.json, "w") as f:
+            json.dump({"device": device, "copy_GBps": copy_gbs, "torch": torch.__version__,
+                       "timing": "median of CUDA graph replays", **(extra or {}),
+                       "shapes": [asdict(s) for s in shapes[:len(rows)]], "rows": rows}, f, indent=1)
+
     for s in shapes:
         rows.append(measure(s, torch, compile_fns, props.L2_cache_size, baselines=not args.no_baselines))
         print(f"  {s.name}: {rows[-1]['cudit_ms'] * 1e3:.1f} us", flush=True)
+        save()  # a run cut short keeps what it measured
     text = report(rows, copy_gbs, device)
     ov = overhead(torch)
-    with open(args.json, "w") as f:
-        json.dump({"device": device, "copy_GBps": copy_gbs, "torch": torch.__version__,
-                   "timing": "median of CUDA graph replays", "host_overhead": ov,
-                   "shapes": [asdict(s) for s in shapes], "rows": rows}, f, indent=1)
+    save({"host_overhead": ov})
     try:
         plot(rows, copy_gbs, device, args.png)
     except ImportError:
