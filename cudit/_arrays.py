@@ -4,7 +4,7 @@ The planner sees only ArrayInfo, so it can be tested on the CPU with made-up arr
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from typing import NamedTuple
 
 import numpy as np
 
@@ -13,8 +13,7 @@ _DTYPE_NAMES = {"float32": "f32", "float16": "f16", "bfloat16": "bf16"}
 ITEMSIZE = {"f32": 4, "f16": 2, "bf16": 2}
 
 
-@dataclass(frozen=True)
-class ArrayInfo:
+class ArrayInfo(NamedTuple):
     """What the planner needs to know of one array. Strides are in elements."""
 
     ptr: int
@@ -65,9 +64,13 @@ def dtype_name(dtype) -> str:
 
 
 _DLPACK_CPU = 1
+_SMV = None  # cuda.core's StridedMemoryView, imported on first use
 
 
 def _on_host(obj) -> bool:
+    is_cuda = getattr(obj, "is_cuda", None)   # torch: a cheap attribute, no DLPack call
+    if isinstance(is_cuda, bool):
+        return not is_cuda
     dev = getattr(obj, "__dlpack_device__", None)
     if dev is None:
         return False
@@ -82,12 +85,13 @@ def describe(obj, stream_ptr: int) -> ArrayInfo:
 
     stream_ptr is the stream the kernel will run on: the producer orders its work before it.
     """
-    from cuda.core.utils import StridedMemoryView
-
+    global _SMV
+    if _SMV is None:
+        from cuda.core.utils import StridedMemoryView as _SMV
     if _on_host(obj):
         stream_ptr = -1  # a host array takes no stream; the planner rejects it by name
     try:
-        view = StridedMemoryView.from_any_interface(obj, stream_ptr=stream_ptr)
+        view = _SMV.from_any_interface(obj, stream_ptr=stream_ptr)
     except (BufferError, TypeError, AttributeError) as exc:
         raise TypeError(
             f"expected a GPU array that speaks DLPack or __cuda_array_interface__, "

@@ -118,5 +118,6 @@ def launch(device_id: int, p: Plan, params, stream: int) -> None:
     kernel, config = _launch_config(device_id, p)
     device_state(device_id).device.set_current()
     config.hStream = driver.CUstream(stream)
-    argv = (ctypes.c_void_p * 1)(ctypes.addressof(params))
+    blob = (ctypes.c_char * len(params)).from_buffer(params)   # params: bytes of the Params struct
+    argv = (ctypes.c_void_p * 1)(ctypes.addressof(blob))
     _check(driver.cuLaunchKernelEx(config, kernel, ctypes.addressof(argv), 0))

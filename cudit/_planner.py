@@ -6,8 +6,10 @@ pointer alignment, options); only pointers are bound per call.
 """
 from __future__ import annotations
 
+import ctypes
 import functools
-from dataclasses import dataclass, replace
+import struct
+from dataclasses import dataclass
 
 from ._arrays import ArrayInfo
 from ._params import DTYPE_CODES, Params, fast_div
@@ -67,7 +69,7 @@ class Request:
 
     @property
     def split(self) -> bool:
-        return isinstance(self.qkv, tuple)
+        return not isinstance(self.qkv, ArrayInfo)   # ArrayInfo is itself a tuple
 
     def arrays(self) -> dict:
         """role -> ArrayInfo of every array given."""
@@ -76,7 +78,7 @@ class Request:
             roles["q"], roles["k"] = self.qkv
         else:
             roles["qkv"] = self.qkv
-        if isinstance(self.out, tuple):
+        if self.out is not None and not isinstance(self.out, ArrayInfo):
             roles["q_out"], roles["k_out"] = self.out
         elif self.out is not None:
             roles["out"] = self.out
@@ -98,15 +100,32 @@ class Plan:
     template: bytes      # Params with null pointers
     pointers: tuple      # ((field path, role, byte offset), ...)
 
-    def bind(self, arrays: dict) -> Params:
-        """The kernel's parameter struct with this call's pointers filled in."""
-        p = Params.from_buffer_copy(self.template)
-        for path, role, offset in self.pointers:
-            target = p
-            for name in path[:-1]:
-                target = target[name] if isinstance(name, int) else getattr(target, name)
-            setattr(target, path[-1], arrays[role].ptr + offset)
-        return p
+    def bind(self, arrays: dict) -> bytearray:
+        """The kernel's parameter bytes with this call's pointers filled in."""
+        buf = bytearray(self.template)
+        for offset, role, add in self.slots:
+            _PTR.pack_into(buf, offset, arrays[role].ptr + add)
+        return buf
+
+    @functools.cached_property
+    def slots(self) -> tuple:
+        """(byte offset in Params, role, byte offset in the array) of every pointer."""
+        out = []
+        for path, role, add in self.pointers:
+            offset, typ = 0, Params
+            for name in path:
+                if isinstance(name, int):
+                    typ = typ._type_
+                    offset += name * ctypes.sizeof(typ)
+                else:
+                    field = getattr(typ, name)
+                    offset += field.offset
+                    typ = dict(typ._fields_)[name]
+            out.append((offset, role, add))
+        return tuple(out)
+
+
+_PTR = struct.Struct("<Q")
 
 
 # ---------------------------------------------------------------------------- checks
@@ -276,7 +295,7 @@ def _out_sides(req: Request, tokens: Tokens, d: int, q: Side, k: Side, arrays: d
                 raise _fail(role, "a writable array for in-place use (pass out= for JAX arrays)",
                             f"a read-only {a.framework or 'array'}")
         return q, k
-    if req.split != isinstance(req.out, tuple):
+    if req.split == isinstance(req.out, ArrayInfo):
         raise _fail("out", "a (q_out, k_out) tuple for split input" if req.split
                     else "one array for packed input", type(req.out).__name__)
     pairs = (("q_out", "q"), ("k_out", "k")) if req.split else (("out", "qkv"),)

@@ -34,6 +34,7 @@ class Shape:
     dtype: str = "bf16"
     kv_heads: int = 0
     n_txt: int = 0
+    compile: bool = True   # also time torch.compile (each distinct layout costs a compilation)
 
     @property
     def hk(self) -> int:
@@ -57,6 +58,7 @@ def production_shapes(quick: bool = False) -> list:
     if quick:
         return [base[0], base[6]]
     out = list(base)
+    base = [Shape(s.name, **{**_fields(s), "compile": False}) for s in base]
     for s in base:
         if s.name in ("WAN-1.3B", "WAN-14B", "FLUX.1", "HunyuanVideo"):
             out.append(Shape(s.name + "-split", **{**_fields(s), "split": True}))
@@ -69,7 +71,7 @@ def production_shapes(quick: bool = False) -> list:
         out.append(Shape(s.name + "-fp16", **{**_fields(s), "dtype": "f16"}))
         out.append(Shape(s.name + "-fp32", **{**_fields(s), "dtype": "f32"}))
     for d in (64, 96, 256):
-        out.append(Shape(f"WAN-like-D{d}", 1536 // d, d, 32760))
+        out.append(Shape(f"WAN-like-D{d}", 1536 // d, d, 32760, compile=False))
     return out
 
 
@@ -263,8 +265,8 @@ def measure(s: Shape, torch, compile_fns: dict, l2_bytes: int, baselines=True) -
     if baselines:
         eager = eager_fn(s, torch)
         row["eager_ms"] = time_call(lambda a: eager(*a[:5], **a[5]), inputs, torch)
-        key = (s.norm, s.rope, s.table, s.split, bool(s.n_txt))
-        if compile_fns is not None:
+        key = tuple(v for k, v in asdict(s).items() if k not in ("name", "tokens", "batch"))
+        if compile_fns is not None and s.compile:
             if key not in compile_fns:
                 compile_fns[key] = torch.compile(eager_fn(s, torch), dynamic=False)
             comp = compile_fns[key]

@@ -69,7 +69,7 @@ def test_pointers_bind_per_call_and_k_follows_q():
     qw, kw = weights(D)
     req = Request(arr((2, 64, 7 * D)), qw, kw, num_heads=(3, 2, 2))  # GQA
     p = make_plan(req)
-    prm = p.bind(req.arrays())
+    prm = Params.from_buffer(p.bind(req.arrays()))
     assert prm.side[0].in_ == BASE and prm.side[1].in_ == BASE + 3 * D * 2
     assert prm.side[0].out == prm.side[0].in_  # in place
     assert prm.side[0].w == BASE + 0x100000 and prm.side[0].w_txt == prm.side[0].w
@@ -111,7 +111,7 @@ def test_dual_stream_points_text_rows_at_add_weights():
     qw, kw = weights(D)
     qa, ka = arr((D,), "f32", ptr=BASE + 0x500000), arr((D,), "f32", ptr=BASE + 0x600000)
     req = Request(packed(), qw, kw, num_heads=4, q_add_weight=qa, k_add_weight=ka, num_txt_tokens=7)
-    prm = make_plan(req).bind(req.arrays())
+    prm = Params.from_buffer(make_plan(req).bind(req.arrays()))
     assert prm.num_txt == 7 and prm.side[0].w_txt == BASE + 0x500000 and prm.side[1].w_txt == BASE + 0x600000
 
 
@@ -120,7 +120,7 @@ def test_out_of_place_has_its_own_strides():
     x = packed()
     o = arr(x.shape, strides=(64 * 2000, 2000, 1), ptr=BASE + 0x1000000)
     req = Request(x, qw, kw, num_heads=4, out=o)
-    prm = make_plan(req).bind(req.arrays())
+    prm = Params.from_buffer(make_plan(req).bind(req.arrays()))
     assert prm.side[0].out_ss == 2000 and prm.side[0].in_ss == 3 * 4 * D
     assert prm.side[1].out == BASE + 0x1000000 + 4 * D * 2
 
