@@ -107,8 +107,15 @@ def resolve_stream(stream, like) -> int:
     raise TypeError(f"stream: expected an int handle or a stream object, got {type(stream).__name__}")
 
 
-def dlpack_stream(handle: int) -> int:
-    """The consumer stream to hand to __dlpack__: 0 is not valid there; 1 is the legacy default."""
+def consumer_stream(stream, handle: int, like) -> int:
+    """The consumer stream to hand to the exporters (DLPack / CAI).
+
+    On the framework's own current stream the order is already right: -1 skips the exporter's
+    stream synchronisation. Otherwise the real stream, where 0 (not valid in DLPack) becomes 1,
+    the legacy default stream, which is also what JAX needs (it rejects -1).
+    """
+    if stream is None and framework_of(like) in ("torch", "cupy"):
+        return -1
     return 1 if handle == 0 else handle
 
 

@@ -22,7 +22,7 @@ def qk_norm_rope(qkv, q_weight, k_weight, cos=None, sin=None, *, num_heads=None,
         raise ValueError(f"qkv: expected one packed array or a (q, k) pair, got {len(qkv)} arrays")
     first = qkv[0] if _is_pair(qkv) else qkv
     handle = _launch.resolve_stream(stream, first)
-    dl = _launch.dlpack_stream(handle)
+    dl = _launch.consumer_stream(stream, handle, first)
 
     def view(x):
         if x is None:
