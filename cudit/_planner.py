@@ -18,7 +18,7 @@ ACT_DTYPES = ("bf16", "f16", "f32")
 HEAD_DIM_MIN, HEAD_DIM_MAX, HEAD_DIM_STEP = 32, 256, 16
 # Block-size bound by (vectors per item, heads per thread): the smallest bound build_cubins.py
 # gives any norm kind of that shape, so every plan fits every variant (tests/test_fit.py).
-VARIANT_MAX_THREADS = {(1, 1): 1024, (1, 2): 768, (1, 4): 512, (1, 0): 768,
+VARIANT_MAX_THREADS = {(1, 1): 768, (1, 2): 768, (1, 4): 512, (1, 0): 768,
                        (2, 1): 512, (2, 2): 512, (2, 4): 384, (2, 0): 512}
 BLOCK_TARGET = 256      # threads per block when several rows share a block
 # Heads a thread takes by default, by the row's head count (tuning: docs/perf-notes.md).

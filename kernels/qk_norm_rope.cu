@@ -121,16 +121,33 @@ template <typename C, int VEC, int PARTS> struct TableSlice {
 };
 
 // Normalise (scale r, weight w), rotate, round once, store.
+// A per-head weight is the same for all of a thread's heads: loaded once (HeadWeights).
+template <int VEC, int PARTS> struct HeadWeights {
+    float w[PARTS][VEC];
+
+    template <typename T, typename C>
+    __device__ __forceinline__ void load(const Row<T, C>& row, int half, int d) {
+#pragma unroll
+        for (int q = 0; q < PARTS; ++q) load_floats<VEC>(row.w, row.w_dtype, (i64)d + q * half, w[q]);
+    }
+};
+
 template <typename T, typename C, int ROPE, int NORM, int PARTS>
 __device__ __forceinline__ void finish_item(const Row<T, C>& row, int half, int h, int d, const Item<T, PARTS>& it,
-                                            float r, const TableSlice<C, Item<T, PARTS>::VEC, PARTS>& tab) {
+                                            float r, const TableSlice<C, Item<T, PARTS>::VEC, PARTS>& tab,
+                                            const HeadWeights<Item<T, PARTS>::VEC, PARTS>& hw) {
     constexpr int VEC = Item<T, PARTS>::VEC;
     float x[PARTS][VEC];
 #pragma unroll
     for (int q = 0; q < PARTS; ++q) it.part[q].to_floats(x[q]);
-    if (NORM != NORM_NONE) {
-        // Weight index: per-head weights repeat for every head, full-dim ones run across heads.
-        const i64 widx = (NORM == NORM_FULL ? (i64)h * (2 * half) : 0) + d;
+    if (NORM == NORM_HEAD) {
+#pragma unroll
+        for (int q = 0; q < PARTS; ++q)
+#pragma unroll
+            for (int e = 0; e < VEC; ++e) x[q][e] *= r * hw.w[q][e];
+    } else if (NORM == NORM_FULL) {
+        // Full-dim weights run across the heads: this head's slice.
+        const i64 widx = (i64)h * (2 * half) + d;
 #pragma unroll
         for (int q = 0; q < PARTS; ++q) {
             float w[VEC];
@@ -217,6 +234,8 @@ __device__ __forceinline__ void process_row(const Params& p, u32 row_id, u32 row
     const Row<T, C> row = locate_row<T, C>(p, active ? row_id : 0u, d);
     const bool shared_table = ROPE != ROPE_NONE && row.cos_hs == 0 && row.sin_hs == 0;
     TableSlice<C, VEC, PARTS> tab;
+    HeadWeights<VEC, PARTS> hw;
+    if (NORM == NORM_HEAD && active) hw.load(row, half, d);
 
     if (K > 0) {
         It it[K > 0 ? K : 1];
@@ -234,7 +253,7 @@ __device__ __forceinline__ void process_row(const Params& p, u32 row_id, u32 row
             for (int k = 0; k < K; ++k) {
                 const int h = hl + k * th;
                 const float ss = active && h < row.heads ? item_sumsq(it[k]) : 0.f;
-                r[k] = 1.f / sqrtf(team_sum_warp(ss, p.tj) * row.inv_n + p.eps);
+                r[k] = rsqrtf(team_sum_warp(ss, p.tj) * row.inv_n + p.eps);
             }
         } else if (NORM == NORM_FULL) {
             float ss = 0.f;
@@ -243,14 +262,14 @@ __device__ __forceinline__ void process_row(const Params& p, u32 row_id, u32 row
                 const int h = hl + k * th;
                 if (active && h < row.heads) ss += item_sumsq(it[k]);
             }
-            r[0] = 1.f / sqrtf(team_sum(ss, team, row_in_block, parity) * row.inv_n + p.eps);
+            r[0] = rsqrtf(team_sum(ss, team, row_in_block, parity) * row.inv_n + p.eps);
         }
 #pragma unroll
         for (int k = 0; k < K; ++k) {
             const int h = hl + k * th;
             if (!(active && h < row.heads)) continue;
             if (ROPE != ROPE_NONE && !shared_table) tab.load(row.cos + h * row.cos_hs, row.sin + h * row.sin_hs, half);
-            finish_item<T, C, ROPE, NORM, PARTS>(row, half, h, d, it[k], NORM == NORM_HEAD ? r[k] : r[0], tab);
+            finish_item<T, C, ROPE, NORM, PARTS>(row, half, h, d, it[k], NORM == NORM_HEAD ? r[k] : r[0], tab, hw);
         }
     } else {
         // Heads beyond registers: loop. The trip count is uniform across the team (shuffles).
@@ -263,7 +282,7 @@ __device__ __forceinline__ void process_row(const Params& p, u32 row_id, u32 row
                 load_item(row, half, h, it);
                 ss += item_sumsq(it);
             }
-            r = 1.f / sqrtf(team_sum(ss, team, row_in_block, parity) * row.inv_n + p.eps);
+            r = rsqrtf(team_sum(ss, team, row_in_block, parity) * row.inv_n + p.eps);
         }
         release_dependents();
         const int max_heads = p.side[0].heads > p.side[1].heads ? p.side[0].heads : p.side[1].heads;
@@ -272,10 +291,10 @@ __device__ __forceinline__ void process_row(const Params& p, u32 row_id, u32 row
             const bool ok = active && h < row.heads;
             It it;
             if (ok) load_item(row, half, h, it);
-            if (NORM == NORM_HEAD) r = 1.f / sqrtf(team_sum_warp(ok ? item_sumsq(it) : 0.f, p.tj) * row.inv_n + p.eps);
+            if (NORM == NORM_HEAD) r = rsqrtf(team_sum_warp(ok ? item_sumsq(it) : 0.f, p.tj) * row.inv_n + p.eps);
             if (!ok) continue;
             if (ROPE != ROPE_NONE && !shared_table) tab.load(row.cos + h * row.cos_hs, row.sin + h * row.sin_hs, half);
-            finish_item<T, C, ROPE, NORM, PARTS>(row, half, h, d, it, r, tab);
+            finish_item<T, C, ROPE, NORM, PARTS>(row, half, h, d, it, r, tab, hw);
         }
     }
 }
