@@ -262,7 +262,8 @@ __device__ __forceinline__ void process_row(const Params& p, u32 row_id, u32 row
                 const int h = hl + k * th;
                 if (active && h < row.heads) ss += item_sumsq(it[k]);
             }
-            r[0] = rsqrtf(team_sum(ss, team, row_in_block, parity) * row.inv_n + p.eps);
+            // Once per row: the correctly rounded form costs nothing here (rsqrtf is for per-head).
+            r[0] = 1.f / sqrtf(team_sum(ss, team, row_in_block, parity) * row.inv_n + p.eps);
         }
 #pragma unroll
         for (int k = 0; k < K; ++k) {
@@ -282,7 +283,7 @@ __device__ __forceinline__ void process_row(const Params& p, u32 row_id, u32 row
                 load_item(row, half, h, it);
                 ss += item_sumsq(it);
             }
-            r = rsqrtf(team_sum(ss, team, row_in_block, parity) * row.inv_n + p.eps);
+            r = 1.f / sqrtf(team_sum(ss, team, row_in_block, parity) * row.inv_n + p.eps);
         }
         release_dependents();
         const int max_heads = p.side[0].heads > p.side[1].heads ? p.side[0].heads : p.side[1].heads;
