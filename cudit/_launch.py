@@ -1,7 +1,7 @@
 """Streams, per-device state and the kernel launch itself.
 
 Kernels take one struct by value, which cuda.core's launch() cannot pass; the launch goes
-through cuda.bindings' cuLaunchKernelEx with a pointer to the ctypes struct. Loading stays
+through cuda.bindings' cuLaunchKernelEx with a pointer to the struct's bytes. Loading stays
 with cuda.core.
 """
 from __future__ import annotations

@@ -30,11 +30,6 @@ def arch_tuple(name: str) -> tuple:
     return int(digits[:-1]), int(digits[-1])
 
 
-def shipped_archs(man: dict | None = None) -> list:
-    man = manifest() if man is None else man
-    return list(man["archs"])
-
-
 @dataclass(frozen=True)
 class Image:
     kind: str       # "cubin" or "ptx"

@@ -9,7 +9,7 @@ namespace cudit {
 typedef long long i64;
 typedef unsigned int u32;
 
-// Runtime dtype codes; must match cudit/_planner.py DTYPE_CODES.
+// Runtime dtype codes; must match cudit/_params.py DTYPE_CODES.
 enum DTypeCode : int { DT_F32 = 0, DT_F16 = 1, DT_BF16 = 2 };
 
 __device__ __forceinline__ float to_float(float x) { return x; }
@@ -23,13 +23,6 @@ __device__ __forceinline__ void from_float2(__half* v, float a, float b) {
 }
 __device__ __forceinline__ void from_float2(__nv_bfloat16* v, float a, float b) {
     *reinterpret_cast<__nv_bfloat162*>(v) = __floats2bfloat162_rn(a, b);
-}
-
-template <typename T> __device__ __forceinline__ T from_float(float x);
-template <> __device__ __forceinline__ float from_float<float>(float x) { return x; }
-template <> __device__ __forceinline__ __half from_float<__half>(float x) { return __float2half_rn(x); }
-template <> __device__ __forceinline__ __nv_bfloat16 from_float<__nv_bfloat16>(float x) {
-    return __float2bfloat16_rn(x);
 }
 
 template <int BYTES> struct WordOf;
