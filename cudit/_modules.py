@@ -55,10 +55,11 @@ def select_image(device_arch: tuple, man: dict, driver_version: str = "unknown")
 
 
 def kernel_meta(man: dict, image: Image, name: str) -> dict:
-    """Registers and shared memory of a kernel (the PTX has no report: assume the cap)."""
+    """Registers, shared memory and block bound of a kernel (the PTX has no report: assume the cap)."""
+    bound = man["variants"][name]["max_threads"]
     if image.kind == "cubin":
-        return man["archs"][image.arch]["kernels"][name]
-    return {"registers": 65536 // man["variants"][name]["max_threads"], "static_smem": 128}
+        return dict(man["archs"][image.arch]["kernels"][name], max_threads=bound)
+    return {"registers": 65536 // bound, "static_smem": 256, "max_threads": bound}
 
 
 @functools.lru_cache(maxsize=None)

@@ -21,7 +21,8 @@ HEAD_DIM_MIN, HEAD_DIM_MAX, HEAD_DIM_STEP = 32, 256, 16
 VARIANT_MAX_THREADS = {(1, 1): 768, (1, 2): 768, (1, 4): 512, (1, 0): 768,
                        (2, 1): 512, (2, 2): 512, (2, 4): 384, (2, 0): 512}
 BLOCK_TARGET = 256      # threads per block when several rows share a block
-# Heads a thread takes by default, by the row's head count (tuning: docs/perf-notes.md).
+# Tuning knob (the benchmark's --heads-per-thread): force K instead of the rule in
+# default_heads_per_thread.
 HEADS_PER_THREAD_OVERRIDE = None
 # Row groups a block processes in turn, prefetching the next into L2 (tuning: docs/perf-notes.md).
 ROW_ITERS = 4
@@ -608,6 +609,8 @@ def check_fits(p: Plan, limits: DeviceLimits, kernel_meta: dict) -> None:
     problems = []
     if p.block > limits.max_threads_per_block:
         problems.append(f"{p.block} threads > {limits.max_threads_per_block} per block")
+    if p.block > kernel_meta["max_threads"]:
+        problems.append(f"{p.block} threads > the kernel's bound of {kernel_meta['max_threads']}")
     if regs * p.block > limits.max_regs_per_block:
         problems.append(f"{regs} registers x {p.block} threads > {limits.max_regs_per_block}")
     smem = kernel_meta.get("static_smem", 0) + p.smem
