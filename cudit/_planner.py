@@ -7,12 +7,11 @@ pointer alignment, options); only pointers are bound per call.
 from __future__ import annotations
 
 import ctypes
-import functools
 import struct
 from dataclasses import dataclass
 
 from ._arrays import ArrayInfo
-from ._params import DTYPE_CODES, Params, fast_div
+from ._params import DTYPE_CODES, Params, SideParams, fast_div
 
 ACT_DTYPES = ("bf16", "f16", "f32")
 HEAD_DIM_MIN, HEAD_DIM_MAX, HEAD_DIM_STEP = 32, 256, 16
@@ -99,31 +98,19 @@ class Plan:
     norm: str            # "head", "full" or "none"
     rope: str            # "interleaved", "half" or "none"
     template: bytes      # Params with null pointers
-    pointers: tuple      # ((field path, role, byte offset), ...)
+    pointers: tuple      # ((byte offset in Params, role, byte offset in that array), ...)
 
     def bind(self, arrays: dict) -> bytearray:
         """The kernel's parameter bytes with this call's pointers filled in."""
         buf = bytearray(self.template)
-        for offset, role, add in self.slots:
+        for offset, role, add in self.pointers:
             _PTR.pack_into(buf, offset, arrays[role].ptr + add)
         return buf
 
-    @functools.cached_property
-    def slots(self) -> tuple:
-        """(byte offset in Params, role, byte offset in the array) of every pointer."""
-        out = []
-        for path, role, add in self.pointers:
-            offset, typ = 0, Params
-            for name in path:
-                if isinstance(name, int):
-                    typ = typ._type_
-                    offset += name * ctypes.sizeof(typ)
-                else:
-                    field = getattr(typ, name)
-                    offset += field.offset
-                    typ = dict(typ._fields_)[name]
-            out.append((offset, role, add))
-        return tuple(out)
+
+def _side_field(side: int, name: str) -> int:
+    """Byte offset in Params of a field of side[side] (0 = Q, 1 = K)."""
+    return Params.side.offset + side * ctypes.sizeof(SideParams) + getattr(SideParams, name).offset
 
 
 _PTR = struct.Struct("<Q")
@@ -576,19 +563,19 @@ def make_plan(req: Request) -> Plan:
         sp.out_sb, sp.out_ss, sp.out_hs = out.sb, out.ss, out.hs
         sp.heads = side.heads
         sp.inv_n = 1.0 / ((side.heads if norm == "full" else 1) * d)
-        pointers += [(("side", i, "in_"), side.role, side.offset),
-                     (("side", i, "out"), out.role, out.offset)]
+        pointers += [(_side_field(i, "in_"), side.role, side.offset),
+                     (_side_field(i, "out"), out.role, out.offset)]
         if norm != "none":
             w_role = ("q" if i == 0 else "k") + "_weight"
             sp.w_dtype = DTYPE_CODES[getattr(req, w_role).dtype]
             add_role = ("q" if i == 0 else "k") + "_add_weight"
-            pointers += [(("side", i, "w"), w_role, 0),
-                         (("side", i, "w_txt"), add_role if dual else w_role, 0)]
+            pointers += [(_side_field(i, "w"), w_role, 0),
+                         (_side_field(i, "w_txt"), add_role if dual else w_role, 0)]
     if cos_t is not None:
         p.cos_rb, p.cos_rs, p.cos_hs = cos_t.rb, cos_t.rs, cos_t.hs
         p.sin_rb, p.sin_rs, p.sin_hs = sin_t.rb, sin_t.rs, sin_t.hs
         p.tab_rows, p.tab_inner = fast_div(cos_t.rows), fast_div(cos_t.inner)
-        pointers += [(("cos",), "cos", 0), (("sin",), "sin", 0)]
+        pointers += [(Params.cos.offset, "cos", 0), (Params.sin.offset, "sin", 0)]
     else:
         p.tab_rows = p.tab_inner = fast_div(1)
     p.seq = fast_div(tokens.seq)

@@ -194,7 +194,7 @@ def time_call(fn, inputs, torch, warmup=20, reps=50, graph=True) -> float:
             fn(inputs[i % len(inputs)])
     torch.cuda.current_stream().wait_stream(side)
     if not graph:
-        return _time_direct(fn, inputs, torch, reps)
+        return _median_event_ms(lambda i: fn(inputs[i % len(inputs)]), reps, torch)
     per_graph = max(len(inputs), 8)
     graph = torch.cuda.CUDAGraph()
     with torch.cuda.graph(graph):
@@ -202,22 +202,16 @@ def time_call(fn, inputs, torch, warmup=20, reps=50, graph=True) -> float:
             fn(inputs[i % len(inputs)])
     for _ in range(3):
         graph.replay()
+    return _median_event_ms(lambda i: graph.replay(), reps, torch) / per_graph
+
+
+def _median_event_ms(step, reps, torch) -> float:
+    """Median of device-event times around step(i), i = 0 .. reps-1."""
     starts = [torch.cuda.Event(enable_timing=True) for _ in range(reps)]
     ends = [torch.cuda.Event(enable_timing=True) for _ in range(reps)]
     for i in range(reps):
         starts[i].record()
-        graph.replay()
-        ends[i].record()
-    torch.cuda.synchronize()
-    return statistics.median(a.elapsed_time(b) for a, b in zip(starts, ends)) / per_graph
-
-
-def _time_direct(fn, inputs, torch, reps) -> float:
-    starts = [torch.cuda.Event(enable_timing=True) for _ in range(reps)]
-    ends = [torch.cuda.Event(enable_timing=True) for _ in range(reps)]
-    for i in range(reps):
-        starts[i].record()
-        fn(inputs[i % len(inputs)])
+        step(i)
         ends[i].record()
     torch.cuda.synchronize()
     return statistics.median(a.elapsed_time(b) for a, b in zip(starts, ends))
@@ -247,7 +241,6 @@ def copy_bandwidth(torch, nbytes=1 << 30) -> float:
     dst = torch.empty_like(src)
     # Not in a graph: a captured copy becomes a copy-engine node, slower than the SM copy.
     ms = time_call(lambda _: dst.copy_(src), [None], torch, warmup=3, reps=20, graph=False)
-    del src, dst
     return 2 * nbytes / ms / 1e6
 
 

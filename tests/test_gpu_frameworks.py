@@ -71,7 +71,6 @@ def test_stream_arguments_and_current_stream():
 def test_jax_needs_out_and_writes_it():
     os.environ.setdefault("XLA_PYTHON_CLIENT_PREALLOCATE", "false")
     jax = pytest.importorskip("jax")
-    import jax.numpy as jnp
 
     import cudit
     from cudit.reference import qk_norm_rope_ref

@@ -85,7 +85,7 @@ def test_plans_are_cached_per_signature_not_per_pointer():
 
 def test_split_views_of_a_bshd_buffer():
     b, s, h = 2, 10, 4
-    big = (b, s, 3, h, D)
+    # views of a [b, s, 3, h, D] buffer
     strides = (s * 3 * h * D, 3 * h * D, h * D, D, 1)
     q = arr((b, s, h, D), strides=(strides[0], strides[1], strides[3], 1))
     k = arr((b, s, h, D), strides=(strides[0], strides[1], strides[3], 1), ptr=BASE + h * D * 2)
