@@ -1,5 +1,8 @@
 """python -m cudit: on a GPU, show the device and cubin, self-check, time two shapes.
 
+    python -m cudit bench     the full benchmark (docs/benchmark.md)
+    python -m cudit launch    host overhead, launch-bound shapes, PDL chain (docs/interop.md)
+
 Without a GPU it says so in one line, lists the shipped cubins and exits 1.
 """
 from __future__ import annotations
@@ -35,6 +38,10 @@ def main(argv=None) -> int:
         from . import bench
 
         return bench.main(argv[1:])
+    if argv[:1] == ["launch"]:
+        from . import launchbench
+
+        return launchbench.main(argv[1:])
     return _selfcheck.main()
 
 

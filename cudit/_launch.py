@@ -2,17 +2,26 @@
 
 Kernels take one struct by value, which cuda.core's launch() cannot pass; the launch goes
 through cuda.bindings' cuLaunchKernelEx with a pointer to the struct's bytes. Loading stays
-with cuda.core.
+with cuda.core. Everything a launch needs beyond this call's pointers and stream is built
+once per (device, plan) into a Launcher, so a warm call makes exactly two driver calls:
+cuCtxGetCurrent and cuLaunchKernelEx.
 """
 from __future__ import annotations
 
 import ctypes
 import functools
+import os
+import threading
 from dataclasses import dataclass
 
 from . import _modules
 from ._arrays import framework_of
-from ._planner import DeviceLimits, Plan, check_fits
+from ._planner import POINTER_BLOCK, DeviceLimits, Plan, check_fits
+
+# Programmatic dependent launch on sm_90+: a kernel may start while the previous one in the
+# stream finishes; ours waits (griddepcontrol.wait) before its first global access.
+# CUDIT_PDL=0 turns it off (the benchmark's A/B switch).
+PDL = os.environ.get("CUDIT_PDL", "1") != "0"
 
 
 def _check(result):
@@ -37,6 +46,7 @@ class DeviceState:
     device: object           # cuda.core Device
     limits: DeviceLimits
     image: _modules.Image
+    context: int             # the primary context's handle, as an int
 
 
 @functools.lru_cache(maxsize=None)
@@ -54,46 +64,135 @@ def device_state(device_id: int) -> DeviceState:
         max_regs_per_block=props.max_registers_per_block,
     )
     image = _modules.select_image(arch, _modules.manifest(), driver_version())
-    return DeviceState(dev, limits, image)
+    return DeviceState(dev, limits, image, int(dev.context.handle))
 
 
-_LAUNCH_CONFIGS: dict = {}
+_pack_pointers = POINTER_BLOCK.pack_into
 
 
-def _launch_config(device_id: int, p: Plan):
-    """Kernel handle and launch configuration of a plan on a device, checked once."""
-    key = (device_id, p)
-    hit = _LAUNCH_CONFIGS.get(key)
-    if hit is not None:
-        return hit
+class Launcher:
+    """One plan on one device: kernel handle, launch configuration, parameter template."""
+
+    def __init__(self, device_id: int, p: Plan, pdl: bool):
+        from cuda.bindings import driver
+
+        st = device_state(device_id)
+        check_fits(p, st.limits, _modules.kernel_meta(_modules.manifest(), st.image, p.kernel))
+        self.state = st
+        self.kernel = _modules.load_kernel(st.image, p.kernel).handle
+        self.config = launch_config(p.grid, (p.team, p.block // p.team), p.smem,   # x: lane, y: row
+                                    pdl and st.limits.arch >= (9, 0))
+        self.template = p.template
+        self._tls = threading.local()   # parameter bytes per thread: a launch copies them at once
+        self._launch = driver.cuLaunchKernelEx
+        self._current = driver.cuCtxGetCurrent
+        self._context = st.context
+
+    def _args(self):
+        blob = (ctypes.c_char * len(self.template)).from_buffer_copy(self.template)
+        argv = (ctypes.c_void_p * 1)(ctypes.addressof(blob))
+        self._tls.args = (blob, argv, ctypes.addressof(argv))
+        return self._tls.args
+
+    def __call__(self, pointers, stream: int) -> None:
+        """Launch with the Params pointer block set to `pointers` (POINTERS ints) on `stream`."""
+        try:
+            blob, _, argv = self._tls.args
+        except AttributeError:
+            blob, _, argv = self._args()
+        _pack_pointers(blob, 0, *pointers)   # the rest of the bytes never change
+        if int(self._current()[1]) != self._context:   # the framework may have moved it
+            self.state.device.set_current()
+        config = self.config
+        config.hStream = _STREAMS.get(stream) or _cu_stream(stream)
+        err = self._launch(config, self.kernel, argv, 0)[0]
+        if err:
+            _check((err,))
+
+
+def launch_config(grid: int, block: tuple, smem: int, pdl: bool):
     from cuda.bindings import driver
 
-    st = device_state(device_id)
-    check_fits(p, st.limits, _modules.kernel_meta(_modules.manifest(), st.image, p.kernel))
-    kernel = _modules.load_kernel(st.image, p.kernel).handle
     config = driver.CUlaunchConfig()
-    config.gridDimX, config.gridDimY, config.gridDimZ = p.grid, 1, 1
-    config.blockDimX, config.blockDimY, config.blockDimZ = p.team, p.block // p.team, 1  # x: lane, y: row
-    config.sharedMemBytes = p.smem
-    config.numAttrs = 0
-    if len(_LAUNCH_CONFIGS) > 4096:
-        _LAUNCH_CONFIGS.clear()
-    _LAUNCH_CONFIGS[key] = hit = (kernel, config)
+    config.gridDimX, config.gridDimY, config.gridDimZ = grid, 1, 1
+    config.blockDimX, config.blockDimY, config.blockDimZ = block[0], block[1], 1
+    config.sharedMemBytes = smem
+    if pdl:
+        attr = driver.CUlaunchAttribute()
+        attr.id = driver.CUlaunchAttributeID.CU_LAUNCH_ATTRIBUTE_PROGRAMMATIC_STREAM_SERIALIZATION
+        attr.value.programmaticStreamSerializationAllowed = 1
+        config.attrs = [attr]
+        config.numAttrs = 1
+    else:
+        config.numAttrs = 0
+    return config
+
+
+_STREAMS: dict = {}
+
+
+def _cu_stream(handle: int):
+    s = _STREAMS.get(handle)
+    if s is None:
+        from cuda.bindings import driver
+
+        if len(_STREAMS) > 256:
+            _STREAMS.clear()
+        s = _STREAMS[handle] = driver.CUstream(handle)
+    return s
+
+
+_LAUNCHERS: dict = {}
+
+
+def launcher(device_id: int, p: Plan) -> Launcher:
+    """The Launcher of a plan on a device, built and checked once (per PDL setting)."""
+    key = (device_id, p, PDL)
+    hit = _LAUNCHERS.get(key)
+    if hit is None:
+        if len(_LAUNCHERS) > 4096:
+            _LAUNCHERS.clear()
+        hit = _LAUNCHERS[key] = Launcher(device_id, p, PDL)
     return hit
+
+
+def _torch_stream(device_id: int) -> int:
+    import torch
+
+    _CURRENT["torch"] = getter = torch._C._cuda_getCurrentRawStream   # what torch's codegen uses
+    return getter(device_id)
+
+
+def _cupy_stream(device_id: int) -> int:
+    import cupy
+
+    get = cupy.cuda.get_current_stream
+    _CURRENT["cupy"] = getter = lambda _device_id: get().ptr  # noqa: E731
+    return getter(device_id)
+
+
+# framework -> device id -> the framework's current stream there (imports resolved once)
+_CURRENT: dict = {"torch": _torch_stream, "cupy": _cupy_stream}
+
+
+def current_stream(framework: str, device_id: int) -> int:
+    """The framework's current stream (torch, cupy) on a device."""
+    return _CURRENT[framework](device_id)
+
+
+def is_capturing(stream: int) -> bool:
+    from cuda.bindings import driver
+
+    status = _check(driver.cuStreamIsCapturing(_cu_stream(stream)))
+    return status != driver.CUstreamCaptureStatus.CU_STREAM_CAPTURE_STATUS_NONE
 
 
 def resolve_stream(stream, like) -> int:
     """A CUstream handle: stream= as given, else the current stream of `like`'s framework."""
     if stream is None:
         fw = framework_of(like)
-        if fw == "torch":
-            import torch
-
-            return int(torch.cuda.current_stream(like.device).cuda_stream)
-        if fw == "cupy":
-            import cupy
-
-            return int(cupy.cuda.get_current_stream().ptr)
+        if fw in _CURRENT:
+            return current_stream(fw, like.get_device() if fw == "torch" else -1)
         return 0  # legacy default stream (JAX and others expose no current stream)
     if isinstance(stream, bool):
         raise TypeError(f"stream: expected an int handle or a stream object, got {stream!r}")
@@ -104,27 +203,21 @@ def resolve_stream(stream, like) -> int:
     for attr in ("cuda_stream", "ptr", "handle"):  # torch, cupy, cuda.core streams
         if hasattr(stream, attr):
             return int(getattr(stream, attr))
+    if hasattr(stream, "stream") and hasattr(stream, "begin_building"):   # cuda.core GraphBuilder
+        return resolve_stream(stream.stream, like)
     raise TypeError(f"stream: expected an int handle or a stream object, got {type(stream).__name__}")
 
 
-def consumer_stream(stream, handle: int, like) -> int:
-    """The consumer stream to hand to the exporters (DLPack / CAI).
+def consumer_stream(stream, handle: int, like, obj, capturing: bool) -> int:
+    """The consumer stream to hand to obj's exporter (DLPack / CAI).
 
-    On the framework's own current stream the order is already right: -1 skips the exporter's
-    stream synchronisation. Otherwise the real stream, where 0 (not valid in DLPack) becomes 1,
-    the legacy default stream, which is also what JAX needs (it rejects -1).
+    On obj's framework's own current stream the order is already right: -1 skips the
+    exporter's synchronisation; so it does while `handle` is being captured into a graph,
+    where a wait on work outside the capture is not allowed (the caller orders the capture).
+    Otherwise the real stream, where 0 (not valid in DLPack) becomes 1, the legacy default
+    stream, which is also what JAX needs (it rejects -1).
     """
-    if stream is None and framework_of(like) in ("torch", "cupy"):
+    same = stream is None and framework_of(obj) == framework_of(like) and framework_of(like) in ("torch", "cupy")
+    if same or (capturing and framework_of(obj) != "jax"):
         return -1
     return 1 if handle == 0 else handle
-
-
-def launch(device_id: int, p: Plan, params, stream: int) -> None:
-    from cuda.bindings import driver
-
-    kernel, config = _launch_config(device_id, p)
-    device_state(device_id).device.set_current()
-    config.hStream = driver.CUstream(stream)
-    blob = (ctypes.c_char * len(params)).from_buffer(params)   # params: bytes of the Params struct
-    argv = (ctypes.c_void_p * 1)(ctypes.addressof(blob))
-    _check(driver.cuLaunchKernelEx(config, kernel, ctypes.addressof(argv), 0))

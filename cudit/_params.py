@@ -23,24 +23,28 @@ def fast_div(d: int) -> FastDiv:
 
 class SideParams(ctypes.Structure):
     _fields_ = [
-        ("in_", ptr), ("out", ptr),
         ("in_sb", i64), ("in_ss", i64), ("in_hs", i64),
         ("out_sb", i64), ("out_ss", i64), ("out_hs", i64),
-        ("w", ptr), ("w_txt", ptr),
         ("heads", ctypes.c_int), ("w_dtype", ctypes.c_int), ("inv_n", ctypes.c_float),
     ]
 
 
+POINTER_FIELDS = ("in_", "out", "w", "w_txt", "cos", "sin")
+POINTERS = 10   # the pointer block at the start of Params: in[2], out[2], w[2], w_txt[2], cos, sin
+
+
 class Params(ctypes.Structure):
     _fields_ = [
-        ("side", SideParams * 2),
+        ("in_", ptr * 2), ("out", ptr * 2), ("w", ptr * 2), ("w_txt", ptr * 2),
         ("cos", ptr), ("sin", ptr),
+        ("side", SideParams * 2),
         ("cos_rb", i64), ("cos_rs", i64), ("cos_hs", i64),
         ("sin_rb", i64), ("sin_rs", i64), ("sin_hs", i64),
         ("tab_rows", FastDiv), ("tab_inner", FastDiv), ("seq", FastDiv), ("num_txt", u32),
         ("total_rows", u32), ("team", u32), ("tj", u32), ("th", u32), ("iters", u32),
         ("head_dim", ctypes.c_int), ("lanes_d", ctypes.c_int), ("eps", ctypes.c_float),
     ]
+
 
 # Runtime dtype codes; must match DTypeCode in kernels/cudit_common.cuh.
 DTYPE_CODES = {"f32": 0, "f16": 1, "bf16": 2}

@@ -6,12 +6,11 @@ pointer alignment, options); only pointers are bound per call.
 """
 from __future__ import annotations
 
-import ctypes
 import struct
 from dataclasses import dataclass
 
 from ._arrays import ArrayInfo
-from ._params import DTYPE_CODES, Params, SideParams, fast_div
+from ._params import DTYPE_CODES, POINTERS, Params, fast_div
 
 ACT_DTYPES = ("bf16", "f16", "f32")
 HEAD_DIM_MIN, HEAD_DIM_MAX, HEAD_DIM_STEP = 32, 256, 16
@@ -23,8 +22,11 @@ BLOCK_TARGET = 256      # threads per block when several rows share a block
 # Tuning knob (the benchmark's --heads-per-thread): force K instead of the rule in
 # default_heads_per_thread.
 HEADS_PER_THREAD_OVERRIDE = None
-# Row groups a block processes in turn, prefetching the next into L2 (tuning: docs/perf-notes.md).
+# Row groups a block processes in turn, prefetching the next into L2 (tuning: docs/perf-notes.md),
+# once the grid would still have FULL_GRID blocks: about a full wave of the largest GPUs.
+# Smaller launches give every group its own block: they are latency-, not bandwidth-bound.
 ROW_ITERS = 4
+FULL_GRID = 1024
 MAX_GRID_X = 2**31 - 1
 
 
@@ -98,22 +100,25 @@ class Plan:
     norm: str            # "head", "full" or "none"
     rope: str            # "interleaved", "half" or "none"
     template: bytes      # Params with null pointers
-    pointers: tuple      # ((byte offset in Params, role, byte offset in that array), ...)
+    slots: tuple         # the Params pointer block: (role, byte offset in that array) or None
+
+    def addresses(self, arrays: dict) -> list:
+        """The pointer block's values for arrays role -> ArrayInfo (0 where unused)."""
+        return [0 if s is None else arrays[s[0]].ptr + s[1] for s in self.slots]
 
     def bind(self, arrays: dict) -> bytearray:
         """The kernel's parameter bytes with this call's pointers filled in."""
         buf = bytearray(self.template)
-        for offset, role, add in self.pointers:
-            _PTR.pack_into(buf, offset, arrays[role].ptr + add)
+        POINTER_BLOCK.pack_into(buf, 0, *self.addresses(arrays))
         return buf
 
 
-def _side_field(side: int, name: str) -> int:
-    """Byte offset in Params of a field of side[side] (0 = Q, 1 = K)."""
-    return Params.side.offset + side * ctypes.sizeof(SideParams) + getattr(SideParams, name).offset
+def _slot(field: str, side: int = 0) -> int:
+    """Index in the pointer block of a pointer field (side 0 = Q, 1 = K)."""
+    return getattr(Params, field).offset // 8 + side
 
 
-_PTR = struct.Struct("<Q")
+POINTER_BLOCK = struct.Struct(f"<{POINTERS}Q")
 
 
 # ---------------------------------------------------------------------------- checks
@@ -550,32 +555,33 @@ def make_plan(req: Request) -> Plan:
     if total_rows >= 2**32:
         raise PlanError(f"qkv: {tokens.count} tokens exceed the 2^31-token limit")
     rows_per_block = geo.block // geo.team
-    iters = max(1, min(ROW_ITERS, -(-total_rows // rows_per_block)))
+    iters = max(1, min(ROW_ITERS, -(-total_rows // rows_per_block) // FULL_GRID))
     grid = -(-total_rows // (rows_per_block * iters))
     if grid > MAX_GRID_X:
         raise PlanError(f"qkv: {total_rows} rows need {grid} blocks, over the grid limit")
 
     p = Params()
-    pointers = []
+    slots = [None] * POINTERS
     for i, (side, out) in enumerate(((q, oq), (k, ok))):
         sp = p.side[i]
         sp.in_sb, sp.in_ss, sp.in_hs = side.sb, side.ss, side.hs
         sp.out_sb, sp.out_ss, sp.out_hs = out.sb, out.ss, out.hs
         sp.heads = side.heads
         sp.inv_n = 1.0 / ((side.heads if norm == "full" else 1) * d)
-        pointers += [(_side_field(i, "in_"), side.role, side.offset),
-                     (_side_field(i, "out"), out.role, out.offset)]
+        slots[_slot("in_", i)] = (side.role, side.offset)
+        slots[_slot("out", i)] = (out.role, out.offset)
         if norm != "none":
             w_role = ("q" if i == 0 else "k") + "_weight"
             sp.w_dtype = DTYPE_CODES[getattr(req, w_role).dtype]
             add_role = ("q" if i == 0 else "k") + "_add_weight"
-            pointers += [(_side_field(i, "w"), w_role, 0),
-                         (_side_field(i, "w_txt"), add_role if dual else w_role, 0)]
+            slots[_slot("w", i)] = (w_role, 0)
+            slots[_slot("w_txt", i)] = (add_role if dual else w_role, 0)
     if cos_t is not None:
         p.cos_rb, p.cos_rs, p.cos_hs = cos_t.rb, cos_t.rs, cos_t.hs
         p.sin_rb, p.sin_rs, p.sin_hs = sin_t.rb, sin_t.rs, sin_t.hs
         p.tab_rows, p.tab_inner = fast_div(cos_t.rows), fast_div(cos_t.inner)
-        pointers += [(Params.cos.offset, "cos", 0), (Params.sin.offset, "sin", 0)]
+        slots[_slot("cos")] = ("cos", 0)
+        slots[_slot("sin")] = ("sin", 0)
     else:
         p.tab_rows = p.tab_inner = fast_div(1)
     p.seq = fast_div(tokens.seq)
@@ -587,7 +593,7 @@ def make_plan(req: Request) -> Plan:
     p.eps = float(req.eps)
     name = kernel_name(dtype, rope, req.cos.dtype if cos_t else None, norm, geo.heads_per_thread)
     return Plan(kernel=name, grid=grid, block=geo.block, smem=0, team=geo.team, norm=norm, rope=rope,
-                template=bytes(p), pointers=tuple(pointers))
+                template=bytes(p), slots=tuple(slots))
 
 
 def check_fits(p: Plan, limits: DeviceLimits, kernel_meta: dict) -> None:

@@ -185,7 +185,7 @@ def time_call(fn, inputs, torch, warmup=20, reps=50, graph=True) -> float:
     """Median milliseconds of fn over rotating input sets, timed with device events.
 
     The calls are captured in a CUDA graph and replayed, so host overhead between launches
-    (measured separately, see overhead()) does not count as device time.
+    (measured separately, launchbench.host_overhead) does not count as device time.
     """
     side = torch.cuda.Stream()
     side.wait_stream(torch.cuda.current_stream())
@@ -215,24 +215,6 @@ def _median_event_ms(step, reps, torch) -> float:
         ends[i].record()
     torch.cuda.synchronize()
     return statistics.median(a.elapsed_time(b) for a, b in zip(starts, ends))
-
-
-def overhead(torch, calls=10000) -> dict:
-    """Host microseconds per call in a Python loop on a small shape (kernel time is less)."""
-    import time
-
-    s = Shape("overhead", 4, 128, 256, norm="head")
-    inp = make_inputs(s, torch)
-    run = cudit_call(s)
-    for _ in range(100):
-        run(inp)
-    torch.cuda.synchronize()
-    t = time.perf_counter()
-    for _ in range(calls):
-        run(inp)
-    host = (time.perf_counter() - t) / calls * 1e6
-    torch.cuda.synchronize()
-    return {"cudit_us_per_call": host}
 
 
 def copy_bandwidth(torch, nbytes=1 << 30) -> float:
@@ -354,12 +336,14 @@ def main(argv=None) -> int:
         print(f"  {s.name}: {rows[-1]['cudit_ms'] * 1e3:.1f} us", flush=True)
         save()  # a run cut short keeps what it measured
     text = report(rows, copy_gbs, device)
-    ov = overhead(torch)
-    save({"host_overhead": ov})
+    from . import launchbench
+
+    launch = launchbench.run_all(torch)
+    save({"launch": launch})
     try:
         plot(rows, copy_gbs, device, args.png)
     except ImportError:
         print("(matplotlib missing: no plot)")
     print(text)
-    print(f"host overhead: {ov['cudit_us_per_call']:.1f} us per call (Python loop, small shape)")
+    print(launchbench.report(launch))
     return 0

@@ -18,21 +18,22 @@ typedef struct FastDiv { cudit_u32 d, m, s; } FastDiv;
 enum RopeMode { ROPE_NONE = 0, ROPE_INTERLEAVED = 1, ROPE_HALF = 2 };
 
 typedef struct SideParams {
-    const void* in;
-    void* out;
     cudit_i64 in_sb, in_ss, in_hs;    // batch, sequence, head strides of the input
     cudit_i64 out_sb, out_ss, out_hs; // same for the output (equal to the input's in place)
-    const void* w;              // norm weight (image stream), length D or H*D
-    const void* w_txt;          // norm weight of the first num_txt tokens (dual-stream)
     int heads;                  // heads on this side
     int w_dtype;                // DTypeCode of both weights
     float inv_n;                // 1 / values normalised together (D or H*D)
 } SideParams;
 
+// The pointers come first and together: the host writes all ten with one store per call.
 typedef struct Params {
-    SideParams side[2];         // 0 = Q, 1 = K
+    const void* in[2];          // 0 = Q, 1 = K: head 0 of token 0
+    void* out[2];
+    const void* w[2];           // norm weight (image stream), length D or H*D
+    const void* w_txt[2];       // norm weight of the first num_txt tokens (dual-stream)
     const void* cos;
     const void* sin;
+    SideParams side[2];         // 0 = Q, 1 = K
     cudit_i64 cos_rb, cos_rs, cos_hs; // table strides: outer row, inner row, head (0: shared by heads)
     cudit_i64 sin_rb, sin_rs, sin_hs;
     FastDiv tab_rows;                 // R: token t reads table row t mod R

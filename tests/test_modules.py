@@ -27,7 +27,7 @@ def test_manifest_covers_every_arch_and_variant(man):
     names = {v["name"] for v in build_cubins.variants()}
     assert set(man["variants"]) == names
     for arch, entry in man["archs"].items():
-        assert set(entry["kernels"]) == names, arch
+        assert set(entry["kernels"]) == names | set(build_cubins.EXTRA_KERNELS), arch
     assert man["ptx"]["arch"] == build_cubins.PTX_ARCH
 
 
@@ -41,7 +41,8 @@ def test_cubin_is_cuda_elf_for_its_arch_with_no_spills(man, arch):
     for name, k in entry["kernels"].items():
         assert name.encode() in blob
         assert (k["spill_stores"], k["spill_loads"], k["stack_bytes"]) == (0, 0, 0), name
-        assert k["registers"] * man["variants"][name]["max_threads"] <= 65536, name
+        bound = man["variants"][name]["max_threads"] if name in man["variants"] else 1024
+        assert k["registers"] * bound <= 65536, name
 
 
 def test_ptx_targets_the_oldest_arch(man):

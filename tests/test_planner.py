@@ -35,11 +35,19 @@ def test_per_head_geometry_packs_many_heads_per_block():
     assert (p.team, p.block, p.norm, p.rope) == (32, 256, "head", "interleaved")
     assert p.kernel == "qknr_bf16_interleaved_f32_head_k2"
     prm = params(p)
-    # a row is one side of one token; 8 rows a block, ROW_ITERS groups of rows in turn
-    assert p.grid == -(-2 * 64 * 2 // (8 * prm.iters)) and prm.iters == _planner.ROW_ITERS
-    prm = params(p)
+    # a row is one side of one token, 8 rows a block; a small grid gives each group a block
+    assert p.grid == 2 * 64 * 2 // 8 and prm.iters == 1
     assert (prm.tj, prm.th, prm.lanes_d, prm.side[0].heads) == (16, 2, 16, 4)
     assert prm.tab_rows.d == 64 and prm.seq.d == 64 and prm.total_rows == 2 * 2 * 64
+
+
+def test_blocks_take_several_row_groups_only_on_big_grids():
+    qw, kw = weights(D)
+    for tokens, iters in ((8 * 1024 // 2 * 2, 2), (8 * 4096, _planner.ROW_ITERS), (8 * 1023 // 2, 1)):
+        prm = params(make_plan(Request(arr((1, tokens, 12 * D)), qw, kw, num_heads=4)))
+        groups = -(-2 * tokens // 8)
+        assert prm.iters == iters, tokens
+        assert -(-groups // iters) * iters >= groups
 
 
 @pytest.mark.parametrize("heads,dtype,k,team", [(40, "bf16", 4, 160), (128, "bf16", 4, 512),
@@ -70,9 +78,9 @@ def test_pointers_bind_per_call_and_k_follows_q():
     req = Request(arr((2, 64, 7 * D)), qw, kw, num_heads=(3, 2, 2))  # GQA
     p = make_plan(req)
     prm = Params.from_buffer(p.bind(req.arrays()))
-    assert prm.side[0].in_ == BASE and prm.side[1].in_ == BASE + 3 * D * 2
-    assert prm.side[0].out == prm.side[0].in_  # in place
-    assert prm.side[0].w == BASE + 0x100000 and prm.side[0].w_txt == prm.side[0].w
+    assert prm.in_[0] == BASE and prm.in_[1] == BASE + 3 * D * 2
+    assert prm.out[0] == prm.in_[0]  # in place
+    assert prm.w[0] == BASE + 0x100000 and prm.w_txt[0] == prm.w[0]
 
 
 def test_plans_are_cached_per_signature_not_per_pointer():
@@ -112,7 +120,7 @@ def test_dual_stream_points_text_rows_at_add_weights():
     qa, ka = arr((D,), "f32", ptr=BASE + 0x500000), arr((D,), "f32", ptr=BASE + 0x600000)
     req = Request(packed(), qw, kw, num_heads=4, q_add_weight=qa, k_add_weight=ka, num_txt_tokens=7)
     prm = Params.from_buffer(make_plan(req).bind(req.arrays()))
-    assert prm.num_txt == 7 and prm.side[0].w_txt == BASE + 0x500000 and prm.side[1].w_txt == BASE + 0x600000
+    assert prm.num_txt == 7 and prm.w_txt[0] == BASE + 0x500000 and prm.w_txt[1] == BASE + 0x600000
 
 
 def test_out_of_place_has_its_own_strides():
@@ -122,7 +130,7 @@ def test_out_of_place_has_its_own_strides():
     req = Request(x, qw, kw, num_heads=4, out=o)
     prm = Params.from_buffer(make_plan(req).bind(req.arrays()))
     assert prm.side[0].out_ss == 2000 and prm.side[0].in_ss == 3 * 4 * D
-    assert prm.side[1].out == BASE + 0x1000000 + 4 * D * 2
+    assert prm.out[1] == BASE + 0x1000000 + 4 * D * 2
 
 
 # ------------------------------------------------------------------ bad input, by name
@@ -236,3 +244,11 @@ def test_fast_div_is_exact(d):
     for n in ns:
         if 0 <= n < 2**32:
             assert (((n * f.m) >> 32) + n) >> f.s == n // d, (n, d)
+
+
+def test_in_place_needs_a_writable_array_and_jax_callback_buffers_can_be():
+    qw, kw = weights(D)
+    for framework, readonly in (("jax", False), ("jax-buffer", True), ("torch", True)):
+        with pytest.raises(PlanError, match="writable"):
+            make_plan(Request(arr((2, 64, 12 * D), readonly=readonly, framework=framework), qw, kw, num_heads=4))
+    make_plan(Request(arr((2, 64, 12 * D), framework="jax-buffer"), qw, kw, num_heads=4))

@@ -1,0 +1,80 @@
+"""The warm-call path of cudit.qk_norm_rope, on the CPU: made-up arrays of a made-up
+framework that cudit reads directly, and a recording launcher instead of the GPU."""
+import pytest
+
+from cudit import _arrays, _launch, _planner, api
+from cudit._planner import Request, make_plan
+from fakes import BASE, arr
+
+D = 128
+
+
+class FakeArray:
+    """An array cudit reads directly (like a torch tensor): its ArrayInfo is all there is."""
+
+    def __init__(self, info):
+        self.info = info
+
+
+FakeArray.__module__ = "fake"       # its framework, for cudit's stream lookup
+
+
+def _key(a):
+    i = a.info
+    return i.ptr, (i.shape, i.strides, i.dtype, i.device_id, i.ptr & 15)
+
+
+@pytest.fixture
+def gpu(monkeypatch):
+    """Launches and views recorded: {"launches": [(pointers, stream)], "views": count}."""
+    seen = {"launches": [], "views": 0}
+
+    def view(obj, stream_ptr):
+        seen["views"] += 1
+        return obj.info
+
+    monkeypatch.setitem(_arrays._ADAPTERS, FakeArray, ("fake", _key))
+    monkeypatch.setattr(api, "describe", view)
+    monkeypatch.setattr(_launch, "launcher", lambda device, p: lambda ptrs, s: seen["launches"].append((tuple(ptrs), s)))
+    monkeypatch.setitem(_launch._CURRENT, "fake", lambda device: 77)
+    monkeypatch.setattr(_launch, "is_capturing", lambda handle: False)
+    api._WARM.clear()
+    _planner.clear_cache()
+    yield seen
+    api._WARM.clear()
+
+
+def _call(base, **kw):
+    qkv = arr((2, 64, 3 * 4 * D), ptr=base)
+    qw, kw_ = arr((D,), "f32", ptr=base + 0x100000), arr((D,), "f32", ptr=base + 0x100400)
+    cos, sin = arr((64, D), "f32", ptr=base + 0x200000), arr((64, D), "f32", ptr=base + 0x300000)
+    wrap = [FakeArray(a) for a in (qkv, qw, kw_, cos, sin)]
+    api.qk_norm_rope(*wrap, num_heads=4, **kw)
+    return Request(qkv, qw, kw_, cos, sin, num_heads=4)
+
+
+@pytest.mark.parametrize("stream", [None, 77])
+def test_warm_call_binds_the_pointers_the_full_path_would(gpu, stream):
+    _call(BASE, stream=stream)
+    assert gpu["views"] == 5
+    req = _call(BASE + 0x10000000, stream=stream)          # same signature, other pointers
+    assert gpu["views"] == 5                               # no exporter, no planner this time
+    want = make_plan(req).addresses(req.arrays())
+    assert gpu["launches"][1] == (tuple(want), 77)
+    assert want[1] == BASE + 0x10000000 + 4 * D * 2        # K follows Q in the packed row
+    assert len(api._WARM) == 1
+
+
+def test_another_stream_or_options_take_the_full_path(gpu):
+    _call(BASE)
+    _call(BASE, stream=5)                   # not the framework's current stream: handshake
+    assert gpu["views"] == 10 and len(api._WARM) == 1
+    _call(BASE, eps=1e-5)                   # other options: another entry
+    _call(BASE + 0x1000, eps=1e-5)
+    assert gpu["views"] == 15 and len(api._WARM) == 2
+
+
+def test_misaligned_pointer_raises_on_the_full_path(gpu):
+    with pytest.raises(_planner.PlanError, match="aligned"):
+        _call(BASE + 2)
+    assert not api._WARM
