@@ -44,7 +44,7 @@ HEADS_PER_THREAD = (1, 2, 4, 0)
 # Block-size bound by (vectors an item holds, heads a thread holds): it sets the register cap
 # (65536 / threads), chosen as the largest block for which no architecture spills.
 MAX_THREADS = {(1, 1): 1024, (1, 2): 768, (1, 4): 512, (1, 0): 768,
-               (2, 1): 512, (2, 2): 512, (2, 4): 384, (2, 0): 512}
+               (2, 1): 512, (2, 2): 512, (2, 0): 512}
 # Variants that fit a tighter cap (more threads resident), by (vectors, norm, heads a thread).
 MAX_THREADS_BY_NORM = {(1, "full", 4): 768, (1, "full", 2): 768, (1, "none", 4): 768, (1, "none", 2): 1024,
                        (1, "head", 1): 768}
@@ -58,6 +58,8 @@ def variants() -> list[dict]:
             continue  # nothing to do: the runtime rejects it before planning
         if norm == "full" and k == 1:
             continue  # one head: the planner runs full-dim as per-head, the same computation
+        if rope == "half" and k == 4:
+            continue  # rotate_half holds at most 2 heads a thread (cudit/_planner.py MAX_K)
         for table in (DTYPES if rope != "none" else (None,)):
             name = f"qknr_{dt}_{rope}{'_' + table if table else ''}_{norm}_k{k}"
             parts = 2 if rope == "half" else 1

@@ -17,7 +17,7 @@ HEAD_DIM_MIN, HEAD_DIM_MAX, HEAD_DIM_STEP = 32, 256, 16
 # Block-size bound by (vectors per item, heads per thread): the smallest bound build_cubins.py
 # gives any norm kind of that shape, so every plan fits every variant (tests/test_fit.py).
 VARIANT_MAX_THREADS = {(1, 1): 768, (1, 2): 768, (1, 4): 512, (1, 0): 768,
-                       (2, 1): 512, (2, 2): 512, (2, 4): 384, (2, 0): 512}
+                       (2, 1): 512, (2, 2): 512, (2, 0): 512}
 BLOCK_TARGET = 256      # threads per block when several rows share a block
 # Tuning knob (the benchmark's --heads-per-thread): force K instead of the rule in
 # default_heads_per_thread.
@@ -483,16 +483,32 @@ class Geometry:
         return self.tj * self.th
 
 
-def default_heads_per_thread(heads: int) -> int:
-    if HEADS_PER_THREAD_OVERRIDE is not None:
-        return HEADS_PER_THREAD_OVERRIDE
-    return 1 if heads == 1 else (2 if heads <= 4 else 4)
+# Most heads a thread holds, by vectors per item. rotate_half items are two vectors: at K = 4
+# their variants needed ~144 registers (one 256-thread block per SM) and K = 2 measured 8-18
+# points better on every rotate_half shape (docs/perf-notes.md v5), so K = 4 is not built.
+MAX_K = {1: 4, 2: 2}
 
 
-def geometry(lanes_d: int, heads: int, parts: int = 1, k: int | None = None) -> Geometry:
-    """Threads for rows of `heads` heads of lanes_d items (of `parts` vectors) each."""
+def default_heads_per_thread(heads: int, parts: int = 1) -> int:
+    """K: heads a thread holds in registers (0: the looping variant)."""
+    k = HEADS_PER_THREAD_OVERRIDE
+    if k is None:
+        k = 1 if heads == 1 else (2 if heads <= 4 else 4)
+    return min(k, MAX_K[parts]) if k > 0 else 0
+
+
+def geometry(lanes_d: int, heads: int, parts: int = 1, k: int | None = None, per_head: bool = False) -> Geometry:
+    """Threads for rows of `heads` heads of lanes_d items (of `parts` vectors) each.
+
+    Per-head rows (no reduction across the team) take whichever of K = 4 and K = 2 leaves
+    fewer head slots idle: 12 heads fill 6 lanes x 2 but only 3 of 4 lanes x 4, which cost
+    WAN-1.3B's per-head variant 9 points (docs/perf-notes.md v5).
+    """
+    if k is None and per_head and HEADS_PER_THREAD_OVERRIDE is None and parts == 1 and heads > 4:
+        four, two = geometry(lanes_d, heads, parts, 4), geometry(lanes_d, heads, parts, 2)
+        return two if two.th * 2 < four.th * 4 else four
     tj = _next_pow2(lanes_d)
-    k = default_heads_per_thread(heads) if k is None else k
+    k = default_heads_per_thread(heads, parts) if k is None else k
     if k > 0:
         th = -(-heads // k)
         if tj * th <= 32:
@@ -550,7 +566,7 @@ def make_plan(req: Request) -> Plan:
     # rotate_half pairs d with d + D/2 inside one item; otherwise an item is one vector
     parts = 2 if rope == "half" else 1
     lanes_d = d // (vec * parts)
-    geo = geometry(lanes_d, max(q.heads, k.heads), parts)
+    geo = geometry(lanes_d, max(q.heads, k.heads), parts, per_head=norm != "full")
     total_rows = 2 * tokens.count
     if total_rows >= 2**32:
         raise PlanError(f"qkv: {tokens.count} tokens exceed the 2^31-token limit")

@@ -82,6 +82,11 @@ __device__ __forceinline__ void load_floats(const void* base, int dtype, i64 idx
     }
 }
 
+// Ask L1 for a line that this thread reads a little later: no register is held meanwhile.
+__device__ __forceinline__ void prefetch_l1(const void* p) {
+    asm volatile("prefetch.global.L1 [%0];" ::"l"(p));
+}
+
 // Thread index in the block, x fastest (blocks may be 2-D: x = lane in a team, y = team).
 __device__ __forceinline__ u32 linear_tid() { return threadIdx.y * blockDim.x + threadIdx.x; }
 

@@ -216,6 +216,23 @@ __device__ __forceinline__ void prefetch_row(const Params& p, u32 row_id, int d,
     }
 }
 
+// Per-head table rows (LTX-2) are read per head after the reduction: requested now, their
+// latency overlaps the data loads instead of following them. (Prefetching full-dim weight
+// slices the same way cost WAN-1.3B 15 points: docs/perf-notes.md v5.)
+template <typename T, typename C, int PARTS, int K>
+__device__ __forceinline__ void prefetch_head_tables(const Row<T, C>& row, int hl, int th, int half) {
+#pragma unroll
+    for (int k = 0; k < K; ++k) {
+        const int h = hl + k * th;
+        if (h >= row.heads) break;
+#pragma unroll
+        for (int q = 0; q < PARTS; ++q) {
+            prefetch_l1(row.cos + h * row.cos_hs + q * half);
+            prefetch_l1(row.sin + h * row.sin_hs + q * half);
+        }
+    }
+}
+
 template <typename T, typename C, int ROPE, int NORM, int K>
 __device__ __forceinline__ void process_row(const Params& p, u32 row_id, u32 row_in_block, u32 parity) {
     constexpr int PARTS = Parts<ROPE>::N;
@@ -245,6 +262,8 @@ __device__ __forceinline__ void process_row(const Params& p, u32 row_id, u32 row
             if (active && h < row.heads) load_item(row, half, h, it[k]);
         }
         if (active && shared_table) tab.load(row.cos, row.sin, half);
+        // rotate_half only: in the one-vector variants the extra addressing made ptxas spill.
+        if (ROPE == ROPE_HALF && active && !shared_table) prefetch_head_tables<T, C, PARTS, K>(row, hl, th, half);
         release_dependents();
 
         float r[K > 0 ? K : 1];

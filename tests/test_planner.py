@@ -68,7 +68,7 @@ def test_geometry_rounds_teams_to_aligned_lanes():
     assert (geometry(6, 24).tj, geometry(6, 24).th) == (8, 8)
     assert geometry(8, 3).team == 16             # 8 x 2 (3 heads, 2 a thread), a power of two
     assert geometry(8, 1) == Geometry(1, 8, 1, 256)
-    assert geometry(8, 40, parts=2) == Geometry(4, 8, 12, 192)   # rotate_half: 2 rows of 96
+    assert geometry(8, 40, parts=2) == Geometry(2, 8, 20, 160)   # rotate_half: 2 heads a thread (MAX_K)
     g = geometry(32, 200)                        # fp32 D=256, 200 heads: too many for registers
     assert g.heads_per_thread == 0 and g.team == 512
 
@@ -252,3 +252,10 @@ def test_in_place_needs_a_writable_array_and_jax_callback_buffers_can_be():
         with pytest.raises(PlanError, match="writable"):
             make_plan(Request(arr((2, 64, 12 * D), readonly=readonly, framework=framework), qw, kw, num_heads=4))
     make_plan(Request(arr((2, 64, 12 * D), framework="jax-buffer"), qw, kw, num_heads=4))
+
+
+def test_per_head_rows_take_the_heads_per_thread_that_leaves_fewer_slots_idle():
+    assert geometry(16, 12, per_head=True) == Geometry(2, 16, 6, 192)    # 6 lanes x 2 = 12 heads
+    assert geometry(16, 12) == Geometry(4, 16, 4, 256)                   # full-dim keeps K = 4
+    assert geometry(16, 24, per_head=True) == Geometry(4, 16, 6, 192)    # 6 x 4: K = 4 fits
+    assert geometry(16, 5, per_head=True).heads_per_thread == 4          # a tie keeps K = 4
