@@ -22,10 +22,16 @@ BLOCK_TARGET = 256      # threads per block when several rows share a block
 # Tuning knob (the benchmark's --heads-per-thread): force K instead of the rule in
 # default_heads_per_thread.
 HEADS_PER_THREAD_OVERRIDE = None
-# Row groups a block processes in turn, prefetching the next into L2 (tuning: docs/perf-notes.md),
-# once the grid would still have FULL_GRID blocks: about a full wave of the largest GPUs.
-# Smaller launches give every group its own block: they are latency-, not bandwidth-bound.
-ROW_ITERS = 4
+# Row groups a block processes in turn, prefetching the next into L2, once the grid would still
+# have FULL_GRID blocks (about a full wave of the largest GPUs); smaller launches give every
+# group its own block. By (norm, vectors per item): (most groups a block takes, grid size in
+# groups below which a block takes one). From H100 sweeps (docs/perf-notes.md v5): full-dim
+# rows end in a block-wide barrier and up to ~33k groups ran best one group a block (WAN-1.3B,
+# WAN-5B, D96, FLUX.1 full-dim: +1 to +13 points) but lost 4-5 points that way from ~65k on
+# (WAN-14B); rotate_half rows, with only two heads a thread, want the longest pipeline.
+ROW_ITERS_BY = {("full", 1): (4, 48 * 1024), ("full", 2): (4, 0), ("head", 1): (4, 0), ("none", 1): (4, 0),
+                ("head", 2): (8, 0), ("none", 2): (8, 0)}
+ROW_ITERS = None    # tuning knob (the benchmark's --row-iters): one value for every plan
 FULL_GRID = 1024
 MAX_GRID_X = 2**31 - 1
 
@@ -571,7 +577,11 @@ def make_plan(req: Request) -> Plan:
     if total_rows >= 2**32:
         raise PlanError(f"qkv: {tokens.count} tokens exceed the 2^31-token limit")
     rows_per_block = geo.block // geo.team
-    iters = max(1, min(ROW_ITERS, -(-total_rows // rows_per_block) // FULL_GRID))
+    groups = -(-total_rows // rows_per_block)
+    most, single_below = ROW_ITERS_BY[(norm, parts)]
+    if ROW_ITERS is not None:
+        most, single_below = ROW_ITERS, 0
+    iters = 1 if groups < single_below else max(1, min(most, groups // FULL_GRID))
     grid = -(-total_rows // (rows_per_block * iters))
     if grid > MAX_GRID_X:
         raise PlanError(f"qkv: {total_rows} rows need {grid} blocks, over the grid limit")

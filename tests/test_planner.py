@@ -43,7 +43,8 @@ def test_per_head_geometry_packs_many_heads_per_block():
 
 def test_blocks_take_several_row_groups_only_on_big_grids():
     qw, kw = weights(D)
-    for tokens, iters in ((8 * 1024 // 2 * 2, 2), (8 * 4096, _planner.ROW_ITERS), (8 * 1023 // 2, 1)):
+    for tokens, iters in ((8 * 1024 // 2 * 2, 2), (8 * 4096, _planner.ROW_ITERS_BY[("head", 1)][0]),
+                          (8 * 1023 // 2, 1)):
         prm = params(make_plan(Request(arr((1, tokens, 12 * D)), qw, kw, num_heads=4)))
         groups = -(-2 * tokens // 8)
         assert prm.iters == iters, tokens
@@ -259,3 +260,17 @@ def test_per_head_rows_take_the_heads_per_thread_that_leaves_fewer_slots_idle():
     assert geometry(16, 12) == Geometry(4, 16, 4, 256)                   # full-dim keeps K = 4
     assert geometry(16, 24, per_head=True) == Geometry(4, 16, 6, 192)    # 6 x 4: K = 4 fits
     assert geometry(16, 5, per_head=True).heads_per_thread == 4          # a tie keeps K = 4
+
+
+def test_row_groups_per_block_follow_the_norm_and_rope_kind():
+    qw, kw = weights(4 * D)
+    c, s = table((8 * 4096, D))
+    full = params(make_plan(Request(arr((1, 8 * 4096, 12 * D)), qw, kw, c, s, num_heads=4)))
+    qw, kw = weights(D)      # 16-row blocks: twice the tokens for a grid of 8 x FULL_GRID groups
+    c, s = table((16 * 4096, D))
+    half = params(make_plan(Request(arr((1, 16 * 4096, 12 * D)), qw, kw, c, s, num_heads=4, interleave=False)))
+    assert (full.iters, half.iters) == (1, 8)          # a mid-size full-dim grid: one group a block
+    qw, kw = weights(4 * D)
+    c, s = table((64 * 4096, D))
+    big = params(make_plan(Request(arr((1, 64 * 4096, 12 * D)), qw, kw, c, s, num_heads=4)))
+    assert big.iters == _planner.ROW_ITERS_BY[("full", 1)][0] == 4
