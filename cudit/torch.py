@@ -115,16 +115,22 @@ def qk_norm_rope(qkv, q_weight, k_weight, cos=None, sin=None, *, num_heads=None,
     heads = None if num_heads is None else ([num_heads] if isinstance(num_heads, int) else list(num_heads))
     rest = (q_weight, k_weight, cos, sin, heads, eps, interleave, q_add_weight, k_add_weight,
             num_txt_tokens, seq_len)
-    ops = torch.ops.cudit
     if isinstance(qkv, (tuple, list)):
         q, k = qkv
         if not inplace:
-            return ops.qk_norm_rope_split.default(q, k, *rest)
-        ops.qk_norm_rope_split_.default(q, k, *rest)
+            return _SPLIT_OP(q, k, *rest)
+        _SPLIT_OP_(q, k, *rest)
         return qkv
     if heads is None:
         raise TypeError("num_heads: expected an int or (Hq, Hk, Hv) for a packed qkv, got None")
     if not inplace:
-        return ops.qk_norm_rope.default(qkv, *rest)
-    ops.qk_norm_rope_.default(qkv, *rest)
+        return _PACKED_OP(qkv, *rest)
+    _PACKED_OP_(qkv, *rest)
     return qkv
+
+
+# The overloads themselves: looking them up through torch.ops costs about a microsecond a call.
+_PACKED_OP_ = torch.ops.cudit.qk_norm_rope_.default
+_PACKED_OP = torch.ops.cudit.qk_norm_rope.default
+_SPLIT_OP_ = torch.ops.cudit.qk_norm_rope_split_.default
+_SPLIT_OP = torch.ops.cudit.qk_norm_rope_split.default
