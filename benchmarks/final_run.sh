@@ -19,7 +19,7 @@ if [ "$stage" = all ] || [ "$stage" = checks ]; then
   python3 benchmarks/profile_host.py > "$OUT/host.txt" 2>&1
   echo "== pytest rc $t"; grep -E "^(FAILED|ERROR)" "$OUT/pytest.log" | head; tail -1 "$OUT/pytest.log"
   echo "== main job rc $m"; cat "$OUT/selfcheck.log"
-  echo "== examples rc $et $ej"; tail -2 "$OUT/example-torch.log" "$OUT/example-jax.log"
+  echo "== examples rc $et $ej"; tail -n 2 "$OUT/example-torch.log" "$OUT/example-jax.log"
   echo "== sass"; cat "$OUT/sass.txt"; echo "== host"; head -1 "$OUT/host.txt"
 fi
 if [ "$stage" = all ] || [ "$stage" = bench ]; then

@@ -181,11 +181,12 @@ def eager_fn(s: Shape, torch):
 # --------------------------------------------------------------------------- timing
 
 
-def time_call(fn, inputs, torch, warmup=20, reps=50, graph=True) -> float:
+def time_call(fn, inputs, torch, warmup=20, reps=50, graph=True, per_graph=None) -> float:
     """Median milliseconds of fn over rotating input sets, timed with device events.
 
-    The calls are captured in a CUDA graph and replayed, so host overhead between launches
-    (measured separately, launchbench.host_overhead) does not count as device time.
+    The calls are captured in a CUDA graph (per_graph of them, by default at least 8 and one
+    per input set) and replayed, so host overhead between launches (measured separately,
+    launchbench.host_overhead) does not count as device time.
     """
     side = torch.cuda.Stream()
     side.wait_stream(torch.cuda.current_stream())
@@ -195,7 +196,7 @@ def time_call(fn, inputs, torch, warmup=20, reps=50, graph=True) -> float:
     torch.cuda.current_stream().wait_stream(side)
     if not graph:
         return _median_event_ms(lambda i: fn(inputs[i % len(inputs)]), reps, torch)
-    per_graph = max(len(inputs), 8)
+    per_graph = per_graph or max(len(inputs), 8)
     graph = torch.cuda.CUDAGraph()
     with torch.cuda.graph(graph):
         for i in range(per_graph):

@@ -67,21 +67,9 @@ def host_overhead(torch, calls: int = 10000) -> dict:
     }
 
 
-def _graph_us(launch_one, torch, per_graph: int = 100, reps: int = 50) -> float:
+def _graph_us(launch_one, torch, per_graph: int = 100) -> float:
     """Device microseconds per launch: a graph of per_graph launches, replayed and timed."""
-    side = torch.cuda.Stream()
-    side.wait_stream(torch.cuda.current_stream())
-    with torch.cuda.stream(side):
-        for _ in range(3):
-            launch_one()
-    torch.cuda.current_stream().wait_stream(side)
-    graph = torch.cuda.CUDAGraph()
-    with torch.cuda.graph(graph):
-        for _ in range(per_graph):
-            launch_one()
-    for _ in range(3):
-        graph.replay()
-    return bench._median_event_ms(lambda i: graph.replay(), reps, torch) * 1e3 / per_graph
+    return bench.time_call(lambda _: launch_one(), [None], torch, warmup=3, per_graph=per_graph) * 1e3
 
 
 def _empty_launcher(torch):

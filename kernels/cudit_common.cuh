@@ -82,9 +82,12 @@ __device__ __forceinline__ void load_floats(const void* base, int dtype, i64 idx
     }
 }
 
-// Ask L1 for a line that this thread reads a little later: no register is held meanwhile.
+// Ask L1 (L2) for a line that this thread (its block) reads later: no register is held meanwhile.
 __device__ __forceinline__ void prefetch_l1(const void* p) {
     asm volatile("prefetch.global.L1 [%0];" ::"l"(p));
+}
+__device__ __forceinline__ void prefetch_l2(const void* p) {
+    asm volatile("prefetch.global.L2 [%0];" ::"l"(p));
 }
 
 // Thread index in the block, x fastest (blocks may be 2-D: x = lane in a team, y = team).

@@ -200,20 +200,25 @@ __device__ __forceinline__ float team_sum(float v, u32 team, u32 row_in_block, u
     return s;
 }
 
+// f(h) for each of this thread's heads hl, hl + th, ... below `heads`, at most N of them.
+template <int N, typename F>
+__device__ __forceinline__ void for_thread_heads(int hl, int th, int heads, F f) {
+#pragma unroll
+    for (int k = 0; k < N; ++k) {
+        const int h = hl + k * th;
+        if (h >= heads) break;
+        f(h);
+    }
+}
+
 // Ask L2 for a row a team will process next: the data arrives without holding registers.
 template <typename T, typename C, int PARTS, int K>
 __device__ __forceinline__ void prefetch_row(const Params& p, u32 row_id, int d, int hl, int th, int half) {
     const Row<T, C> row = locate_row<T, C>(p, row_id, d);
-    const int n = K > 0 ? K : 4;
+    for_thread_heads<(K > 0 ? K : 4)>(hl, th, row.heads, [&](int h) {
 #pragma unroll
-    for (int k = 0; k < n; ++k) {
-        const int h = hl + k * th;
-        if (h >= row.heads) break;
-#pragma unroll
-        for (int q = 0; q < PARTS; ++q) {
-            asm volatile("prefetch.global.L2 [%0];" ::"l"(row.in + (i64)h * row.in_hs + q * half));
-        }
-    }
+        for (int q = 0; q < PARTS; ++q) prefetch_l2(row.in + (i64)h * row.in_hs + q * half);
+    });
 }
 
 // Per-head table rows (LTX-2) are read per head after the reduction: requested now, their
@@ -221,16 +226,13 @@ __device__ __forceinline__ void prefetch_row(const Params& p, u32 row_id, int d,
 // slices the same way cost WAN-1.3B 15 points: docs/perf-notes.md v5.)
 template <typename T, typename C, int PARTS, int K>
 __device__ __forceinline__ void prefetch_head_tables(const Row<T, C>& row, int hl, int th, int half) {
-#pragma unroll
-    for (int k = 0; k < K; ++k) {
-        const int h = hl + k * th;
-        if (h >= row.heads) break;
+    for_thread_heads<K>(hl, th, row.heads, [&](int h) {
 #pragma unroll
         for (int q = 0; q < PARTS; ++q) {
             prefetch_l1(row.cos + h * row.cos_hs + q * half);
             prefetch_l1(row.sin + h * row.sin_hs + q * half);
         }
-    }
+    });
 }
 
 template <typename T, typename C, int ROPE, int NORM, int K>

@@ -235,3 +235,14 @@ def run_case(c: Case, qk_norm_rope, backend="torch"):
     assert worst <= 1.0, (f"{int((err > tol).sum())} of {g.numel()} elements out of tolerance; "
                           f"max |err| {float(err.max()):.3g}, worst err/tol {worst:.3g}")
     return worst
+
+
+def small_inputs(torch, dtype=None, B=2, S=33, H=4, D=128, seed=0):
+    """A small packed bf16 qkv [B, S, 3*H*D] with per-head weights and an [S, D] table (torch)."""
+    g = torch.Generator(device="cuda").manual_seed(seed)
+    dtype = dtype or torch.bfloat16
+    qkv = torch.randn(B, S, 3 * H * D, device="cuda", generator=g).to(dtype)
+    qw = torch.rand(D, device="cuda", generator=g) + 0.5
+    kw = torch.rand(D, device="cuda", generator=g) + 0.5
+    ang = torch.rand(S, D, device="cuda", generator=g) * 6.2831853
+    return qkv, qw, kw, torch.cos(ang), torch.sin(ang)

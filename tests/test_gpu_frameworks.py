@@ -4,19 +4,9 @@ import os
 import numpy as np
 import pytest
 
-from gpu_cases import Case, run_case
+from gpu_cases import Case, run_case, small_inputs as _inputs
 
 pytestmark = pytest.mark.gpu
-
-
-def _inputs(torch, dtype=None, B=2, S=33, H=4, D=128, seed=0):
-    g = torch.Generator(device="cuda").manual_seed(seed)
-    dtype = dtype or torch.bfloat16
-    qkv = torch.randn(B, S, 3 * H * D, device="cuda", generator=g).to(dtype)
-    qw = torch.rand(D, device="cuda", generator=g) + 0.5
-    kw = torch.rand(D, device="cuda", generator=g) + 0.5
-    ang = torch.rand(S, D, device="cuda", generator=g) * 6.2831853
-    return qkv, qw, kw, torch.cos(ang), torch.sin(ang)
 
 
 def test_torch_and_cupy_give_identical_bytes():

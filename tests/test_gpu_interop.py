@@ -6,18 +6,15 @@ import time
 import numpy as np
 import pytest
 
+from gpu_cases import small_inputs
+
 pytestmark = pytest.mark.gpu
 
 H, D = 4, 128
 
 
-def _inputs(torch, B=2, S=33, seed=0, dtype=None):
-    g = torch.Generator(device="cuda").manual_seed(seed)
-    qkv = torch.randn(B, S, 3 * H * D, device="cuda", generator=g).to(dtype or torch.bfloat16)
-    qw = torch.rand(D, device="cuda", generator=g) + 0.5
-    kw = torch.rand(D, device="cuda", generator=g) + 0.5
-    ang = torch.rand(S, D, device="cuda", generator=g) * 6.2831853
-    return qkv, qw, kw, torch.cos(ang), torch.sin(ang)
+def _inputs(torch, **kw):
+    return small_inputs(torch, H=H, D=D, **kw)
 
 
 def _reference(torch, qkv, qw, kw, cos, sin):
