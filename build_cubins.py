@@ -40,13 +40,14 @@ NORMS = {"none": 0, "head": 1, "full": 2}
 # Kernels outside the variant table: the benchmark's empty-launch baseline.
 EXTRA_KERNELS = ("cudit_empty",)
 # Heads a thread holds in registers (0: loops over heads).
-HEADS_PER_THREAD = (1, 2, 4, 0)
+HEADS_PER_THREAD = (1, 2, 3, 4, 0)
 # Block-size bound by (vectors an item holds, heads a thread holds): it sets the register cap
 # (65536 / threads), chosen as the largest block for which no architecture spills.
-MAX_THREADS = {(1, 1): 1024, (1, 2): 768, (1, 4): 512, (1, 0): 768,
+MAX_THREADS = {(1, 1): 1024, (1, 2): 768, (1, 3): 512, (1, 4): 512, (1, 0): 768,
                (2, 1): 512, (2, 2): 512, (2, 0): 512}
 # Variants that fit a tighter cap (more threads resident), by (vectors, norm, heads a thread).
-MAX_THREADS_BY_NORM = {(1, "full", 4): 768, (1, "full", 2): 768, (1, "none", 4): 768, (1, "none", 2): 1024,
+MAX_THREADS_BY_NORM = {(1, "full", 4): 768, (1, "full", 3): 768, (1, "full", 2): 768, (1, "none", 4): 768,
+                       (1, "none", 2): 1024,
                        (1, "head", 1): 768}
 
 
@@ -58,8 +59,10 @@ def variants() -> list[dict]:
             continue  # nothing to do: the runtime rejects it before planning
         if norm == "full" and k == 1:
             continue  # one head: the planner runs full-dim as per-head, the same computation
-        if rope == "half" and k == 4:
+        if rope == "half" and k > 2:
             continue  # rotate_half holds at most 2 heads a thread (cudit/_planner.py MAX_K)
+        if k == 3 and norm != "full":
+            continue  # three heads a thread: full-dim rows only (cudit/_planner.py geometry)
         for table in (DTYPES if rope != "none" else (None,)):
             name = f"qknr_{dt}_{rope}{'_' + table if table else ''}_{norm}_k{k}"
             parts = 2 if rope == "half" else 1

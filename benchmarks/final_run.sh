@@ -16,11 +16,11 @@ if [ "$stage" = all ] || [ "$stage" = checks ]; then
   for f in qknr_bf16_interleaved_f32_full_k4 qknr_bf16_half_bf16_full_k2; do
     echo "$f:"; cuobjdump -sass -fun "$f" cudit/_cubins/qk_norm_rope.sm_90.cubin | grep -oE "(LDG|STG)[.A-Z0-9]*" | sort | uniq -c
   done > "$OUT/sass.txt" 2>&1
-  python3 benchmarks/profile_host.py > "$OUT/host.txt" 2>&1
+  python3 benchmarks/host_breakdown.py > "$OUT/host.txt" 2>&1
   echo "== pytest rc $t"; grep -E "^(FAILED|ERROR)" "$OUT/pytest.log" | head; tail -1 "$OUT/pytest.log"
   echo "== main job rc $m"; cat "$OUT/selfcheck.log"
   echo "== examples rc $et $ej"; tail -n 2 "$OUT/example-torch.log" "$OUT/example-jax.log"
-  echo "== sass"; cat "$OUT/sass.txt"; echo "== host"; head -1 "$OUT/host.txt"
+  echo "== sass"; cat "$OUT/sass.txt"; echo "== host"; cat "$OUT/host.txt"
 fi
 if [ "$stage" = all ] || [ "$stage" = bench ]; then
   python3 -m cudit bench --json "$OUT/bench.json" --png "$OUT/bench.png" > "$OUT/bench.log" 2>&1; b=$?

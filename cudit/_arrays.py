@@ -131,17 +131,47 @@ def describe(obj, stream_ptr: int) -> ArrayInfo:
 # DLPack path, which gives the precise error.
 
 
-def _torch_key(t):
-    dev = t.get_device()
-    if dev < 0:
-        return None
-    p = t.data_ptr()
-    return p, (t.shape, t.stride(), t.dtype, dev, p & 15)
+def _torch_keys(objs):
+    # Inlined for torch, the common case: a call reads five tensors and this loop is most
+    # of cudit's own share of a warm call.
+    keys, ptrs = [], []
+    for t in objs:
+        if t is None:
+            keys.append(None)
+            ptrs.append(0)
+        elif type(t) in _TORCH_TYPES:
+            p = t.data_ptr()
+            ptrs.append(p)
+            keys.append((t.shape, t.stride(), t.dtype, t.get_device(), p & 15))
+        else:
+            return None
+    return keys, ptrs
+
+
+def per_object(key_of, cls):
+    """A keys function from a one-array key function (pointer, key) for arrays of type cls."""
+    def keys_of(objs):
+        keys, ptrs = [], []
+        for a in objs:
+            if a is None:
+                keys.append(None)
+                ptrs.append(0)
+            elif type(a) is cls:
+                p, key = key_of(a)
+                ptrs.append(p)
+                keys.append(key)
+            else:
+                return None
+        return keys, ptrs
+    return keys_of
 
 
 def _cupy_key(a):
     p = a.data.ptr
     return p, (a.shape, a.strides, a.dtype, a.device.id, p & 15)
+
+
+_TORCH_TYPES: set = set()
 
 
 def _adapter_for(cls):
@@ -150,12 +180,13 @@ def _adapter_for(cls):
         import torch
 
         if cls in (torch.Tensor, torch.nn.Parameter):   # subclasses may redirect data_ptr
-            return "torch", _torch_key
+            _TORCH_TYPES.update((torch.Tensor, torch.nn.Parameter))
+            return "torch", _torch_keys
     elif top == "cupy":
         import cupy
 
         if cls is cupy.ndarray:
-            return "cupy", _cupy_key
+            return "cupy", per_object(_cupy_key, cls)
     return None, None
 
 
@@ -163,13 +194,15 @@ _ADAPTERS: dict = {}
 
 
 def adapter(cls) -> tuple:
-    """(framework, key function) for arrays of type cls; (None, None) for describe() only.
+    """(framework, keys function) for calls whose first array is of type cls; (None, None)
+    for describe() only.
 
-    A key function returns (pointer, key) or None, and may raise RuntimeError or
-    AttributeError (e.g. a sparse tensor has no strides): then describe() it is.
+    A keys function takes a call's arrays (None where absent) and returns (keys, pointers),
+    one of each per array, every key (shape, strides, dtype, device, pointer % 16) pinning
+    what a plan depends on; or None when an array is of another type. It may raise
+    RuntimeError or AttributeError (e.g. a sparse tensor has no strides): then describe() it is.
     """
     hit = _ADAPTERS.get(cls)
     if hit is None:
         hit = _ADAPTERS[cls] = _adapter_for(cls)
     return hit
-

@@ -78,36 +78,62 @@ class Launcher:
 
         st = device_state(device_id)
         check_fits(p, st.limits, _modules.kernel_meta(_modules.manifest(), st.image, p.kernel))
-        self.state = st
         self.kernel = _modules.load_kernel(st.image, p.kernel).handle
-        self.config = launch_config(p.grid, (p.team, p.block // p.team), p.smem,   # x: lane, y: row
-                                    pdl and st.limits.arch >= (9, 0))
+        self.block = (p.team, p.block // p.team)   # x: lane, y: row
+        self.grid, self.smem, self.pdl = p.grid, p.smem, pdl and st.limits.arch >= (9, 0)
         self.template = p.template
-        self._tls = threading.local()   # parameter bytes per thread: a launch copies them at once
+        # Per thread: the parameter bytes (a launch copies them at once) and a launch
+        # configuration per stream, so threads never share what a launch reads.
+        self._tls = threading.local()
         self._launch = driver.cuLaunchKernelEx
         self._current = driver.cuCtxGetCurrent
         self._context = st.context
 
-    def _args(self):
-        blob = (ctypes.c_char * len(self.template)).from_buffer_copy(self.template)
-        argv = (ctypes.c_void_p * 1)(ctypes.addressof(blob))
-        self._tls.args = (blob, argv, ctypes.addressof(argv))
-        return self._tls.args
+    def _thread_state(self):
+        try:
+            return self._tls.args
+        except AttributeError:
+            blob = (ctypes.c_char * len(self.template)).from_buffer_copy(self.template)
+            argv = (ctypes.c_void_p * 1)(ctypes.addressof(blob))
+            self._tls.args = (blob, ctypes.addressof(argv), {}, argv)
+            return self._tls.args
+
+    def config(self, stream: int):
+        """This thread's launch configuration for a stream."""
+        configs = self._thread_state()[2]
+        config = configs.get(stream)
+        if config is None:
+            if len(configs) > 64:
+                configs.clear()
+            config = configs[stream] = launch_config(self.grid, self.block, self.smem, self.pdl)
+            from cuda.bindings import driver
+
+            config.hStream = driver.CUstream(stream)
+        return config
 
     def __call__(self, pointers, stream: int) -> None:
         """Launch with the Params pointer block set to `pointers` (POINTERS ints) on `stream`."""
         try:
-            blob, _, argv = self._tls.args
+            blob, argv, configs, _ = self._tls.args
         except AttributeError:
-            blob, _, argv = self._args()
+            blob, argv, configs, _ = self._thread_state()
         _pack_pointers(blob, 0, *pointers)   # the rest of the bytes never change
-        if int(self._current()[1]) != self._context:   # the framework may have moved it
-            self.state.device.set_current()
-        config = self.config
-        config.hStream = _STREAMS.get(stream) or _cu_stream(stream)
-        err = self._launch(config, self.kernel, argv, 0)[0]
+        config = configs.get(stream) or self.config(stream)
+        if int(self._current()[1]) == self._context:
+            err = self._launch(config, self.kernel, argv, 0)[0]
+        else:   # another context is current (another device's, say): leave it current after
+            err = self._launch_in_own_context(config, argv)
         if err:
             _check((err,))
+
+    def _launch_in_own_context(self, config, argv):
+        from cuda.bindings import driver
+
+        _check(driver.cuCtxPushCurrent(driver.CUcontext(self._context)))
+        try:
+            return self._launch(config, self.kernel, argv, 0)[0]
+        finally:
+            _check(driver.cuCtxPopCurrent())
 
 
 def launch_config(grid: int, block: tuple, smem: int, pdl: bool):
@@ -126,20 +152,6 @@ def launch_config(grid: int, block: tuple, smem: int, pdl: bool):
     else:
         config.numAttrs = 0
     return config
-
-
-_STREAMS: dict = {}
-
-
-def _cu_stream(handle: int):
-    s = _STREAMS.get(handle)
-    if s is None:
-        from cuda.bindings import driver
-
-        if len(_STREAMS) > 256:
-            _STREAMS.clear()
-        s = _STREAMS[handle] = driver.CUstream(handle)
-    return s
 
 
 _LAUNCHERS: dict = {}
@@ -183,7 +195,7 @@ def current_stream(framework: str, device_id: int) -> int:
 def is_capturing(stream: int) -> bool:
     from cuda.bindings import driver
 
-    status = _check(driver.cuStreamIsCapturing(_cu_stream(stream)))
+    status = _check(driver.cuStreamIsCapturing(driver.CUstream(stream)))
     return status != driver.CUstreamCaptureStatus.CU_STREAM_CAPTURE_STATUS_NONE
 
 

@@ -16,7 +16,7 @@ ACT_DTYPES = ("bf16", "f16", "f32")
 HEAD_DIM_MIN, HEAD_DIM_MAX, HEAD_DIM_STEP = 32, 256, 16
 # Block-size bound by (vectors per item, heads per thread): the smallest bound build_cubins.py
 # gives any norm kind of that shape, so every plan fits every variant (tests/test_fit.py).
-VARIANT_MAX_THREADS = {(1, 1): 768, (1, 2): 768, (1, 4): 512, (1, 0): 768,
+VARIANT_MAX_THREADS = {(1, 1): 768, (1, 2): 768, (1, 3): 512, (1, 4): 512, (1, 0): 768,
                        (2, 1): 512, (2, 2): 512, (2, 0): 512}
 BLOCK_TARGET = 256      # threads per block when several rows share a block
 # Tuning knob (the benchmark's --heads-per-thread): force K instead of the rule in
@@ -506,13 +506,16 @@ def default_heads_per_thread(heads: int, parts: int = 1) -> int:
 def geometry(lanes_d: int, heads: int, parts: int = 1, k: int | None = None, per_head: bool = False) -> Geometry:
     """Threads for rows of `heads` heads of lanes_d items (of `parts` vectors) each.
 
-    Per-head rows (no reduction across the team) take whichever of K = 4 and K = 2 leaves
-    fewer head slots idle: 12 heads fill 6 lanes x 2 but only 3 of 4 lanes x 4, which cost
-    WAN-1.3B's per-head variant 9 points (docs/perf-notes.md v5).
+    One-vector rows take the K that leaves the fewest head slots idle, the larger K on a tie:
+    12 heads fill 4 lanes x 3 but only 3 of 4 lanes x 4 (a team is a power of two inside a
+    warp, else whole warps). Full-dim rows choose from K = 4 and 3, per-head rows (no
+    reduction across the team) from K = 4 and 2: for WAN-1.3B on an H100, full-dim K = 3
+    took 91.0% of copy bandwidth against 88.5 at K = 4 and per-head K = 2 80.2 against 75.0 at
+    K = 3 (docs/perf-notes.md v6).
     """
-    if k is None and per_head and HEADS_PER_THREAD_OVERRIDE is None and parts == 1 and heads > 4:
-        four, two = geometry(lanes_d, heads, parts, 4), geometry(lanes_d, heads, parts, 2)
-        return two if two.th * 2 < four.th * 4 else four
+    if k is None and HEADS_PER_THREAD_OVERRIDE is None and parts == 1 and heads > 4:
+        options = (4, 2) if per_head else (4, 3)
+        return min((geometry(lanes_d, heads, parts, k) for k in options), key=_idle_slots_key)
     tj = _next_pow2(lanes_d)
     k = default_heads_per_thread(heads, parts) if k is None else k
     if k > 0:
@@ -528,6 +531,11 @@ def geometry(lanes_d: int, heads: int, parts: int = 1, k: int | None = None, per
     bound = VARIANT_MAX_THREADS[(parts, 0)]
     th = max(1, min(512, bound) // tj)
     return Geometry(0, tj, th, tj * th)
+
+
+def _idle_slots_key(g: Geometry):
+    # The looping variant (K = 0: too many heads for registers) only when no K fits.
+    return g.th * g.heads_per_thread if g.heads_per_thread else float("inf")
 
 
 def kernel_name(dtype: str, rope: str, table_dtype, norm: str, k: int) -> str:

@@ -1,8 +1,6 @@
 """The public entry point."""
 from __future__ import annotations
 
-import operator
-
 from . import _launch
 from ._arrays import _ADAPTERS, adapter, describe
 from ._planner import Request, plan
@@ -44,61 +42,67 @@ def qk_norm_rope(qkv, q_weight, k_weight, cos=None, sin=None, *, num_heads=None,
 
 def run(objs: tuple, options: tuple, stream, qkv, out) -> None:
     """Launch for arrays at _POSITIONS and (num_heads, eps, interleave, num_txt_tokens, seq_len)."""
-    warm = _warm_signature(objs, options, stream)
-    entry = None
-    if warm is not None:
-        try:
-            entry = _WARM.get(warm[0])
-        except TypeError:   # an unhashable option: the full path names it
-            warm = None
-    if entry is None:
-        entry = _plan_and_launch(qkv, out, objs, options, stream)
-        if warm is not None:
-            if len(_WARM) > 4096:
-                _WARM.clear()
-            _WARM[warm[0]] = entry
-        return
-    launcher, gather, adds = entry
-    ptrs = gather(warm[1])
-    if adds:
-        ptrs = list(ptrs)
-        for slot, add in adds:
-            ptrs[slot] += add
-    launcher(ptrs, warm[2])
-
-
-# Warm calls: (array keys, options) -> (Launcher, pointer gather, pointer offsets). Filled by
-# the first call of a signature, which takes the full path (exporters, planner, checks).
-_WARM: dict = {}
-
-
-def _warm_signature(objs, options, stream):
-    """(key, pointers, stream handle) when every array is of one framework that cudit reads
-    directly and the launch stream is that framework's current stream; else None."""
-    keys, ptrs = [], []
-    fw = None
-    get = _ADAPTERS.get
+    first = type(objs[0])
+    framework, keys_of = _ADAPTERS.get(first) or adapter(first)
     try:
-        for o in objs:
-            if o is None:
-                keys.append(None)
-                ptrs.append(0)
-                continue
-            fw_o, key_of = get(type(o)) or adapter(type(o))
-            got = key_of(o) if key_of is not None and (fw is None or fw == fw_o) else None
-            if got is None:
-                return None
-            fw = fw_o
-            ptrs.append(got[0])
-            keys.append(got[1])
+        got = keys_of(objs) if keys_of is not None else None
     except (RuntimeError, AttributeError):
+        got = None
+    if got is not None:
+        keys, ptrs = got
+        device = keys[0][3]
+        handle = _launch.current_stream(framework, device) if device >= 0 else None
+        # Another stream needs the exporters' stream handshake (the full path does it).
+        if handle is not None and (stream is None or _launch.resolve_stream(stream, objs[0]) == handle):
+            keys.append(options)
+            keys.append(_launch.PDL)
+            key = tuple(keys)
+            entry = _warm_entry(key)
+            if entry is None:
+                _remember(key, _plan_and_launch(qkv, out, objs, options, stream))
+            else:
+                ptrs.append(0)   # _UNUSED
+                entry[0](entry[1](ptrs), handle)
+            return
+    _plan_and_launch(qkv, out, objs, options, stream)
+
+
+# Warm calls: (array keys.., options, PDL) -> (Launcher, pointer-block binder). Filled by the first
+# call of a signature, which takes the full path (exporters, planner, checks). The last hit
+# is kept aside: a model's layers repeat one signature, and an equality test is half a lookup.
+_WARM: dict = {}
+_LAST: tuple = (None, None)
+
+
+def clear_warm() -> None:
+    """Forget every warm entry (tests; tuning knobs that change plans)."""
+    global _LAST
+    _WARM.clear()
+    _LAST = (None, None)
+
+
+def _warm_entry(key):
+    global _LAST
+    last_key, entry = _LAST
+    if last_key == key:
+        return entry
+    try:
+        entry = _WARM.get(key)
+    except TypeError:   # an unhashable option: the full path names it
         return None
-    ptrs.append(0)   # _UNUSED
-    handle = _launch.current_stream(fw, keys[0][3])
-    # Another stream needs the exporters' stream handshake (the full path does it).
-    if stream is not None and _launch.resolve_stream(stream, objs[0]) != handle:
-        return None
-    return (tuple(keys), options, _launch.PDL), ptrs, handle
+    if entry is not None:
+        _LAST = (key, entry)
+    return entry
+
+
+def _remember(key, entry) -> None:
+    try:
+        hash(key)
+    except TypeError:
+        return
+    if len(_WARM) > 4096:
+        _WARM.clear()
+    _WARM[key] = entry
 
 
 def _roles(qkv, out) -> tuple:
@@ -135,6 +139,12 @@ def _plan_and_launch(qkv, out, objs, options, stream):
     launcher = _launch.launcher(next(iter(arrays.values())).device_id, p)
     launcher(p.addresses(arrays), handle)
     index = {role: i for i, role in enumerate(_roles(qkv, out))}
-    slots = [(_UNUSED, 0) if s is None else (index[s[0]], s[1]) for s in p.slots]
-    adds = tuple((j, add) for j, (_, add) in enumerate(slots) if add)
-    return launcher, operator.itemgetter(*(i for i, _ in slots)), adds
+    return launcher, _binder([(_UNUSED, 0) if s is None else (index[s[0]], s[1]) for s in p.slots])
+
+
+def _binder(slots):
+    """Call pointers (at _POSITIONS, then 0) -> the plan's pointer block, for (index, byte
+    offset) slots. One compiled expression: a warm call builds one tuple, with no loop (K in a
+    packed row is the array's pointer plus an offset)."""
+    terms = ", ".join(f"p[{i}] + {add}" if add else f"p[{i}]" for i, add in slots)
+    return eval(f"lambda p: ({terms},)", {})   # only ints from the plan: nothing of the caller

@@ -303,7 +303,7 @@ def main(argv=None) -> int:
     ap.add_argument("--json", default="cudit-bench.json")
     ap.add_argument("--png", default="cudit-bench.png")
     ap.add_argument("--only", default="", help="comma-separated shape names")
-    ap.add_argument("--heads-per-thread", type=int, choices=(0, 1, 2, 4), default=None,
+    ap.add_argument("--heads-per-thread", type=int, choices=(0, 1, 2, 3, 4), default=None,
                     help="tuning: force the planner's heads-per-thread variant")
     ap.add_argument("--no-baselines", action="store_true", help="time cudit only")
     ap.add_argument("--row-iters", type=int, default=None, help="tuning: row groups a block takes in turn")

@@ -26,22 +26,28 @@ def _key(a):
 
 @pytest.fixture
 def gpu(monkeypatch):
-    """Launches and views recorded: {"launches": [(pointers, stream)], "views": count}."""
-    seen = {"launches": [], "views": 0}
+    """Launches and views recorded: {"launches": [(pointers, stream)], "kernels": [name], "views": count}."""
+    seen = {"launches": [], "kernels": [], "views": 0}
 
     def view(obj, stream_ptr):
         seen["views"] += 1
         return obj.info
 
-    monkeypatch.setitem(_arrays._ADAPTERS, FakeArray, ("fake", _key))
+    monkeypatch.setitem(_arrays._ADAPTERS, FakeArray, ("fake", _arrays.per_object(_key, FakeArray)))
     monkeypatch.setattr(api, "describe", view)
-    monkeypatch.setattr(_launch, "launcher", lambda device, p: lambda ptrs, s: seen["launches"].append((tuple(ptrs), s)))
+    def launcher(device, p):
+        def launch(ptrs, s):
+            seen["launches"].append((tuple(ptrs), s))
+            seen["kernels"].append(p.kernel)
+        return launch
+
+    monkeypatch.setattr(_launch, "launcher", launcher)
     monkeypatch.setitem(_launch._CURRENT, "fake", lambda device: 77)
     monkeypatch.setattr(_launch, "is_capturing", lambda handle: False)
-    api._WARM.clear()
+    api.clear_warm()
     _planner.clear_cache()
     yield seen
-    api._WARM.clear()
+    api.clear_warm()
 
 
 def _call(base, **kw):
@@ -50,7 +56,7 @@ def _call(base, **kw):
     cos, sin = arr((64, D), "f32", ptr=base + 0x200000), arr((64, D), "f32", ptr=base + 0x300000)
     wrap = [FakeArray(a) for a in (qkv, qw, kw_, cos, sin)]
     api.qk_norm_rope(*wrap, num_heads=4, **kw)
-    return Request(qkv, qw, kw_, cos, sin, num_heads=4)
+    return Request(qkv, qw, kw_, cos, sin, num_heads=4, interleave=kw.get("interleave", True))
 
 
 @pytest.mark.parametrize("stream", [None, 77])
@@ -59,10 +65,21 @@ def test_warm_call_binds_the_pointers_the_full_path_would(gpu, stream):
     assert gpu["views"] == 5
     req = _call(BASE + 0x10000000, stream=stream)          # same signature, other pointers
     assert gpu["views"] == 5                               # no exporter, no planner this time
-    want = make_plan(req).addresses(req.arrays())
+    p = make_plan(req)
+    want = p.addresses(req.arrays())
     assert gpu["launches"][1] == (tuple(want), 77)
     assert want[1] == BASE + 0x10000000 + 4 * D * 2        # K follows Q in the packed row
     assert len(api._WARM) == 1
+
+
+def test_alternating_signatures_each_bind_their_own_plan(gpu):
+    _call(BASE)
+    _call(BASE, interleave=False)
+    for i, interleave in enumerate((True, False, True, False)):
+        req = _call(BASE + (i + 1) * 0x10000000, interleave=interleave)
+        p = make_plan(req)
+        assert gpu["launches"][-1] == (tuple(p.addresses(req.arrays())), 77) and gpu["kernels"][-1] == p.kernel
+    assert gpu["views"] == 10 and len(api._WARM) == 2
 
 
 def test_another_stream_or_options_take_the_full_path(gpu):

@@ -210,11 +210,11 @@ def driver_calls(monkeypatch):
                 seen.append(_name)
                 return _fn(*a, **k)
             monkeypatch.setattr(driver, name, wrap)
-    for cache in (_launch._LAUNCHERS, api._WARM, _planner._CACHE):
-        cache.clear()
+    for clear in (_launch._LAUNCHERS.clear, api.clear_warm, _planner.clear_cache):
+        clear()
     yield seen
-    for cache in (_launch._LAUNCHERS, api._WARM, _planner._CACHE):
-        cache.clear()
+    for clear in (_launch._LAUNCHERS.clear, api.clear_warm, _planner.clear_cache):
+        clear()
 
 
 @pytest.mark.parametrize("framework", ["torch", "cupy"])
@@ -299,7 +299,7 @@ def test_pdl_attribute_on_sm90_and_a_dependent_chain_stays_exact(monkeypatch):
         results[pdl] = bufs[0][..., :2 * H * D]
         launchers = [v for k, v in _launch._LAUNCHERS.items() if k[2] == pdl]
         want_attrs = 1 if pdl and _launch.device_state(0).limits.arch >= (9, 0) else 0
-        assert launchers and all(v.config.numAttrs == want_attrs for v in launchers)
+        assert launchers and all(v.config(0).numAttrs == want_attrs for v in launchers)
     x = qkv.clone()
     for _ in range(40):
         x = _direct(torch, x, qw, kw, cos, sin)
@@ -371,3 +371,73 @@ def test_parameters_that_require_grad_are_read():
         cudit.qk_norm_rope(x, pq, pk, cos, sin, num_heads=H)
         torch.cuda.synchronize()
         assert torch.equal(x, want)
+
+
+# ------------------------------------------------------------------ contexts and threads
+
+
+def test_another_current_context_stays_current_and_the_launch_lands_in_cudits():
+    """A caller (another library, another device) may leave its own context current."""
+    import torch
+    from cuda.bindings import driver
+
+    import cudit
+
+    qkv, qw, kw, cos, sin = _inputs(torch)
+    want = _direct(torch, qkv, qw, kw, cos, sin)
+    xs = [qkv.clone() for _ in range(2)]
+    out = torch.full_like(qkv, float("nan"))    # out of place: another signature, the full path
+    torch.cuda.synchronize()
+    primary = driver.cuCtxGetCurrent()[1]
+    try:
+        err, other = driver.cuCtxCreate(None, 0, driver.CUdevice(0))
+    except TypeError:   # cuda.bindings 12: cuCtxCreate(flags, dev)
+        err, other = driver.cuCtxCreate(0, driver.CUdevice(0))
+    assert err == driver.CUresult.CUDA_SUCCESS
+    try:
+        for x in xs:                            # the warm path (first call above), twice
+            cudit.qk_norm_rope(x, qw, kw, cos, sin, num_heads=H)
+        cudit.qk_norm_rope(qkv, qw, kw, cos, sin, num_heads=H, out=out)
+        assert int(driver.cuCtxGetCurrent()[1]) == int(other)
+    finally:
+        driver.cuCtxDestroy(other)
+        driver.cuCtxSetCurrent(primary)
+    torch.cuda.synchronize()
+    assert all(torch.equal(x, want) for x in xs)
+    assert torch.equal(out[..., :2 * H * D], want[..., :2 * H * D])
+
+
+def test_threads_share_plans_and_each_launches_on_its_own_stream():
+    import threading
+
+    import torch
+
+    import cudit
+
+    qkv, qw, kw, cos, sin = _inputs(torch)
+    cudit.qk_norm_rope(qkv.clone(), qw, kw, cos, sin, num_heads=H)    # one plan for all threads
+    fresh = [_inputs(torch, seed=60 + i)[0] for i in range(4)]
+    want = [_direct(torch, f, qw, kw, cos, sin) for f in fresh]
+    got, errors = [None] * 4, []
+
+    def worker(i):
+        try:
+            stream = torch.cuda.Stream()
+            with torch.cuda.stream(stream):
+                x = torch.empty_like(fresh[i])
+                for _ in range(20):
+                    torch.cuda._sleep(100_000)       # the copy lands late: a launch elsewhere reads early
+                    x.copy_(fresh[i])
+                    cudit.qk_norm_rope(x, qw, kw, cos, sin, num_heads=H)
+                stream.synchronize()
+                got[i] = x
+        except Exception as exc:  # noqa: BLE001 - reported below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=worker, args=(i,)) for i in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert not errors, errors
+    assert all(torch.equal(g, w) for g, w in zip(got, want))

@@ -31,6 +31,10 @@ def cases():
     for h in (40, 64, 128, 256):
         add(Case(f"full-{h}heads", heads=(h, h, h), norm="full", S=5))
     add(Case("full-128heads-f32-loop", heads=(128, 128, 128), norm="full", dtype="f32", S=3))
+    # full-dim rows of three heads a thread: 12 heads (4 lanes x 3), 6 heads of D=256, GQA 10 / 5
+    add(Case("k3-12heads-bf16", heads=(12, 12, 12), norm="full", B=2, S=7))
+    add(Case("k3-6heads-d256", heads=(6, 6, 6), D=256, norm="full", S=5))
+    add(Case("k3-gqa-10-5-split", split=True, heads=(10, 5, 5), norm="full", S=9))
     add(Case("full-96heads-d256-f32-loop", heads=(96, 96, 0), D=256, norm="full", dtype="f32", S=3))
     # dual-stream with both norm kinds
     for norm in ("head", "full"):

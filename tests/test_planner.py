@@ -52,7 +52,7 @@ def test_blocks_take_several_row_groups_only_on_big_grids():
 
 
 @pytest.mark.parametrize("heads,dtype,k,team", [(40, "bf16", 4, 160), (128, "bf16", 4, 512),
-                                                (12, "f16", 4, 64), (96, "f32", 0, 512),
+                                                (12, "f16", 3, 64), (96, "f32", 0, 512),
                                                 (256, "f32", 0, 512)])
 def test_full_dim_rows(heads, dtype, k, team):
     qw, kw = weights(heads * D)
@@ -255,11 +255,13 @@ def test_in_place_needs_a_writable_array_and_jax_callback_buffers_can_be():
     make_plan(Request(arr((2, 64, 12 * D), framework="jax-buffer"), qw, kw, num_heads=4))
 
 
-def test_per_head_rows_take_the_heads_per_thread_that_leaves_fewer_slots_idle():
-    assert geometry(16, 12, per_head=True) == Geometry(2, 16, 6, 192)    # 6 lanes x 2 = 12 heads
-    assert geometry(16, 12) == Geometry(4, 16, 4, 256)                   # full-dim keeps K = 4
-    assert geometry(16, 24, per_head=True) == Geometry(4, 16, 6, 192)    # 6 x 4: K = 4 fits
-    assert geometry(16, 5, per_head=True).heads_per_thread == 4          # a tie keeps K = 4
+def test_rows_take_the_heads_per_thread_that_leaves_fewest_slots_idle():
+    assert geometry(16, 12) == Geometry(3, 16, 4, 256)                   # 4 lanes x 3 = 12 heads
+    assert geometry(16, 12, per_head=True) == Geometry(2, 16, 6, 192)    # per-head: 6 x 2, never 3
+    assert geometry(16, 24, per_head=True) == Geometry(4, 16, 6, 192)    # 6 x 4 (3 warps): K = 4 fits
+    assert geometry(8, 24) == Geometry(3, 8, 8, 256)                     # 6 x 4 would round to 8 x 4
+    assert geometry(16, 20, per_head=True) == Geometry(2, 16, 10, 160)   # 10 x 2 against 6 x 4 = 24
+    assert geometry(16, 12, parts=2).heads_per_thread == 2               # rotate_half: at most 2
 
 
 def test_row_groups_per_block_follow_the_norm_and_rope_kind():

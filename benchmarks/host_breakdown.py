@@ -1,0 +1,90 @@
+"""Where the host time of a warm call goes (torch inputs, small shape, GPU needed).
+
+    python benchmarks/host_breakdown.py [--ab PACKAGE]
+
+Each row: the median over 7 rounds of a loop of 10,000 calls, in us per call. --ab names
+another copy of cudit (importable, e.g. an older commit's package renamed): its public call
+and torch op are timed in the same rounds, alternating, so process-to-process drift cancels.
+"""
+import argparse
+import importlib
+import statistics
+import time
+
+import torch
+from cuda.bindings import driver
+
+import cudit
+import cudit.torch  # noqa: F401
+from cudit import _launch, _modules, api, bench
+
+
+def rounds(fns: dict, n=10000, k=7) -> dict:
+    """Median us per call of each fn, rounds interleaved across fns."""
+    times = {name: [] for name in fns}
+    for _ in range(k):
+        for name, fn in fns.items():
+            t = time.perf_counter()
+            for _ in range(n):
+                fn()
+            times[name].append((time.perf_counter() - t) / n * 1e6)
+            torch.cuda.synchronize()
+    return {name: statistics.median(v) for name, v in times.items()}
+
+
+def calls(pkg, inp, heads):
+    """The public call and the torch op of one copy of cudit."""
+    qkv, qw, kw, cos, sin, _ = inp
+    op = getattr(torch.ops, pkg.__name__).qk_norm_rope_.default
+    hl = [heads]
+    return {f"{pkg.__name__}.qk_norm_rope": lambda: pkg.qk_norm_rope(qkv, qw, kw, cos, sin, num_heads=heads),
+            f"torch.ops.{pkg.__name__}.qk_norm_rope_": lambda: op(qkv, qw, kw, cos, sin, hl)}
+
+
+def stages(inp, heads):
+    qkv, qw, kw, cos, sin, _ = inp
+    objs = (qkv, None, None, None, qw, kw, None, None, cos, sin)
+    options = (heads, 1e-6, True, 0, None)
+    keys_of = cudit._arrays._ADAPTERS[torch.Tensor][1]
+    keys, ptrs = keys_of(objs)
+    key = tuple(keys + [options, _launch.PDL])
+    launcher, bind = api._WARM[key]
+    ptrs.append(0)
+    block = bind(ptrs)
+    handle = _launch.current_stream("torch", 0)
+    empty = _modules.load_kernel(_launch.device_state(0).image, "cudit_empty").handle
+    ecfg = _launch.launch_config(1, (32, 1), 0, pdl=False)
+    ecfg.hStream = driver.CUstream(handle)
+    cfg, kern, argv = launcher.config(handle), launcher.kernel, launcher._tls.args[1]
+    return {
+        "keys of 5 tensors": lambda: keys_of(objs),
+        "key tuple + warm lookup": lambda: api._warm_entry(tuple(keys + [options, _launch.PDL])),
+        "bind pointers": lambda: bind(ptrs),
+        "cuCtxGetCurrent (bindings) + int": lambda: int(driver.cuCtxGetCurrent()[1]),
+        "cuLaunchKernelEx, empty kernel": lambda: driver.cuLaunchKernelEx(ecfg, empty, 0, 0),
+        "cuLaunchKernelEx, cudit kernel": lambda: driver.cuLaunchKernelEx(cfg, kern, argv, 0),
+        "Launcher (pack, context, launch)": lambda: launcher(block, handle),
+        "api.run": lambda: api.run(objs, options, None, qkv, None),
+    }
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--ab", help="another copy of cudit to time alongside, e.g. cudit_old")
+    args = ap.parse_args()
+    s = bench.Shape("small", 24, 128, 256, norm="head")
+    inp = bench.make_inputs(s, torch)
+    fns = calls(cudit, inp, s.heads)
+    if args.ab:
+        other = importlib.import_module(args.ab)
+        importlib.import_module(args.ab + ".torch")
+        fns.update(calls(other, inp, s.heads))
+    for fn in fns.values():
+        fn()
+    fns.update(stages(inp, s.heads))
+    for name, us in rounds(fns).items():
+        print(f"{name:<44}{us:7.2f} us", flush=True)
+
+
+if __name__ == "__main__":
+    main()
