@@ -1,6 +1,6 @@
 """Where the host time of a warm call goes (torch inputs, small shape, GPU needed).
 
-    python benchmarks/host_breakdown.py [--ab PACKAGE]
+    python benchmarks/host_breakdown.py [--ab PACKAGE ...]
 
 Each row: the median over 7 rounds of a loop of 10,000 calls, in us per call. --ab names
 another copy of cudit (importable, e.g. an older commit's package renamed): its public call
@@ -48,36 +48,38 @@ def stages(inp, heads):
     keys_of = cudit._arrays._ADAPTERS[torch.Tensor][1]
     keys, ptrs = keys_of(objs)
     key = tuple(keys + [options, _launch.PDL])
-    launcher, bind = api._WARM[key]
+    launch, bind = api._WARM[key]
+    launcher = next(v for v in _launch._LAUNCHERS.values() if v.launch is launch)
     ptrs.append(0)
     block = bind(ptrs)
-    handle = _launch.current_stream("torch", 0)
+    handle = _launch.CURRENT_STREAM["torch"](0)
     empty = _modules.load_kernel(_launch.device_state(0).image, "cudit_empty").handle
     ecfg = _launch.launch_config(1, (32, 1), 0, pdl=False)
     ecfg.hStream = driver.CUstream(handle)
     cfg, kern, argv = launcher.config(handle), launcher.kernel, launcher._tls.args[1]
     return {
         "keys of 5 tensors": lambda: keys_of(objs),
-        "key tuple + warm lookup": lambda: api._warm_entry(tuple(keys + [options, _launch.PDL])),
+        "warm lookup (last entry)": lambda: api._LAST[0] == keys + [options, _launch.PDL],
         "bind pointers": lambda: bind(ptrs),
         "cuCtxGetCurrent (bindings) + int": lambda: int(driver.cuCtxGetCurrent()[1]),
         "cuLaunchKernelEx, empty kernel": lambda: driver.cuLaunchKernelEx(ecfg, empty, 0, 0),
         "cuLaunchKernelEx, cudit kernel": lambda: driver.cuLaunchKernelEx(cfg, kern, argv, 0),
-        "Launcher (pack, context, launch)": lambda: launcher(block, handle),
+        "launch (pack, context, cuLaunchKernelEx)": lambda: launch(block, handle),
         "api.run": lambda: api.run(objs, options, None, qkv, None),
     }
 
 
 def main():
     ap = argparse.ArgumentParser()
-    ap.add_argument("--ab", help="another copy of cudit to time alongside, e.g. cudit_old")
+    ap.add_argument("--ab", action="append", default=[],
+                    help="another copy of cudit to time alongside, e.g. cudit_old (repeatable)")
     args = ap.parse_args()
     s = bench.Shape("small", 24, 128, 256, norm="head")
     inp = bench.make_inputs(s, torch)
     fns = calls(cudit, inp, s.heads)
-    if args.ab:
-        other = importlib.import_module(args.ab)
-        importlib.import_module(args.ab + ".torch")
+    for name in args.ab:
+        other = importlib.import_module(name)
+        importlib.import_module(name + ".torch")
         fns.update(calls(other, inp, s.heads))
     for fn in fns.values():
         fn()

@@ -85,9 +85,8 @@ class Launcher:
         # Per thread: the parameter bytes (a launch copies them at once) and a launch
         # configuration per stream, so threads never share what a launch reads.
         self._tls = threading.local()
-        self._launch = driver.cuLaunchKernelEx
-        self._current = driver.cuCtxGetCurrent
         self._context = st.context
+        self.launch = self._launch_function(driver.cuLaunchKernelEx, driver.cuCtxGetCurrent)
 
     def _thread_state(self):
         try:
@@ -111,27 +110,32 @@ class Launcher:
             config.hStream = driver.CUstream(stream)
         return config
 
-    def __call__(self, pointers, stream: int) -> None:
-        """Launch with the Params pointer block set to `pointers` (POINTERS ints) on `stream`."""
-        try:
-            blob, argv, configs, _ = self._tls.args
-        except AttributeError:
-            blob, argv, configs, _ = self._thread_state()
-        _pack_pointers(blob, 0, *pointers)   # the rest of the bytes never change
-        config = configs.get(stream) or self.config(stream)
-        if int(self._current()[1]) == self._context:
-            err = self._launch(config, self.kernel, argv, 0)[0]
-        else:   # another context is current (another device's, say): leave it current after
-            err = self._launch_in_own_context(config, argv)
-        if err:
-            _check((err,))
+    def _launch_function(self, launch_kernel, current_context):
+        """launch(pointers, stream): the Params pointer block set to `pointers` (POINTERS
+        ints), launched on `stream`. A closure over everything it reads: it is the warm path."""
+        tls, context, kernel, config_for = self._tls, self._context, self.kernel, self.config
 
-    def _launch_in_own_context(self, config, argv):
+        def launch(pointers, stream: int) -> None:
+            try:
+                blob, argv, configs, _ = tls.args
+            except AttributeError:
+                blob, argv, configs, _ = self._thread_state()
+            _pack_pointers(blob, 0, *pointers)   # the rest of the bytes never change
+            config = configs.get(stream) or config_for(stream)
+            if int(current_context()[1]) == context:
+                err = launch_kernel(config, kernel, argv, 0)[0]
+            else:   # another context is current (another device's, say): leave it current after
+                err = self._launch_in_own_context(launch_kernel, config, argv)
+            if err:
+                _check((err,))
+        return launch
+
+    def _launch_in_own_context(self, launch_kernel, config, argv):
         from cuda.bindings import driver
 
         _check(driver.cuCtxPushCurrent(driver.CUcontext(self._context)))
         try:
-            return self._launch(config, self.kernel, argv, 0)[0]
+            return launch_kernel(config, self.kernel, argv, 0)[0]
         finally:
             _check(driver.cuCtxPopCurrent())
 
@@ -171,7 +175,7 @@ def launcher(device_id: int, p: Plan) -> Launcher:
 def _torch_stream(device_id: int) -> int:
     import torch
 
-    _CURRENT["torch"] = getter = torch._C._cuda_getCurrentRawStream   # what torch's codegen uses
+    CURRENT_STREAM["torch"] = getter = torch._C._cuda_getCurrentRawStream   # what torch's codegen uses
     return getter(device_id)
 
 
@@ -179,17 +183,12 @@ def _cupy_stream(device_id: int) -> int:
     import cupy
 
     get = cupy.cuda.get_current_stream
-    _CURRENT["cupy"] = getter = lambda _device_id: get().ptr  # noqa: E731
+    CURRENT_STREAM["cupy"] = getter = lambda _device_id: get().ptr  # noqa: E731
     return getter(device_id)
 
 
-# framework -> device id -> the framework's current stream there (imports resolved once)
-_CURRENT: dict = {"torch": _torch_stream, "cupy": _cupy_stream}
-
-
-def current_stream(framework: str, device_id: int) -> int:
-    """The framework's current stream (torch, cupy) on a device."""
-    return _CURRENT[framework](device_id)
+# framework -> (device id -> the framework's current stream there); imports resolved on first use
+CURRENT_STREAM: dict = {"torch": _torch_stream, "cupy": _cupy_stream}
 
 
 def is_capturing(stream: int) -> bool:
@@ -203,8 +202,8 @@ def resolve_stream(stream, like) -> int:
     """A CUstream handle: stream= as given, else the current stream of `like`'s framework."""
     if stream is None:
         fw = framework_of(like)
-        if fw in _CURRENT:
-            return current_stream(fw, like.get_device() if fw == "torch" else -1)
+        if fw in CURRENT_STREAM:
+            return CURRENT_STREAM[fw](like.get_device() if fw == "torch" else -1)
         return 0  # legacy default stream (JAX and others expose no current stream)
     if isinstance(stream, bool):
         raise TypeError(f"stream: expected an int handle or a stream object, got {stream!r}")

@@ -51,15 +51,16 @@ def run(objs: tuple, options: tuple, stream, qkv, out) -> None:
     if got is not None:
         keys, ptrs = got
         device = keys[0][3]
-        handle = _launch.current_stream(framework, device) if device >= 0 else None
+        handle = _launch.CURRENT_STREAM[framework](device) if device >= 0 else None
         # Another stream needs the exporters' stream handshake (the full path does it).
         if handle is not None and (stream is None or _launch.resolve_stream(stream, objs[0]) == handle):
             keys.append(options)
             keys.append(_launch.PDL)
-            key = tuple(keys)
-            entry = _warm_entry(key)
+            last_keys, entry = _LAST
+            if last_keys != keys:
+                entry = _warm_entry(keys)
             if entry is None:
-                _remember(key, _plan_and_launch(qkv, out, objs, options, stream))
+                _remember(tuple(keys), _plan_and_launch(qkv, out, objs, options, stream))
             else:
                 ptrs.append(0)   # _UNUSED
                 entry[0](entry[1](ptrs), handle)
@@ -67,9 +68,10 @@ def run(objs: tuple, options: tuple, stream, qkv, out) -> None:
     _plan_and_launch(qkv, out, objs, options, stream)
 
 
-# Warm calls: (array keys.., options, PDL) -> (Launcher, pointer-block binder). Filled by the first
-# call of a signature, which takes the full path (exporters, planner, checks). The last hit
-# is kept aside: a model's layers repeat one signature, and an equality test is half a lookup.
+# Warm calls: (array keys.., options, PDL) -> (launch function, pointer-block binder). Filled
+# by the first call of a signature, which takes the full path (exporters, planner, checks).
+# The last hit is kept aside, its keys as a list: a model's layers repeat one signature, and
+# comparing the lists costs less than building the tuple and hashing it.
 _WARM: dict = {}
 _LAST: tuple = (None, None)
 
@@ -81,21 +83,18 @@ def clear_warm() -> None:
     _LAST = (None, None)
 
 
-def _warm_entry(key):
+def _warm_entry(keys: list):
     global _LAST
-    last_key, entry = _LAST
-    if last_key == key:
-        return entry
     try:
-        entry = _WARM.get(key)
+        entry = _WARM.get(tuple(keys))
     except TypeError:   # an unhashable option: the full path names it
         return None
     if entry is not None:
-        _LAST = (key, entry)
+        _LAST = (keys, entry)
     return entry
 
 
-def _remember(key, entry) -> None:
+def _remember(key: tuple, entry) -> None:
     try:
         hash(key)
     except TypeError:
@@ -137,9 +136,9 @@ def _plan_and_launch(qkv, out, objs, options, stream):
     p = plan(req)
     arrays = req.arrays()
     launcher = _launch.launcher(next(iter(arrays.values())).device_id, p)
-    launcher(p.addresses(arrays), handle)
+    launcher.launch(p.addresses(arrays), handle)
     index = {role: i for i, role in enumerate(_roles(qkv, out))}
-    return launcher, _binder([(_UNUSED, 0) if s is None else (index[s[0]], s[1]) for s in p.slots])
+    return launcher.launch, _binder([(_UNUSED, 0) if s is None else (index[s[0]], s[1]) for s in p.slots])
 
 
 def _binder(slots):

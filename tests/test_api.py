@@ -1,5 +1,7 @@
 """The warm-call path of cudit.qk_norm_rope, on the CPU: made-up arrays of a made-up
 framework that cudit reads directly, and a recording launcher instead of the GPU."""
+from types import SimpleNamespace
+
 import pytest
 
 from cudit import _arrays, _launch, _planner, api
@@ -39,10 +41,10 @@ def gpu(monkeypatch):
         def launch(ptrs, s):
             seen["launches"].append((tuple(ptrs), s))
             seen["kernels"].append(p.kernel)
-        return launch
+        return SimpleNamespace(launch=launch)
 
     monkeypatch.setattr(_launch, "launcher", launcher)
-    monkeypatch.setitem(_launch._CURRENT, "fake", lambda device: 77)
+    monkeypatch.setitem(_launch.CURRENT_STREAM, "fake", lambda device: 77)
     monkeypatch.setattr(_launch, "is_capturing", lambda handle: False)
     api.clear_warm()
     _planner.clear_cache()
