@@ -43,8 +43,9 @@ def test_per_head_geometry_packs_many_heads_per_block():
 
 def test_blocks_take_several_row_groups_only_on_big_grids():
     qw, kw = weights(D)
-    for tokens, iters in ((8 * 1024 // 2 * 2, 2), (8 * 4096, _planner.ROW_ITERS_BY[("head", 1)][0]),
-                          (8 * 1023 // 2, 1)):
+    most, single_below = _planner.ROW_ITERS_BY[("head", 1)]
+    assert 4096 < single_below <= 8192
+    for tokens, iters in ((4 * 4096, 1), (4 * 8192, most), (8 * 1023 // 2, 1)):   # 4096, 8192, 1023 groups
         prm = params(make_plan(Request(arr((1, tokens, 12 * D)), qw, kw, num_heads=4)))
         groups = -(-2 * tokens // 8)
         assert prm.iters == iters, tokens
