@@ -47,8 +47,8 @@ MAX_THREADS = {(1, 1): 1024, (1, 2): 768, (1, 3): 512, (1, 4): 512, (1, 0): 768,
                (2, 1): 512, (2, 2): 512, (2, 0): 512}
 # Variants that fit a tighter cap (more threads resident), by (vectors, norm, heads a thread).
 MAX_THREADS_BY_NORM = {(1, "full", 4): 768, (1, "full", 3): 768, (1, "full", 2): 768, (1, "none", 4): 768,
-                       (1, "none", 2): 1024,
-                       (1, "head", 1): 768}
+                       (1, "none", 2): 1024, (1, "head", 1): 768,
+                       (2, "head", 2): 640}   # 96 registers: per-head rotate_half reads its table late
 
 
 def variants() -> list[dict]:

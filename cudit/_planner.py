@@ -19,6 +19,10 @@ HEAD_DIM_MIN, HEAD_DIM_MAX, HEAD_DIM_STEP = 32, 256, 16
 VARIANT_MAX_THREADS = {(1, 1): 768, (1, 2): 768, (1, 3): 512, (1, 4): 512, (1, 0): 768,
                        (2, 1): 512, (2, 2): 512, (2, 0): 512}
 BLOCK_TARGET = 256      # threads per block when several rows share a block
+# Per-head rotate_half variants hold 96 registers (build_cubins.py): blocks of at most 192
+# threads keep 18-20 warps an SM resident (3 x 192, 5 x 128) where 256 keep 16 (v7: Cosmos,
+# 128-thread teams, 79.2 -> 90.9% of copy one row a block).
+BLOCK_TARGET_HALF_PER_HEAD = 192
 # Tuning knob (the benchmark's --heads-per-thread): force K instead of the rule in
 # default_heads_per_thread.
 HEADS_PER_THREAD_OVERRIDE = None
@@ -505,7 +509,8 @@ def default_heads_per_thread(heads: int, parts: int = 1) -> int:
     return min(k, MAX_K[parts]) if k > 0 else 0
 
 
-def geometry(lanes_d: int, heads: int, parts: int = 1, k: int | None = None, per_head: bool = False) -> Geometry:
+def geometry(lanes_d: int, heads: int, parts: int = 1, k: int | None = None, per_head: bool = False,
+             block_target: int = BLOCK_TARGET) -> Geometry:
     """Threads for rows of `heads` heads of lanes_d items (of `parts` vectors) each.
 
     One-vector rows take the K that leaves the fewest head slots idle, the larger K on a tie:
@@ -517,7 +522,8 @@ def geometry(lanes_d: int, heads: int, parts: int = 1, k: int | None = None, per
     """
     if k is None and HEADS_PER_THREAD_OVERRIDE is None and parts == 1 and heads > 4:
         options = (4, 2) if per_head else (4, 3)
-        return min((geometry(lanes_d, heads, parts, k) for k in options), key=_idle_slots_key)
+        return min((geometry(lanes_d, heads, parts, k, block_target=block_target) for k in options),
+                   key=_idle_slots_key)
     tj = _next_pow2(lanes_d)
     k = default_heads_per_thread(heads, parts) if k is None else k
     if k > 0:
@@ -528,7 +534,7 @@ def geometry(lanes_d: int, heads: int, parts: int = 1, k: int | None = None, per
             th = -(-tj * th // 32) * 32 // tj  # a team of whole warps
         bound = VARIANT_MAX_THREADS[(parts, k)]
         if tj * th <= bound:
-            rows = max(1, min(BLOCK_TARGET, bound) // (tj * th))
+            rows = max(1, min(block_target, bound) // (tj * th))
             return Geometry(k, tj, th, rows * tj * th)
     bound = VARIANT_MAX_THREADS[(parts, 0)]
     th = max(1, min(512, bound) // tj)
@@ -582,7 +588,8 @@ def make_plan(req: Request) -> Plan:
     # rotate_half pairs d with d + D/2 inside one item; otherwise an item is one vector
     parts = 2 if rope == "half" else 1
     lanes_d = d // (vec * parts)
-    geo = geometry(lanes_d, max(q.heads, k.heads), parts, per_head=norm != "full")
+    target = BLOCK_TARGET_HALF_PER_HEAD if rope == "half" and norm == "head" else BLOCK_TARGET
+    geo = geometry(lanes_d, max(q.heads, k.heads), parts, per_head=norm != "full", block_target=target)
     total_rows = 2 * tokens.count
     if total_rows >= 2**32:
         raise PlanError(f"qkv: {tokens.count} tokens exceed the 2^31-token limit")

@@ -252,6 +252,11 @@ __device__ __forceinline__ void process_row(const Params& p, u32 row_id, u32 row
 
     const Row<T, C> row = locate_row<T, C>(p, active ? row_id : 0u, d);
     const bool shared_table = ROPE != ROPE_NONE && row.cos_hs == 0 && row.sin_hs == 0;
+    // Per-head rotate_half rows: a shared table slice is four vectors; requested into L1 early and
+    // read per head after the reduction, it is not held through the loads and the reduction, so
+    // these variants fit 96 registers (build_cubins.py). Elsewhere this cost 5-9 points (v7).
+    constexpr bool late_table = ROPE == ROPE_HALF && NORM == NORM_HEAD;
+    const bool early_table = shared_table && !late_table;
     TableSlice<C, VEC, PARTS> tab;
     HeadWeights<VEC, PARTS> hw;
     if (NORM == NORM_HEAD && active) hw.load(row, half, d);
@@ -263,9 +268,12 @@ __device__ __forceinline__ void process_row(const Params& p, u32 row_id, u32 row
             const int h = hl + k * th;
             if (active && h < row.heads) load_item(row, half, h, it[k]);
         }
-        if (active && shared_table) tab.load(row.cos, row.sin, half);
+        if (active && early_table) tab.load(row.cos, row.sin, half);
         // rotate_half only: in the one-vector variants the extra addressing made ptxas spill.
-        if (ROPE == ROPE_HALF && active && !shared_table) prefetch_head_tables<T, C, PARTS, K>(row, hl, th, half);
+        if (ROPE == ROPE_HALF && active) {
+            if (!shared_table) prefetch_head_tables<T, C, PARTS, K>(row, hl, th, half);
+            else if (late_table) prefetch_head_tables<T, C, PARTS, 1>(row, hl, th, half);   // one slice for all heads
+        }
         release_dependents();
 
         float r[K > 0 ? K : 1];
@@ -290,7 +298,7 @@ __device__ __forceinline__ void process_row(const Params& p, u32 row_id, u32 row
         for (int k = 0; k < K; ++k) {
             const int h = hl + k * th;
             if (!(active && h < row.heads)) continue;
-            if (ROPE != ROPE_NONE && !shared_table) tab.load(row.cos + h * row.cos_hs, row.sin + h * row.sin_hs, half);
+            if (ROPE != ROPE_NONE && !early_table) tab.load(row.cos + h * row.cos_hs, row.sin + h * row.sin_hs, half);
             finish_item<T, C, ROPE, NORM, PARTS>(row, half, h, d, it[k], NORM == NORM_HEAD ? r[k] : r[0], tab, hw);
         }
     } else {

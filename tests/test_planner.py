@@ -265,6 +265,15 @@ def test_rows_take_the_heads_per_thread_that_leaves_fewest_slots_idle():
     assert geometry(16, 12, parts=2).heads_per_thread == 2               # rotate_half: at most 2
 
 
+@pytest.mark.parametrize("heads,norm,block", [(32, "head", 128), (24, "head", 192), (32, "full", 256),
+                                              (32, None, 256)])
+def test_per_head_rotate_half_blocks_stay_at_or_under_192_threads(heads, norm, block):
+    qw, kw = weights(D if norm == "head" else heads * D) if norm else (None, None)
+    c, s = table((64, D))
+    p = make_plan(Request(packed(h=heads), qw, kw, c, s, num_heads=heads, interleave=False))
+    assert (p.rope, p.norm, p.team, p.block) == ("half", norm or "none", 4 * heads, block)
+
+
 def test_row_groups_per_block_follow_the_norm_and_rope_kind():
     qw, kw = weights(4 * D)
     c, s = table((8 * 4096, D))
