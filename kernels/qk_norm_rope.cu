@@ -254,7 +254,7 @@ __device__ __forceinline__ void process_row(const Params& p, u32 row_id, u32 row
     const bool shared_table = ROPE != ROPE_NONE && row.cos_hs == 0 && row.sin_hs == 0;
     // Per-head rotate_half rows: a shared table slice is four vectors; requested into L1 early and
     // read per head after the reduction, it is not held through the loads and the reduction, so
-    // these variants fit 96 registers (build_cubins.py). Elsewhere this cost 5-9 points (v7).
+    // these variants fit 96 registers (build_cubins.py). In full-dim rows it cost 4-8 points (v7).
     constexpr bool late_table = ROPE == ROPE_HALF && NORM == NORM_HEAD;
     const bool early_table = shared_table && !late_table;
     TableSlice<C, VEC, PARTS> tab;
