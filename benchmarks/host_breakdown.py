@@ -3,11 +3,10 @@
     python benchmarks/host_breakdown.py [--ab PACKAGE ...]
 
 Each row: the median over 7 rounds of a loop of 10,000 calls, in us per call. --ab names
-another copy of cudit (importable, e.g. an older commit's package renamed): its public call
+another copy of cudit (benchmarks/ab_package.py writes one from a commit): its public call
 and torch op are timed in the same rounds, alternating, so process-to-process drift cancels.
 """
 import argparse
-import importlib
 import statistics
 import time
 
@@ -17,6 +16,8 @@ from cuda.bindings import driver
 import cudit
 import cudit.torch  # noqa: F401
 from cudit import _launch, _modules, api, bench
+
+import ab_package  # benchmarks/, beside this script
 
 
 def rounds(fns: dict, n=10000, k=7) -> dict:
@@ -78,9 +79,7 @@ def main():
     inp = bench.make_inputs(s, torch)
     fns = calls(cudit, inp, s.heads)
     for name in args.ab:
-        other = importlib.import_module(name)
-        importlib.import_module(name + ".torch")
-        fns.update(calls(other, inp, s.heads))
+        fns.update(calls(ab_package.import_package(name), inp, s.heads))
     for fn in fns.values():
         fn()
     fns.update(stages(inp, s.heads))

@@ -56,7 +56,13 @@ def select_image(device_arch: tuple, man: dict, driver_version: str = "unknown")
 
 def kernel_meta(man: dict, image: Image, name: str) -> dict:
     """Registers, shared memory and block bound of a kernel (the PTX has no report: assume the cap)."""
-    bound = man["variants"][name]["max_threads"]
+    try:
+        bound = man["variants"][name]["max_threads"]
+    except KeyError:
+        raise NoImageError(
+            f"the cubins have no kernel {name}: they predate this planner (rebuild with "
+            f"`python build_cubins.py`), or a tuning override asks for a variant that is not built"
+        ) from None
     if image.kind == "cubin":
         return dict(man["archs"][image.arch]["kernels"][name], max_threads=bound)
     return {"registers": 65536 // bound, "static_smem": 256, "max_threads": bound}

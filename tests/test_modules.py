@@ -5,7 +5,7 @@ import pytest
 
 import build_cubins
 from cudit import _modules
-from cudit._modules import Image, NoImageError, select_image
+from cudit._modules import Image, NoImageError, kernel_meta, select_image
 
 EM_CUDA = 190
 
@@ -83,3 +83,10 @@ ptxas info    : Used 22 registers, used 0 barriers, 464 bytes cmem[0]
     assert got["k_a"] == {"registers": 40, "spill_stores": 4, "spill_loads": 4, "stack_bytes": 8,
                           "static_smem": 128}
     assert got["k_b"]["registers"] == 22 and got["k_b"]["static_smem"] == 0
+
+
+def test_a_kernel_missing_from_the_manifest_is_named():
+    man = {"variants": {"qknr_a": {"max_threads": 512}}, "archs": {}}
+    with pytest.raises(NoImageError, match="no kernel qknr_bf16_none_head_k3.*build_cubins"):
+        kernel_meta(man, Image("ptx", "compute_80", "x.ptx"), "qknr_bf16_none_head_k3")
+    assert kernel_meta(man, Image("ptx", "compute_80", "x.ptx"), "qknr_a")["max_threads"] == 512

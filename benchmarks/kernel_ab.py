@@ -1,0 +1,52 @@
+"""Device time of this tree's cudit against another copy's, shape by shape, in one process.
+
+    PYTHONPATH=.:ab python benchmarks/kernel_ab.py PACKAGE [SHAPE,SHAPE ...]
+
+PACKAGE: a copy written by benchmarks/ab_package.py (with --arch, to time that commit's
+kernels). Shapes: names from cudit.bench.production_shapes() (default: all). Each shape is
+timed three times each way, alternating, with the benchmark's method (graphs of rotating
+inputs, device events); the table gives medians, % of copy bandwidth and new / other.
+"""
+import statistics
+import sys
+
+import torch
+
+import ab_package  # benchmarks/, beside this script
+from cudit import bench
+
+
+def other_call(pkg, s: bench.Shape):
+    heads = (s.heads, s.hk) if s.split else (s.heads, s.hk, s.hk)
+
+    def run(inp):
+        qkv, qw, kw, cos, sin, extra = inp
+        pkg.qk_norm_rope(qkv, qw, kw, cos, sin, num_heads=heads, interleave=s.rope == "interleaved", **extra)
+    return run
+
+
+def main(argv) -> int:
+    pkg = ab_package.import_package(argv[0])
+    only = set(argv[1].split(",")) if len(argv) > 1 else None
+    l2 = torch.cuda.get_device_properties(0).L2_cache_size
+    copy = bench.copy_bandwidth(torch)
+    print(f"{torch.cuda.get_device_properties(0).name}; copy bandwidth {copy:.0f} GB/s; other: {pkg.__name__}")
+    for s in bench.production_shapes():
+        if only and s.name not in only:
+            continue
+        inputs = bench.rotation(s, torch, l2)
+        new, old = [], []
+        for _ in range(3):
+            new.append(bench.time_call(bench.cudit_call(s), inputs, torch))
+            old.append(bench.time_call(other_call(pkg, s), inputs, torch))
+        n, o = statistics.median(new) * 1e3, statistics.median(old) * 1e3
+        floor = bench.bytes_moved(s) / copy / 1e3
+        print(f"{s.name:<28} this {n:8.1f} us ({floor / n * 100:5.1f}%)  other {o:8.1f} us "
+              f"({floor / o * 100:5.1f}%)  this/other {n / o:.3f}", flush=True)
+        del inputs
+        torch.cuda.empty_cache()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
