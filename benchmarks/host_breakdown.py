@@ -15,7 +15,7 @@ from cuda.bindings import driver
 
 import cudit
 import cudit.torch  # noqa: F401
-from cudit import _launch, _modules, api, bench
+from cudit import _launch, api, bench, launchbench
 
 import ab_package  # benchmarks/, beside this script
 
@@ -54,7 +54,7 @@ def stages(inp, heads):
     ptrs.append(0)
     block = bind(ptrs)
     handle = _launch.CURRENT_STREAM["torch"](0)
-    empty = _modules.load_kernel(_launch.device_state(0).image, "cudit_empty").handle
+    empty = launchbench._empty_kernel(torch).handle
     ecfg = _launch.launch_config(1, (32, 1), 0, pdl=False)
     ecfg.hStream = driver.CUstream(handle)
     cfg, kern, argv = launcher.config(handle), launcher.kernel, launcher._tls.args[1]

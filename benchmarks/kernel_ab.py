@@ -16,15 +16,6 @@ import ab_package  # benchmarks/, beside this script
 from cudit import bench
 
 
-def other_call(pkg, s: bench.Shape):
-    heads = (s.heads, s.hk) if s.split else (s.heads, s.hk, s.hk)
-
-    def run(inp):
-        qkv, qw, kw, cos, sin, extra = inp
-        pkg.qk_norm_rope(qkv, qw, kw, cos, sin, num_heads=heads, interleave=s.rope == "interleaved", **extra)
-    return run
-
-
 def main(argv) -> int:
     pkg = ab_package.import_package(argv[0])
     only = set(argv[1].split(",")) if len(argv) > 1 else None
@@ -38,7 +29,7 @@ def main(argv) -> int:
         new, old = [], []
         for _ in range(3):
             new.append(bench.time_call(bench.cudit_call(s), inputs, torch))
-            old.append(bench.time_call(other_call(pkg, s), inputs, torch))
+            old.append(bench.time_call(bench.cudit_call(s, pkg), inputs, torch))
         n, o = statistics.median(new) * 1e3, statistics.median(old) * 1e3
         floor = bench.bytes_moved(s) / copy / 1e3
         print(f"{s.name:<28} this {n:8.1f} us ({floor / n * 100:5.1f}%)  other {o:8.1f} us "

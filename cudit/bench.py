@@ -122,8 +122,10 @@ def make_inputs(s: Shape, torch, device="cuda"):
     return qkv, qw, kw, cos, sin, extra
 
 
-def cudit_call(s: Shape):
-    import cudit
+def cudit_call(s: Shape, cudit=None):
+    """One call of shape s through `cudit` (this package, or another copy for an A/B)."""
+    if cudit is None:
+        import cudit
 
     heads = (s.heads, s.hk) if s.split else (s.heads, s.hk, s.hk)
 
