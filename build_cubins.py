@@ -48,7 +48,31 @@ MAX_THREADS = {(1, 1): 1024, (1, 2): 768, (1, 3): 512, (1, 4): 512, (1, 0): 768,
 # Variants that fit a tighter cap (more threads resident), by (vectors, norm, heads a thread).
 MAX_THREADS_BY_NORM = {(1, "full", 4): 768, (1, "full", 3): 768, (1, "full", 2): 768, (1, "none", 4): 768,
                        (1, "none", 2): 1024, (1, "head", 1): 768,
-                       (2, "head", 2): 640}   # 96 registers: per-head rotate_half reads its table late
+                       (2, "head", 2): 640}   # 96 registers: per-head rows of two vectors read their table late
+# Architectures whose ptxas spills a variant at the common bound: a looser one there (more
+# registers a thread). The planner's blocks stay under VARIANT_MAX_THREADS (cudit/_planner.py),
+# which is below every bound, so no plan changes. By (arch, vectors, norm, heads a thread).
+ARCH_MAX_THREADS = {("sm_100", 1, "full", 4): 640, ("sm_120", 1, "full", 4): 640, ("sm_120", 2, "head", 2): 576}
+# Per-head fp32 rows of heads over 128 values take items of two vectors (one vector a lane would
+# need more than a warp's 32 lanes for a head): cudit/_planner.py item_parts.
+EXTRA_PARTS = {2: ("f32",)}
+
+
+def natural_parts(rope: str) -> int:
+    """Vectors an item holds unless the planner asks for more: rotate_half pairs d with d + D/2."""
+    return 2 if rope == "half" else 1
+
+
+def kernel_name(dtype: str, rope: str, table, norm: str, k: int, parts: int) -> str:
+    """The name the runtime looks a variant up by (cudit/_planner.py builds the same)."""
+    suffix = f"_p{parts}" if parts != natural_parts(rope) else ""
+    return f"qknr_{dtype}_{rope}{'_' + table if table else ''}_{norm}_k{k}{suffix}"
+
+
+def _variant(dt, rope, table, norm, k, parts) -> dict:
+    bound = MAX_THREADS_BY_NORM.get((parts, norm, k), MAX_THREADS[(parts, k)])
+    return {"name": kernel_name(dt, rope, table, norm, k, parts), "dtype": dt, "table_dtype": table, "rope": rope,
+            "norm": norm, "heads_per_thread": k, "parts": parts, "max_threads": bound}
 
 
 def variants() -> list[dict]:
@@ -63,22 +87,26 @@ def variants() -> list[dict]:
             continue  # rotate_half holds at most 2 heads a thread (cudit/_planner.py MAX_K)
         if k == 3 and norm != "full":
             continue  # three heads a thread: full-dim rows only (cudit/_planner.py geometry)
-        for table in (DTYPES if rope != "none" else (None,)):
-            name = f"qknr_{dt}_{rope}{'_' + table if table else ''}_{norm}_k{k}"
-            parts = 2 if rope == "half" else 1
-            bound = MAX_THREADS_BY_NORM.get((parts, norm, k), MAX_THREADS[(parts, k)])
-            out.append({"name": name, "dtype": dt, "table_dtype": table, "rope": rope, "norm": norm,
-                        "heads_per_thread": k, "max_threads": bound})
+        tables = DTYPES if rope != "none" else (None,)
+        out += [_variant(dt, rope, table, norm, k, natural_parts(rope)) for table in tables]
+        if norm == "head" and rope != "half" and k <= 2:
+            out += [_variant(dt, rope, table, norm, k, parts)
+                    for parts, dts in EXTRA_PARTS.items() if dt in dts for table in tables]
     return out
 
 
-def instantiation_source() -> str:
+def arch_bound(v: dict, arch: str) -> int:
+    """The launch bound a variant is compiled with for one architecture."""
+    return ARCH_MAX_THREADS.get((arch, v["parts"], v["norm"], v["heads_per_thread"]), v["max_threads"])
+
+
+def instantiation_source(arch: str = "") -> str:
     lines = [f'#include "{FAMILY}.cu"']
     for v in variants():
         table = DTYPES[v["table_dtype"] or "f32"]
         lines.append(
             f"CUDIT_QKNR({v['name']}, {DTYPES[v['dtype']]}, {table}, {ROPES[v['rope']]}, "
-            f"{NORMS[v['norm']]}, {v['heads_per_thread']}, {v['max_threads']})"
+            f"{NORMS[v['norm']]}, {v['heads_per_thread']}, {v['parts']}, {arch_bound(v, arch)})"
         )
     return "\n".join(lines) + "\n"
 
@@ -120,11 +148,11 @@ def _nvrtc_check(result):
     return rest[0] if len(rest) == 1 else rest
 
 
-def compile_ptx(virtual_arch: str, tools: dict) -> str:
+def compile_ptx(virtual_arch: str, tools: dict, arch: str = "") -> str:
     """NVRTC front end (cuda.bindings.nvrtc: cuda.core's Program needs a driver, CI has none)."""
     from cuda.bindings import nvrtc
 
-    prog = _nvrtc_check(nvrtc.nvrtcCreateProgram(instantiation_source().encode(), f"{FAMILY}_variants.cu".encode(),
+    prog = _nvrtc_check(nvrtc.nvrtcCreateProgram(instantiation_source(arch).encode(), f"{FAMILY}_variants.cu".encode(),
                                                  0, [], []))
     opts = [f"--gpu-architecture={virtual_arch}", "--std=c++17", "-default-device",
             f"-I{KERNELS}", f"-I{tools['include']}"]
@@ -167,7 +195,7 @@ def parse_ptxas_report(report: str) -> dict:
 
 
 def build_arch(arch: str, tools: dict, out: Path) -> dict:
-    ptx = compile_ptx("compute_" + arch[3:], tools)
+    ptx = compile_ptx("compute_" + arch[3:], tools, arch)
     cubin = out / f"{FAMILY}.{arch}.cubin"
     with tempfile.TemporaryDirectory() as tmp:
         ptx_path = Path(tmp) / "k.ptx"
@@ -182,6 +210,9 @@ def build_arch(arch: str, tools: dict, out: Path) -> dict:
     missing = ({v["name"] for v in variants()} | set(EXTRA_KERNELS)) - set(kernels)
     if missing:
         raise SystemExit(f"build_cubins: ptxas report for {arch} lacks {sorted(missing)}")
+    for v in variants():
+        if arch_bound(v, arch) != v["max_threads"]:
+            kernels[v["name"]]["max_threads"] = arch_bound(v, arch)
     return {"file": cubin.name, "kernels": kernels}
 
 

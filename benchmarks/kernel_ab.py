@@ -1,24 +1,35 @@
 """Device time of this tree's cudit against another copy's, shape by shape, in one process.
 
-    PYTHONPATH=.:ab python benchmarks/kernel_ab.py PACKAGE [SHAPE,SHAPE ...]
+    PYTHONPATH=.:ab python benchmarks/kernel_ab.py PACKAGE [SHAPE,SHAPE ...] [--heads-per-thread K]
+                                                   [--row-iters N]
 
 PACKAGE: a copy written by benchmarks/ab_package.py (with --arch, to time that commit's
 kernels). Shapes: names from cudit.bench.production_shapes() (default: all). Each shape is
 timed three times each way, alternating, with the benchmark's method (graphs of rotating
-inputs, device events); the table gives medians, % of copy bandwidth and new / other.
+inputs, device events); the table gives medians, % of copy bandwidth and new / other. The
+tuning knobs (as `python -m cudit bench` has them) apply to this tree's planner only.
 """
+import argparse
 import statistics
 import sys
 
 import torch
 
 import ab_package  # benchmarks/, beside this script
-from cudit import bench
+from cudit import _planner, bench
 
 
 def main(argv) -> int:
-    pkg = ab_package.import_package(argv[0])
-    only = set(argv[1].split(",")) if len(argv) > 1 else None
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("package")
+    ap.add_argument("shapes", nargs="?", default="")
+    ap.add_argument("--heads-per-thread", type=int, default=None)
+    ap.add_argument("--row-iters", type=int, default=None)
+    args = ap.parse_args(argv)
+    pkg = ab_package.import_package(args.package)
+    _planner.HEADS_PER_THREAD_OVERRIDE = args.heads_per_thread
+    _planner.ROW_ITERS = args.row_iters
+    only = set(args.shapes.split(",")) if args.shapes else None
     l2 = torch.cuda.get_device_properties(0).L2_cache_size
     copy = bench.copy_bandwidth(torch)
     print(f"{torch.cuda.get_device_properties(0).name}; copy bandwidth {copy:.0f} GB/s; other: {pkg.__name__}")

@@ -63,9 +63,9 @@ def kernel_meta(man: dict, image: Image, name: str) -> dict:
             f"the cubins have no kernel {name}: they predate this planner (rebuild with "
             f"`python build_cubins.py`), or a tuning override asks for a variant that is not built"
         ) from None
-    if image.kind == "cubin":
-        return dict(man["archs"][image.arch]["kernels"][name], max_threads=bound)
-    return {"registers": 65536 // bound, "static_smem": 256, "max_threads": bound}
+    if image.kind == "cubin":   # an architecture's own bound, where it has one (build_cubins.py ARCH_MAX_THREADS)
+        return {"max_threads": bound, **man["archs"][image.arch]["kernels"][name]}
+    return {"registers": 65536 // bound, "static_smem": 512, "max_threads": bound}
 
 
 @functools.lru_cache(maxsize=None)

@@ -19,16 +19,16 @@ HEAD_DIM_MIN, HEAD_DIM_MAX, HEAD_DIM_STEP = 32, 256, 16
 VARIANT_MAX_THREADS = {(1, 1): 768, (1, 2): 768, (1, 3): 512, (1, 4): 512, (1, 0): 768,
                        (2, 1): 512, (2, 2): 512, (2, 0): 512}
 BLOCK_TARGET = 256      # threads per block when several rows share a block
-# Per-head rotate_half variants hold 96 registers (build_cubins.py): blocks of at most 192
-# threads keep 18-20 warps an SM resident (3 x 192, 5 x 128) where 256 keep 16 (v7: Cosmos,
-# 128-thread teams, 79.2 -> 90.9% of copy one row a block).
-BLOCK_TARGET_HALF_PER_HEAD = 192
+# Per-head variants of two vectors an item hold 96 registers (build_cubins.py): blocks of at
+# most 192 threads keep 18-20 warps an SM resident (3 x 192, 5 x 128) where 256 keep 16 (v7:
+# Cosmos, 128-thread teams, 79.2 -> 90.9% of copy one row a block).
+BLOCK_TARGET_PARTS_PER_HEAD = 192
 # Tuning knob (the benchmark's --heads-per-thread): force K instead of the rule in
 # default_heads_per_thread.
 HEADS_PER_THREAD_OVERRIDE = None
 # Row groups a block processes in turn, prefetching the next into L2, once the grid would still
 # have FULL_GRID blocks (about a full wave of the largest GPUs); smaller launches give every
-# group its own block. By (norm, vectors per item): (most groups a block takes, grid size in
+# group its own block. By (norm, 2 for rotate_half rows else 1): (most groups a block takes, grid size in
 # groups below which a block takes one). From H100 sweeps (docs/perf-notes.md v5): full-dim
 # rows end in a block-wide barrier and up to ~33k groups ran best one group a block (WAN-1.3B,
 # WAN-5B, D96, FLUX.1 full-dim: +1 to +13 points) but lost 4-5 points that way from ~65k on
@@ -501,6 +501,19 @@ class Geometry:
 MAX_K = {1: 4, 2: 2}
 
 
+def item_parts(rope: str, norm: str, lanes_one: int) -> int:
+    """Vectors an item holds, from the rope mode, the norm kind and D / VEC.
+
+    rotate_half pairs d with d + D/2: two. A per-head row reduces over its head's lanes with
+    warp shuffles, so fp32 heads over 128 values (more than 32 vectors) take two vectors a lane.
+    (Three vectors a lane for D = 96, 4 lanes instead of 12 of 16, needed 120 registers at one
+    head a thread and spilled at two: not built.) Full-dim rows reduce over the whole team.
+    """
+    if rope == "half":
+        return 2
+    return 2 if norm == "head" and lanes_one > 32 else 1
+
+
 def default_heads_per_thread(heads: int, parts: int = 1) -> int:
     """K: heads a thread holds in registers (0: the looping variant)."""
     k = HEADS_PER_THREAD_OVERRIDE
@@ -509,46 +522,70 @@ def default_heads_per_thread(heads: int, parts: int = 1) -> int:
     return min(k, MAX_K[parts]) if k > 0 else 0
 
 
+def _team_ok(team: int) -> bool:
+    """A team reduces with shuffles when it is a power of two inside a warp, else in 16- or
+    32-lane segments through shared memory (kernels/qk_norm_rope.cu team_sum)."""
+    return (team <= 32 and team & (team - 1) == 0) or team % 16 == 0
+
+
+def _head_lanes(tj: int, th: int) -> int:
+    """The fewest head lanes from th up that make a legal team of tj-lane heads."""
+    while not _team_ok(tj * th):
+        th += 1
+    return th
+
+
+def _rows_per_block(team: int, cap: int) -> int:
+    """Most rows of `team` threads under cap, preferring whole warps (a team of 48: 4 rows)."""
+    most = max(1, cap // team)
+    whole = [r for r in range(most, 0, -1) if r * team % 32 == 0]
+    return whole[0] if whole else most
+
+
 def geometry(lanes_d: int, heads: int, parts: int = 1, k: int | None = None, per_head: bool = False,
              block_target: int = BLOCK_TARGET) -> Geometry:
     """Threads for rows of `heads` heads of lanes_d items (of `parts` vectors) each.
 
-    One-vector rows take the K that leaves the fewest head slots idle, the larger K on a tie:
-    12 heads fill 4 lanes x 3 but only 3 of 4 lanes x 4 (a team is a power of two inside a
-    warp, else whole warps). Full-dim rows choose from K = 4 and 3, per-head rows (no
-    reduction across the team) from K = 4 and 2: for WAN-1.3B on an H100, full-dim K = 3
-    took 91.0% of copy bandwidth against 88.5 at K = 4 and per-head K = 2 80.2 against 75.0 at
-    K = 3 (docs/perf-notes.md v6).
+    Rows take the K, and full-dim rows the lanes along D (all lanes_d, or the next power of
+    two), that leave the fewest item slots idle, the larger K on a tie: 12 heads fill 4 lanes
+    x 3 but only 3 of 4 lanes x 4 when a team must be whole warps. Full-dim rows choose from
+    K = 4 and 3, per-head rows (no reduction across the team) from K = 4 and 2: for WAN-1.3B on
+    an H100, full-dim K = 3 took 91.0% of copy bandwidth against 88.5 at K = 4 and per-head
+    K = 2 80.2 against 75.0 at K = 3 (docs/perf-notes.md v6). Per-head rows keep a power of two
+    <= 32 lanes along D (their reduction is a shuffle over a head's lanes).
     """
-    if k is None and HEADS_PER_THREAD_OVERRIDE is None and parts == 1 and heads > 4:
-        options = (4, 2) if per_head else (4, 3)
-        return min((geometry(lanes_d, heads, parts, k, block_target=block_target) for k in options),
-                   key=_idle_slots_key)
-    tj = _next_pow2(lanes_d)
+    auto_k = k is None and HEADS_PER_THREAD_OVERRIDE is None
+    ks = ((4, 2) if per_head else (4, 3)) if auto_k and parts == 1 and heads > 4 else (k,)
+    tjs = {_next_pow2(lanes_d)} if per_head else {lanes_d, _next_pow2(lanes_d)}
+    # the power of two first: it wins ties
+    return min((_geometry(lanes_d, tj, heads, parts, kk, block_target) for kk in ks for tj in sorted(tjs, reverse=True)),
+               key=_idle_slots_key)
+
+
+def _geometry(lanes_d: int, tj: int, heads: int, parts: int, k, block_target: int) -> Geometry:
     k = default_heads_per_thread(heads, parts) if k is None else k
     if k > 0:
-        th = -(-heads // k)
-        if tj * th <= 32:
-            th = _next_pow2(th)               # a team inside a warp: aligned power of two
-        else:
-            th = -(-tj * th // 32) * 32 // tj  # a team of whole warps
+        th = _head_lanes(tj, -(-heads // k))
         bound = VARIANT_MAX_THREADS[(parts, k)]
         if tj * th <= bound:
-            rows = max(1, min(block_target, bound) // (tj * th))
-            return Geometry(k, tj, th, rows * tj * th)
+            return Geometry(k, tj, th, _rows_per_block(tj * th, min(block_target, bound)) * tj * th)
     bound = VARIANT_MAX_THREADS[(parts, 0)]
     th = max(1, min(512, bound) // tj)
+    while not _team_ok(tj * th):
+        th -= 1
     return Geometry(0, tj, th, tj * th)
 
 
 def _idle_slots_key(g: Geometry):
     # The looping variant (K = 0: too many heads for registers) only when no K fits.
-    return g.th * g.heads_per_thread if g.heads_per_thread else float("inf")
+    return g.team * g.heads_per_thread if g.heads_per_thread else float("inf")
 
 
-def kernel_name(dtype: str, rope: str, table_dtype, norm: str, k: int) -> str:
+def kernel_name(dtype: str, rope: str, table_dtype, norm: str, k: int, parts: int) -> str:
+    """As build_cubins.py names the variant; parts other than the rope's own get a suffix."""
     table = f"_{table_dtype}" if rope != "none" else ""
-    return f"qknr_{dtype}_{rope}{table}_{norm}_k{k}"
+    suffix = f"_p{parts}" if parts != (2 if rope == "half" else 1) else ""
+    return f"qknr_{dtype}_{rope}{table}_{norm}_k{k}{suffix}"
 
 
 def make_plan(req: Request) -> Plan:
@@ -585,17 +622,16 @@ def make_plan(req: Request) -> Plan:
     if not (isinstance(req.eps, (int, float)) and req.eps >= 0):
         raise _fail("eps", "a non-negative float", req.eps)
 
-    # rotate_half pairs d with d + D/2 inside one item; otherwise an item is one vector
-    parts = 2 if rope == "half" else 1
+    parts = item_parts(rope, norm, d // vec)
     lanes_d = d // (vec * parts)
-    target = BLOCK_TARGET_HALF_PER_HEAD if rope == "half" and norm == "head" else BLOCK_TARGET
+    target = BLOCK_TARGET_PARTS_PER_HEAD if parts > 1 and norm == "head" else BLOCK_TARGET
     geo = geometry(lanes_d, max(q.heads, k.heads), parts, per_head=norm != "full", block_target=target)
     total_rows = 2 * tokens.count
     if total_rows >= 2**32:
         raise PlanError(f"qkv: {tokens.count} tokens exceed the 2^31-token limit")
     rows_per_block = geo.block // geo.team
     groups = -(-total_rows // rows_per_block)
-    most, single_below = ROW_ITERS_BY[(norm, parts)]
+    most, single_below = ROW_ITERS_BY[(norm, 2 if rope == "half" else 1)]
     if ROW_ITERS is not None:
         most, single_below = ROW_ITERS, 0
     iters = 1 if groups < single_below else max(1, min(most, groups // FULL_GRID))
@@ -631,10 +667,11 @@ def make_plan(req: Request) -> Plan:
     p.num_txt = req.num_txt_tokens if dual else 0
     p.total_rows = total_rows
     p.team, p.tj, p.th, p.iters = geo.team, geo.tj, geo.th, iters
+    p.lanes = fast_div(geo.tj)
     p.head_dim = d
     p.lanes_d = lanes_d
     p.eps = float(req.eps)
-    name = kernel_name(dtype, rope, req.cos.dtype if cos_t else None, norm, geo.heads_per_thread)
+    name = kernel_name(dtype, rope, req.cos.dtype if cos_t else None, norm, geo.heads_per_thread, parts)
     return Plan(kernel=name, grid=grid, block=geo.block, smem=0, team=geo.team, norm=norm, rope=rope,
                 template=bytes(p), slots=tuple(slots))
 

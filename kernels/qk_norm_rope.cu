@@ -2,27 +2,27 @@
 //
 // Work decomposition (one template serves every mode):
 //   row   = one side (Q or K) of one token, all its heads.
-//   item  = one thread's part of one head: for rotate_half the VEC values at d = j*VEC and the
-//           VEC values at d + D/2 (so i pairs with i + D/2 in registers), j < D/(2*VEC); for
-//           interleaved RoPE (pairs sit inside a vector) and no RoPE, the VEC values at
-//           d = j*VEC, j < D/VEC. p.lanes_d counts these j.
+//   item  = one thread's part of one head: PARTS vectors of VEC values at d + q * D/PARTS,
+//           d = j*VEC, j < D/(PARTS*VEC). rotate_half: PARTS = 2, so i pairs with i + D/2 in
+//           registers. Interleaved RoPE (pairs sit inside a vector) and no RoPE: PARTS = 1, or 2
+//           for per-head fp32 rows over 128 values, so that a head's lanes stay inside a warp.
+//           p.lanes_d counts j.
 //   team  = the tj * th threads of one row: lane j = lane % tj walks the head dim, head lane
 //           hl = lane / tj takes heads hl, hl + th, hl + 2*th, ... So every item of a thread
 //           has the same j: a table shared by the heads, and a per-head weight, are loaded
 //           once per thread and reused for all its heads.
 //   K     = heads a thread holds in registers (K == 0: loop over heads; a full-dim row is
 //           then read twice, the second time from L2).
-// Per-head norm reduces over the tj lanes of a head (shuffles); full-dim norm over the team
-// (shuffles, plus shared memory when the team spans warps). Strides are 64-bit, in elements.
+// Per-head norm reduces over the tj lanes of a head (shuffles; tj a power of two <= 32);
+// full-dim norm over the team (shuffles, plus shared memory when the team is not a power of two
+// inside a warp: then it is whole 16- or 32-lane segments, and tj may be any count, e.g. 12 for
+// D = 96). Strides are 64-bit, in elements.
 #include "cudit_common.cuh"
 #include "qk_norm_rope_params.h"
 
 namespace cudit {
 
 enum NormKind : int { NORM_NONE = 0, NORM_HEAD = 1, NORM_FULL = 2 };
-
-// PARTS = 2 for rotate_half (an item holds d and d + D/2), else 1 (an item is one vector).
-template <int ROPE> struct Parts { static constexpr int N = ROPE == ROPE_HALF ? 2 : 1; };
 
 template <typename T, int PARTS> struct Item {
     static constexpr int VEC = 16 / (int)sizeof(T);
@@ -77,10 +77,10 @@ __device__ __forceinline__ Row<T, C> locate_row(const Params& p, u32 row, int d)
 }
 
 template <typename T, typename C, int PARTS>
-__device__ __forceinline__ void load_item(const Row<T, C>& row, int half, int h, Item<T, PARTS>& it) {
+__device__ __forceinline__ void load_item(const Row<T, C>& row, int stride, int h, Item<T, PARTS>& it) {
     const T* src = row.in + (i64)h * row.in_hs;
 #pragma unroll
-    for (int q = 0; q < PARTS; ++q) it.part[q].load(src + q * half);
+    for (int q = 0; q < PARTS; ++q) it.part[q].load(src + q * stride);
 }
 
 template <typename T, int PARTS>
@@ -107,33 +107,33 @@ __device__ __forceinline__ void rotate_pairs(float (&x)[N], const float (&c)[N],
     }
 }
 
-// cos/sin of one head at this thread's d (and d + D/2 for rotate_half).
+// cos/sin of one head at this thread's d + q * D/PARTS.
 template <typename C, int VEC, int PARTS> struct TableSlice {
     Packet<C, VEC> c[PARTS], s[PARTS];
 
-    __device__ __forceinline__ void load(const C* cos, const C* sin, int half) {
+    __device__ __forceinline__ void load(const C* cos, const C* sin, int stride) {
 #pragma unroll
         for (int q = 0; q < PARTS; ++q) {
-            c[q].load_ro(cos + q * half);
-            s[q].load_ro(sin + q * half);
+            c[q].load_ro(cos + q * stride);
+            s[q].load_ro(sin + q * stride);
         }
     }
 };
 
-// Normalise (scale r, weight w), rotate, round once, store.
 // A per-head weight is the same for all of a thread's heads: loaded once (HeadWeights).
 template <int VEC, int PARTS> struct HeadWeights {
     float w[PARTS][VEC];
 
     template <typename T, typename C>
-    __device__ __forceinline__ void load(const Row<T, C>& row, int half, int d) {
+    __device__ __forceinline__ void load(const Row<T, C>& row, int stride, int d) {
 #pragma unroll
-        for (int q = 0; q < PARTS; ++q) load_floats<VEC>(row.w, row.w_dtype, (i64)d + q * half, w[q]);
+        for (int q = 0; q < PARTS; ++q) load_floats<VEC>(row.w, row.w_dtype, (i64)d + q * stride, w[q]);
     }
 };
 
+// Normalise (scale r, weight w), rotate, round once, store.
 template <typename T, typename C, int ROPE, int NORM, int PARTS>
-__device__ __forceinline__ void finish_item(const Row<T, C>& row, int half, int h, int d, const Item<T, PARTS>& it,
+__device__ __forceinline__ void finish_item(const Row<T, C>& row, int stride, int h, int d, const Item<T, PARTS>& it,
                                             float r, const TableSlice<C, Item<T, PARTS>::VEC, PARTS>& tab,
                                             const HeadWeights<Item<T, PARTS>::VEC, PARTS>& hw) {
     constexpr int VEC = Item<T, PARTS>::VEC;
@@ -147,22 +147,26 @@ __device__ __forceinline__ void finish_item(const Row<T, C>& row, int half, int 
             for (int e = 0; e < VEC; ++e) x[q][e] *= r * hw.w[q][e];
     } else if (NORM == NORM_FULL) {
         // Full-dim weights run across the heads: this head's slice.
-        const i64 widx = (i64)h * (2 * half) + d;
+        const i64 widx = (i64)h * (PARTS * stride) + d;
 #pragma unroll
         for (int q = 0; q < PARTS; ++q) {
             float w[VEC];
-            load_floats<VEC>(row.w, row.w_dtype, widx + q * half, w);
+            load_floats<VEC>(row.w, row.w_dtype, widx + q * stride, w);
 #pragma unroll
             for (int e = 0; e < VEC; ++e) x[q][e] *= r * w[e];
         }
     }
     Item<T, PARTS> o;
     if (ROPE == ROPE_INTERLEAVED) {
-        float c[VEC], s[VEC];
-        tab.c[0].to_floats(c);
-        tab.s[0].to_floats(s);
-        rotate_pairs(x[0], c, s);
+#pragma unroll
+        for (int q = 0; q < PARTS; ++q) {
+            float c[VEC], s[VEC];
+            tab.c[q].to_floats(c);
+            tab.s[q].to_floats(s);
+            rotate_pairs(x[q], c, s);
+        }
     } else if (ROPE == ROPE_HALF) {
+        static_assert(ROPE != ROPE_HALF || PARTS == 2, "rotate_half items are two vectors");
         float c[VEC], s[VEC], lo[VEC];
         tab.c[0].to_floats(c);
         tab.s[0].to_floats(s);
@@ -179,24 +183,27 @@ __device__ __forceinline__ void finish_item(const Row<T, C>& row, int half, int 
 #pragma unroll
     for (int q = 0; q < PARTS; ++q) {
         o.part[q].from_floats(x[q]);
-        o.part[q].store(dst + q * half);
+        o.part[q].store(dst + q * stride);
     }
 }
 
-// Sum over a team: a power of two <= 32 aligned lanes, or whole warps that share shared memory.
-// `parity` alternates between rows a block processes in turn: with two buffers, the barrier of
-// the next row separates this row's reads from the writes of the row after.
+// Sum over a team: a power of two <= 32 aligned lanes (shuffles), or else whole 16-lane segments
+// (cudit/_planner.py makes such teams multiples of 16) summed with shuffles and then through
+// shared memory. A block holds at most 1024 threads, so 64 segments. `parity` alternates between
+// rows a block processes in turn: with two buffers, the barrier of the next row separates this
+// row's reads from the writes of the row after.
+constexpr u32 SEGMENT = 16, MAX_SEGMENTS = 1024 / SEGMENT;
 __device__ __forceinline__ float team_sum(float v, u32 team, u32 row_in_block, u32 parity) {
-    if (team <= 32u) return team_sum_warp(v, team);
-    __shared__ float partial[2][32];
-    v = team_sum_warp(v, 32u);
+    if (team <= 32u && (team & (team - 1u)) == 0) return team_sum_warp(v, team);
+    __shared__ float partial[2][MAX_SEGMENTS];
+    v = team_sum_warp(v, SEGMENT);   // a constant width: the shuffles unroll (a loop cost WAN-1.3B 5%)
     const u32 tid = linear_tid();
-    if ((tid & 31u) == 0) partial[parity][tid >> 5] = v;
+    if (tid % SEGMENT == 0) partial[parity][tid / SEGMENT] = v;
     __syncthreads();
-    const u32 warps = team >> 5;
-    const u32 first = row_in_block * warps;
+    const u32 n = team / SEGMENT;
+    const u32 first = row_in_block * n;
     float s = 0.f;
-    for (u32 i = 0; i < warps; ++i) s += partial[parity][first + i];
+    for (u32 i = 0; i < n; ++i) s += partial[parity][first + i];
     return s;
 }
 
@@ -213,11 +220,11 @@ __device__ __forceinline__ void for_thread_heads(int hl, int th, int heads, F f)
 
 // Ask L2 for a row a team will process next: the data arrives without holding registers.
 template <typename T, typename C, int PARTS, int K>
-__device__ __forceinline__ void prefetch_row(const Params& p, u32 row_id, int d, int hl, int th, int half) {
+__device__ __forceinline__ void prefetch_row(const Params& p, u32 row_id, int d, int hl, int th, int stride) {
     const Row<T, C> row = locate_row<T, C>(p, row_id, d);
     for_thread_heads<(K > 0 ? K : 4)>(hl, th, row.heads, [&](int h) {
 #pragma unroll
-        for (int q = 0; q < PARTS; ++q) prefetch_l2(row.in + (i64)h * row.in_hs + q * half);
+        for (int q = 0; q < PARTS; ++q) prefetch_l2(row.in + (i64)h * row.in_hs + q * stride);
     });
 }
 
@@ -225,54 +232,75 @@ __device__ __forceinline__ void prefetch_row(const Params& p, u32 row_id, int d,
 // latency overlaps the data loads instead of following them. (Prefetching full-dim weight
 // slices the same way cost WAN-1.3B 15 points: docs/perf-notes.md v5.)
 template <typename T, typename C, int PARTS, int K>
-__device__ __forceinline__ void prefetch_head_tables(const Row<T, C>& row, int hl, int th, int half) {
+__device__ __forceinline__ void prefetch_head_tables(const Row<T, C>& row, int hl, int th, int stride) {
     for_thread_heads<K>(hl, th, row.heads, [&](int h) {
 #pragma unroll
         for (int q = 0; q < PARTS; ++q) {
-            prefetch_l1(row.cos + h * row.cos_hs + q * half);
-            prefetch_l1(row.sin + h * row.sin_hs + q * half);
+            prefetch_l1(row.cos + h * row.cos_hs + q * stride);
+            prefetch_l1(row.sin + h * row.sin_hs + q * stride);
         }
     });
 }
 
-template <typename T, typename C, int ROPE, int NORM, int K>
+// Elements between the vectors of an item: D / PARTS (unsigned: a shift or a multiply-high).
+template <int PARTS>
+__device__ __forceinline__ int part_stride(const Params& p) { return (int)((u32)p.head_dim / (u32)PARTS); }
+
+// This thread's place in its row's team (threadIdx.x): lane j along the head dim, head lane hl.
+// Full-dim rows may have any tj (D = 96: 12 lanes) and divide by the host's magic numbers (an
+// integer division made the K = 4 variants spill); otherwise tj is a power of two and shifts do. (A 3-D block, x = j and y = hl, needs neither but measured ~1% slower on
+// per-head rows: HunyuanVideo 90.6 -> 89.8% of copy.)
+struct TeamLane {
+    u32 j;
+    int hl;
+};
+
+template <int NORM>
+__device__ __forceinline__ TeamLane team_lane(const Params& p) {
+    const u32 lane = threadIdx.x;
+    if (NORM != NORM_FULL) return {lane & (p.tj - 1u), (int)(lane >> (31 - __clz(p.tj)))};
+    const u32 hl = div(lane, p.lanes);
+    return {lane - hl * p.tj, (int)hl};
+}
+
+template <typename T, typename C, int ROPE, int NORM, int K, int PARTS>
 __device__ __forceinline__ void process_row(const Params& p, u32 row_id, u32 row_in_block, u32 parity) {
-    constexpr int PARTS = Parts<ROPE>::N;
     constexpr int VEC = Item<T, PARTS>::VEC;
     typedef Item<T, PARTS> It;
     const u32 team = p.team;
-    const u32 lane = threadIdx.x;
-    const u32 j = lane & (p.tj - 1u);
-    const int hl = (int)(lane >> (31 - __clz(p.tj)));
+    const TeamLane tl = team_lane<NORM>(p);
+    const u32 j = tl.j;
+    const int hl = tl.hl;
     const int th = (int)p.th;
-    const int half = p.head_dim >> 1;
+    const int stride = part_stride<PARTS>(p);
     const int d = (int)j * VEC;
     // Threads of a missing row or past the head dim still take part in shuffles and barriers.
     const bool active = row_id < p.total_rows && (int)j < p.lanes_d;
 
     const Row<T, C> row = locate_row<T, C>(p, active ? row_id : 0u, d);
     const bool shared_table = ROPE != ROPE_NONE && row.cos_hs == 0 && row.sin_hs == 0;
-    // Per-head rotate_half rows: a shared table slice is four vectors; requested into L1 early and
-    // read per head after the reduction, it is not held through the loads and the reduction, so
-    // these variants fit 96 registers (build_cubins.py). In full-dim rows it cost 4-8 points (v7).
-    constexpr bool late_table = ROPE == ROPE_HALF && NORM == NORM_HEAD;
+    // Per-head rows of two vectors an item: a shared table slice is four vectors; requested into
+    // L1 early and read per head after the reduction, it is not held through the loads and the
+    // reduction, so these variants fit 96 registers (build_cubins.py). In full-dim rotate_half
+    // rows it cost 4-8 points (perf-notes v7).
+    constexpr bool late_table = PARTS > 1 && NORM == NORM_HEAD;
     const bool early_table = shared_table && !late_table;
     TableSlice<C, VEC, PARTS> tab;
     HeadWeights<VEC, PARTS> hw;
-    if (NORM == NORM_HEAD && active) hw.load(row, half, d);
+    if (NORM == NORM_HEAD && active) hw.load(row, stride, d);
 
     if (K > 0) {
         It it[K > 0 ? K : 1];
 #pragma unroll
         for (int k = 0; k < K; ++k) {
             const int h = hl + k * th;
-            if (active && h < row.heads) load_item(row, half, h, it[k]);
+            if (active && h < row.heads) load_item(row, stride, h, it[k]);
         }
-        if (active && early_table) tab.load(row.cos, row.sin, half);
-        // rotate_half only: in the one-vector variants the extra addressing made ptxas spill.
-        if (ROPE == ROPE_HALF && active) {
-            if (!shared_table) prefetch_head_tables<T, C, PARTS, K>(row, hl, th, half);
-            else if (late_table) prefetch_head_tables<T, C, PARTS, 1>(row, hl, th, half);   // one slice for all heads
+        if (active && early_table) tab.load(row.cos, row.sin, stride);
+        // Several vectors an item only: in the one-vector variants the extra addressing made ptxas spill.
+        if (PARTS > 1 && ROPE != ROPE_NONE && active) {
+            if (!shared_table) prefetch_head_tables<T, C, PARTS, K>(row, hl, th, stride);
+            else if (late_table) prefetch_head_tables<T, C, PARTS, 1>(row, hl, th, stride);   // one slice for all heads
         }
         release_dependents();
 
@@ -298,18 +326,18 @@ __device__ __forceinline__ void process_row(const Params& p, u32 row_id, u32 row
         for (int k = 0; k < K; ++k) {
             const int h = hl + k * th;
             if (!(active && h < row.heads)) continue;
-            if (ROPE != ROPE_NONE && !early_table) tab.load(row.cos + h * row.cos_hs, row.sin + h * row.sin_hs, half);
-            finish_item<T, C, ROPE, NORM, PARTS>(row, half, h, d, it[k], NORM == NORM_HEAD ? r[k] : r[0], tab, hw);
+            if (ROPE != ROPE_NONE && !early_table) tab.load(row.cos + h * row.cos_hs, row.sin + h * row.sin_hs, stride);
+            finish_item<T, C, ROPE, NORM, PARTS>(row, stride, h, d, it[k], NORM == NORM_HEAD ? r[k] : r[0], tab, hw);
         }
     } else {
         // Heads beyond registers: loop. The trip count is uniform across the team (shuffles).
-        if (active && shared_table) tab.load(row.cos, row.sin, half);
+        if (active && shared_table) tab.load(row.cos, row.sin, stride);
         float r = 1.f;
         if (NORM == NORM_FULL) {
             float ss = 0.f;
             for (int h = hl; active && h < row.heads; h += th) {
                 It it;
-                load_item(row, half, h, it);
+                load_item(row, stride, h, it);
                 ss += item_sumsq(it);
             }
             r = 1.f / sqrtf(team_sum(ss, team, row_in_block, parity) * row.inv_n + p.eps);
@@ -320,42 +348,40 @@ __device__ __forceinline__ void process_row(const Params& p, u32 row_id, u32 row
             const int h = base + hl;
             const bool ok = active && h < row.heads;
             It it;
-            if (ok) load_item(row, half, h, it);
+            if (ok) load_item(row, stride, h, it);
             if (NORM == NORM_HEAD) r = rsqrtf(team_sum_warp(ok ? item_sumsq(it) : 0.f, p.tj) * row.inv_n + p.eps);
             if (!ok) continue;
-            if (ROPE != ROPE_NONE && !shared_table) tab.load(row.cos + h * row.cos_hs, row.sin + h * row.sin_hs, half);
-            finish_item<T, C, ROPE, NORM, PARTS>(row, half, h, d, it, r, tab, hw);
+            if (ROPE != ROPE_NONE && !shared_table) tab.load(row.cos + h * row.cos_hs, row.sin + h * row.sin_hs, stride);
+            finish_item<T, C, ROPE, NORM, PARTS>(row, stride, h, d, it, r, tab, hw);
         }
     }
 }
 
-template <typename T, typename C, int ROPE, int NORM, int K>
+template <typename T, typename C, int ROPE, int NORM, int K, int PARTS>
 __device__ __forceinline__ void qk_norm_rope_body(const Params& p) {
-    constexpr int PARTS = Parts<ROPE>::N;
     const u32 rows_per_block = blockDim.y;   // blockDim.x is the team
     const u32 row_in_block = threadIdx.y;
-    const u32 lane = threadIdx.x;
-    const u32 j = lane & (p.tj - 1u);
-    const int d = (int)j * Item<T, PARTS>::VEC;
+    const TeamLane tl = team_lane<NORM>(p);
+    const int d = (int)tl.j * Item<T, PARTS>::VEC;
     // A block takes p.iters groups of rows in turn and prefetches each next group into L2.
     const u32 first = blockIdx.x * rows_per_block * p.iters + row_in_block;
     wait_for_producer();
     for (u32 i = 0; i < p.iters; ++i) {
         const u32 row_id = first + i * rows_per_block;
         const u32 next = row_id + rows_per_block;
-        if (i + 1 < p.iters && next < p.total_rows && (int)j < p.lanes_d)
-            prefetch_row<T, C, PARTS, K>(p, next, d, (int)(lane >> (31 - __clz(p.tj))), (int)p.th, p.head_dim >> 1);
-        process_row<T, C, ROPE, NORM, K>(p, row_id, row_in_block, i & 1u);
+        if (i + 1 < p.iters && next < p.total_rows && (int)tl.j < p.lanes_d)
+            prefetch_row<T, C, PARTS, K>(p, next, d, tl.hl, (int)p.th, part_stride<PARTS>(p));
+        process_row<T, C, ROPE, NORM, K, PARTS>(p, row_id, row_in_block, i & 1u);
     }
 }
 
 }  // namespace cudit
 
 // build_cubins.py appends one line per variant:
-//   CUDIT_QKNR(name, T, C, ROPE, NORM, K, MAX_THREADS)   (C: cos/sin type; any when ROPE is none)
-#define CUDIT_QKNR(NAME, T, C, ROPE, NORM, K, MAX_THREADS)                                   \
+//   CUDIT_QKNR(name, T, C, ROPE, NORM, K, PARTS, MAX_THREADS)   (C: cos/sin type; any when ROPE is none)
+#define CUDIT_QKNR(NAME, T, C, ROPE, NORM, K, PARTS, MAX_THREADS)                              \
     extern "C" __global__ void __launch_bounds__(MAX_THREADS, 1) NAME(const cudit::Params p) { \
-        cudit::qk_norm_rope_body<T, C, ROPE, NORM, K>(p);                                     \
+        cudit::qk_norm_rope_body<T, C, ROPE, NORM, K, PARTS>(p);                              \
     }
 
 // The benchmark's baseline for launch-bound shapes and host overhead: a launch that does nothing.

@@ -39,6 +39,7 @@ typedef struct Params {
     FastDiv tab_rows;                 // R: token t reads table row t mod R
     FastDiv tab_inner;                // rows of the table's inner row axis
     FastDiv seq;                      // S: tokens per batch element
+    FastDiv lanes;                    // tj as a divisor: a full-dim team's tj need not be a power of two
     cudit_u32 num_txt;                // dual-stream text tokens at the start of each batch element
     cudit_u32 total_rows;             // tokens * 2: a row is one side (Q or K) of one token
     cudit_u32 team;                   // threads per row (blockDim.x): tj * th

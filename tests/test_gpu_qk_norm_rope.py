@@ -31,10 +31,25 @@ def cases():
     for h in (40, 64, 128, 256):
         add(Case(f"full-{h}heads", heads=(h, h, h), norm="full", S=5))
     add(Case("full-128heads-f32-loop", heads=(128, 128, 128), norm="full", dtype="f32", S=3))
-    # full-dim rows of three heads a thread: 12 heads (4 lanes x 3), 6 heads of D=256, GQA 10 / 5
-    add(Case("k3-12heads-bf16", heads=(12, 12, 12), norm="full", B=2, S=7))
+    # full-dim rows of three heads a thread: 6 heads of D=256, GQA 10 / 5
     add(Case("k3-6heads-d256", heads=(6, 6, 6), D=256, norm="full", S=5))
     add(Case("k3-gqa-10-5-split", split=True, heads=(10, 5, 5), norm="full", S=9))
+    # teams of 48 lanes (three 16-lane segments, rows straddling warps): 12 heads x 4, both norms
+    add(Case("team48-12heads-full", heads=(12, 12, 12), norm="full", B=2, S=7))
+    add(Case("team48-12heads-head", heads=(12, 12, 12), norm="head", B=2, S=7))
+    add(Case("team48-12heads-full-half", heads=(12, 12, 12), norm="full", rope="half", S=7))
+    # full-dim rows with lanes along D not a power of two (D = 96: 12 lanes, fp32 24, rotate_half 6)
+    add(Case("full-d96-16heads", heads=(16, 16, 16), D=96, norm="full", B=2, S=7))
+    add(Case("full-d96-16heads-f32", heads=(16, 16, 16), D=96, norm="full", dtype="f32", S=7))
+    add(Case("full-d96-16heads-half", heads=(16, 16, 16), D=96, norm="full", rope="half", S=7))
+    add(Case("full-d96-gqa-16-4-split", split=True, heads=(16, 4, 4), D=96, norm="full", S=9))
+    add(Case("full-d96-128heads-f32-loop", heads=(128, 128, 0), D=96, norm="full", dtype="f32", S=3))
+    # per-head fp32 heads over 128 values: two vectors a lane, a head's lanes inside one warp
+    for d in (160, 192, 256):
+        add(Case(f"head-f32-d{d}-two-vectors", D=d, dtype="f32", S=9))
+    add(Case("head-f32-d256-norm-only", D=256, dtype="f32", rope="none", S=9))
+    add(Case("head-f32-d256-one-head", heads=(1, 1, 1), D=256, dtype="f32", table_dtype="bf16", S=9))
+    add(Case("head-f32-d224-many-heads-loop", heads=(200, 200, 0), D=224, dtype="f32", S=2))
     add(Case("full-96heads-d256-f32-loop", heads=(96, 96, 0), D=256, norm="full", dtype="f32", S=3))
     # dual-stream with both norm kinds
     for norm in ("head", "full"):

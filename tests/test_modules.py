@@ -4,7 +4,7 @@ import struct
 import pytest
 
 import build_cubins
-from cudit import _modules
+from cudit import _modules, _planner
 from cudit._modules import Image, NoImageError, kernel_meta, select_image
 
 EM_CUDA = 190
@@ -42,7 +42,11 @@ def test_cubin_is_cuda_elf_for_its_arch_with_no_spills(man, arch):
         assert name.encode() in blob
         assert (k["spill_stores"], k["spill_loads"], k["stack_bytes"]) == (0, 0, 0), name
         bound = man["variants"][name]["max_threads"] if name in man["variants"] else 1024
+        bound = k.get("max_threads", bound)        # an architecture's own, looser bound
         assert k["registers"] * bound <= 65536, name
+        if name in man["variants"]:   # every planned block fits this architecture's bound
+            v = man["variants"][name]
+            assert bound >= _planner.VARIANT_MAX_THREADS[(v["parts"], v["heads_per_thread"])], name
 
 
 def test_ptx_targets_the_oldest_arch(man):

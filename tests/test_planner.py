@@ -53,7 +53,7 @@ def test_blocks_take_several_row_groups_only_on_big_grids():
 
 
 @pytest.mark.parametrize("heads,dtype,k,team", [(40, "bf16", 4, 160), (128, "bf16", 4, 512),
-                                                (12, "f16", 3, 64), (96, "f32", 0, 512),
+                                                (12, "f16", 4, 48), (96, "f32", 0, 512),
                                                 (256, "f32", 0, 512)])
 def test_full_dim_rows(heads, dtype, k, team):
     qw, kw = weights(heads * D)
@@ -66,8 +66,10 @@ def test_full_dim_rows(heads, dtype, k, team):
 
 
 def test_geometry_rounds_teams_to_aligned_lanes():
-    assert geometry(6, 24).team == 64            # D=96 bf16: 8 lanes x 6 head lanes -> 2 warps
-    assert (geometry(6, 24).tj, geometry(6, 24).th) == (8, 8)
+    assert geometry(12, 16) == Geometry(4, 12, 4, 192)   # full-dim D=96 bf16: all 12 lanes, 3 segments of 16
+    assert geometry(12, 16, per_head=True) == Geometry(4, 16, 4, 256)   # per-head: a power of two along D
+    assert geometry(6, 24) == Geometry(3, 6, 8, 192)     # 6 x 8 x 3 slots for 24 heads x 6 lanes: none idle
+    assert geometry(16, 12) == Geometry(4, 16, 3, 192)   # 48 threads: 4 rows make whole warps
     assert geometry(8, 3).team == 16             # 8 x 2 (3 heads, 2 a thread), a power of two
     assert geometry(8, 1) == Geometry(1, 8, 1, 256)
     assert geometry(8, 40, parts=2) == Geometry(2, 8, 20, 160)   # rotate_half: 2 heads a thread (MAX_K)
@@ -257,12 +259,37 @@ def test_in_place_needs_a_writable_array_and_jax_callback_buffers_can_be():
 
 
 def test_rows_take_the_heads_per_thread_that_leaves_fewest_slots_idle():
-    assert geometry(16, 12) == Geometry(3, 16, 4, 256)                   # 4 lanes x 3 = 12 heads
-    assert geometry(16, 12, per_head=True) == Geometry(2, 16, 6, 192)    # per-head: 6 x 2, never 3
+    assert geometry(16, 5) == Geometry(3, 16, 2, 256)                    # 2 x 3 against 2 x 4
+    assert geometry(16, 10, per_head=True) == Geometry(2, 16, 5, 160)    # per-head: 5 x 2, never 3
     assert geometry(16, 24, per_head=True) == Geometry(4, 16, 6, 192)    # 6 x 4 (3 warps): K = 4 fits
-    assert geometry(8, 24) == Geometry(3, 8, 8, 256)                     # 6 x 4 would round to 8 x 4
-    assert geometry(16, 20, per_head=True) == Geometry(2, 16, 10, 160)   # 10 x 2 against 6 x 4 = 24
+    assert geometry(16, 20, per_head=True) == Geometry(4, 16, 5, 160)    # a tie (5 x 4, 10 x 2): the larger K
     assert geometry(16, 12, parts=2).heads_per_thread == 2               # rotate_half: at most 2
+
+
+def test_teams_reduce_in_warps_or_16_lane_segments():
+    for lanes in range(1, 33):
+        for heads in (1, 2, 3, 5, 6, 12, 16, 24, 40, 48, 96, 200):
+            for per_head in (False, True):
+                g = geometry(lanes, heads, per_head=per_head)
+                assert (g.team <= 32 and g.team & (g.team - 1) == 0) or g.team % 16 == 0, (lanes, heads, g)
+                assert g.block % g.team == 0 and g.tj >= lanes
+                if per_head:
+                    assert g.tj & (g.tj - 1) == 0 and g.tj <= 32   # a head's lanes: aligned inside a warp
+
+
+@pytest.mark.parametrize("dtype,d,norm,rope,parts", [("f32", 256, "head", "interleaved", 2),
+                                                     ("f32", 160, "head", "none", 2),
+                                                     ("f32", 128, "head", "interleaved", 1),
+                                                     ("bf16", 256, "head", "interleaved", 1),
+                                                     ("f32", 256, "full", "interleaved", 1),
+                                                     ("bf16", 96, "head", "half", 2)])
+def test_items_hold_two_vectors_where_one_a_lane_would_overflow_a_warp(dtype, d, norm, rope, parts):
+    assert _planner.item_parts(rope, norm, d * {"bf16": 2, "f32": 4}[dtype] // 16) == parts
+    qw, kw = weights(d if norm == "head" else 4 * d)
+    c, s = table((64, d)) if rope != "none" else (None, None)
+    p = make_plan(Request(arr((1, 64, 12 * d), dtype), qw, kw, c, s, num_heads=4, interleave=rope != "half"))
+    natural = 2 if rope == "half" else 1
+    assert p.kernel.endswith("_p2") == (parts != natural) and params(p).lanes_d * parts * 16 == d * {"bf16": 2, "f32": 4}[dtype]
 
 
 @pytest.mark.parametrize("heads,norm,block", [(32, "head", 128), (24, "head", 192), (32, "full", 256),
