@@ -187,23 +187,26 @@ __device__ __forceinline__ void finish_item(const Row<T, C>& row, int stride, in
     }
 }
 
-// Sum over a team: a power of two <= 32 aligned lanes (shuffles), or else whole 16-lane segments
-// (cudit/_planner.py makes such teams multiples of 16) summed with shuffles and then through
-// shared memory. A block holds at most 1024 threads, so 64 segments. `parity` alternates between
-// rows a block processes in turn: with two buffers, the barrier of the next row separates this
-// row's reads from the writes of the row after.
-constexpr u32 SEGMENT = 16, MAX_SEGMENTS = 1024 / SEGMENT;
+// Sum over a team: a power of two <= 32 aligned lanes (shuffles), or else whole segments of 32
+// lanes, or of 16 when the team is an odd multiple of 16 (cudit/_planner.py allows no other),
+// summed with shuffles and then through shared memory. A block holds at most 1024 threads, so 64
+// segments. `parity` alternates between rows a block processes in turn: with two buffers, the
+// barrier of the next row separates this row's reads from the writes of the row after.
+constexpr u32 MAX_SEGMENTS = 64;
 __device__ __forceinline__ float team_sum(float v, u32 team, u32 row_in_block, u32 parity) {
     if (team <= 32u && (team & (team - 1u)) == 0) return team_sum_warp(v, team);
     __shared__ float partial[2][MAX_SEGMENTS];
-    v = team_sum_warp(v, SEGMENT);   // a constant width: the shuffles unroll (a loop cost WAN-1.3B 5%)
+    const u32 shift = team & 31u ? 4u : 5u;
+    // Constant widths: the shuffles unroll (a loop over a runtime width cost WAN-1.3B 5%).
+    v = shift == 5u ? team_sum_warp(v, 32u) : team_sum_warp(v, 16u);
     const u32 tid = linear_tid();
-    if (tid % SEGMENT == 0) partial[parity][tid / SEGMENT] = v;
+    if ((tid & ((1u << shift) - 1u)) == 0) partial[parity][tid >> shift] = v;
     __syncthreads();
-    const u32 n = team / SEGMENT;
-    const u32 first = row_in_block * n;
+    const u32 n = team >> shift;
+    const float* mine = partial[parity] + row_in_block * n;
     float s = 0.f;
-    for (u32 i = 0; i < n; ++i) s += partial[parity][first + i];
+#pragma unroll 4
+    for (u32 i = 0; i < n; ++i) s += mine[i];   // the loads of four segments at once
     return s;
 }
 
