@@ -535,11 +535,17 @@ def _head_lanes(tj: int, th: int) -> int:
     return th
 
 
-def _rows_per_block(team: int, cap: int) -> int:
-    """Most rows of `team` threads under cap, preferring whole warps (a team of 48: 4 rows)."""
+def _rows_per_block(team: int, cap: int, whole_warps: bool) -> int:
+    """Most rows of `team` threads under cap; with whole_warps, the most that fill whole warps.
+
+    Teams of 48 on an H100 (session 4, docs/perf-notes.md v8): one-vector rows (~80 registers)
+    fit four blocks of 192 an SM against three of 240, and 4 rows took WAN-1.3B 92.5 -> 95.3%
+    of copy; two-vector rows (~124 registers) fit two blocks of either size, and 5 rows took
+    WAN-1.3B-other-rope 78.3 -> 83.1%.
+    """
     most = max(1, cap // team)
     whole = [r for r in range(most, 0, -1) if r * team % 32 == 0]
-    return whole[0] if whole else most
+    return whole[0] if whole and whole_warps else most
 
 
 def geometry(lanes_d: int, heads: int, parts: int = 1, k: int | None = None, per_head: bool = False,
@@ -568,7 +574,8 @@ def _geometry(lanes_d: int, tj: int, heads: int, parts: int, k, block_target: in
         th = _head_lanes(tj, -(-heads // k))
         bound = VARIANT_MAX_THREADS[(parts, k)]
         if tj * th <= bound:
-            return Geometry(k, tj, th, _rows_per_block(tj * th, min(block_target, bound)) * tj * th)
+            rows = _rows_per_block(tj * th, min(block_target, bound), whole_warps=parts == 1)
+            return Geometry(k, tj, th, rows * tj * th)
     bound = VARIANT_MAX_THREADS[(parts, 0)]
     th = max(1, min(512, bound) // tj)
     while not _team_ok(tj * th):

@@ -203,10 +203,9 @@ __device__ __forceinline__ float team_sum(float v, u32 team, u32 row_in_block, u
     if ((tid & ((1u << shift) - 1u)) == 0) partial[parity][tid >> shift] = v;
     __syncthreads();
     const u32 n = team >> shift;
-    const float* mine = partial[parity] + row_in_block * n;
+    const u32 first = row_in_block * n;
     float s = 0.f;
-#pragma unroll 4
-    for (u32 i = 0; i < n; ++i) s += mine[i];   // the loads of four segments at once
+    for (u32 i = 0; i < n; ++i) s += partial[parity][first + i];
     return s;
 }
 

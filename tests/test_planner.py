@@ -70,6 +70,7 @@ def test_geometry_rounds_teams_to_aligned_lanes():
     assert geometry(12, 16, per_head=True) == Geometry(4, 16, 4, 256)   # per-head: a power of two along D
     assert geometry(6, 24) == Geometry(3, 6, 8, 192)     # 6 x 8 x 3 slots for 24 heads x 6 lanes: none idle
     assert geometry(16, 12) == Geometry(4, 16, 3, 192)   # 48 threads: 4 rows make whole warps
+    assert geometry(8, 12, parts=2) == Geometry(2, 8, 6, 240)   # two-vector items: the most rows, 5
     assert geometry(8, 3).team == 16             # 8 x 2 (3 heads, 2 a thread), a power of two
     assert geometry(8, 1) == Geometry(1, 8, 1, 256)
     assert geometry(8, 40, parts=2) == Geometry(2, 8, 20, 160)   # rotate_half: 2 heads a thread (MAX_K)
