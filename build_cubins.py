@@ -46,9 +46,13 @@ HEADS_PER_THREAD = (1, 2, 3, 4, 0)
 MAX_THREADS = {(1, 1): 1024, (1, 2): 768, (1, 3): 512, (1, 4): 512, (1, 0): 768,
                (2, 1): 512, (2, 2): 512, (2, 0): 512}
 # Variants that fit a tighter cap (more threads resident), by (vectors, norm, heads a thread).
+# Per-head rows of two vectors, and 16-bit per-head rows of four heads a thread, read a shared
+# table late (kernels/qk_norm_rope.cu late_table): 96 and 80 registers.
 MAX_THREADS_BY_NORM = {(1, "full", 4): 768, (1, "full", 3): 768, (1, "full", 2): 768, (1, "none", 4): 768,
-                       (1, "none", 2): 1024, (1, "head", 1): 768,
-                       (2, "head", 2): 640}   # 96 registers: per-head rows of two vectors read their table late
+                       (1, "none", 2): 1024, (1, "head", 1): 768, (1, "head", 4): 768, (2, "head", 2): 640}
+# fp32 per-head rows of four heads keep their table in registers under the general bound: the
+# late table and 768 threads cost FLUX.1-fp32 88.0 -> 85.1% of copy (docs/perf-notes.md v8).
+MAX_THREADS_BY_DTYPE = {("f32", 1, "head", 4): 512}
 # Architectures whose ptxas spills a variant at the common bound: a looser one there (more
 # registers a thread). The planner's blocks stay under VARIANT_MAX_THREADS (cudit/_planner.py),
 # which is below every bound, so no plan changes. By (arch, vectors, norm, heads a thread).
@@ -70,7 +74,8 @@ def kernel_name(dtype: str, rope: str, table, norm: str, k: int, parts: int) -> 
 
 
 def _variant(dt, rope, table, norm, k, parts) -> dict:
-    bound = MAX_THREADS_BY_NORM.get((parts, norm, k), MAX_THREADS[(parts, k)])
+    bound = MAX_THREADS_BY_DTYPE.get((dt, parts, norm, k),
+                                     MAX_THREADS_BY_NORM.get((parts, norm, k), MAX_THREADS[(parts, k)]))
     return {"name": kernel_name(dt, rope, table, norm, k, parts), "dtype": dt, "table_dtype": table, "rope": rope,
             "norm": norm, "heads_per_thread": k, "parts": parts, "max_threads": bound}
 

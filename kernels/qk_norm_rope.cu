@@ -281,11 +281,12 @@ __device__ __forceinline__ void process_row(const Params& p, u32 row_id, u32 row
 
     const Row<T, C> row = locate_row<T, C>(p, active ? row_id : 0u, d);
     const bool shared_table = ROPE != ROPE_NONE && row.cos_hs == 0 && row.sin_hs == 0;
-    // Per-head rows of two vectors an item: a shared table slice is four vectors; requested into
-    // L1 early and read per head after the reduction, it is not held through the loads and the
-    // reduction, so these variants fit 96 registers (build_cubins.py). In full-dim rotate_half
-    // rows it cost 4-8 points (perf-notes v7).
-    constexpr bool late_table = PARTS > 1 && NORM == NORM_HEAD;
+    // Per-head rows of two vectors an item, or of four 16-bit heads a thread: the shared table
+    // slice (four or two vectors) is requested into L1 early and read per head after the
+    // reduction, not held through the loads and the reduction, so these variants fit 96 and 80
+    // registers (build_cubins.py): 3 and 4 blocks of 192 an SM. In full-dim rotate_half rows it
+    // cost 4-8 points (perf-notes v7); in fp32 per-head rows 3 (v8).
+    constexpr bool late_table = NORM == NORM_HEAD && (PARTS > 1 || (K == 4 && sizeof(T) == 2));
     const bool early_table = shared_table && !late_table;
     TableSlice<C, VEC, PARTS> tab;
     HeadWeights<VEC, PARTS> hw;
@@ -299,10 +300,11 @@ __device__ __forceinline__ void process_row(const Params& p, u32 row_id, u32 row
             if (active && h < row.heads) load_item(row, stride, h, it[k]);
         }
         if (active && early_table) tab.load(row.cos, row.sin, stride);
-        // Several vectors an item only: in the one-vector variants the extra addressing made ptxas spill.
-        if (PARTS > 1 && ROPE != ROPE_NONE && active) {
-            if (!shared_table) prefetch_head_tables<T, C, PARTS, K>(row, hl, th, stride);
-            else if (late_table) prefetch_head_tables<T, C, PARTS, 1>(row, hl, th, stride);   // one slice for all heads
+        // Per-head tables (LTX-2) into L1 in several-vector items only: in the one-vector variants the
+        // extra addressing made ptxas spill. A late shared slice: one request serves all heads.
+        if (ROPE != ROPE_NONE && active) {
+            if (PARTS > 1 && !shared_table) prefetch_head_tables<T, C, PARTS, K>(row, hl, th, stride);
+            else if (late_table && shared_table) prefetch_head_tables<T, C, PARTS, 1>(row, hl, th, stride);
         }
         release_dependents();
 
