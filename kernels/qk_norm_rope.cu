@@ -250,8 +250,9 @@ __device__ __forceinline__ int part_stride(const Params& p) { return (int)((u32)
 
 // This thread's place in its row's team (threadIdx.x): lane j along the head dim, head lane hl.
 // Full-dim rows may have any tj (D = 96: 12 lanes) and divide by the host's magic numbers (an
-// integer division made the K = 4 variants spill); otherwise tj is a power of two and shifts do. (A 3-D block, x = j and y = hl, needs neither but measured ~1% slower on
-// per-head rows: HunyuanVideo 90.6 -> 89.8% of copy.)
+// integer division made the K = 4 variants spill); otherwise tj is a power of two and shifts
+// do. (A 3-D block, x = j and y = hl, needs neither but measured ~1% slower on per-head rows:
+// HunyuanVideo 90.6 -> 89.8% of copy.)
 struct TeamLane {
     u32 j;
     int hl;
