@@ -33,9 +33,11 @@ HEADS_PER_THREAD_OVERRIDE = None
 # rows end in a block-wide barrier and up to ~33k groups ran best one group a block (WAN-1.3B,
 # WAN-5B, D96, FLUX.1 full-dim: +1 to +13 points) but lost 4-5 points that way from ~65k on
 # (WAN-14B); rotate_half rows, with only two heads a thread, want the longest pipeline.
-# Per-head grids under ~6k groups (session 3, v6): Lumina-2 (4096 groups) +2.9 points one group
-# a block, FLUX.1 (4608) even, FLUX.2 (9216) -4.5.
-ROW_ITERS_BY = {("full", 1): (4, 48 * 1024), ("full", 2): (4, 0), ("head", 1): (4, 6 * 1024), ("none", 1): (4, 0),
+# Per-head grids under ~12k groups: one group a block. Session 3 (v6), three blocks an SM:
+# Lumina-2 (4096 groups) +2.9 points, FLUX.1 (4608) even, FLUX.2 (9216) -4.5; session 4 (v8),
+# four blocks an SM for 16-bit rows: FLUX.2 85.0 -> 87.7%, FLUX.1-CFG2 (9216) 83.2 -> 87.2%,
+# while WAN-14B-other-norm (65520 groups) lost 6 points that way.
+ROW_ITERS_BY = {("full", 1): (4, 48 * 1024), ("full", 2): (4, 0), ("head", 1): (4, 12 * 1024), ("none", 1): (4, 0),
                 ("head", 2): (8, 0), ("none", 2): (8, 0)}
 ROW_ITERS = None    # tuning knob (the benchmark's --row-iters): one value for every plan
 FULL_GRID = 1024

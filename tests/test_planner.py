@@ -44,8 +44,8 @@ def test_per_head_geometry_packs_many_heads_per_block():
 def test_blocks_take_several_row_groups_only_on_big_grids():
     qw, kw = weights(D)
     most, single_below = _planner.ROW_ITERS_BY[("head", 1)]
-    assert 4096 < single_below <= 8192
-    for tokens, iters in ((4 * 4096, 1), (4 * 8192, most), (8 * 1023 // 2, 1)):   # 4096, 8192, 1023 groups
+    assert 9216 < single_below <= 16384          # FLUX.2 / FLUX.1-CFG2: 9216 groups, one a block
+    for tokens, iters in ((4 * 9216, 1), (4 * 16384, most), (8 * 1023 // 2, 1)):   # 9216, 16384, 1023 groups
         prm = params(make_plan(Request(arr((1, tokens, 12 * D)), qw, kw, num_heads=4)))
         groups = -(-2 * tokens // 8)
         assert prm.iters == iters, tokens
