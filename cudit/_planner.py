@@ -41,6 +41,12 @@ ROW_ITERS_BY = {("full", 1): (4, 48 * 1024), ("full", 2): (4, 0), ("head", 1): (
                 ("head", 2): (8, 0), ("none", 2): (8, 0)}
 ROW_ITERS = None    # tuning knob (the benchmark's --row-iters): one value for every plan
 FULL_GRID = 1024
+# Launch-bound grids: when two heads a thread still make no more threads than about one wave of
+# the largest GPUs (~132-148 SMs x 768-1024 resident threads), a thread's chain of loads, not
+# the bytes, sets the time, and K = 2 beats 3 and 4 (H100, docs/perf-notes.md v8: WAN-1.3B at
+# 256 tokens 4.07 -> 3.43 us, 512 tokens 4.69 -> 3.99; FLUX.1 at 256 tokens 4.63 -> 3.88; at
+# 1024 and 512 tokens, over this size, K = 2 lost).
+SMALL_GRID_THREADS = 128 * 1024
 MAX_GRID_X = 2**31 - 1
 
 
@@ -585,6 +591,17 @@ def _geometry(lanes_d: int, tj: int, heads: int, parts: int, k, block_target: in
     return Geometry(0, tj, th, tj * th)
 
 
+def _launch_geometry(lanes_d: int, heads: int, parts: int, per_head: bool, block_target: int,
+                     total_rows: int) -> Geometry:
+    """geometry(), with two heads a thread for launch-bound grids (SMALL_GRID_THREADS)."""
+    geo = geometry(lanes_d, heads, parts, per_head=per_head, block_target=block_target)
+    if HEADS_PER_THREAD_OVERRIDE is None and geo.heads_per_thread > 2:
+        small = geometry(lanes_d, heads, parts, k=2, per_head=per_head, block_target=block_target)
+        if total_rows * small.team <= SMALL_GRID_THREADS:
+            return small
+    return geo
+
+
 def _idle_slots_key(g: Geometry):
     # The looping variant (K = 0: too many heads for registers) only when no K fits.
     return g.team * g.heads_per_thread if g.heads_per_thread else float("inf")
@@ -634,8 +651,8 @@ def make_plan(req: Request) -> Plan:
     parts = item_parts(rope, norm, d // vec)
     lanes_d = d // (vec * parts)
     target = BLOCK_TARGET_PARTS_PER_HEAD if parts > 1 and norm == "head" else BLOCK_TARGET
-    geo = geometry(lanes_d, max(q.heads, k.heads), parts, per_head=norm != "full", block_target=target)
     total_rows = 2 * tokens.count
+    geo = _launch_geometry(lanes_d, max(q.heads, k.heads), parts, norm != "full", target, total_rows)
     if total_rows >= 2**32:
         raise PlanError(f"qkv: {tokens.count} tokens exceed the 2^31-token limit")
     rows_per_block = geo.block // geo.team

@@ -57,12 +57,21 @@ def test_blocks_take_several_row_groups_only_on_big_grids():
                                                 (256, "f32", 0, 512)])
 def test_full_dim_rows(heads, dtype, k, team):
     qw, kw = weights(heads * D)
-    p = make_plan(Request(packed(h=heads, dtype=dtype), qw, kw, num_heads=heads))
+    p = make_plan(Request(packed(s=4096, h=heads, dtype=dtype), qw, kw, num_heads=heads))
     assert p.norm == "full" and p.team == team and p.kernel.endswith(f"_full_k{k}")
     prm = params(p)
     assert prm.side[1].heads == heads and abs(prm.side[1].inv_n * heads * D - 1) < 1e-7
     assert prm.tj * prm.th == team and (k == 0 or prm.th * k >= heads)
     assert prm.lanes_d == D * {"bf16": 2, "f16": 2, "f32": 4}[dtype] // 16
+
+
+@pytest.mark.parametrize("heads,norm,tokens,k", [(12, "full", 256, 2), (12, "full", 512, 2), (12, "full", 1024, 4),
+                                                 (24, "head", 256, 2), (24, "head", 512, 4)])
+def test_launch_bound_grids_take_two_heads_a_thread(heads, norm, tokens, k):
+    qw, kw = weights(D if norm == "head" else heads * D)
+    c, s = table((tokens, D))
+    p = make_plan(Request(packed(b=1, s=tokens, h=heads), qw, kw, c, s, num_heads=heads))
+    assert p.kernel.endswith(f"_{norm}_k{k}")   # K = 2 while 2 x tokens rows of its teams fit SMALL_GRID_THREADS
 
 
 def test_geometry_rounds_teams_to_aligned_lanes():
