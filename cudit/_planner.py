@@ -28,9 +28,9 @@ BLOCK_TARGET_PARTS_PER_HEAD = 192
 HEADS_PER_THREAD_OVERRIDE = None
 # Row groups a block processes in turn, prefetching the next into L2, once the grid would still
 # have FULL_GRID blocks (about a full wave of the largest GPUs); smaller launches give every
-# group its own block. By (norm, 2 for rotate_half rows else 1): (most groups a block takes, grid size in
-# groups below which a block takes one). From H100 sweeps (docs/perf-notes.md v5): full-dim
-# rows end in a block-wide barrier and up to ~33k groups ran best one group a block (WAN-1.3B,
+# group its own block. By (norm, 2 for rotate_half rows else 1): (most groups a block takes,
+# grid size in groups below which a block takes one). From H100 sweeps (docs/perf-notes.md v5):
+# full-dim rows end in a block-wide barrier and up to ~33k groups ran best one group a block (WAN-1.3B,
 # WAN-5B, D96, FLUX.1 full-dim: +1 to +13 points) but lost 4-5 points that way from ~65k on
 # (WAN-14B); rotate_half rows, with only two heads a thread, want the longest pipeline.
 # Per-head grids under ~12k groups: one group a block. Session 3 (v6), three blocks an SM:
@@ -561,12 +561,12 @@ def geometry(lanes_d: int, heads: int, parts: int = 1, k: int | None = None, per
     """Threads for rows of `heads` heads of lanes_d items (of `parts` vectors) each.
 
     Rows take the K, and full-dim rows the lanes along D (all lanes_d, or the next power of
-    two), that leave the fewest item slots idle, the larger K on a tie: 12 heads fill 4 lanes
-    x 3 but only 3 of 4 lanes x 4 when a team must be whole warps. Full-dim rows choose from
-    K = 4 and 3, per-head rows (no reduction across the team) from K = 4 and 2: for WAN-1.3B on
-    an H100, full-dim K = 3 took 91.0% of copy bandwidth against 88.5 at K = 4 and per-head
-    K = 2 80.2 against 75.0 at K = 3 (docs/perf-notes.md v6). Per-head rows keep a power of two
-    <= 32 lanes along D (their reduction is a shuffle over a head's lanes).
+    two), that leave the fewest item slots (tj x th x K) idle, the larger K and the power of two
+    on a tie. Full-dim rows choose from K = 4 and 3, per-head rows from K = 4 and 2 (per-head
+    K = 3 measured worse, v6). Teams are a power of two inside a warp or whole 16-lane segments,
+    so 12 heads fill 3 head lanes x 4 (a team of 48): WAN-1.3B on an H100 95.3% of copy, against
+    91.0 at 4 x 3 and 88.5 at 4 lanes x 4 with one idle (docs/perf-notes.md v6, v8). Per-head
+    rows keep a power of two <= 32 lanes along D (their reduction is a shuffle over a head's lanes).
     """
     auto_k = k is None and HEADS_PER_THREAD_OVERRIDE is None
     ks = ((4, 2) if per_head else (4, 3)) if auto_k and parts == 1 and heads > 4 else (k,)
