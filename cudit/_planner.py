@@ -7,6 +7,7 @@ pointer alignment, options); only pointers are bound per call.
 from __future__ import annotations
 
 import struct
+import dataclasses
 from dataclasses import dataclass
 
 from ._arrays import ArrayInfo
@@ -47,6 +48,11 @@ FULL_GRID = 1024
 # 256 tokens 4.07 -> 3.43 us, 512 tokens 4.69 -> 3.99; FLUX.1 at 256 tokens 4.63 -> 3.88; at
 # 1024 and 512 tokens, over this size, K = 2 lost).
 SMALL_GRID_THREADS = 128 * 1024
+# Grids of at most this many one-vector rows in whole-warp teams give every row its own block,
+# so the last wave splits finer (H100, docs/perf-notes.md v8: FLUX.1, 9216 rows, 84.8 -> 86.8%
+# of copy; Lumina-2, 8192 rows, 68.7 -> 71.0%; HunyuanVideo, 237600 rows, lost 0.6 points that
+# way; rotate_half FLUX.1 lost 10, and WAN-1.3B at 1024 tokens, teams of 48, 2.4 us).
+ONE_ROW_BLOCKS_UP_TO = 16 * 1024
 MAX_GRID_X = 2**31 - 1
 
 
@@ -593,12 +599,15 @@ def _geometry(lanes_d: int, tj: int, heads: int, parts: int, k, block_target: in
 
 def _launch_geometry(lanes_d: int, heads: int, parts: int, per_head: bool, block_target: int,
                      total_rows: int) -> Geometry:
-    """geometry(), with two heads a thread for launch-bound grids (SMALL_GRID_THREADS)."""
+    """geometry(), with two heads a thread for launch-bound grids (SMALL_GRID_THREADS) and one
+    row a block for small ones (ONE_ROW_BLOCKS_UP_TO)."""
     geo = geometry(lanes_d, heads, parts, per_head=per_head, block_target=block_target)
     if HEADS_PER_THREAD_OVERRIDE is None and geo.heads_per_thread > 2:
         small = geometry(lanes_d, heads, parts, k=2, per_head=per_head, block_target=block_target)
         if total_rows * small.team <= SMALL_GRID_THREADS:
-            return small
+            geo = small
+    if total_rows <= ONE_ROW_BLOCKS_UP_TO and parts == 1 and geo.team % 32 == 0:
+        geo = dataclasses.replace(geo, block=geo.team)
     return geo
 
 

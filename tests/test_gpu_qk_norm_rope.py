@@ -108,11 +108,13 @@ CASES = cases()
 
 @pytest.fixture
 def full_size_geometry(monkeypatch):
-    """Plan these small test shapes as production sizes are planned: without the launch-bound
-    rule (two heads a thread for tiny grids), so the three- and four-head variants run."""
+    """Plan these small test shapes as production sizes are planned: without the rules for small
+    grids (two heads a thread, one row a block), so the three- and four-head variants and blocks
+    of several rows run."""
     from cudit import _planner, api
 
     monkeypatch.setattr(_planner, "SMALL_GRID_THREADS", 0)
+    monkeypatch.setattr(_planner, "ONE_ROW_BLOCKS_UP_TO", 0)
     _planner.clear_cache()
     api.clear_warm()
     yield

@@ -29,16 +29,27 @@ def params(p) -> Params:
 
 def test_per_head_geometry_packs_many_heads_per_block():
     qw, kw = weights(D)
-    c, s = table((64, D))
-    p = make_plan(Request(packed(), qw, kw, c, s, num_heads=4))
+    c, s = table((8192, D))
+    p = make_plan(Request(packed(s=8192), qw, kw, c, s, num_heads=4))
     # 4 heads, 2 a thread: 16 vectors along D x 2 lanes along heads = 32 threads a row
     assert (p.team, p.block, p.norm, p.rope) == (32, 256, "head", "interleaved")
     assert p.kernel == "qknr_bf16_interleaved_f32_head_k2"
     prm = params(p)
-    # a row is one side of one token, 8 rows a block; a small grid gives each group a block
-    assert p.grid == 2 * 64 * 2 // 8 and prm.iters == 1
+    # a row is one side of one token, 8 rows a block; under 12k groups each group has a block
+    assert p.grid == 2 * 8192 * 2 // 8 and prm.iters == 1
     assert (prm.tj, prm.th, prm.lanes_d, prm.side[0].heads) == (16, 2, 16, 4)
-    assert prm.tab_rows.d == 64 and prm.seq.d == 64 and prm.total_rows == 2 * 2 * 64
+    assert prm.tab_rows.d == 8192 and prm.seq.d == 8192 and prm.total_rows == 2 * 2 * 8192
+
+
+def test_small_grids_give_each_row_a_block():
+    qw, kw = weights(D)
+    c, s = table((4096, D))
+    flux_like = make_plan(Request(packed(b=1, s=4096, h=24), qw, kw, c, s, num_heads=24))   # 8192 rows
+    assert (flux_like.team, flux_like.block, flux_like.grid) == (96, 96, 8192)
+    half = make_plan(Request(packed(b=1, s=4096, h=24), qw, kw, c, s, num_heads=24, interleave=False))
+    assert half.block > half.team                      # two-vector rows keep several rows a block
+    big = make_plan(Request(packed(b=1, s=16384, h=24), qw, kw, *table((16384, D)), num_heads=24))
+    assert big.block == 2 * big.team
 
 
 def test_blocks_take_several_row_groups_only_on_big_grids():
