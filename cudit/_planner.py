@@ -48,10 +48,11 @@ FULL_GRID = 1024
 # 256 tokens 4.07 -> 3.43 us, 512 tokens 4.69 -> 3.99; FLUX.1 at 256 tokens 4.63 -> 3.88; at
 # 1024 and 512 tokens, over this size, K = 2 lost).
 SMALL_GRID_THREADS = 128 * 1024
-# Grids of at most this many one-vector rows in whole-warp teams give every row its own block,
-# so the last wave splits finer (H100, docs/perf-notes.md v8: FLUX.1, 9216 rows, 84.8 -> 86.8%
-# of copy; Lumina-2, 8192 rows, 68.7 -> 71.0%; HunyuanVideo, 237600 rows, lost 0.6 points that
-# way; rotate_half FLUX.1 lost 10, and WAN-1.3B at 1024 tokens, teams of 48, 2.4 us).
+# Grids of at most this many rows in whole-warp teams give every row its own block and one row
+# group, so the last wave splits finer (H100, docs/perf-notes.md v8: FLUX.1, 9216 rows, 84.8 ->
+# 86.8% of copy; Lumina-2, 8192 rows, 68.7 -> 71.0%; rotate_half FLUX.1 84.3 -> 86.4%;
+# HunyuanVideo, 237600 rows, lost 0.6 points that way, WAN-1.3B at 1024 tokens in teams of 48
+# 2.4 us, and rotate_half FLUX.1 with its eight row groups a block kept 10 points).
 ONE_ROW_BLOCKS_UP_TO = 16 * 1024
 MAX_GRID_X = 2**31 - 1
 
@@ -606,9 +607,13 @@ def _launch_geometry(lanes_d: int, heads: int, parts: int, per_head: bool, block
         small = geometry(lanes_d, heads, parts, k=2, per_head=per_head, block_target=block_target)
         if total_rows * small.team <= SMALL_GRID_THREADS:
             geo = small
-    if total_rows <= ONE_ROW_BLOCKS_UP_TO and parts == 1 and geo.team % 32 == 0:
+    if _one_row_blocks(total_rows, geo.team):
         geo = dataclasses.replace(geo, block=geo.team)
     return geo
+
+
+def _one_row_blocks(total_rows: int, team: int) -> bool:
+    return total_rows <= ONE_ROW_BLOCKS_UP_TO and team % 32 == 0
 
 
 def _idle_slots_key(g: Geometry):
@@ -667,6 +672,8 @@ def make_plan(req: Request) -> Plan:
     rows_per_block = geo.block // geo.team
     groups = -(-total_rows // rows_per_block)
     most, single_below = ROW_ITERS_BY[(norm, 2 if rope == "half" else 1)]
+    if _one_row_blocks(total_rows, geo.team):
+        most = 1
     if ROW_ITERS is not None:
         most, single_below = ROW_ITERS, 0
     iters = 1 if groups < single_below else max(1, min(most, groups // FULL_GRID))

@@ -47,9 +47,11 @@ def test_small_grids_give_each_row_a_block():
     flux_like = make_plan(Request(packed(b=1, s=4096, h=24), qw, kw, c, s, num_heads=24))   # 8192 rows
     assert (flux_like.team, flux_like.block, flux_like.grid) == (96, 96, 8192)
     half = make_plan(Request(packed(b=1, s=4096, h=24), qw, kw, c, s, num_heads=24, interleave=False))
-    assert half.block > half.team                      # two-vector rows keep several rows a block
+    assert (half.team, half.block, params(half).iters) == (96, 96, 1)   # and one row group each
     big = make_plan(Request(packed(b=1, s=16384, h=24), qw, kw, *table((16384, D)), num_heads=24))
     assert big.block == 2 * big.team
+    wan_like = make_plan(Request(packed(b=1, s=1024, h=12), *weights(12 * D), *table((1024, D)), num_heads=12))
+    assert wan_like.team == 48 and wan_like.block == 192   # teams of 48 keep whole-warp blocks
 
 
 def test_blocks_take_several_row_groups_only_on_big_grids():
@@ -317,8 +319,8 @@ def test_items_hold_two_vectors_where_one_a_lane_would_overflow_a_warp(dtype, d,
                                               (32, None, 256)])
 def test_per_head_rotate_half_blocks_stay_at_or_under_192_threads(heads, norm, block):
     qw, kw = weights(D if norm == "head" else heads * D) if norm else (None, None)
-    c, s = table((64, D))
-    p = make_plan(Request(packed(h=heads), qw, kw, c, s, num_heads=heads, interleave=False))
+    c, s = table((8192, D))
+    p = make_plan(Request(packed(s=8192, h=heads), qw, kw, c, s, num_heads=heads, interleave=False))
     assert (p.rope, p.norm, p.team, p.block) == ("half", norm or "none", 4 * heads, block)
 
 
