@@ -516,6 +516,11 @@ class Geometry:
 MAX_K = {1: 4, 2: 2}
 
 
+def natural_parts(rope: str) -> int:
+    """Vectors an item holds unless a per-head row needs more: rotate_half pairs d with d + D/2."""
+    return 2 if rope == "half" else 1
+
+
 def item_parts(rope: str, norm: str, lanes_one: int) -> int:
     """Vectors an item holds, from the rope mode, the norm kind and D / VEC.
 
@@ -524,9 +529,7 @@ def item_parts(rope: str, norm: str, lanes_one: int) -> int:
     (Three vectors a lane for D = 96, 4 lanes instead of 12 of 16, needed 120 registers at one
     head a thread and spilled at two: not built.) Full-dim rows reduce over the whole team.
     """
-    if rope == "half":
-        return 2
-    return 2 if norm == "head" and lanes_one > 32 else 1
+    return 2 if norm == "head" and lanes_one > 32 else natural_parts(rope)
 
 
 def default_heads_per_thread(heads: int, parts: int = 1) -> int:
@@ -577,13 +580,12 @@ def geometry(lanes_d: int, heads: int, parts: int = 1, k: int | None = None, per
     """
     auto_k = k is None and HEADS_PER_THREAD_OVERRIDE is None
     ks = ((4, 2) if per_head else (4, 3)) if auto_k and parts == 1 and heads > 4 else (k,)
-    tjs = {_next_pow2(lanes_d)} if per_head else {lanes_d, _next_pow2(lanes_d)}
-    # the power of two first: it wins ties
-    return min((_geometry(lanes_d, tj, heads, parts, kk, block_target) for kk in ks for tj in sorted(tjs, reverse=True)),
-               key=_idle_slots_key)
+    pow2 = _next_pow2(lanes_d)
+    tjs = (pow2,) if per_head or pow2 == lanes_d else (pow2, lanes_d)   # the power of two first: it wins ties
+    return min((_geometry(tj, heads, parts, kk, block_target) for kk in ks for tj in tjs), key=_idle_slots_key)
 
 
-def _geometry(lanes_d: int, tj: int, heads: int, parts: int, k, block_target: int) -> Geometry:
+def _geometry(tj: int, heads: int, parts: int, k, block_target: int) -> Geometry:
     k = default_heads_per_thread(heads, parts) if k is None else k
     if k > 0:
         th = _head_lanes(tj, -(-heads // k))
@@ -624,7 +626,7 @@ def _idle_slots_key(g: Geometry):
 def kernel_name(dtype: str, rope: str, table_dtype, norm: str, k: int, parts: int) -> str:
     """As build_cubins.py names the variant; parts other than the rope's own get a suffix."""
     table = f"_{table_dtype}" if rope != "none" else ""
-    suffix = f"_p{parts}" if parts != (2 if rope == "half" else 1) else ""
+    suffix = f"_p{parts}" if parts != natural_parts(rope) else ""
     return f"qknr_{dtype}_{rope}{table}_{norm}_k{k}{suffix}"
 
 
@@ -671,7 +673,7 @@ def make_plan(req: Request) -> Plan:
         raise PlanError(f"qkv: {tokens.count} tokens exceed the 2^31-token limit")
     rows_per_block = geo.block // geo.team
     groups = -(-total_rows // rows_per_block)
-    most, single_below = ROW_ITERS_BY[(norm, 2 if rope == "half" else 1)]
+    most, single_below = ROW_ITERS_BY[(norm, natural_parts(rope))]
     if _one_row_blocks(total_rows, geo.team):
         most = 1
     if ROW_ITERS is not None:
