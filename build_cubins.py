@@ -57,6 +57,14 @@ MAX_THREADS_BY_DTYPE = {("f32", 1, "head", 4): 512}
 # registers a thread). The planner's blocks stay under VARIANT_MAX_THREADS (cudit/_planner.py),
 # which is below every bound, so no plan changes. By (arch, vectors, norm, heads a thread).
 ARCH_MAX_THREADS = {("sm_100", 1, "full", 4): 640, ("sm_120", 1, "full", 4): 640, ("sm_120", 2, "head", 2): 576}
+# Variants built a second time for a table the planner knows is one [S, D] slice for all heads
+# (kernels/qk_norm_rope.cu TABLE_SHARED, name suffix _st), by (rope, norm, heads a thread): their
+# launch bound. Full-dim rotate_half rows then read the slice vector by vector after the
+# reduction: 80 registers, four blocks of 192 an SM instead of two of 240 (docs/perf-notes.md v9).
+SHARED_TABLE_BOUNDS = {("half", "full", 2): 768}
+# sm_100 and sm_120 spilled 4-20 bytes there at 768, 640 and 576: the general bound, by (arch,
+# rope, norm, heads a thread). Not measured: no such card here.
+SHARED_TABLE_ARCH_BOUNDS = {("sm_100", "half", "full", 2): 512, ("sm_120", "half", "full", 2): 512}
 # Per-head fp32 rows of heads over 128 values take items of two vectors (one vector a lane would
 # need more than a warp's 32 lanes for a head): cudit/_planner.py item_parts.
 EXTRA_PARTS = {2: ("f32",)}
@@ -67,17 +75,20 @@ def natural_parts(rope: str) -> int:
     return 2 if rope == "half" else 1
 
 
-def kernel_name(dtype: str, rope: str, table, norm: str, k: int, parts: int) -> str:
+def kernel_name(dtype: str, rope: str, table, norm: str, k: int, parts: int, shared_table: bool = False) -> str:
     """The name the runtime looks a variant up by (cudit/_planner.py builds the same)."""
-    suffix = f"_p{parts}" if parts != natural_parts(rope) else ""
+    suffix = (f"_p{parts}" if parts != natural_parts(rope) else "") + ("_st" if shared_table else "")
     return f"qknr_{dtype}_{rope}{'_' + table if table else ''}_{norm}_k{k}{suffix}"
 
 
-def _variant(dt, rope, table, norm, k, parts) -> dict:
+def _variant(dt, rope, table, norm, k, parts, shared_table=False) -> dict:
     bound = MAX_THREADS_BY_DTYPE.get((dt, parts, norm, k),
                                      MAX_THREADS_BY_NORM.get((parts, norm, k), MAX_THREADS[(parts, k)]))
-    return {"name": kernel_name(dt, rope, table, norm, k, parts), "dtype": dt, "table_dtype": table, "rope": rope,
-            "norm": norm, "heads_per_thread": k, "parts": parts, "max_threads": bound}
+    if shared_table:
+        bound = SHARED_TABLE_BOUNDS[(rope, norm, k)]
+    return {"name": kernel_name(dt, rope, table, norm, k, parts, shared_table), "dtype": dt, "table_dtype": table,
+            "rope": rope, "norm": norm, "heads_per_thread": k, "parts": parts, "shared_table": shared_table,
+            "max_threads": bound}
 
 
 def variants() -> list[dict]:
@@ -94,6 +105,8 @@ def variants() -> list[dict]:
             continue  # three heads a thread: full-dim rows only (cudit/_planner.py geometry)
         tables = DTYPES if rope != "none" else (None,)
         out += [_variant(dt, rope, table, norm, k, natural_parts(rope)) for table in tables]
+        if (rope, norm, k) in SHARED_TABLE_BOUNDS:
+            out += [_variant(dt, rope, table, norm, k, natural_parts(rope), True) for table in tables]
         if norm == "head" and rope != "half" and k <= 2:
             out += [_variant(dt, rope, table, norm, k, parts)
                     for parts, dts in EXTRA_PARTS.items() if dt in dts for table in tables]
@@ -102,6 +115,8 @@ def variants() -> list[dict]:
 
 def arch_bound(v: dict, arch: str) -> int:
     """The launch bound a variant is compiled with for one architecture."""
+    if v["shared_table"]:
+        return SHARED_TABLE_ARCH_BOUNDS.get((arch, v["rope"], v["norm"], v["heads_per_thread"]), v["max_threads"])
     return ARCH_MAX_THREADS.get((arch, v["parts"], v["norm"], v["heads_per_thread"]), v["max_threads"])
 
 
@@ -111,7 +126,7 @@ def instantiation_source(arch: str = "") -> str:
         table = DTYPES[v["table_dtype"] or "f32"]
         lines.append(
             f"CUDIT_QKNR({v['name']}, {DTYPES[v['dtype']]}, {table}, {ROPES[v['rope']]}, "
-            f"{NORMS[v['norm']]}, {v['heads_per_thread']}, {v['parts']}, {arch_bound(v, arch)})"
+            f"{NORMS[v['norm']]}, {v['heads_per_thread']}, {v['parts']}, {int(v['shared_table'])}, {arch_bound(v, arch)})"
         )
     return "\n".join(lines) + "\n"
 

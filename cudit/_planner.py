@@ -24,6 +24,13 @@ BLOCK_TARGET = 256      # threads per block when several rows share a block
 # most 192 threads keep 18-20 warps an SM resident (3 x 192, 5 x 128) where 256 keep 16 (v7:
 # Cosmos, 128-thread teams, 79.2 -> 90.9% of copy one row a block).
 BLOCK_TARGET_PARTS_PER_HEAD = 192
+# (rope, norm) -> the K of the variant built a second time for a cos/sin slice shared by all
+# heads (build_cubins.py SHARED_TABLE_BOUNDS, name suffix _st): full-dim rotate_half rows read
+# it vector by vector after the reduction, at 80 registers (124 otherwise), and fill whole warps
+# of blocks. H100 (docs/perf-notes.md v9): WAN-1.3B-other-rope 83.0 -> 89.2% of copy (92.9 with
+# one row group a block, ROW_ITERS_BY). Per-head
+# tables (LTX-2) keep the general variant: at 80 registers they lost 9-18 points.
+SHARED_TABLE_VARIANTS = {("half", "full"): 2}
 # Tuning knob (the benchmark's --heads-per-thread): force K instead of the rule in
 # default_heads_per_thread.
 HEADS_PER_THREAD_OVERRIDE = None
@@ -37,7 +44,9 @@ HEADS_PER_THREAD_OVERRIDE = None
 # Per-head grids under ~12k groups: one group a block. Session 3 (v6), three blocks an SM:
 # Lumina-2 (4096 groups) +2.9 points, FLUX.1 (4608) even, FLUX.2 (9216) -4.5; session 4 (v8),
 # four blocks an SM for 16-bit rows: FLUX.2 85.0 -> 87.7%, FLUX.1-CFG2 (9216) 83.2 -> 87.2%,
-# while WAN-14B-other-norm (65520 groups) lost 6 points that way.
+# while WAN-14B-other-norm (65520 groups) lost 6 points that way. Full-dim rotate_half rows of
+# a shared table (SHARED_TABLE_VARIANTS) follow the one-vector full-dim rule (v9: WAN-1.3B-other-rope,
+# 16380 groups, 89.2 -> 92.9% at one a block; WAN-14B-other-rope, 151200, 93.3 -> 88.1%).
 ROW_ITERS_BY = {("full", 1): (4, 48 * 1024), ("full", 2): (4, 0), ("head", 1): (4, 12 * 1024), ("none", 1): (4, 0),
                 ("head", 2): (8, 0), ("none", 2): (8, 0)}
 ROW_ITERS = None    # tuning knob (the benchmark's --row-iters): one value for every plan
@@ -567,7 +576,7 @@ def _rows_per_block(team: int, cap: int, whole_warps: bool) -> int:
 
 
 def geometry(lanes_d: int, heads: int, parts: int = 1, k: int | None = None, per_head: bool = False,
-             block_target: int = BLOCK_TARGET) -> Geometry:
+             block_target: int = BLOCK_TARGET, whole_warps: bool | None = None) -> Geometry:
     """Threads for rows of `heads` heads of lanes_d items (of `parts` vectors) each.
 
     Rows take the K, and full-dim rows the lanes along D (all lanes_d, or the next power of
@@ -577,21 +586,25 @@ def geometry(lanes_d: int, heads: int, parts: int = 1, k: int | None = None, per
     so 12 heads fill 3 head lanes x 4 (a team of 48): WAN-1.3B on an H100 95.3% of copy, against
     91.0 at 4 x 3 and 88.5 at 4 lanes x 4 with one idle (docs/perf-notes.md v6, v8). Per-head
     rows keep a power of two <= 32 lanes along D (their reduction is a shuffle over a head's lanes).
+    Blocks hold whole warps of rows where the variant is light on registers (whole_warps;
+    default: one-vector items), else the most rows under the block target (_rows_per_block).
     """
+    whole_warps = parts == 1 if whole_warps is None else whole_warps
     auto_k = k is None and HEADS_PER_THREAD_OVERRIDE is None
     ks = ((4, 2) if per_head else (4, 3)) if auto_k and parts == 1 and heads > 4 else (k,)
     pow2 = _next_pow2(lanes_d)
     tjs = (pow2,) if per_head or pow2 == lanes_d else (pow2, lanes_d)   # the power of two first: it wins ties
-    return min((_geometry(tj, heads, parts, kk, block_target) for kk in ks for tj in tjs), key=_idle_slots_key)
+    return min((_geometry(tj, heads, parts, kk, block_target, whole_warps) for kk in ks for tj in tjs),
+               key=_idle_slots_key)
 
 
-def _geometry(tj: int, heads: int, parts: int, k, block_target: int) -> Geometry:
+def _geometry(tj: int, heads: int, parts: int, k, block_target: int, whole_warps: bool) -> Geometry:
     k = default_heads_per_thread(heads, parts) if k is None else k
     if k > 0:
         th = _head_lanes(tj, -(-heads // k))
         bound = VARIANT_MAX_THREADS[(parts, k)]
         if tj * th <= bound:
-            rows = _rows_per_block(tj * th, min(block_target, bound), whole_warps=parts == 1)
+            rows = _rows_per_block(tj * th, min(block_target, bound), whole_warps)
             return Geometry(k, tj, th, rows * tj * th)
     bound = VARIANT_MAX_THREADS[(parts, 0)]
     th = max(1, min(512, bound) // tj)
@@ -601,12 +614,13 @@ def _geometry(tj: int, heads: int, parts: int, k, block_target: int) -> Geometry
 
 
 def _launch_geometry(lanes_d: int, heads: int, parts: int, per_head: bool, block_target: int,
-                     total_rows: int) -> Geometry:
+                     total_rows: int, whole_warps: bool) -> Geometry:
     """geometry(), with two heads a thread for launch-bound grids (SMALL_GRID_THREADS) and one
     row a block for small ones (ONE_ROW_BLOCKS_UP_TO)."""
-    geo = geometry(lanes_d, heads, parts, per_head=per_head, block_target=block_target)
+    geo = geometry(lanes_d, heads, parts, per_head=per_head, block_target=block_target, whole_warps=whole_warps)
     if HEADS_PER_THREAD_OVERRIDE is None and geo.heads_per_thread > 2:
-        small = geometry(lanes_d, heads, parts, k=2, per_head=per_head, block_target=block_target)
+        small = geometry(lanes_d, heads, parts, k=2, per_head=per_head, block_target=block_target,
+                         whole_warps=whole_warps)
         if total_rows * small.team <= SMALL_GRID_THREADS:
             geo = small
     if _one_row_blocks(total_rows, geo.team):
@@ -623,10 +637,11 @@ def _idle_slots_key(g: Geometry):
     return g.team * g.heads_per_thread if g.heads_per_thread else float("inf")
 
 
-def kernel_name(dtype: str, rope: str, table_dtype, norm: str, k: int, parts: int) -> str:
-    """As build_cubins.py names the variant; parts other than the rope's own get a suffix."""
+def kernel_name(dtype: str, rope: str, table_dtype, norm: str, k: int, parts: int, shared_table: bool = False) -> str:
+    """As build_cubins.py names the variant; parts other than the rope's own get a suffix, and
+    so does the flavour for a table shared by the heads."""
     table = f"_{table_dtype}" if rope != "none" else ""
-    suffix = f"_p{parts}" if parts != natural_parts(rope) else ""
+    suffix = (f"_p{parts}" if parts != natural_parts(rope) else "") + ("_st" if shared_table else "")
     return f"qknr_{dtype}_{rope}{table}_{norm}_k{k}{suffix}"
 
 
@@ -668,12 +683,16 @@ def make_plan(req: Request) -> Plan:
     lanes_d = d // (vec * parts)
     target = BLOCK_TARGET_PARTS_PER_HEAD if parts > 1 and norm == "head" else BLOCK_TARGET
     total_rows = 2 * tokens.count
-    geo = _launch_geometry(lanes_d, max(q.heads, k.heads), parts, norm != "full", target, total_rows)
+    shared_table = cos_t is not None and cos_t.hs == 0 and sin_t.hs == 0 and (rope, norm) in SHARED_TABLE_VARIANTS
+    geo = _launch_geometry(lanes_d, max(q.heads, k.heads), parts, norm != "full", target, total_rows,
+                           whole_warps=parts == 1 or shared_table)
+    shared_table = shared_table and geo.heads_per_thread == SHARED_TABLE_VARIANTS[(rope, norm)]
     if total_rows >= 2**32:
         raise PlanError(f"qkv: {tokens.count} tokens exceed the 2^31-token limit")
     rows_per_block = geo.block // geo.team
     groups = -(-total_rows // rows_per_block)
-    most, single_below = ROW_ITERS_BY[(norm, natural_parts(rope))]
+    # Shared-table rotate_half rows run at the one-vector rows' registers and blocks: their rule too.
+    most, single_below = ROW_ITERS_BY[(norm, 1 if shared_table else natural_parts(rope))]
     if _one_row_blocks(total_rows, geo.team):
         most = 1
     if ROW_ITERS is not None:
@@ -715,7 +734,8 @@ def make_plan(req: Request) -> Plan:
     p.head_dim = d
     p.lanes_d = lanes_d
     p.eps = float(req.eps)
-    name = kernel_name(dtype, rope, req.cos.dtype if cos_t else None, norm, geo.heads_per_thread, parts)
+    name = kernel_name(dtype, rope, req.cos.dtype if cos_t else None, norm, geo.heads_per_thread, parts,
+                       shared_table)
     return Plan(kernel=name, grid=grid, block=geo.block, smem=0, team=geo.team, norm=norm, rope=rope,
                 template=bytes(p), slots=tuple(slots))
 

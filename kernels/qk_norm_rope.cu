@@ -23,6 +23,9 @@
 namespace cudit {
 
 enum NormKind : int { NORM_NONE = 0, NORM_HEAD = 1, NORM_FULL = 2 };
+// TABLE_ANY: shared or per-head cos/sin, told apart at run time by the head strides.
+// TABLE_SHARED: the planner promises one [S, D] slice for all heads (cos_hs == sin_hs == 0).
+enum TableKind : int { TABLE_ANY = 0, TABLE_SHARED = 1 };
 
 template <typename T, int PARTS> struct Item {
     static constexpr int VEC = 16 / (int)sizeof(T);
@@ -118,6 +121,24 @@ template <typename C, int VEC, int PARTS> struct TableSlice {
             s[q].load_ro(sin + q * stride);
         }
     }
+    __device__ __forceinline__ void get(int q, float (&cf)[VEC], float (&sf)[VEC]) const {
+        c[q].to_floats(cf);
+        s[q].to_floats(sf);
+    }
+};
+
+// The same slice read vector by vector where it is used: nothing held across the item.
+template <typename C, int VEC> struct TableAt {
+    const C* cos;
+    const C* sin;
+    int stride;
+    __device__ __forceinline__ void get(int q, float (&cf)[VEC], float (&sf)[VEC]) const {
+        Packet<C, VEC> c, s;
+        c.load_ro(cos + q * stride);
+        s.load_ro(sin + q * stride);
+        c.to_floats(cf);
+        s.to_floats(sf);
+    }
 };
 
 // A per-head weight is the same for all of a thread's heads: loaded once (HeadWeights).
@@ -132,9 +153,9 @@ template <int VEC, int PARTS> struct HeadWeights {
 };
 
 // Normalise (scale r, weight w), rotate, round once, store.
-template <typename T, typename C, int ROPE, int NORM, int PARTS>
+template <typename T, typename C, int ROPE, int NORM, int PARTS, typename Tab>
 __device__ __forceinline__ void finish_item(const Row<T, C>& row, int stride, int h, int d, const Item<T, PARTS>& it,
-                                            float r, const TableSlice<C, Item<T, PARTS>::VEC, PARTS>& tab,
+                                            float r, const Tab& tab,
                                             const HeadWeights<Item<T, PARTS>::VEC, PARTS>& hw) {
     constexpr int VEC = Item<T, PARTS>::VEC;
     float x[PARTS][VEC];
@@ -161,19 +182,16 @@ __device__ __forceinline__ void finish_item(const Row<T, C>& row, int stride, in
 #pragma unroll
         for (int q = 0; q < PARTS; ++q) {
             float c[VEC], s[VEC];
-            tab.c[q].to_floats(c);
-            tab.s[q].to_floats(s);
+            tab.get(q, c, s);
             rotate_pairs(x[q], c, s);
         }
     } else if (ROPE == ROPE_HALF) {
         static_assert(ROPE != ROPE_HALF || PARTS == 2, "rotate_half items are two vectors");
         float c[VEC], s[VEC], lo[VEC];
-        tab.c[0].to_floats(c);
-        tab.s[0].to_floats(s);
+        tab.get(0, c, s);
 #pragma unroll
         for (int e = 0; e < VEC; ++e) lo[e] = x[0][e] * c[e] - x[PARTS - 1][e] * s[e];
-        tab.c[PARTS - 1].to_floats(c);
-        tab.s[PARTS - 1].to_floats(s);
+        tab.get(PARTS - 1, c, s);
 #pragma unroll
         for (int e = 0; e < VEC; ++e) x[PARTS - 1][e] = x[PARTS - 1][e] * c[e] + x[0][e] * s[e];
 #pragma unroll
@@ -266,7 +284,7 @@ __device__ __forceinline__ TeamLane team_lane(const Params& p) {
     return {lane - hl * p.tj, (int)hl};
 }
 
-template <typename T, typename C, int ROPE, int NORM, int K, int PARTS>
+template <typename T, typename C, int ROPE, int NORM, int K, int PARTS, int TABLE>
 __device__ __forceinline__ void process_row(const Params& p, u32 row_id, u32 row_in_block, u32 parity) {
     constexpr int VEC = Item<T, PARTS>::VEC;
     typedef Item<T, PARTS> It;
@@ -281,13 +299,14 @@ __device__ __forceinline__ void process_row(const Params& p, u32 row_id, u32 row
     const bool active = row_id < p.total_rows && (int)j < p.lanes_d;
 
     const Row<T, C> row = locate_row<T, C>(p, active ? row_id : 0u, d);
-    const bool shared_table = ROPE != ROPE_NONE && row.cos_hs == 0 && row.sin_hs == 0;
-    // Per-head rows of two vectors an item, or of four 16-bit heads a thread: the shared table
-    // slice (four or two vectors) is requested into L1 early and read per head after the
-    // reduction, not held through the loads and the reduction, so these variants fit 96 and 80
-    // registers (build_cubins.py): 3 and 4 blocks of 192 an SM. In full-dim rotate_half rows it
-    // cost 4-8 points (perf-notes v7); in fp32 per-head rows 3 (v8).
-    constexpr bool late_table = NORM == NORM_HEAD && (PARTS > 1 || (K == 4 && sizeof(T) == 2));
+    const bool shared_table = ROPE != ROPE_NONE && (TABLE == TABLE_SHARED || (row.cos_hs == 0 && row.sin_hs == 0));
+    // Per-head rows of two vectors an item, or of four 16-bit heads a thread, and TABLE_SHARED
+    // variants: the shared table slice (four or two vectors) is requested into L1 early and read
+    // per head after the reduction, not held through the loads and the reduction, so these
+    // variants fit 96 and 80 registers (build_cubins.py): 3 and 4 blocks of 192 an SM. It cost
+    // fp32 per-head rows 3 points (v8), and full-dim rotate_half rows 4-8 (v7) until they read
+    // it vector by vector at 80 registers (v9; per-head tables, LTX-2, lost 9-18 points so).
+    constexpr bool late_table = TABLE == TABLE_SHARED || (NORM == NORM_HEAD && (PARTS > 1 || (K == 4 && sizeof(T) == 2)));
     const bool early_table = shared_table && !late_table;
     TableSlice<C, VEC, PARTS> tab;
     HeadWeights<VEC, PARTS> hw;
@@ -331,8 +350,13 @@ __device__ __forceinline__ void process_row(const Params& p, u32 row_id, u32 row
         for (int k = 0; k < K; ++k) {
             const int h = hl + k * th;
             if (!(active && h < row.heads)) continue;
+            const float rk = NORM == NORM_HEAD ? r[k] : r[0];
+            if (TABLE == TABLE_SHARED) {
+                finish_item<T, C, ROPE, NORM, PARTS>(row, stride, h, d, it[k], rk, TableAt<C, VEC>{row.cos, row.sin, stride}, hw);
+                continue;
+            }
             if (ROPE != ROPE_NONE && !early_table) tab.load(row.cos + h * row.cos_hs, row.sin + h * row.sin_hs, stride);
-            finish_item<T, C, ROPE, NORM, PARTS>(row, stride, h, d, it[k], NORM == NORM_HEAD ? r[k] : r[0], tab, hw);
+            finish_item<T, C, ROPE, NORM, PARTS>(row, stride, h, d, it[k], rk, tab, hw);
         }
     } else {
         // Heads beyond registers: loop. The trip count is uniform across the team (shuffles).
@@ -362,7 +386,7 @@ __device__ __forceinline__ void process_row(const Params& p, u32 row_id, u32 row
     }
 }
 
-template <typename T, typename C, int ROPE, int NORM, int K, int PARTS>
+template <typename T, typename C, int ROPE, int NORM, int K, int PARTS, int TABLE>
 __device__ __forceinline__ void qk_norm_rope_body(const Params& p) {
     const u32 rows_per_block = blockDim.y;   // blockDim.x is the team
     const u32 row_in_block = threadIdx.y;
@@ -376,17 +400,18 @@ __device__ __forceinline__ void qk_norm_rope_body(const Params& p) {
         const u32 next = row_id + rows_per_block;
         if (i + 1 < p.iters && next < p.total_rows && (int)tl.j < p.lanes_d)
             prefetch_row<T, C, PARTS, K>(p, next, d, tl.hl, (int)p.th, part_stride<PARTS>(p));
-        process_row<T, C, ROPE, NORM, K, PARTS>(p, row_id, row_in_block, i & 1u);
+        process_row<T, C, ROPE, NORM, K, PARTS, TABLE>(p, row_id, row_in_block, i & 1u);
     }
 }
 
 }  // namespace cudit
 
 // build_cubins.py appends one line per variant:
-//   CUDIT_QKNR(name, T, C, ROPE, NORM, K, PARTS, MAX_THREADS)   (C: cos/sin type; any when ROPE is none)
-#define CUDIT_QKNR(NAME, T, C, ROPE, NORM, K, PARTS, MAX_THREADS)                              \
+//   CUDIT_QKNR(name, T, C, ROPE, NORM, K, PARTS, TABLE, MAX_THREADS)
+// (C: cos/sin type, any when ROPE is none; TABLE: TableKind)
+#define CUDIT_QKNR(NAME, T, C, ROPE, NORM, K, PARTS, TABLE, MAX_THREADS)                       \
     extern "C" __global__ void __launch_bounds__(MAX_THREADS, 1) NAME(const cudit::Params p) { \
-        cudit::qk_norm_rope_body<T, C, ROPE, NORM, K, PARTS>(p);                              \
+        cudit::qk_norm_rope_body<T, C, ROPE, NORM, K, PARTS, TABLE>(p);                       \
     }
 
 // The benchmark's baseline for launch-bound shapes and host overhead: a launch that does nothing.

@@ -17,15 +17,16 @@ HEAD_DIMS = tuple(range(32, 257, 16))
 
 def all_plans():
     dtypes = ("bf16", "f16", "f32")
-    # 16 tokens: launch-bound grids (two heads a thread); 65536: every other variant
-    for dtype, tdtype, d, h, norm, rope, tokens in itertools.product(dtypes, dtypes, HEAD_DIMS, HEADS,
-                                                                     ("head", "full", "none"),
-                                                                     ("interleaved", "half", "none"), (16, 65536)):
-        if (norm == "none" and rope == "none") or (rope == "none" and tdtype != "f32"):
+    # 16 tokens: launch-bound grids (two heads a thread); 65536: every other variant.
+    # Tables [S, D] shared by the heads, or [S, H*D] per head (variants differ: _st).
+    for dtype, tdtype, d, h, norm, rope, tokens, per_head in itertools.product(
+            dtypes, dtypes, HEAD_DIMS, HEADS, ("head", "full", "none"), ("interleaved", "half", "none"),
+            (16, 65536), (False, True)):
+        if (norm == "none" and rope == "none") or (rope == "none" and (tdtype != "f32" or per_head)):
             continue
         wl = {"head": d, "full": h * d}.get(norm)
         w = arr((wl,), "bf16", ptr=BASE + 0x100000) if wl else None
-        c = arr((tokens, d), tdtype, ptr=BASE + 0x200000) if rope != "none" else None
+        c = arr((tokens, h * d if per_head else d), tdtype, ptr=BASE + 0x200000) if rope != "none" else None
         yield make_plan(Request(arr((1, tokens, 3 * h * d), dtype), w, w, c, c, num_heads=h,
                                 interleave=rope == "interleaved"))
 

@@ -38,6 +38,13 @@ def cases():
     add(Case("team48-12heads-full", heads=(12, 12, 12), norm="full", B=2, S=7))
     add(Case("team48-12heads-head", heads=(12, 12, 12), norm="head", B=2, S=7))
     add(Case("team48-12heads-full-half", heads=(12, 12, 12), norm="full", rope="half", S=7))
+    # full-dim rotate_half with one table for all heads (the _st variants): each activation and
+    # table dtype, [S, D] and [T, D] rows, dual-stream
+    for dt, tdt in (("bf16", "f32"), ("f16", "bf16"), ("f32", "f16")):
+        add(Case(f"full-half-shared-{dt}-table-{tdt}", norm="full", rope="half", dtype=dt, table_dtype=tdt, B=2,
+                 S=11))
+    add(Case("full-half-shared-T-rows", norm="full", rope="half", table_rows="T", B=2, S=9))
+    add(Case("dual-full-half", norm="full", rope="half", n_txt=5, B=2, S=19))
     # full-dim rows with lanes along D not a power of two (D = 96: 12 lanes, fp32 24, rotate_half 6)
     add(Case("full-d96-16heads", heads=(16, 16, 16), D=96, norm="full", B=2, S=7))
     add(Case("full-d96-16heads-f32", heads=(16, 16, 16), D=96, norm="full", dtype="f32", S=7))
@@ -90,6 +97,7 @@ MODELS = [
     Case("WAN2.1-1.3B", heads=(12, 12, 12), norm="full", table_form="4d", B=2, S=257),
     Case("WAN2.1-5B", heads=(24, 24, 24), norm="full", table_form="4d", B=2, S=129),
     Case("WAN2.1-14B", heads=(40, 40, 40), norm="full", table_form="4d", B=2, S=101),
+    Case("WAN2.1-1.3B-rotate-half", heads=(12, 12, 12), norm="full", rope="half", table_form="4d", B=2, S=257),
     Case("LTX-2-video", heads=(32, 32, 32), norm="full", rope="half", table="perhead", table_rows="T",
          table_dtype="bf16", B=1, S=151),
     Case("LTX-2-video-f32-table", heads=(32, 32, 32), norm="full", rope="half", table="perhead", table_rows="T",

@@ -324,6 +324,19 @@ def test_per_head_rotate_half_blocks_stay_at_or_under_192_threads(heads, norm, b
     assert (p.rope, p.norm, p.team, p.block) == ("half", norm or "none", 4 * heads, block)
 
 
+@pytest.mark.parametrize("per_head", [False, True])
+def test_full_dim_rotate_half_has_its_own_variant_for_a_table_shared_by_the_heads(per_head):
+    qw, kw = weights(12 * D)
+    c, s = table((8192, 12 * D if per_head else D))
+    p = make_plan(Request(packed(b=1, s=8192, h=12), qw, kw, c, s, num_heads=12, interleave=False))
+    # teams of 48 (two heads a thread); the 80-register variant's blocks fill whole warps (4 rows),
+    # the 124-register one's take the most rows under 256 (5)
+    assert p.kernel == "qknr_bf16_half_f32_full_k2" + ("" if per_head else "_st")
+    assert (p.team, p.block) == (48, 240 if per_head else 192)
+    # and the one-vector full-dim rule for row groups: 4096 groups, one a block
+    assert params(p).iters == (3 if per_head else 1)
+
+
 def test_row_groups_per_block_follow_the_norm_and_rope_kind():
     qw, kw = weights(4 * D)
     c, s = table((8 * 4096, D))
