@@ -55,8 +55,12 @@ MAX_THREADS_BY_NORM = {(1, "full", 4): 768, (1, "full", 3): 768, (1, "full", 2):
 MAX_THREADS_BY_DTYPE = {("f32", 1, "head", 4): 512}
 # Architectures whose ptxas spills a variant at the common bound: a looser one there (more
 # registers a thread). The planner's blocks stay under VARIANT_MAX_THREADS (cudit/_planner.py),
-# which is below every bound, so no plan changes. By (arch, vectors, norm, heads a thread).
-ARCH_MAX_THREADS = {("sm_100", 1, "full", 4): 640, ("sm_120", 1, "full", 4): 640, ("sm_120", 2, "head", 2): 576}
+# which is below every bound. By (arch, vectors, norm, heads a thread). The rows-ahead request
+# (docs/perf-notes.md v9) added the full-dim K = 2 / 3 and per-head K = 4 entries.
+ARCH_MAX_THREADS = {("sm_100", 1, "full", 4): 512, ("sm_100", 1, "full", 3): 640, ("sm_100", 1, "full", 2): 640,
+                    ("sm_100", 1, "head", 4): 640,
+                    ("sm_120", 1, "full", 4): 512, ("sm_120", 1, "full", 3): 640, ("sm_120", 1, "full", 2): 640,
+                    ("sm_120", 2, "head", 2): 576}
 # Variants built a second time for a table the planner knows is one [S, D] slice for all heads
 # (kernels/qk_norm_rope.cu TABLE_SHARED, name suffix _st), by (rope, norm, heads a thread): their
 # launch bound. Full-dim rotate_half rows then read the slice vector by vector after the

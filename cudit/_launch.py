@@ -16,6 +16,7 @@ from dataclasses import dataclass
 
 from . import _modules
 from ._arrays import framework_of
+from ._params import Params
 from ._planner import POINTER_BLOCK, DeviceLimits, Plan, check_fits
 
 # Programmatic dependent launch on sm_90+: a kernel may start while the previous one in the
@@ -47,6 +48,7 @@ class DeviceState:
     limits: DeviceLimits
     image: _modules.Image
     context: int             # the primary context's handle, as an int
+    sms: int                 # multiprocessors
 
 
 @functools.lru_cache(maxsize=None)
@@ -64,7 +66,7 @@ def device_state(device_id: int) -> DeviceState:
         max_regs_per_block=props.max_registers_per_block,
     )
     image = _modules.select_image(arch, _modules.manifest(), driver_version())
-    return DeviceState(dev, limits, image, int(dev.context.handle))
+    return DeviceState(dev, limits, image, int(dev.context.handle), props.multiprocessor_count)
 
 
 _pack_pointers = POINTER_BLOCK.pack_into
@@ -78,10 +80,11 @@ class Launcher:
 
         st = device_state(device_id)
         check_fits(p, st.limits, _modules.kernel_meta(_modules.manifest(), st.image, p.kernel))
-        self.kernel = _modules.load_kernel(st.image, p.kernel).handle
+        kernel = _modules.load_kernel(st.image, p.kernel)
+        self.kernel = kernel.handle
         self.block = (p.team, p.block // p.team)   # x: lane, y: row
         self.grid, self.smem, self.pdl = p.grid, p.smem, pdl and st.limits.arch >= (9, 0)
-        self.template = p.template
+        self.template = with_ahead(p, kernel, st.sms)
         # Per thread: the parameter bytes (a launch copies them at once) and a launch
         # configuration per stream, so threads never share what a launch reads.
         self._tls = threading.local()
@@ -138,6 +141,17 @@ class Launcher:
             return launch_kernel(config, self.kernel, argv, 0)[0]
         finally:
             _check(driver.cuCtxPopCurrent())
+
+
+def with_ahead(p: Plan, kernel, sms: int) -> bytes:
+    """p's parameter bytes with Params.ahead set: p.ahead_waves waves of the blocks this GPU
+    holds at once, in rows."""
+    if not p.ahead_waves:
+        return p.template
+    resident = kernel.occupancy.max_active_blocks_per_multiprocessor(p.block, p.smem) * sms
+    prm = Params.from_buffer_copy(p.template)
+    prm.ahead = int(p.ahead_waves * resident * (p.block // p.team))
+    return bytes(prm)
 
 
 def launch_config(grid: int, block: tuple, smem: int, pdl: bool):

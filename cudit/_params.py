@@ -42,7 +42,7 @@ class Params(ctypes.Structure):
         ("sin_rb", i64), ("sin_rs", i64), ("sin_hs", i64),
         ("tab_rows", FastDiv), ("tab_inner", FastDiv), ("seq", FastDiv), ("lanes", FastDiv),
         ("num_txt", u32),
-        ("total_rows", u32), ("team", u32), ("tj", u32), ("th", u32), ("iters", u32),
+        ("total_rows", u32), ("team", u32), ("tj", u32), ("th", u32), ("iters", u32), ("ahead", u32),
         ("head_dim", ctypes.c_int), ("lanes_d", ctypes.c_int), ("eps", ctypes.c_float),
     ]
 

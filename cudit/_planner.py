@@ -16,8 +16,9 @@ from ._params import DTYPE_CODES, POINTERS, Params, fast_div
 ACT_DTYPES = ("bf16", "f16", "f32")
 HEAD_DIM_MIN, HEAD_DIM_MAX, HEAD_DIM_STEP = 32, 256, 16
 # Block-size bound by (vectors per item, heads per thread): the smallest bound build_cubins.py
-# gives any norm kind of that shape, so every plan fits every variant (tests/test_fit.py).
-VARIANT_MAX_THREADS = {(1, 1): 768, (1, 2): 768, (1, 3): 512, (1, 4): 512, (1, 0): 768,
+# gives any norm kind of that shape on any architecture, so every plan fits every variant
+# (tests/test_fit.py): full-dim K = 2 is 640 on sm_100 / sm_120 (build_cubins.py ARCH_MAX_THREADS).
+VARIANT_MAX_THREADS = {(1, 1): 768, (1, 2): 640, (1, 3): 512, (1, 4): 512, (1, 0): 768,
                        (2, 1): 512, (2, 2): 512, (2, 0): 512}
 BLOCK_TARGET = 256      # threads per block when several rows share a block
 # Per-head variants of two vectors an item hold 96 registers (build_cubins.py): blocks of at
@@ -49,6 +50,15 @@ HEADS_PER_THREAD_OVERRIDE = None
 # 16380 groups, 89.2 -> 92.9% at one a block; WAN-14B-other-rope, 151200, 93.3 -> 88.1%).
 ROW_ITERS_BY = {("full", 1): (4, 48 * 1024), ("full", 2): (4, 0), ("head", 1): (4, 12 * 1024), ("none", 1): (4, 0),
                 ("head", 2): (8, 0), ("none", 2): (8, 0)}
+# Grids whose blocks take one row group: each thread also asks L2 for the row this many waves
+# of resident blocks ahead, so a later block's loads find their data there (kernels/qk_norm_rope.cu
+# row_ahead; the launcher turns waves into rows for its GPU). Full-dim and two-vector rows ask
+# after their loads, per-head one-vector rows after their stores: a wave further. H100 sweeps
+# (docs/perf-notes.md v9): waves 0.25 / 0.5 / 1 took WAN-1.3B 95.9 -> 97.6 / 98.0 / 96.0% of
+# copy, FLUX.1-other-rope 86.1 -> 90.8 / 92.0 / 91.1; after the stores 1 / 1.25 / 1.5 / 2 took
+# FLUX.1 87.0 -> 90.4 / 90.8 / 89.9 / 85.9, FLUX.2 88.0 -> 92.4 / 93.3 / 92.8 / 89.8.
+AHEAD_WAVES_IN_ROW = 0.5
+AHEAD_WAVES_AFTER_ROW = 1.25
 ROW_ITERS = None    # tuning knob (the benchmark's --row-iters): one value for every plan
 FULL_GRID = 1024
 # Launch-bound grids: when two heads a thread still make no more threads than about one wave of
@@ -137,6 +147,7 @@ class Plan:
     rope: str            # "interleaved", "half" or "none"
     template: bytes      # Params with null pointers
     slots: tuple         # the Params pointer block: (role, byte offset in that array) or None
+    ahead_waves: float = 0.0   # Params.ahead in waves of resident blocks (the launcher knows the GPU)
 
     def addresses(self, arrays: dict) -> list:
         """The pointer block's values for arrays role -> ArrayInfo (0 where unused)."""
@@ -737,7 +748,14 @@ def make_plan(req: Request) -> Plan:
     name = kernel_name(dtype, rope, req.cos.dtype if cos_t else None, norm, geo.heads_per_thread, parts,
                        shared_table)
     return Plan(kernel=name, grid=grid, block=geo.block, smem=0, team=geo.team, norm=norm, rope=rope,
-                template=bytes(p), slots=tuple(slots))
+                template=bytes(p), slots=tuple(slots), ahead_waves=ahead_waves(iters, norm, parts))
+
+
+def ahead_waves(iters: int, norm: str, parts: int) -> float:
+    """Params.ahead in waves of resident blocks (0: none): grids of one row group a block."""
+    if iters != 1:
+        return 0.0
+    return AHEAD_WAVES_IN_ROW if norm == "full" or parts > 1 else AHEAD_WAVES_AFTER_ROW
 
 
 def check_fits(p: Plan, limits: DeviceLimits, kernel_meta: dict) -> None:

@@ -284,8 +284,21 @@ __device__ __forceinline__ TeamLane team_lane(const Params& p) {
     return {lane - hl * p.tj, (int)hl};
 }
 
+// Params.ahead > 0 (grids of one row group a block): a thread also asks L2 for the row p.ahead
+// past its own, which a block of a later wave takes, so that block's loads find their data there
+// (docs/perf-notes.md v9). Full-dim and two-vector rows ask right after their own loads;
+// per-head one-vector rows after their stores (in their 80-register variants the request
+// anywhere earlier cost 4-10%), so the planner sets their distance a wave longer.
+constexpr u32 NO_ROW = ~0u;
+template <int NORM, int PARTS>
+__device__ __forceinline__ constexpr bool ahead_in_row() { return NORM == NORM_FULL || PARTS > 1; }
+
+__device__ __forceinline__ u32 row_ahead(const Params& p, u32 row_id) {
+    return p.ahead && row_id < p.total_rows && p.ahead < p.total_rows - row_id ? row_id + p.ahead : NO_ROW;
+}
+
 template <typename T, typename C, int ROPE, int NORM, int K, int PARTS, int TABLE>
-__device__ __forceinline__ void process_row(const Params& p, u32 row_id, u32 row_in_block, u32 parity) {
+__device__ __forceinline__ void process_row(const Params& p, u32 row_id, u32 row_in_block, u32 parity, u32 far_row) {
     constexpr int VEC = Item<T, PARTS>::VEC;
     typedef Item<T, PARTS> It;
     const u32 team = p.team;
@@ -320,6 +333,8 @@ __device__ __forceinline__ void process_row(const Params& p, u32 row_id, u32 row
             if (active && h < row.heads) load_item(row, stride, h, it[k]);
         }
         if (active && early_table) tab.load(row.cos, row.sin, stride);
+        if (ahead_in_row<NORM, PARTS>() && far_row != NO_ROW && (int)j < p.lanes_d)
+            prefetch_row<T, C, PARTS, K>(p, far_row, d, hl, th, stride);
         // Per-head tables (LTX-2) into L1 in several-vector items only: in the one-vector variants the
         // extra addressing made ptxas spill. A late shared slice: one request serves all heads.
         if (ROPE != ROPE_NONE && active) {
@@ -400,7 +415,13 @@ __device__ __forceinline__ void qk_norm_rope_body(const Params& p) {
         const u32 next = row_id + rows_per_block;
         if (i + 1 < p.iters && next < p.total_rows && (int)tl.j < p.lanes_d)
             prefetch_row<T, C, PARTS, K>(p, next, d, tl.hl, (int)p.th, part_stride<PARTS>(p));
-        process_row<T, C, ROPE, NORM, K, PARTS, TABLE>(p, row_id, row_in_block, i & 1u);
+        const u32 far_row = ahead_in_row<NORM, PARTS>() && i == 0 ? row_ahead(p, row_id) : NO_ROW;
+        process_row<T, C, ROPE, NORM, K, PARTS, TABLE>(p, row_id, row_in_block, i & 1u, far_row);
+    }
+    if (!ahead_in_row<NORM, PARTS>()) {
+        const u32 far_row = row_ahead(p, first);
+        if (far_row != NO_ROW && (int)tl.j < p.lanes_d)
+            prefetch_row<T, C, PARTS, K>(p, far_row, d, tl.hl, (int)p.th, part_stride<PARTS>(p));
     }
 }
 

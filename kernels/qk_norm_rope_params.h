@@ -46,6 +46,7 @@ typedef struct Params {
     cudit_u32 tj;                     // lanes along the head dim (a power of two >= lanes_d)
     cudit_u32 th;                     // lanes along the heads: thread takes heads hl, hl + th, ...
     cudit_u32 iters;                  // row groups a block processes in turn
+    cudit_u32 ahead;                  // rows: also ask L2 for row + ahead, a later wave's (0: no; the launcher sets it)
     int head_dim;
     int lanes_d;                // items along the head dim: D / (2 * VEC) for rotate_half, else D / VEC
     float eps;

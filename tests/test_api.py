@@ -5,6 +5,7 @@ from types import SimpleNamespace
 import pytest
 
 from cudit import _arrays, _launch, _planner, api
+from cudit._params import Params
 from cudit._planner import Request, make_plan
 from fakes import BASE, arr
 
@@ -59,6 +60,17 @@ def _call(base, **kw):
     wrap = [FakeArray(a) for a in (qkv, qw, kw_, cos, sin)]
     api.qk_norm_rope(*wrap, num_heads=4, **kw)
     return Request(qkv, qw, kw_, cos, sin, num_heads=4, interleave=kw.get("interleave", True))
+
+
+def test_launcher_turns_waves_ahead_into_rows_for_its_gpu():
+    qw, kw = arr((12 * 128,), "bf16", ptr=BASE + 0x100000), arr((12 * 128,), "bf16", ptr=BASE + 0x200000)
+    c = arr((1024, 128), "f32", ptr=BASE + 0x300000)
+    p = make_plan(Request(arr((1, 1024, 3 * 12 * 128)), qw, kw, c, c, num_heads=12))
+    assert p.ahead_waves == _planner.AHEAD_WAVES_IN_ROW > 0 and p.norm == "full"
+    kernel = SimpleNamespace(occupancy=SimpleNamespace(max_active_blocks_per_multiprocessor=lambda block, smem: 3))
+    rows = Params.from_buffer_copy(_launch.with_ahead(p, kernel, 132)).ahead
+    assert rows == int(_planner.AHEAD_WAVES_IN_ROW * 3 * 132 * (p.block // p.team)) > 0
+    assert Params.from_buffer_copy(p.template).ahead == 0     # the plan itself stays device-free
 
 
 @pytest.mark.parametrize("stream", [None, 77])

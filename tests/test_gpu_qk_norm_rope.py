@@ -154,6 +154,27 @@ def test_model_launch_bound_geometry(case):
     run_case(case, cudit.qk_norm_rope)
 
 
+@pytest.fixture
+def rows_ahead(monkeypatch, full_size_geometry):
+    """A distance of a twentieth of a wave: these short grids then have rows ahead to request."""
+    from cudit import _planner
+
+    monkeypatch.setattr(_planner, "AHEAD_WAVES_IN_ROW", 0.05)
+    monkeypatch.setattr(_planner, "AHEAD_WAVES_AFTER_ROW", 0.05)
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("case", MODELS, ids=str)
+def test_model_asking_l2_for_rows_ahead(case, rows_ahead):
+    import cudit
+    from cudit import _launch
+    from cudit._params import Params
+
+    _launch._LAUNCHERS.clear()
+    run_case(case, cudit.qk_norm_rope)
+    assert [Params.from_buffer_copy(x.template).ahead > 0 for x in _launch._LAUNCHERS.values()] == [True]
+
+
 def test_case_names_are_unique():
     names = [c.name for c in CASES + MODELS]
     assert len(names) == len(set(names))

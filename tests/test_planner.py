@@ -337,6 +337,18 @@ def test_full_dim_rotate_half_has_its_own_variant_for_a_table_shared_by_the_head
     assert params(p).iters == (3 if per_head else 1)
 
 
+def test_rows_ahead_only_for_one_group_a_block_and_a_wave_further_after_the_row():
+    qw, kw = weights(D)
+    c, s = table((4096, D))
+    one = make_plan(Request(arr((1, 4096, 12 * D)), qw, kw, c, s, num_heads=4))            # per-head, one vector
+    half = make_plan(Request(arr((1, 4096, 12 * D)), qw, kw, c, s, num_heads=4, interleave=False))
+    c, s = table((16 * 4096, D))
+    many = make_plan(Request(arr((1, 16 * 4096, 12 * D)), qw, kw, c, s, num_heads=4, interleave=False))
+    assert (params(one).iters, params(half).iters) == (1, 1) and params(many).iters > 1
+    assert one.ahead_waves == _planner.AHEAD_WAVES_AFTER_ROW > half.ahead_waves == _planner.AHEAD_WAVES_IN_ROW > 0
+    assert many.ahead_waves == 0
+
+
 def test_row_groups_per_block_follow_the_norm_and_rope_kind():
     qw, kw = weights(4 * D)
     c, s = table((8 * 4096, D))
