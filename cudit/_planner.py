@@ -29,7 +29,7 @@ BLOCK_TARGET_PARTS_PER_HEAD = 192
 # heads (build_cubins.py SHARED_TABLE_BOUNDS, name suffix _st): full-dim rotate_half rows read
 # it vector by vector after the reduction, at 80 registers (124 otherwise), and fill whole warps
 # of blocks. H100 (docs/perf-notes.md v9): WAN-1.3B-other-rope 83.0 -> 89.2% of copy (92.9 with
-# one row group a block, ROW_ITERS_BY). Per-head
+# one row group a block, 97.4 with rows ahead too). Per-head
 # tables (LTX-2) keep the general variant: at 80 registers they lost 9-18 points.
 SHARED_TABLE_VARIANTS = {("half", "full"): 2}
 # Tuning knob (the benchmark's --heads-per-thread): force K instead of the rule in
@@ -41,14 +41,14 @@ HEADS_PER_THREAD_OVERRIDE = None
 # grid size in groups below which a block takes one). From H100 sweeps (docs/perf-notes.md v5):
 # full-dim rows end in a block-wide barrier and up to ~33k groups ran best one group a block (WAN-1.3B,
 # WAN-5B, D96, FLUX.1 full-dim: +1 to +13 points) but lost 4-5 points that way from ~65k on
-# (WAN-14B); rotate_half rows, with only two heads a thread, want the longest pipeline.
-# Per-head grids under ~12k groups: one group a block. Session 3 (v6), three blocks an SM:
-# Lumina-2 (4096 groups) +2.9 points, FLUX.1 (4608) even, FLUX.2 (9216) -4.5; session 4 (v8),
-# four blocks an SM for 16-bit rows: FLUX.2 85.0 -> 87.7%, FLUX.1-CFG2 (9216) 83.2 -> 87.2%,
-# while WAN-14B-other-norm (65520 groups) lost 6 points that way. Full-dim rotate_half rows of
-# a shared table (SHARED_TABLE_VARIANTS) follow the one-vector full-dim rule (v9: WAN-1.3B-other-rope,
-# 16380 groups, 89.2 -> 92.9% at one a block; WAN-14B-other-rope, 151200, 93.3 -> 88.1%).
-ROW_ITERS_BY = {("full", 1): (4, 48 * 1024), ("full", 2): (4, 0), ("head", 1): (4, 12 * 1024), ("none", 1): (4, 0),
+# (WAN-14B); per-head rotate_half rows, with only two heads a thread, want the longest pipeline.
+# Since blocks of one group ask L2 for rows a later wave takes (AHEAD_WAVES_*, v9), per-head
+# one-vector and full-dim two-vector rows take one group a block at every size: HunyuanVideo
+# 96.0 -> 99.8% of copy, LTX-2 94.9 -> 100.1, WAN-14B-other-rope 93.0 -> 96.2, WAN-14B-other-norm
+# even (it lost 6 points that way in v8, before the rows ahead); full-dim one-vector rows keep 4
+# from 48k groups (WAN-14B 94.3 -> 93.1, -720p 95.6 -> 93.4 at one) and per-head rotate_half rows
+# 8 (Cosmos 90.1 -> 87.3 at one, HunyuanVideo-other-rope 95.1 -> 97.5).
+ROW_ITERS_BY = {("full", 1): (4, 48 * 1024), ("full", 2): (1, 0), ("head", 1): (1, 0), ("none", 1): (4, 0),
                 ("head", 2): (8, 0), ("none", 2): (8, 0)}
 # Grids whose blocks take one row group: each thread also asks L2 for the row this many waves
 # of resident blocks ahead, so a later block's loads find their data there (kernels/qk_norm_rope.cu
@@ -702,8 +702,7 @@ def make_plan(req: Request) -> Plan:
         raise PlanError(f"qkv: {tokens.count} tokens exceed the 2^31-token limit")
     rows_per_block = geo.block // geo.team
     groups = -(-total_rows // rows_per_block)
-    # Shared-table rotate_half rows run at the one-vector rows' registers and blocks: their rule too.
-    most, single_below = ROW_ITERS_BY[(norm, 1 if shared_table else natural_parts(rope))]
+    most, single_below = ROW_ITERS_BY[(norm, natural_parts(rope))]
     if _one_row_blocks(total_rows, geo.team):
         most = 1
     if ROW_ITERS is not None:

@@ -54,15 +54,17 @@ def test_small_grids_give_each_row_a_block():
     assert wan_like.team == 48 and wan_like.block == 192   # teams of 48 keep whole-warp blocks
 
 
-def test_blocks_take_several_row_groups_only_on_big_grids():
-    qw, kw = weights(D)
-    most, single_below = _planner.ROW_ITERS_BY[("head", 1)]
-    assert 9216 < single_below <= 16384          # FLUX.2 / FLUX.1-CFG2: 9216 groups, one a block
-    for tokens, iters in ((4 * 9216, 1), (4 * 16384, most), (8 * 1023 // 2, 1)):   # 9216, 16384, 1023 groups
-        prm = params(make_plan(Request(arr((1, tokens, 12 * D)), qw, kw, num_heads=4)))
-        groups = -(-2 * tokens // 8)
-        assert prm.iters == iters, tokens
-        assert -(-groups // iters) * iters >= groups
+def test_blocks_take_several_row_groups_only_on_big_full_dim_grids():
+    most, single_below = _planner.ROW_ITERS_BY[("full", 1)]
+    assert (most, single_below) == (4, 48 * 1024)
+    for norm in ("head", "full"):
+        qw, kw = weights(D if norm == "head" else 4 * D)
+        for tokens in (4 * 9216, 4 * 16384, 4 * 65536, 8 * 1023 // 2):   # 9216 ... 65536, 1023 groups
+            prm = params(make_plan(Request(arr((1, tokens, 12 * D)), qw, kw, num_heads=4)))
+            groups = -(-2 * tokens // 8)
+            iters = most if norm == "full" and groups >= single_below else 1   # per-head: one at every size
+            assert prm.iters == iters, (norm, tokens)
+            assert -(-groups // iters) * iters >= groups
 
 
 @pytest.mark.parametrize("heads,dtype,k,team", [(40, "bf16", 4, 160), (128, "bf16", 4, 512),
@@ -333,8 +335,8 @@ def test_full_dim_rotate_half_has_its_own_variant_for_a_table_shared_by_the_head
     # the 124-register one's take the most rows under 256 (5)
     assert p.kernel == "qknr_bf16_half_f32_full_k2" + ("" if per_head else "_st")
     assert (p.team, p.block) == (48, 240 if per_head else 192)
-    # and the one-vector full-dim rule for row groups: 4096 groups, one a block
-    assert params(p).iters == (3 if per_head else 1)
+    # and one row group a block (ROW_ITERS_BY)
+    assert params(p).iters == 1
 
 
 def test_rows_ahead_only_for_one_group_a_block_and_a_wave_further_after_the_row():
