@@ -44,7 +44,7 @@ HEADS_PER_THREAD = (1, 2, 3, 4, 0)
 # Block-size bound by (vectors an item holds, heads a thread holds): it sets the register cap
 # (65536 / threads), chosen as the largest block for which no architecture spills.
 MAX_THREADS = {(1, 1): 1024, (1, 2): 768, (1, 3): 512, (1, 4): 512, (1, 0): 768,
-               (2, 1): 512, (2, 2): 512, (2, 0): 512}
+               (2, 1): 512, (2, 2): 512, (2, 0): 512, (3, 1): 640, (3, 0): 640}
 # Variants that fit a tighter cap (more threads resident), by (vectors, norm, heads a thread).
 # Per-head rows of two vectors, and 16-bit per-head rows of four heads a thread, read a shared
 # table late (kernels/qk_norm_rope.cu late_table): 96 and 80 registers.
@@ -60,7 +60,7 @@ MAX_THREADS_BY_DTYPE = {("f32", 1, "head", 4): 512}
 ARCH_MAX_THREADS = {("sm_100", 1, "full", 4): 512, ("sm_100", 1, "full", 3): 640, ("sm_100", 1, "full", 2): 640,
                     ("sm_100", 1, "head", 4): 640,
                     ("sm_120", 1, "full", 4): 512, ("sm_120", 1, "full", 3): 640, ("sm_120", 1, "full", 2): 640,
-                    ("sm_120", 2, "head", 2): 576}
+                    ("sm_120", 2, "head", 2): 576, ("sm_100", 3, "head", 0): 512, ("sm_120", 3, "head", 0): 512}
 # Variants built a second time for a table the planner knows is one [S, D] slice for all heads
 # (kernels/qk_norm_rope.cu TABLE_SHARED, name suffix _st), by (rope, norm, heads a thread): their
 # launch bound. Full-dim rotate_half rows then read the slice vector by vector after the
@@ -69,9 +69,12 @@ SHARED_TABLE_BOUNDS = {("half", "full", 2): 768}
 # sm_100 and sm_120 spilled 4-20 bytes there at 768, 640 and 576: the general bound, by (arch,
 # rope, norm, heads a thread). Not measured: no such card here.
 SHARED_TABLE_ARCH_BOUNDS = {("sm_100", "half", "full", 2): 512, ("sm_120", "half", "full", 2): 512}
-# Per-head fp32 rows of heads over 128 values take items of two vectors (one vector a lane would
-# need more than a warp's 32 lanes for a head): cudit/_planner.py item_parts.
-EXTRA_PARTS = {2: ("f32",)}
+# Per-head rows whose items hold more vectors than the rope needs (cudit/_planner.py item_parts):
+# vectors -> (activation dtypes, most heads a thread). Two: fp32 heads over 128 values (one vector
+# a lane would need more than a warp's 32 lanes for a head). Three: D / VEC three times a power of
+# two (D = 96: 4 lanes a head, not 12 of 16), one head a thread (two measured 2.5 points worse on
+# Lumina-2 and spilled on every architecture but sm_90).
+EXTRA_PARTS = {2: (("f32",), 2), 3: (("f32", "f16", "bf16"), 1)}
 
 
 def natural_parts(rope: str) -> int:
@@ -111,9 +114,9 @@ def variants() -> list[dict]:
         out += [_variant(dt, rope, table, norm, k, natural_parts(rope)) for table in tables]
         if (rope, norm, k) in SHARED_TABLE_BOUNDS:
             out += [_variant(dt, rope, table, norm, k, natural_parts(rope), True) for table in tables]
-        if norm == "head" and rope != "half" and k <= 2:
+        if norm == "head" and rope != "half":
             out += [_variant(dt, rope, table, norm, k, parts)
-                    for parts, dts in EXTRA_PARTS.items() if dt in dts for table in tables]
+                    for parts, (dts, most) in EXTRA_PARTS.items() if dt in dts and k <= most for table in tables]
     return out
 
 

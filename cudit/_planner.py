@@ -19,7 +19,7 @@ HEAD_DIM_MIN, HEAD_DIM_MAX, HEAD_DIM_STEP = 32, 256, 16
 # gives any norm kind of that shape on any architecture, so every plan fits every variant
 # (tests/test_fit.py): full-dim K = 2 is 640 on sm_100 / sm_120 (build_cubins.py ARCH_MAX_THREADS).
 VARIANT_MAX_THREADS = {(1, 1): 768, (1, 2): 640, (1, 3): 512, (1, 4): 512, (1, 0): 768,
-                       (2, 1): 512, (2, 2): 512, (2, 0): 512}
+                       (2, 1): 512, (2, 2): 512, (2, 0): 512, (3, 1): 640, (3, 0): 512}
 BLOCK_TARGET = 256      # threads per block when several rows share a block
 # Per-head variants of two vectors an item hold 96 registers (build_cubins.py): blocks of at
 # most 192 threads keep 18-20 warps an SM resident (3 x 192, 5 x 128) where 256 keep 16 (v7:
@@ -533,7 +533,8 @@ class Geometry:
 # Most heads a thread holds, by vectors per item. rotate_half items are two vectors: at K = 4
 # their variants needed ~144 registers (one 256-thread block per SM) and K = 2 measured 8-18
 # points better on every rotate_half shape (docs/perf-notes.md v5), so K = 4 is not built.
-MAX_K = {1: 4, 2: 2}
+# Three-vector items hold one head: Lumina-2 82.2% of copy against 79.7% at K = 2 (v9).
+MAX_K = {1: 4, 2: 2, 3: 1}
 
 
 def natural_parts(rope: str) -> int:
@@ -545,11 +546,17 @@ def item_parts(rope: str, norm: str, lanes_one: int) -> int:
     """Vectors an item holds, from the rope mode, the norm kind and D / VEC.
 
     rotate_half pairs d with d + D/2: two. A per-head row reduces over its head's lanes with
-    warp shuffles, so fp32 heads over 128 values (more than 32 vectors) take two vectors a lane.
-    (Three vectors a lane for D = 96, 4 lanes instead of 12 of 16, needed 120 registers at one
-    head a thread and spilled at two: not built.) Full-dim rows reduce over the whole team.
+    warp shuffles in a power of two of them: where D / VEC is three times a power of two (D = 96:
+    12 vectors) three vectors a lane fill them all (4 lanes, not 12 of 16); otherwise fp32 heads
+    over 128 values (more than 32 vectors) take two. Full-dim rows reduce over the whole team.
     """
+    if norm == "head" and rope != "half" and lanes_one % 3 == 0 and _is_pow2(lanes_one // 3) and lanes_one > 3:
+        return 3
     return 2 if norm == "head" and lanes_one > 32 else natural_parts(rope)
+
+
+def _is_pow2(n: int) -> bool:
+    return n > 0 and n & (n - 1) == 0
 
 
 def default_heads_per_thread(heads: int, parts: int = 1) -> int:

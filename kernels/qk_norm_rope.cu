@@ -4,8 +4,10 @@
 //   row   = one side (Q or K) of one token, all its heads.
 //   item  = one thread's part of one head: PARTS vectors of VEC values at d + q * D/PARTS,
 //           d = j*VEC, j < D/(PARTS*VEC). rotate_half: PARTS = 2, so i pairs with i + D/2 in
-//           registers. Interleaved RoPE (pairs sit inside a vector) and no RoPE: PARTS = 1, or 2
-//           for per-head fp32 rows over 128 values, so that a head's lanes stay inside a warp.
+//           registers. Interleaved RoPE (pairs sit inside a vector) and no RoPE: PARTS = 1, or,
+//           in per-head rows, 3 where D / VEC is three times a power of two (D = 96: 4 lanes, not
+//           12 of 16), else 2 for fp32 rows over 128 values, so that a head's lanes stay inside
+//           a warp.
 //           p.lanes_d counts j.
 //   team  = the tj * th threads of one row: lane j = lane % tj walks the head dim, head lane
 //           hl = lane / tj takes heads hl, hl + th, hl + 2*th, ... So every item of a thread
@@ -150,22 +152,39 @@ template <int VEC, int PARTS> struct HeadWeights {
 #pragma unroll
         for (int q = 0; q < PARTS; ++q) load_floats<VEC>(row.w, row.w_dtype, (i64)d + q * stride, w[q]);
     }
+    __device__ __forceinline__ void get(int q, float (&out)[VEC]) const {
+#pragma unroll
+        for (int e = 0; e < VEC; ++e) out[e] = w[q][e];
+    }
+};
+
+// The same weights read vector by vector where used (three-vector items: 24 registers held else).
+template <int VEC> struct HeadWeightsAt {
+    const void* w;
+    int dtype;
+    i64 base;
+    int stride;
+    __device__ __forceinline__ void get(int q, float (&out)[VEC]) const {
+        load_floats<VEC>(w, dtype, base + q * stride, out);
+    }
 };
 
 // Normalise (scale r, weight w), rotate, round once, store.
-template <typename T, typename C, int ROPE, int NORM, int PARTS, typename Tab>
+template <typename T, typename C, int ROPE, int NORM, int PARTS, typename Tab, typename HW>
 __device__ __forceinline__ void finish_item(const Row<T, C>& row, int stride, int h, int d, const Item<T, PARTS>& it,
-                                            float r, const Tab& tab,
-                                            const HeadWeights<Item<T, PARTS>::VEC, PARTS>& hw) {
+                                            float r, const Tab& tab, const HW& hw) {
     constexpr int VEC = Item<T, PARTS>::VEC;
     float x[PARTS][VEC];
 #pragma unroll
     for (int q = 0; q < PARTS; ++q) it.part[q].to_floats(x[q]);
     if (NORM == NORM_HEAD) {
 #pragma unroll
-        for (int q = 0; q < PARTS; ++q)
+        for (int q = 0; q < PARTS; ++q) {
+            float w[VEC];
+            hw.get(q, w);
 #pragma unroll
-            for (int e = 0; e < VEC; ++e) x[q][e] *= r * hw.w[q][e];
+            for (int e = 0; e < VEC; ++e) x[q][e] *= r * w[e];
+        }
     } else if (NORM == NORM_FULL) {
         // Full-dim weights run across the heads: this head's slice.
         const i64 widx = (i64)h * (PARTS * stride) + d;
@@ -323,7 +342,21 @@ __device__ __forceinline__ void process_row(const Params& p, u32 row_id, u32 row
     const bool early_table = shared_table && !late_table;
     TableSlice<C, VEC, PARTS> tab;
     HeadWeights<VEC, PARTS> hw;
-    if (NORM == NORM_HEAD && active) hw.load(row, stride, d);
+    // Three-vector items read table and weights vector by vector where used: held, they would
+    // take 48 and 24 registers.
+    constexpr bool at_use = PARTS == 3;
+    if (NORM == NORM_HEAD && active && !at_use) hw.load(row, stride, d);
+    auto finish = [&](int h, const It& item, float r_h) {
+        if constexpr (at_use) {
+            const TableAt<C, VEC> at{row.cos + h * row.cos_hs, row.sin + h * row.sin_hs, stride};
+            finish_item<T, C, ROPE, NORM, PARTS>(row, stride, h, d, item, r_h, at,
+                                                  HeadWeightsAt<VEC>{row.w, row.w_dtype, (i64)d, stride});
+        } else if constexpr (TABLE == TABLE_SHARED) {
+            finish_item<T, C, ROPE, NORM, PARTS>(row, stride, h, d, item, r_h, TableAt<C, VEC>{row.cos, row.sin, stride}, hw);
+        } else {
+            finish_item<T, C, ROPE, NORM, PARTS>(row, stride, h, d, item, r_h, tab, hw);
+        }
+    };
 
     if (K > 0) {
         It it[K > 0 ? K : 1];
@@ -365,17 +398,13 @@ __device__ __forceinline__ void process_row(const Params& p, u32 row_id, u32 row
         for (int k = 0; k < K; ++k) {
             const int h = hl + k * th;
             if (!(active && h < row.heads)) continue;
-            const float rk = NORM == NORM_HEAD ? r[k] : r[0];
-            if (TABLE == TABLE_SHARED) {
-                finish_item<T, C, ROPE, NORM, PARTS>(row, stride, h, d, it[k], rk, TableAt<C, VEC>{row.cos, row.sin, stride}, hw);
-                continue;
-            }
-            if (ROPE != ROPE_NONE && !early_table) tab.load(row.cos + h * row.cos_hs, row.sin + h * row.sin_hs, stride);
-            finish_item<T, C, ROPE, NORM, PARTS>(row, stride, h, d, it[k], rk, tab, hw);
+            if (ROPE != ROPE_NONE && !early_table && TABLE != TABLE_SHARED && !at_use)
+                tab.load(row.cos + h * row.cos_hs, row.sin + h * row.sin_hs, stride);
+            finish(h, it[k], NORM == NORM_HEAD ? r[k] : r[0]);
         }
     } else {
         // Heads beyond registers: loop. The trip count is uniform across the team (shuffles).
-        if (active && shared_table) tab.load(row.cos, row.sin, stride);
+        if (active && shared_table && !at_use) tab.load(row.cos, row.sin, stride);
         float r = 1.f;
         if (NORM == NORM_FULL) {
             float ss = 0.f;
@@ -395,8 +424,8 @@ __device__ __forceinline__ void process_row(const Params& p, u32 row_id, u32 row
             if (ok) load_item(row, stride, h, it);
             if (NORM == NORM_HEAD) r = rsqrtf(team_sum_warp(ok ? item_sumsq(it) : 0.f, p.tj) * row.inv_n + p.eps);
             if (!ok) continue;
-            if (ROPE != ROPE_NONE && !shared_table) tab.load(row.cos + h * row.cos_hs, row.sin + h * row.sin_hs, stride);
-            finish_item<T, C, ROPE, NORM, PARTS>(row, stride, h, d, it, r, tab, hw);
+            if (ROPE != ROPE_NONE && !shared_table && !at_use) tab.load(row.cos + h * row.cos_hs, row.sin + h * row.sin_hs, stride);
+            finish(h, it, r);
         }
     }
 }

@@ -51,9 +51,18 @@ def cases():
     add(Case("full-d96-16heads-half", heads=(16, 16, 16), D=96, norm="full", rope="half", S=7))
     add(Case("full-d96-gqa-16-4-split", split=True, heads=(16, 4, 4), D=96, norm="full", S=9))
     add(Case("full-d96-128heads-f32-loop", heads=(128, 128, 0), D=96, norm="full", dtype="f32", S=3))
-    # per-head fp32 heads over 128 values: two vectors a lane, a head's lanes inside one warp
+    # per-head fp32 heads over 128 values: two or three vectors a lane, a head's lanes inside one warp
     for d in (160, 192, 256):
-        add(Case(f"head-f32-d{d}-two-vectors", D=d, dtype="f32", S=9))
+        add(Case(f"head-f32-d{d}-several-vectors", D=d, dtype="f32", S=9))
+    # per-head rows of three vectors a lane (D / VEC three times a power of two): each K, no
+    # rope, per-head tables, dual-stream, fp32 and fp16
+    add(Case("head-d96-three-vectors-one-head", heads=(1, 1, 1), D=96, S=9))
+    add(Case("head-d96-three-vectors-many-heads-loop", heads=(400, 400, 0), D=96, S=2))
+    add(Case("head-d96-three-vectors-norm-only", D=96, rope="none", S=9))
+    add(Case("head-d96-three-vectors-perhead-table", D=96, table="perhead", table_dtype="bf16", B=2, S=7))
+    add(Case("head-d96-three-vectors-dual", D=96, heads=(24, 24, 24), n_txt=5, B=2, S=19))
+    add(Case("head-f32-d48-three-vectors", D=48, dtype="f32", S=9))
+    add(Case("head-f16-d192-three-vectors", D=192, dtype="f16", w_dtype="bf16", S=9))
     add(Case("head-f32-d256-norm-only", D=256, dtype="f32", rope="none", S=9))
     add(Case("head-f32-d256-one-head", heads=(1, 1, 1), D=256, dtype="f32", table_dtype="bf16", S=9))
     add(Case("head-f32-d224-many-heads-loop", heads=(200, 200, 0), D=224, dtype="f32", S=2))

@@ -307,14 +307,20 @@ def test_teams_reduce_in_warps_or_16_lane_segments():
                                                      ("f32", 128, "head", "interleaved", 1),
                                                      ("bf16", 256, "head", "interleaved", 1),
                                                      ("f32", 256, "full", "interleaved", 1),
-                                                     ("bf16", 96, "head", "half", 2)])
-def test_items_hold_two_vectors_where_one_a_lane_would_overflow_a_warp(dtype, d, norm, rope, parts):
+                                                     ("bf16", 96, "head", "half", 2),
+                                                     ("bf16", 96, "head", "interleaved", 3),
+                                                     ("bf16", 48, "head", "none", 3),
+                                                     ("f32", 192, "head", "interleaved", 3),
+                                                     ("bf16", 96, "full", "interleaved", 1),
+                                                     ("bf16", 160, "head", "interleaved", 1)])
+def test_items_hold_more_vectors_where_one_a_lane_would_overflow_a_warp_or_idle_lanes(dtype, d, norm, rope, parts):
     assert _planner.item_parts(rope, norm, d * {"bf16": 2, "f32": 4}[dtype] // 16) == parts
     qw, kw = weights(d if norm == "head" else 4 * d)
     c, s = table((64, d)) if rope != "none" else (None, None)
     p = make_plan(Request(arr((1, 64, 12 * d), dtype), qw, kw, c, s, num_heads=4, interleave=rope != "half"))
     natural = 2 if rope == "half" else 1
-    assert p.kernel.endswith("_p2") == (parts != natural) and params(p).lanes_d * parts * 16 == d * {"bf16": 2, "f32": 4}[dtype]
+    assert p.kernel.endswith(f"_p{parts}") == (parts != natural)
+    assert params(p).lanes_d * parts * 16 == d * {"bf16": 2, "f32": 4}[dtype]
 
 
 @pytest.mark.parametrize("heads,norm,block", [(32, "head", 128), (24, "head", 192), (32, "full", 256),
