@@ -29,8 +29,8 @@ BLOCK_TARGET_PARTS_PER_HEAD = 192
 # heads (build_cubins.py SHARED_TABLE_BOUNDS, name suffix _st): full-dim rotate_half rows read
 # it vector by vector after the reduction, at 80 registers (124 otherwise), and fill whole warps
 # of blocks. H100 (docs/perf-notes.md v9): WAN-1.3B-other-rope 83.0 -> 89.2% of copy (92.9 with
-# one row group a block, 97.4 with rows ahead too). Per-head
-# tables (LTX-2) keep the general variant: at 80 registers they lost 9-18 points.
+# one row group a block, 97.4 with rows ahead too). Per-head tables (LTX-2) keep the general
+# variant: at 80 registers they lost 9-18 points.
 SHARED_TABLE_VARIANTS = {("half", "full"): 2}
 # Tuning knob (the benchmark's --heads-per-thread): force K instead of the rule in
 # default_heads_per_thread.
@@ -550,7 +550,7 @@ def item_parts(rope: str, norm: str, lanes_one: int) -> int:
     12 vectors) three vectors a lane fill them all (4 lanes, not 12 of 16); otherwise fp32 heads
     over 128 values (more than 32 vectors) take two. Full-dim rows reduce over the whole team.
     """
-    if norm == "head" and rope != "half" and lanes_one % 3 == 0 and _is_pow2(lanes_one // 3) and lanes_one > 3:
+    if norm == "head" and rope != "half" and lanes_one % 3 == 0 and _is_pow2(lanes_one // 3):
         return 3
     return 2 if norm == "head" and lanes_one > 32 else natural_parts(rope)
 
