@@ -45,10 +45,12 @@ HEADS_PER_THREAD_OVERRIDE = None
 # Since blocks of one group ask L2 for rows a later wave takes (AHEAD_WAVES_*, v9), per-head
 # one-vector and full-dim two-vector rows take one group a block at every size: HunyuanVideo
 # 96.0 -> 99.8% of copy, LTX-2 94.9 -> 100.1, WAN-14B-other-rope 93.0 -> 96.2, WAN-14B-other-norm
-# even (it lost 6 points that way in v8, before the rows ahead); full-dim one-vector rows keep 4
-# from 48k groups (WAN-14B 94.3 -> 93.1, -720p 95.6 -> 93.4 at one) and per-head rotate_half rows
-# 8 (Cosmos 90.1 -> 87.3 at one, HunyuanVideo-other-rope 95.1 -> 97.5).
-ROW_ITERS_BY = {("full", 1): (4, 48 * 1024), ("full", 2): (1, 0), ("head", 1): (1, 0), ("none", 1): (4, 0),
+# even (it lost 6 points that way in v8, before the rows ahead); full-dim one-vector rows take 2
+# from 48k groups (against 4: WAN-14B 94.2 -> 95.2, -720p 95.5 -> 96.2, -CFG2 94.3 -> 94.9,
+# HunyuanVideo-other-norm 96.1 -> 98.4; at one with rows ahead WAN-14B lost, 93.3, and
+# HunyuanVideo-other-norm gained, 100.5) and per-head rotate_half rows 8 (Cosmos 90.1 -> 87.3
+# at one, HunyuanVideo-other-rope 95.1 -> 97.5).
+ROW_ITERS_BY = {("full", 1): (2, 48 * 1024), ("full", 2): (1, 0), ("head", 1): (1, 0), ("none", 1): (4, 0),
                 ("head", 2): (8, 0), ("none", 2): (8, 0)}
 # Grids whose blocks take one row group: each thread also asks L2 for the row this many waves
 # of resident blocks ahead, so a later block's loads find their data there (kernels/qk_norm_rope.cu
