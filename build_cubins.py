@@ -56,7 +56,8 @@ MAX_THREADS_BY_DTYPE = {("f32", 1, "head", 4): 512}
 # Architectures whose ptxas spills a variant at the common bound: a looser one there (more
 # registers a thread). The planner's blocks stay under VARIANT_MAX_THREADS (cudit/_planner.py),
 # which is below every bound. By (arch, vectors, norm, heads a thread). The rows-ahead request
-# (docs/perf-notes.md v9) added the full-dim K = 2 / 3 and per-head K = 4 entries.
+# (docs/perf-notes.md v9) added the full-dim K = 2 / 3 and per-head K = 4 entries, three-vector
+# items the loop entries.
 ARCH_MAX_THREADS = {("sm_100", 1, "full", 4): 512, ("sm_100", 1, "full", 3): 640, ("sm_100", 1, "full", 2): 640,
                     ("sm_100", 1, "head", 4): 640,
                     ("sm_120", 1, "full", 4): 512, ("sm_120", 1, "full", 3): 640, ("sm_120", 1, "full", 2): 640,
