@@ -81,17 +81,23 @@ def _empty_launcher(torch):
 
 
 def launch_bound(torch) -> list:
-    """Small shapes: device time per kernel against an empty kernel's, PDL off for both."""
-    saved, _launch.PDL = _launch.PDL, False
+    """Small shapes: device time per kernel against an empty kernel's (launched without PDL), with
+    cudit's launches PDL off (`cudit_us`: no overlap with the kernel before) and, as cudit launches
+    by default on sm_90+, on (`cudit_us_pdl`: the previous call in the graph is a cudit call too)."""
+    saved = _launch.PDL
     try:
         empty = _graph_us(_empty_launcher(torch), torch)
         rows = []
         for s in LAUNCH_BOUND:
             inp = bench.make_inputs(s, torch)
             run = bench.cudit_call(s)
-            us = _graph_us(lambda: run(inp), torch)
-            rows.append({"shape": s.name, "bytes": bench.bytes_moved(s), "cudit_us": us, "empty_us": empty,
-                         "over_empty_us": us - empty})
+            row = {"shape": s.name, "bytes": bench.bytes_moved(s), "empty_us": empty}
+            for pdl, key in ((False, "cudit_us"), (True, "cudit_us_pdl")):
+                _launch.PDL = pdl
+                row[key] = _graph_us(lambda: run(inp), torch)
+            row["over_empty_us"] = row["cudit_us"] - empty
+            row["over_empty_us_pdl"] = row["cudit_us_pdl"] - empty
+            rows.append(row)
         return rows
     finally:
         _launch.PDL = saved
@@ -124,10 +130,10 @@ def pdl_chain(torch) -> dict:
 def report(result: dict) -> str:
     lines = ["host overhead per call (Python loop of 10,000 calls, small shape):"]
     lines += [f"  {k:<36}{v:>7.1f} us" for k, v in result["host_overhead"].items()]
-    lines.append("launch-bound shapes (graph replay, PDL off; empty kernel "
-                 f"{result['launch_bound'][0]['empty_us']:.2f} us):")
-    lines += [f"  {r['shape']:<22}{r['cudit_us']:>7.2f} us  (+{r['over_empty_us']:.2f} us over empty)"
-              for r in result["launch_bound"]]
+    lines.append("launch-bound shapes (graph replay; empty kernel "
+                 f"{result['launch_bound'][0]['empty_us']:.2f} us), PDL off | on:")
+    lines += [f"  {r['shape']:<22}{r['cudit_us']:>7.2f} us  (+{r['over_empty_us']:.2f} over empty)"
+              f"  | {r['cudit_us_pdl']:>6.2f} us  (+{r['over_empty_us_pdl']:.2f})" for r in result["launch_bound"]]
     c = result["pdl_chain"]
     lines.append(f"PDL chain of {c['calls']} dependent calls ({c['shape']}), us per call:")
     lines.append(f"  graph replay: off {c['graph_us_pdl_off']:.2f}  on {c['graph_us_pdl_on']:.2f}"

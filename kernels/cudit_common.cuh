@@ -110,7 +110,8 @@ __device__ __forceinline__ float team_sum_warp(float v, u32 team) {
     return v;
 }
 
-// Programmatic dependent launch (sm_90+): no-ops when the launch did not ask for it.
+// Programmatic dependent launch (sm_90+): no-ops when the launch did not ask for it; a second
+// wait returns at once.
 __device__ __forceinline__ void wait_for_producer() {
 #if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
     asm volatile("griddepcontrol.wait;" ::: "memory");

@@ -331,6 +331,10 @@ __device__ __forceinline__ void process_row(const Params& p, u32 row_id, u32 row
     const bool active = row_id < p.total_rows && (int)j < p.lanes_d;
 
     const Row<T, C> row = locate_row<T, C>(p, active ? row_id : 0u, d);
+    // Under PDL the parameters and the index math above overlap the previous kernel's tail; the
+    // first global access waits (H100, perf-notes v9: launch-bound WAN-1.3B 2.09 -> 1.88 us over
+    // an empty kernel).
+    wait_for_producer();
     const bool shared_table = ROPE != ROPE_NONE && (TABLE == TABLE_SHARED || (row.cos_hs == 0 && row.sin_hs == 0));
     // Per-head rows of two vectors an item, or of four 16-bit heads a thread, and TABLE_SHARED
     // variants: the shared table slice (four or two vectors) is requested into L1 early and read
@@ -438,12 +442,13 @@ __device__ __forceinline__ void qk_norm_rope_body(const Params& p) {
     const int d = (int)tl.j * Item<T, PARTS>::VEC;
     // A block takes p.iters groups of rows in turn and prefetches each next group into L2.
     const u32 first = blockIdx.x * rows_per_block * p.iters + row_in_block;
-    wait_for_producer();
     for (u32 i = 0; i < p.iters; ++i) {
         const u32 row_id = first + i * rows_per_block;
         const u32 next = row_id + rows_per_block;
-        if (i + 1 < p.iters && next < p.total_rows && (int)tl.j < p.lanes_d)
+        if (i + 1 < p.iters && next < p.total_rows && (int)tl.j < p.lanes_d) {
+            wait_for_producer();   // a global access (process_row waits too: a no-op the second time)
             prefetch_row<T, C, PARTS, K>(p, next, d, tl.hl, (int)p.th, part_stride<PARTS>(p));
+        }
         const u32 far_row = ahead_in_row<NORM, PARTS>() && i == 0 ? row_ahead(p, row_id) : NO_ROW;
         process_row<T, C, ROPE, NORM, K, PARTS, TABLE>(p, row_id, row_in_block, i & 1u, far_row);
     }
