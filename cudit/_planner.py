@@ -572,7 +572,7 @@ def default_heads_per_thread(heads: int, parts: int = 1) -> int:
 def _team_ok(team: int) -> bool:
     """A team reduces with shuffles when it is a power of two inside a warp, else in 16- or
     32-lane segments through shared memory (kernels/qk_norm_rope.cu team_sum)."""
-    return (team <= 32 and team & (team - 1) == 0) or team % 16 == 0
+    return (team <= 32 and _is_pow2(team)) or team % 16 == 0
 
 
 def _head_lanes(tj: int, th: int) -> int:
