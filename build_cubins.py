@@ -74,6 +74,10 @@ SHARED_TABLE_BOUNDS = {("half", "full", 2): 768}
 # sm_100 and sm_120 spilled 4-20 bytes there at 768, 640 and 576: the general bound, by (arch,
 # rope, norm, heads a thread). Not measured: no such card here.
 SHARED_TABLE_ARCH_BOUNDS = {("sm_100", "half", "full", 2): 512, ("sm_120", "half", "full", 2): 512}
+# Variants built a second time without the rows-ahead code (kernels/qk_norm_rope.cu AHEAD = 0,
+# name suffix _na) for plans of several row groups a block, which never ask for rows ahead, by
+# (rope, norm, heads a thread): Cosmos on an H100 90.1 -> 91.9% of copy (docs/perf-notes.md v10).
+NO_AHEAD_VARIANTS = {("half", "head", 2)}
 # Per-head rows whose items hold more vectors than the rope needs (cudit/_planner.py item_parts):
 # vectors -> (activation dtypes, most heads a thread). Two: fp32 heads over 128 values (one vector
 # a lane would need more than a warp's 32 lanes for a head). Three: D / VEC three times a power of
@@ -87,20 +91,22 @@ def natural_parts(rope: str) -> int:
     return 2 if rope == "half" else 1
 
 
-def kernel_name(dtype: str, rope: str, table, norm: str, k: int, parts: int, shared_table: bool = False) -> str:
+def kernel_name(dtype: str, rope: str, table, norm: str, k: int, parts: int, shared_table: bool = False,
+                ahead: bool = True) -> str:
     """The name the runtime looks a variant up by (cudit/_planner.py builds the same)."""
-    suffix = (f"_p{parts}" if parts != natural_parts(rope) else "") + ("_st" if shared_table else "")
+    suffix = (f"_p{parts}" if parts != natural_parts(rope) else "") + ("_st" if shared_table else "") + \
+        ("" if ahead else "_na")
     return f"qknr_{dtype}_{rope}{'_' + table if table else ''}_{norm}_k{k}{suffix}"
 
 
-def _variant(dt, rope, table, norm, k, parts, shared_table=False) -> dict:
+def _variant(dt, rope, table, norm, k, parts, shared_table=False, ahead=True) -> dict:
     bound = MAX_THREADS_BY_DTYPE.get((dt, parts, norm, k),
                                      MAX_THREADS_BY_NORM.get((parts, norm, k), MAX_THREADS[(parts, k)]))
     if shared_table:
         bound = SHARED_TABLE_BOUNDS[(rope, norm, k)]
-    return {"name": kernel_name(dt, rope, table, norm, k, parts, shared_table), "dtype": dt, "table_dtype": table,
-            "rope": rope, "norm": norm, "heads_per_thread": k, "parts": parts, "shared_table": shared_table,
-            "max_threads": bound}
+    return {"name": kernel_name(dt, rope, table, norm, k, parts, shared_table, ahead), "dtype": dt,
+            "table_dtype": table, "rope": rope, "norm": norm, "heads_per_thread": k, "parts": parts,
+            "shared_table": shared_table, "ahead": ahead, "max_threads": bound}
 
 
 def variants() -> list[dict]:
@@ -119,6 +125,8 @@ def variants() -> list[dict]:
         out += [_variant(dt, rope, table, norm, k, natural_parts(rope)) for table in tables]
         if (rope, norm, k) in SHARED_TABLE_BOUNDS:
             out += [_variant(dt, rope, table, norm, k, natural_parts(rope), True) for table in tables]
+        if (rope, norm, k) in NO_AHEAD_VARIANTS:
+            out += [_variant(dt, rope, table, norm, k, natural_parts(rope), ahead=False) for table in tables]
         if norm == "head" and rope != "half":
             out += [_variant(dt, rope, table, norm, k, parts)
                     for parts, (dts, most) in EXTRA_PARTS.items() if dt in dts and k <= most for table in tables]
@@ -138,7 +146,8 @@ def instantiation_source(arch: str = "") -> str:
         table = DTYPES[v["table_dtype"] or "f32"]
         lines.append(
             f"CUDIT_QKNR({v['name']}, {DTYPES[v['dtype']]}, {table}, {ROPES[v['rope']]}, "
-            f"{NORMS[v['norm']]}, {v['heads_per_thread']}, {v['parts']}, {int(v['shared_table'])}, {arch_bound(v, arch)})"
+            f"{NORMS[v['norm']]}, {v['heads_per_thread']}, {v['parts']}, {int(v['shared_table'])}, {int(v['ahead'])}, "
+            f"{arch_bound(v, arch)})"
         )
     return "\n".join(lines) + "\n"
 

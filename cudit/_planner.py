@@ -32,6 +32,11 @@ BLOCK_TARGET_PARTS_PER_HEAD = 192
 # one row group a block, 97.4 with rows ahead too). Per-head tables (LTX-2) keep the general
 # variant: at 80 registers they lost 9-18 points.
 SHARED_TABLE_VARIANTS = {("half", "full"): 2}
+# Variants also built without the rows-ahead code (build_cubins.py NO_AHEAD_VARIANTS, suffix _na),
+# taken by plans of several row groups a block, which never ask for rows ahead, by (rope, norm,
+# heads a thread). The unused code cost per-head rotate_half rows of eight groups a block: H100
+# (docs/perf-notes.md v10) Cosmos 90.1 -> 91.9% of copy without it.
+NO_AHEAD_VARIANTS = {("half", "head", 2)}
 # Tuning knob (the benchmark's --heads-per-thread): force K instead of the rule in
 # default_heads_per_thread.
 HEADS_PER_THREAD_OVERRIDE = None
@@ -657,11 +662,13 @@ def _idle_slots_key(g: Geometry):
     return g.team * g.heads_per_thread if g.heads_per_thread else float("inf")
 
 
-def kernel_name(dtype: str, rope: str, table_dtype, norm: str, k: int, parts: int, shared_table: bool = False) -> str:
+def kernel_name(dtype: str, rope: str, table_dtype, norm: str, k: int, parts: int, shared_table: bool = False,
+                ahead: bool = True) -> str:
     """As build_cubins.py names the variant; parts other than the rope's own get a suffix, and
-    so does the flavour for a table shared by the heads."""
+    so do the flavour for a table shared by the heads and the one without rows-ahead code."""
     table = f"_{table_dtype}" if rope != "none" else ""
-    suffix = (f"_p{parts}" if parts != natural_parts(rope) else "") + ("_st" if shared_table else "")
+    suffix = (f"_p{parts}" if parts != natural_parts(rope) else "") + ("_st" if shared_table else "") + \
+        ("" if ahead else "_na")
     return f"qknr_{dtype}_{rope}{table}_{norm}_k{k}{suffix}"
 
 
@@ -753,10 +760,12 @@ def make_plan(req: Request) -> Plan:
     p.head_dim = d
     p.lanes_d = lanes_d
     p.eps = float(req.eps)
+    waves = ahead_waves(iters, norm, parts)
+    ahead_code = waves > 0 or (rope, norm, geo.heads_per_thread) not in NO_AHEAD_VARIANTS
     name = kernel_name(dtype, rope, req.cos.dtype if cos_t else None, norm, geo.heads_per_thread, parts,
-                       shared_table)
+                       shared_table, ahead_code)
     return Plan(kernel=name, grid=grid, block=geo.block, smem=0, team=geo.team, norm=norm, rope=rope,
-                template=bytes(p), slots=tuple(slots), ahead_waves=ahead_waves(iters, norm, parts))
+                template=bytes(p), slots=tuple(slots), ahead_waves=waves)
 
 
 def ahead_waves(iters: int, norm: str, parts: int) -> float:

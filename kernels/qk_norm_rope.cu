@@ -434,7 +434,9 @@ __device__ __forceinline__ void process_row(const Params& p, u32 row_id, u32 row
     }
 }
 
-template <typename T, typename C, int ROPE, int NORM, int K, int PARTS, int TABLE>
+// AHEAD == 0: variants for blocks of several row groups, which never ask for rows ahead
+// (Params.ahead is 0 for them), built without that code.
+template <typename T, typename C, int ROPE, int NORM, int K, int PARTS, int TABLE, int AHEAD>
 __device__ __forceinline__ void qk_norm_rope_body(const Params& p) {
     const u32 rows_per_block = blockDim.y;   // blockDim.x is the team
     const u32 row_in_block = threadIdx.y;
@@ -449,10 +451,10 @@ __device__ __forceinline__ void qk_norm_rope_body(const Params& p) {
             wait_for_producer();   // a global access (process_row waits too: a no-op the second time)
             prefetch_row<T, C, PARTS, K>(p, next, d, tl.hl, (int)p.th, part_stride<PARTS>(p));
         }
-        const u32 far_row = ahead_in_row<NORM, PARTS>() && i == 0 ? row_ahead(p, row_id) : NO_ROW;
+        const u32 far_row = AHEAD && ahead_in_row<NORM, PARTS>() && i == 0 ? row_ahead(p, row_id) : NO_ROW;
         process_row<T, C, ROPE, NORM, K, PARTS, TABLE>(p, row_id, row_in_block, i & 1u, far_row);
     }
-    if (!ahead_in_row<NORM, PARTS>()) {
+    if (AHEAD && !ahead_in_row<NORM, PARTS>()) {
         const u32 far_row = row_ahead(p, first);
         if (far_row != NO_ROW && (int)tl.j < p.lanes_d)
             prefetch_row<T, C, PARTS, K>(p, far_row, d, tl.hl, (int)p.th, part_stride<PARTS>(p));
@@ -462,11 +464,11 @@ __device__ __forceinline__ void qk_norm_rope_body(const Params& p) {
 }  // namespace cudit
 
 // build_cubins.py appends one line per variant:
-//   CUDIT_QKNR(name, T, C, ROPE, NORM, K, PARTS, TABLE, MAX_THREADS)
-// (C: cos/sin type, any when ROPE is none; TABLE: TableKind)
-#define CUDIT_QKNR(NAME, T, C, ROPE, NORM, K, PARTS, TABLE, MAX_THREADS)                       \
+//   CUDIT_QKNR(name, T, C, ROPE, NORM, K, PARTS, TABLE, AHEAD, MAX_THREADS)
+// (C: cos/sin type, any when ROPE is none; TABLE: TableKind; AHEAD: 0 or 1, rows-ahead code)
+#define CUDIT_QKNR(NAME, T, C, ROPE, NORM, K, PARTS, TABLE, AHEAD, MAX_THREADS)                \
     extern "C" __global__ void __launch_bounds__(MAX_THREADS, 1) NAME(const cudit::Params p) { \
-        cudit::qk_norm_rope_body<T, C, ROPE, NORM, K, PARTS, TABLE>(p);                       \
+        cudit::qk_norm_rope_body<T, C, ROPE, NORM, K, PARTS, TABLE, AHEAD>(p);                \
     }
 
 // The benchmark's baseline for launch-bound shapes and host overhead: a launch that does nothing.

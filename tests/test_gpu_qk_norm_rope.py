@@ -184,6 +184,30 @@ def test_model_asking_l2_for_rows_ahead(case, rows_ahead):
     assert [Params.from_buffer_copy(x.template).ahead > 0 for x in _launch._LAUNCHERS.values()] == [True]
 
 
+@pytest.fixture
+def several_groups(monkeypatch, full_size_geometry):
+    """Three row groups a block: the next-group requests run, and per-head rotate_half rows
+    take their variant without rows-ahead code (_na)."""
+    from cudit import _planner
+
+    monkeypatch.setattr(_planner, "ROW_ITERS", 3)
+    monkeypatch.setattr(_planner, "FULL_GRID", 1)   # these grids are small
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("case", MODELS, ids=str)
+def test_model_several_row_groups_a_block(case, several_groups):
+    import cudit
+    from cudit import _launch
+    from cudit._params import Params
+
+    _launch._LAUNCHERS.clear()
+    run_case(case, cudit.qk_norm_rope)
+    (plan,) = [key[1] for key in _launch._LAUNCHERS]
+    assert Params.from_buffer_copy(plan.template).iters == 3
+    assert plan.kernel.endswith("_na") == (case.rope == "half" and case.norm == "head")
+
+
 def test_case_names_are_unique():
     names = [c.name for c in CASES + MODELS]
     assert len(names) == len(set(names))
