@@ -48,8 +48,8 @@ MAX_THREADS = {(1, 1): 1024, (1, 2): 768, (1, 3): 512, (1, 4): 512, (1, 0): 768,
 # Variants that fit a tighter cap (more threads resident), by (vectors, norm, heads a thread).
 # Per-head rows of two vectors, and 16-bit per-head rows of four heads a thread, read a shared
 # table late (kernels/qk_norm_rope.cu late_table): 96 and 80 registers. Three-vector rows of one
-# head a thread: 80 registers, 8 blocks of 96 an SM instead of 7 (Lumina-2 on an H100 82.8 ->
-# 84.1% of copy, docs/perf-notes.md v10).
+# head a thread, finished vector by vector: 68 registers on sm_90, 9 blocks of 96 an SM instead
+# of 7 at the general bound (Lumina-2 on an H100 82.9 -> 87.3% of copy, docs/perf-notes.md v10).
 MAX_THREADS_BY_NORM = {(1, "full", 4): 768, (1, "full", 3): 768, (1, "full", 2): 768, (1, "none", 4): 768,
                        (1, "none", 2): 1024, (1, "head", 1): 768, (1, "head", 4): 768, (2, "head", 2): 640,
                        (3, "head", 1): 768}
@@ -60,12 +60,11 @@ MAX_THREADS_BY_DTYPE = {("f32", 1, "head", 4): 512}
 # registers a thread). The planner's blocks stay under VARIANT_MAX_THREADS (cudit/_planner.py),
 # which is below every bound. By (arch, vectors, norm, heads a thread). The rows-ahead request
 # (docs/perf-notes.md v9) added the full-dim K = 2 / 3 and per-head K = 4 entries, three-vector
-# items the loop entries; three-vector K = 1 at 768 spilled 4-32 bytes everywhere but sm_90.
+# items the loop entries.
 ARCH_MAX_THREADS = {("sm_100", 1, "full", 4): 512, ("sm_100", 1, "full", 3): 640, ("sm_100", 1, "full", 2): 640,
                     ("sm_100", 1, "head", 4): 640,
                     ("sm_120", 1, "full", 4): 512, ("sm_120", 1, "full", 3): 640, ("sm_120", 1, "full", 2): 640,
-                    ("sm_120", 2, "head", 2): 576, ("sm_100", 3, "head", 0): 512, ("sm_120", 3, "head", 0): 512,
-                    **{(arch, 3, "head", 1): 640 for arch in ("sm_80", "sm_86", "sm_89", "sm_100", "sm_120")}}
+                    ("sm_120", 2, "head", 2): 576, ("sm_100", 3, "head", 0): 512, ("sm_120", 3, "head", 0): 512}
 # Variants built a second time for a table the planner knows is one [S, D] slice for all heads
 # (kernels/qk_norm_rope.cu TABLE_SHARED, name suffix _st), by (rope, norm, heads a thread): their
 # launch bound. Full-dim rotate_half rows then read the slice vector by vector after the
@@ -82,7 +81,7 @@ NO_AHEAD_VARIANTS = {("half", "head", 2)}
 # vectors -> (activation dtypes, most heads a thread). Two: fp32 heads over 128 values (one vector
 # a lane would need more than a warp's 32 lanes for a head). Three: D / VEC three times a power of
 # two (D = 96: 4 lanes a head, not 12 of 16), one head a thread (two measured 2.5 points worse on
-# Lumina-2 and spilled on every architecture but sm_90).
+# Lumina-2 and spilled on every architecture but sm_90; finished vector by vector, 4.4 worse, v10).
 EXTRA_PARTS = {2: (("f32",), 2), 3: (("f32", "f16", "bf16"), 1)}
 
 
