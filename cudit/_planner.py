@@ -6,8 +6,8 @@ pointer alignment, options); only pointers are bound per call.
 """
 from __future__ import annotations
 
-import struct
 import dataclasses
+import struct
 from dataclasses import dataclass
 
 from ._arrays import ArrayInfo

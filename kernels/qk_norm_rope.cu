@@ -169,6 +169,13 @@ template <int VEC> struct HeadWeightsAt {
     }
 };
 
+// x *= r * w: the norm's scale and weight, one vector.
+template <int VEC>
+__device__ __forceinline__ void scale_by(float (&x)[VEC], float r, const float (&w)[VEC]) {
+#pragma unroll
+    for (int e = 0; e < VEC; ++e) x[e] *= r * w[e];
+}
+
 // Normalise (scale r, weight w), rotate, round once, store.
 template <typename T, typename C, int ROPE, int NORM, int PARTS, typename Tab, typename HW>
 __device__ __forceinline__ void finish_item(const Row<T, C>& row, int stride, int h, int d, const Item<T, PARTS>& it,
@@ -189,8 +196,7 @@ __device__ __forceinline__ void finish_item(const Row<T, C>& row, int stride, in
             if (NORM == NORM_HEAD) {
                 float w[VEC];
                 hw.get(q, w);
-#pragma unroll
-                for (int e = 0; e < VEC; ++e) x[e] *= r * w[e];
+                scale_by(x, r, w);
             }
             if (ROPE == ROPE_INTERLEAVED) {
                 float c[VEC], s[VEC];
@@ -211,8 +217,7 @@ __device__ __forceinline__ void finish_item(const Row<T, C>& row, int stride, in
         for (int q = 0; q < PARTS; ++q) {
             float w[VEC];
             hw.get(q, w);
-#pragma unroll
-            for (int e = 0; e < VEC; ++e) x[q][e] *= r * w[e];
+            scale_by(x[q], r, w);
         }
     } else if (NORM == NORM_FULL) {
         // Full-dim weights run across the heads: this head's slice.
@@ -221,8 +226,7 @@ __device__ __forceinline__ void finish_item(const Row<T, C>& row, int stride, in
         for (int q = 0; q < PARTS; ++q) {
             float w[VEC];
             load_floats<VEC>(row.w, row.w_dtype, widx + q * stride, w);
-#pragma unroll
-            for (int e = 0; e < VEC; ++e) x[q][e] *= r * w[e];
+            scale_by(x[q], r, w);
         }
     }
     Item<T, PARTS> o;
