@@ -163,6 +163,16 @@ def test_model_launch_bound_geometry(case):
     run_case(case, cudit.qk_norm_rope)
 
 
+def launched_plans(case) -> list:
+    """Run a case on fresh launchers; the plans they were built for."""
+    import cudit
+    from cudit import _launch
+
+    _launch._LAUNCHERS.clear()
+    run_case(case, cudit.qk_norm_rope)
+    return [key[1] for key in _launch._LAUNCHERS]
+
+
 @pytest.fixture
 def rows_ahead(monkeypatch, full_size_geometry):
     """A distance of a twentieth of a wave: these short grids then have rows ahead to request."""
@@ -175,12 +185,10 @@ def rows_ahead(monkeypatch, full_size_geometry):
 @pytest.mark.gpu
 @pytest.mark.parametrize("case", MODELS, ids=str)
 def test_model_asking_l2_for_rows_ahead(case, rows_ahead):
-    import cudit
     from cudit import _launch
     from cudit._params import Params
 
-    _launch._LAUNCHERS.clear()
-    run_case(case, cudit.qk_norm_rope)
+    launched_plans(case)
     assert [Params.from_buffer_copy(x.template).ahead > 0 for x in _launch._LAUNCHERS.values()] == [True]
 
 
@@ -197,13 +205,9 @@ def several_groups(monkeypatch, full_size_geometry):
 @pytest.mark.gpu
 @pytest.mark.parametrize("case", MODELS, ids=str)
 def test_model_several_row_groups_a_block(case, several_groups):
-    import cudit
-    from cudit import _launch
     from cudit._params import Params
 
-    _launch._LAUNCHERS.clear()
-    run_case(case, cudit.qk_norm_rope)
-    (plan,) = [key[1] for key in _launch._LAUNCHERS]
+    (plan,) = launched_plans(case)
     assert Params.from_buffer_copy(plan.template).iters == 3
     assert plan.kernel.endswith("_na") == (case.rope == "half" and case.norm == "head")
 
