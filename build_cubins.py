@@ -49,7 +49,8 @@ MAX_THREADS = {(1, 1): 1024, (1, 2): 768, (1, 3): 512, (1, 4): 512, (1, 0): 768,
 # Per-head rows of two vectors, and 16-bit per-head rows of four heads a thread, read a shared
 # table late (kernels/qk_norm_rope.cu late_table): 96 and 80 registers. Three-vector rows of one
 # head a thread, finished vector by vector: 68 registers on sm_90, 9 blocks of 96 an SM instead
-# of 7 at the general bound (Lumina-2 on an H100 82.9 -> 87.3% of copy, docs/perf-notes.md v10).
+# of 7 at the general bound (Lumina-2 on an H100 82.9 -> 87.3% of copy, docs/perf-notes.md v10);
+# with the next vector's constants requested early, 80 and 8 blocks (87.4 -> 88.4%, v11).
 MAX_THREADS_BY_NORM = {(1, "full", 4): 768, (1, "full", 3): 768, (1, "full", 2): 768, (1, "none", 4): 768,
                        (1, "none", 2): 1024, (1, "head", 1): 768, (1, "head", 4): 768, (2, "head", 2): 640,
                        (3, "head", 1): 768}

@@ -176,39 +176,66 @@ __device__ __forceinline__ void scale_by(float (&x)[VEC], float r, const float (
     for (int e = 0; e < VEC; ++e) x[e] *= r * w[e];
 }
 
+// One vector's norm weights and cos/sin as floats (three-vector items read them vector by vector).
+template <int VEC> struct VecConsts {
+    float w[VEC], c[VEC], s[VEC];
+};
+
+template <int ROPE, int NORM, int VEC, typename Tab, typename HW>
+__device__ __forceinline__ void read_consts(int q, const Tab& tab, const HW& hw, VecConsts<VEC>& v) {
+    if (NORM == NORM_HEAD) hw.get(q, v.w);
+    if (ROPE == ROPE_INTERLEAVED) tab.get(q, v.c, v.s);
+}
+
+// sm_100 and sm_120: their ptxas spills the three-vector lookahead below at the 768-thread bound
+// (16-24 bytes), so they keep finishing vector by vector without it.
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 1000
+constexpr bool THREE_VECTOR_LOOKAHEAD = false;
+#else
+constexpr bool THREE_VECTOR_LOOKAHEAD = true;
+#endif
+
+// Three-vector items (per-head, interleaved or no RoPE). The vectors are independent, so each is
+// finished and stored before the next is converted: 68 registers instead of 80, 9 blocks of 96 an
+// SM instead of 8 (Lumina-2 on an H100 84.1 -> 87.3% of copy, docs/perf-notes.md v10). With the
+// lookahead, the next vector's weights and cos/sin are requested before this one is finished, so
+// the three L1 round trips after the reduction overlap: they held 40% of the warps' stall samples
+// (v11: 80 registers and 8 blocks, and still 87.4 -> 88.4%). The other items keep finish_item
+// (the same order for all vectors changed their registers, and spilled full-dim K = 4).
+template <typename T, typename C, int ROPE, int NORM, typename Tab, typename HW>
+__device__ __forceinline__ void finish_three(const Row<T, C>& row, int stride, int h, const Item<T, 3>& it, float r,
+                                             const Tab& tab, const HW& hw) {
+    constexpr int VEC = Item<T, 3>::VEC;
+    constexpr bool ahead = THREE_VECTOR_LOOKAHEAD;
+    static_assert(NORM != NORM_FULL && ROPE != ROPE_HALF, "three-vector items are per-head, no rotate_half");
+    T* dst = row.out + (i64)h * row.out_hs;
+    VecConsts<VEC> cur, next;
+    if (ahead) read_consts<ROPE, NORM>(0, tab, hw, cur);
+#pragma unroll
+    for (int q = 0; q < 3; ++q) {
+        if (ahead && q + 1 < 3) read_consts<ROPE, NORM>(q + 1, tab, hw, next);
+        float x[VEC];
+        it.part[q].to_floats(x);
+        if (NORM == NORM_HEAD) {
+            if (!ahead) hw.get(q, cur.w);
+            scale_by(x, r, cur.w);
+        }
+        if (ROPE == ROPE_INTERLEAVED) {
+            if (!ahead) tab.get(q, cur.c, cur.s);
+            rotate_pairs(x, cur.c, cur.s);
+        }
+        Packet<T, VEC> o;
+        o.from_floats(x);
+        o.store(dst + q * stride);
+        if (ahead && q + 1 < 3) cur = next;
+    }
+}
+
 // Normalise (scale r, weight w), rotate, round once, store.
 template <typename T, typename C, int ROPE, int NORM, int PARTS, typename Tab, typename HW>
 __device__ __forceinline__ void finish_item(const Row<T, C>& row, int stride, int h, int d, const Item<T, PARTS>& it,
                                             float r, const Tab& tab, const HW& hw) {
     constexpr int VEC = Item<T, PARTS>::VEC;
-    if constexpr (PARTS == 3) {
-        // Per-head, interleaved or no RoPE: the vectors are independent, so each is finished and
-        // stored before the next is converted: 68 registers instead of 80, 9 blocks of 96 an SM
-        // instead of 8 (Lumina-2 on an H100 84.1 -> 87.3% of copy, docs/perf-notes.md v10). The
-        // other items keep the code below (the same order for all vectors changed their
-        // registers, and spilled full-dim K = 4).
-        static_assert(NORM != NORM_FULL && ROPE != ROPE_HALF, "three-vector items are per-head, no rotate_half");
-        T* dst = row.out + (i64)h * row.out_hs;
-#pragma unroll
-        for (int q = 0; q < PARTS; ++q) {
-            float x[VEC];
-            it.part[q].to_floats(x);
-            if (NORM == NORM_HEAD) {
-                float w[VEC];
-                hw.get(q, w);
-                scale_by(x, r, w);
-            }
-            if (ROPE == ROPE_INTERLEAVED) {
-                float c[VEC], s[VEC];
-                tab.get(q, c, s);
-                rotate_pairs(x, c, s);
-            }
-            Packet<T, VEC> o;
-            o.from_floats(x);
-            o.store(dst + q * stride);
-        }
-        return;
-    }
     float x[PARTS][VEC];
 #pragma unroll
     for (int q = 0; q < PARTS; ++q) it.part[q].to_floats(x[q]);
@@ -386,8 +413,7 @@ __device__ __forceinline__ void process_row(const Params& p, u32 row_id, u32 row
     auto finish = [&](int h, const It& item, float r_h) {
         if constexpr (at_use) {
             const TableAt<C, VEC> at{row.cos + h * row.cos_hs, row.sin + h * row.sin_hs, stride};
-            finish_item<T, C, ROPE, NORM, PARTS>(row, stride, h, d, item, r_h, at,
-                                                  HeadWeightsAt<VEC>{row.w, row.w_dtype, (i64)d, stride});
+            finish_three<T, C, ROPE, NORM>(row, stride, h, item, r_h, at, HeadWeightsAt<VEC>{row.w, row.w_dtype, (i64)d, stride});
         } else if constexpr (TABLE == TABLE_SHARED) {
             finish_item<T, C, ROPE, NORM, PARTS>(row, stride, h, d, item, r_h, TableAt<C, VEC>{row.cos, row.sin, stride}, hw);
         } else {
