@@ -66,6 +66,10 @@ ROW_ITERS_BY = {("full", 1): (2, 48 * 1024), ("full", 2): (1, 0), ("head", 1): (
 # FLUX.1 87.0 -> 90.4 / 90.8 / 89.9 / 85.9, FLUX.2 88.0 -> 92.4 / 93.3 / 92.8 / 89.8.
 AHEAD_WAVES_IN_ROW = 0.5
 AHEAD_WAVES_AFTER_ROW = 1.25
+# Three-vector rows (per-head D = 96), since they request the next vector's constants before
+# finishing a vector (v11): 0.5 / 0.625 / 0.75 / 0.875 / 1 waves took Lumina-2 88.4 / 88.8 / 89.2 /
+# 89.4 / 89.0% of copy (FLUX.1-other-norm, full-dim, 89.3 / 89.4 / 89.2 / 88.5 / 87.1: it keeps 0.5).
+AHEAD_WAVES_THREE_VECTOR = 0.875
 ROW_ITERS = None    # tuning knob (the benchmark's --row-iters): one value for every plan
 FULL_GRID = 1024
 # Launch-bound grids: when two heads a thread still make no more threads than about one wave of
@@ -773,6 +777,8 @@ def ahead_waves(iters: int, norm: str, parts: int) -> float:
     """Params.ahead in waves of resident blocks (0: none): grids of one row group a block."""
     if iters != 1:
         return 0.0
+    if parts == 3:
+        return AHEAD_WAVES_THREE_VECTOR
     return AHEAD_WAVES_IN_ROW if norm == "full" or parts > 1 else AHEAD_WAVES_AFTER_ROW
 
 

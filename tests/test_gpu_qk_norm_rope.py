@@ -180,6 +180,7 @@ def rows_ahead(monkeypatch, full_size_geometry):
 
     monkeypatch.setattr(_planner, "AHEAD_WAVES_IN_ROW", 0.05)
     monkeypatch.setattr(_planner, "AHEAD_WAVES_AFTER_ROW", 0.05)
+    monkeypatch.setattr(_planner, "AHEAD_WAVES_THREE_VECTOR", 0.05)
 
 
 @pytest.mark.gpu
