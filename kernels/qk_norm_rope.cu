@@ -196,12 +196,13 @@ constexpr bool THREE_VECTOR_LOOKAHEAD = true;
 #endif
 
 // Three-vector items (per-head, interleaved or no RoPE). The vectors are independent, so each is
-// finished and stored before the next is converted: 68 registers instead of 80, 9 blocks of 96 an
-// SM instead of 8 (Lumina-2 on an H100 84.1 -> 87.3% of copy, docs/perf-notes.md v10). With the
-// lookahead, the next vector's weights and cos/sin are requested before this one is finished, so
-// the three L1 round trips after the reduction overlap: they held 40% of the warps' stall samples
-// (v11: 80 registers and 8 blocks, and still 87.4 -> 88.4%). The other items keep finish_item
-// (the same order for all vectors changed their registers, and spilled full-dim K = 4).
+// finished and stored before the next is converted: one vector held as floats, not three (v10:
+// 96 -> 68 registers, Lumina-2 on an H100 82.9 -> 87.3% of copy, docs/perf-notes.md). With the
+// lookahead the next vector's weights and cos/sin are requested before this one is finished, so
+// the three L1 round trips after the reduction overlap (they held 40% of the warps' stall
+// samples): 80 registers, a block of 96 fewer an SM, and still 87.4 -> 88.4% (v11). The other
+// items keep finish_item (the same order for all vectors changed their registers, and spilled
+// full-dim K = 4).
 template <typename T, typename C, int ROPE, int NORM, typename Tab, typename HW>
 __device__ __forceinline__ void finish_three(const Row<T, C>& row, int stride, int h, const Item<T, 3>& it, float r,
                                              const Tab& tab, const HW& hw) {

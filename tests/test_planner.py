@@ -355,13 +355,14 @@ def test_rows_ahead_only_for_one_group_a_block_and_a_wave_further_after_the_row(
     assert (params(one).iters, params(half).iters) == (1, 1) and params(many).iters > 1
     assert one.ahead_waves == _planner.AHEAD_WAVES_AFTER_ROW > half.ahead_waves == _planner.AHEAD_WAVES_IN_ROW > 0
     assert many.ahead_waves == 0
+    # so blocks of several groups take the variant built without the rows-ahead code
+    assert (half.kernel, many.kernel) == ("qknr_bf16_half_f32_head_k2", "qknr_bf16_half_f32_head_k2_na")
+    assert not one.kernel.endswith("_na")
+    # three-vector rows (D = 96) ask at their own distance
     qw, kw = weights(96)
     c, s = table((4096, 96))
     three = make_plan(Request(arr((1, 4096, 24 * 96)), qw, kw, c, s, num_heads=8))         # D = 96: three vectors
     assert three.kernel.endswith("_p3") and three.ahead_waves == _planner.AHEAD_WAVES_THREE_VECTOR > 0
-    # so blocks of several groups take the variant built without the rows-ahead code
-    assert (half.kernel, many.kernel) == ("qknr_bf16_half_f32_head_k2", "qknr_bf16_half_f32_head_k2_na")
-    assert not one.kernel.endswith("_na")
 
 
 def test_row_groups_per_block_follow_the_norm_and_rope_kind():
