@@ -8,6 +8,8 @@ from typing import NamedTuple
 
 import numpy as np
 
+from ._errors import PlanError, driver_module
+
 # numpy dtype name -> cudit's short name (ml_dtypes names bfloat16 "bfloat16").
 _DTYPE_NAMES = {"float32": "f32", "float16": "f16", "bfloat16": "bf16"}
 ITEMSIZE = {"f32": 4, "f16": 2, "bf16": 2}
@@ -54,7 +56,10 @@ def dtype_name(dtype) -> str:
         return _DTYPE_CACHE[dtype]
     except (KeyError, TypeError):
         pass
-    name = np.dtype(dtype).name if dtype is not None else "unknown"
+    try:
+        name = np.dtype(dtype).name if dtype is not None else "unknown"
+    except TypeError:   # a framework's own dtype object, e.g. torch.bfloat16
+        name = str(dtype).rsplit(".", 1)[-1]
     short = _DTYPE_NAMES.get(name, name)
     try:
         _DTYPE_CACHE[dtype] = short
@@ -67,7 +72,8 @@ _DLPACK_CPU = 1
 _SMV = None  # cuda.core's StridedMemoryView, imported on first use
 
 
-def _on_host(obj) -> bool:
+def on_host(obj) -> bool:
+    """True for an array in host memory (numpy, a CPU tensor): no GPU is needed to reject it."""
     is_cuda = getattr(obj, "is_cuda", None)   # torch: a cheap attribute, no DLPack call
     if isinstance(is_cuda, bool):
         return not is_cuda
@@ -80,26 +86,65 @@ def _on_host(obj) -> bool:
         return False
 
 
-def describe(obj, stream_ptr: int) -> ArrayInfo:
+def is_array(obj) -> bool:
+    return any(hasattr(obj, a) for a in ("__dlpack__", "__cuda_array_interface__", "__array_interface__"))
+
+
+def check_no_autograd(role: str, obj) -> None:
+    """cudit has no backward yet: a tensor autograd would track must not pass silently."""
+    if getattr(obj, "requires_grad", False) is True and _grad_enabled():
+        raise PlanError(
+            f"{role}: expected a tensor autograd does not track, got one with requires_grad=True while grad "
+            f"mode is on; cudit computes no gradient, so the backward pass would be wrong. Call it under "
+            f"torch.no_grad() / torch.inference_mode(), or pass {role}.detach() if no gradient should flow")
+
+
+def _grad_enabled() -> bool:
+    import torch   # only torch tensors carry requires_grad
+
+    return torch.is_grad_enabled()
+
+
+def _host_info(obj) -> ArrayInfo:
+    """A host array's description without cuda.core (it is rejected by name; no driver needed)."""
+    shape = tuple(int(n) for n in obj.shape)
+    dt = dtype_name(getattr(obj, "dtype", None))
+    stride = getattr(obj, "stride", None)
+    if callable(stride):     # torch
+        strides = tuple(int(s) for s in stride())
+    else:                    # numpy and its likes: byte strides
+        item = max(1, int(getattr(obj, "itemsize", 1)))
+        strides = tuple(int(s) // item for s in getattr(obj, "strides", None) or contiguous_strides(shape))
+    return ArrayInfo(ptr=0, shape=shape, strides=strides, dtype=dt, device_id=-1, framework=framework_of(obj))
+
+
+def describe(obj, stream_ptr: int, role: str = "array") -> ArrayInfo:
     """View obj through cuda.core (DLPack first, then the CUDA Array Interface).
 
     stream_ptr is the stream the kernel will run on: the producer orders its work before it.
+    Host arrays are described without cuda.core, so that they fail by name with no driver.
     """
     global _SMV
-    if _SMV is None:
-        from cuda.core.utils import StridedMemoryView as _SMV
-    if _on_host(obj):
-        stream_ptr = -1  # a host array takes no stream; the planner rejects it by name
+    check_no_autograd(role, obj)
+    if on_host(obj):
+        try:
+            return _host_info(obj)
+        except (AttributeError, TypeError, ValueError):
+            pass   # an unusual host object: the view below names it
+    if not is_array(obj):
+        raise PlanError(f"{role}: expected a GPU array that speaks DLPack or __cuda_array_interface__, "
+                        f"got {type(obj).__name__}")
     if getattr(obj, "requires_grad", False) is True:
-        # torch exports no autograd-tracked tensor; cudit records no graph (inference only),
-        # so it reads and writes the same memory through a detached view.
-        obj = obj.detach()
+        obj = obj.detach()   # grad mode is off (checked above): torch exports no tracked tensor
+    if _SMV is None:
+        driver_module()      # cuda.core needs cuda-bindings: name the extra if it is missing
+        from cuda.core.utils import StridedMemoryView as _SMV
     try:
         view = _SMV.from_any_interface(obj, stream_ptr=stream_ptr)
     except (BufferError, TypeError, AttributeError) as exc:
-        raise TypeError(
-            f"expected a GPU array that speaks DLPack or __cuda_array_interface__, "
-            f"got {type(obj).__name__}: {exc}"
+        raise PlanError(
+            f"{role}: expected a GPU array that speaks DLPack or __cuda_array_interface__, "
+            f"got {type(obj).__name__} ({exc})"
         ) from None
     shape = tuple(int(n) for n in view.shape)
     strides = view.strides
@@ -139,7 +184,7 @@ def _torch_keys(objs):
         if t is None:
             keys.append(None)
             ptrs.append(0)
-        elif type(t) in _TORCH_TYPES:
+        elif type(t) in _TORCH_TYPES and not t.requires_grad:   # tracked: the full path checks grad mode
             p = t.data_ptr()
             ptrs.append(p)
             keys.append((t.shape, t.stride(), t.dtype, t.get_device(), p & 15))

@@ -7,12 +7,10 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
+from ._errors import NoImageError
+
 # CUDIT_CUBIN_DIR: a developer's knob to load another build (A/B timing of kernel variants).
 CUBIN_DIR = Path(os.environ.get("CUDIT_CUBIN_DIR") or Path(__file__).resolve().parent / "_cubins")
-
-
-class NoImageError(RuntimeError):
-    """The GPU can run none of the shipped code."""
 
 
 @functools.lru_cache(maxsize=None)

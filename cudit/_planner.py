@@ -11,6 +11,7 @@ import struct
 from dataclasses import dataclass
 
 from ._arrays import ArrayInfo
+from ._errors import PlanError
 from ._params import DTYPE_CODES, POINTERS, Params, fast_div
 
 ACT_DTYPES = ("bf16", "f16", "f32")
@@ -85,10 +86,6 @@ SMALL_GRID_THREADS = 128 * 1024
 # 2.4 us, and rotate_half FLUX.1 with its eight row groups a block kept 10 points).
 ONE_ROW_BLOCKS_UP_TO = 16 * 1024
 MAX_GRID_X = 2**31 - 1
-
-
-class PlanError(ValueError):
-    """Bad input, found before any launch; nothing was written."""
 
 
 @dataclass(frozen=True)
@@ -680,7 +677,6 @@ def kernel_name(dtype: str, rope: str, table_dtype, norm: str, k: int, parts: in
 def make_plan(req: Request) -> Plan:
     """Validate a request and choose its launch. Pointers in req matter only modulo 16."""
     arrays = req.arrays()
-    _check_device(arrays)
     for role in ("q", "k", "qkv"):
         if role in arrays:
             _check_dtype(role, arrays[role])
@@ -710,6 +706,7 @@ def make_plan(req: Request) -> Plan:
         raise PlanError("q_weight/k_weight and cos/sin are all None: there is nothing to compute")
     if not (isinstance(req.eps, (int, float)) and req.eps >= 0):
         raise _fail("eps", "a non-negative float", req.eps)
+    _check_device(arrays)   # last: host arrays of a bad shape or dtype get the precise error first
 
     parts = item_parts(rope, norm, d // vec)
     lanes_d = d // (vec * parts)

@@ -2,7 +2,8 @@
 from __future__ import annotations
 
 from . import _launch
-from ._arrays import _ADAPTERS, adapter, describe
+from ._arrays import _ADAPTERS, adapter, describe, is_array, on_host
+from ._errors import PlanError, driver_module
 from ._planner import Request, plan
 
 # Every array argument has a fixed position; a role names it for the planner.
@@ -28,7 +29,7 @@ def qk_norm_rope(qkv, q_weight, k_weight, cos=None, sin=None, *, num_heads=None,
     # A warm call spends about as long in this module as in the driver's launch: keep it lean.
     if isinstance(qkv, _PAIR):
         if len(qkv) != 2:
-            raise ValueError(f"qkv: expected one packed array or a (q, k) pair, got {len(qkv)} arrays")
+            raise PlanError(f"qkv: expected one packed array or a (q, k) pair, got {len(qkv)} arrays")
         q, k = qkv
     else:
         q, k = qkv, None
@@ -111,28 +112,30 @@ def _roles(qkv, out) -> tuple:
     return (first, "k", third) + _POSITIONS[3:]
 
 
+def _request(qkv, out, objs, options, view) -> Request:
+    """The planner's Request, each array given through view(role, obj)."""
+    v = {role: None if x is None else view(role, x) for role, x in zip(_roles(qkv, out), objs)}
+    num_heads, eps, interleave, num_txt_tokens, seq_len = options
+    return Request(
+        qkv=(v["q"], v["k"]) if _is_pair(qkv) else v["qkv"], q_weight=v["q_weight"], k_weight=v["k_weight"],
+        cos=v["cos"], sin=v["sin"], num_heads=num_heads, eps=eps, interleave=bool(interleave),
+        q_add_weight=v["q_add_weight"], k_add_weight=v["k_add_weight"], num_txt_tokens=num_txt_tokens,
+        seq_len=seq_len, out=None if out is None else ((v["q_out"], v["k_out"]) if _is_pair(out) else v["out"]),
+    )
+
+
 def _plan_and_launch(qkv, out, objs, options, stream):
     """The full path: views through the exporters, the planner's checks, launch."""
+    if any(x is not None and (on_host(x) or not is_array(x)) for x in objs):
+        # Nothing to launch: the planner names the argument, with no stream, driver or GPU asked.
+        plan(_request(qkv, out, objs, options, lambda role, x: describe(x, -1, role)))
+        raise PlanError("an argument is not a GPU array")   # plan() names it first
+    driver_module()
     first = objs[0]
     handle = _launch.resolve_stream(stream, first)
     capturing = _launch.is_capturing(handle)
-
-    def view(x):
-        if x is None:
-            return None
-        if _is_pair(x):
-            return tuple(view(y) for y in x)
-        return describe(x, _launch.consumer_stream(stream, handle, first, x, capturing))
-
-    named = dict(zip(_POSITIONS, objs))
-    num_heads, eps, interleave, num_txt_tokens, seq_len = options
-    req = Request(
-        qkv=view(qkv), q_weight=view(named["q_weight"]), k_weight=view(named["k_weight"]),
-        cos=view(named["cos"]), sin=view(named["sin"]), num_heads=num_heads, eps=eps,
-        interleave=bool(interleave), q_add_weight=view(named["q_add_weight"]),
-        k_add_weight=view(named["k_add_weight"]), num_txt_tokens=num_txt_tokens,
-        seq_len=seq_len, out=view(out),
-    )
+    req = _request(qkv, out, objs, options, lambda role, x: describe(
+        x, _launch.consumer_stream(stream, handle, first, x, capturing), role))
     p = plan(req)
     arrays = req.arrays()
     launcher = _launch.launcher(next(iter(arrays.values())).device_id, p)

@@ -12,13 +12,16 @@ dispatch per call), each with a fake implementation for tracing:
     cudit::qk_norm_rope_split_(q!, k!) separate Q and K, in place     -> ()
     cudit::qk_norm_rope_split(q, k)    separate Q and K, functional   -> (Tensor, Tensor)
 
-They run on the current stream of PyTorch. There is no autograd formula: inference only.
+They run on the current stream of PyTorch. There is no autograd formula yet: with grad mode
+on, a tensor that requires grad raises cudit.PlanError naming it (eager and under
+torch.compile alike), rather than letting backward() compute a wrong gradient.
 """
 from __future__ import annotations
 
 import torch
 
 from . import api
+from ._arrays import check_no_autograd
 
 _COMMON = ("Tensor? q_weight, Tensor? k_weight, Tensor? cos, Tensor? sin, {heads}, float eps=1e-06, "
            "bool interleave=True, Tensor? q_add_weight=None, Tensor? k_add_weight=None, "
@@ -80,29 +83,44 @@ def _split(q, k, *args):
     return out
 
 
+# CPU too: a host tensor then fails with cudit.PlanError naming it, not a dispatcher error.
 for _name, _fn in (("qk_norm_rope_", _packed_), ("qk_norm_rope", _packed),
                    ("qk_norm_rope_split_", _split_), ("qk_norm_rope_split", _split)):
     _lib.impl(_name, _fn, "CUDA")
+    _lib.impl(_name, _fn, "CPU")
+
+_TENSOR_ARGS = ("q_weight", "k_weight", "cos", "sin")   # after the data, in schema order
+_ADD_ARGS = ("q_add_weight", "k_add_weight")            # schema positions 4 and 5 after num_heads
+
+
+def _no_autograd(data_roles, args) -> None:
+    """Tracing sees what eager sees: no tensor autograd would track (torch.compile's training graphs)."""
+    n = len(data_roles)
+    named = list(zip(data_roles + _TENSOR_ARGS, args[:n + 4])) + list(zip(_ADD_ARGS, args[n + 7:n + 9]))
+    for role, t in named:
+        check_no_autograd(role, t)
 
 
 @torch.library.register_fake("cudit::qk_norm_rope_", lib=_lib)
-def _packed_fake_(qkv, *args):
-    return None
+def _packed_fake_(*args):
+    _no_autograd(("qkv",), args)
 
 
 @torch.library.register_fake("cudit::qk_norm_rope", lib=_lib)
-def _packed_fake(qkv, *args):
-    return torch.empty_like(qkv)
+def _packed_fake(*args):
+    _no_autograd(("qkv",), args)
+    return torch.empty_like(args[0])
 
 
 @torch.library.register_fake("cudit::qk_norm_rope_split_", lib=_lib)
-def _split_fake_(q, k, *args):
-    return None
+def _split_fake_(*args):
+    _no_autograd(("q", "k"), args)
 
 
 @torch.library.register_fake("cudit::qk_norm_rope_split", lib=_lib)
-def _split_fake(q, k, *args):
-    return torch.empty_like(q), torch.empty_like(k)
+def _split_fake(*args):
+    _no_autograd(("q", "k"), args)
+    return torch.empty_like(args[0]), torch.empty_like(args[1])
 
 
 def qk_norm_rope(qkv, q_weight, k_weight, cos=None, sin=None, *, num_heads=None, eps=1e-6,

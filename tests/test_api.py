@@ -15,6 +15,8 @@ D = 128
 class FakeArray:
     """An array cudit reads directly (like a torch tensor): its ArrayInfo is all there is."""
 
+    __cuda_array_interface__ = {}   # what marks it as an array to cudit; describe() is faked
+
     def __init__(self, info):
         self.info = info
 
@@ -32,7 +34,7 @@ def gpu(monkeypatch):
     """Launches and views recorded: {"launches": [(pointers, stream)], "kernels": [name], "views": count}."""
     seen = {"launches": [], "kernels": [], "views": 0}
 
-    def view(obj, stream_ptr):
+    def view(obj, stream_ptr, role):
         seen["views"] += 1
         return obj.info
 
@@ -47,6 +49,7 @@ def gpu(monkeypatch):
     monkeypatch.setattr(_launch, "launcher", launcher)
     monkeypatch.setitem(_launch.CURRENT_STREAM, "fake", lambda device: 77)
     monkeypatch.setattr(_launch, "is_capturing", lambda handle: False)
+    monkeypatch.setattr(api, "driver_module", lambda: None)
     api.clear_warm()
     _planner.clear_cache()
     yield seen
