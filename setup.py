@@ -9,7 +9,8 @@ from setuptools.command.build_py import build_py
 
 class BuildPyWithCubins(build_py):
     def run(self):
-        subprocess.run([sys.executable, str(Path(__file__).parent / "build_cubins.py")], check=True)
+        subprocess.run([sys.executable, str(Path(__file__).resolve().parent / "build_cubins.py")], check=True)
+        self.__dict__.pop("data_files", None)   # package data is listed again, now with the cubins
         super().run()
 
 
