@@ -15,7 +15,9 @@ from cuda.bindings import driver
 
 import cudit
 import cudit.torch  # noqa: F401
-from cudit import _launch, api, bench, launchbench
+import bench  # benchmarks/, beside this script
+import launchbench
+from cudit import _launch, api
 
 import ab_package  # benchmarks/, beside this script
 
@@ -66,7 +68,7 @@ def stages(inp, heads):
         "cuLaunchKernelEx, empty kernel": lambda: driver.cuLaunchKernelEx(ecfg, empty, 0, 0),
         "cuLaunchKernelEx, cudit kernel": lambda: driver.cuLaunchKernelEx(cfg, kern, argv, 0),
         "launch (pack, context, cuLaunchKernelEx)": lambda: launch(block, handle),
-        "api.run": lambda: api.run(objs, options, None, qkv, None),
+        "api.run": lambda: api.run(False, objs, options, None),
     }
 
 

@@ -4,10 +4,10 @@
                                                    [--row-iters N]
 
 PACKAGE: a copy written by benchmarks/ab_package.py (with --arch, to time that commit's
-kernels). Shapes: names from cudit.bench.production_shapes() (default: all). Each shape is
+kernels). Shapes: names from bench.production_shapes() (default: all). Each shape is
 timed three times each way, alternating, with the benchmark's method (graphs of rotating
 inputs, device events); the table gives medians, % of copy bandwidth and new / other. The
-tuning knobs (as `python -m cudit bench` has them) apply to this tree's planner only.
+tuning knobs (as benchmarks/bench.py has them) apply to this tree's planner only.
 """
 import argparse
 import statistics
@@ -16,7 +16,7 @@ import sys
 import torch
 
 import ab_package  # benchmarks/, beside this script
-from cudit import _planner, bench
+import bench  # benchmarks/, beside this script
 
 
 def main(argv) -> int:
@@ -27,8 +27,7 @@ def main(argv) -> int:
     ap.add_argument("--row-iters", type=int, default=None)
     args = ap.parse_args(argv)
     pkg = ab_package.import_package(args.package)
-    _planner.HEADS_PER_THREAD_OVERRIDE = args.heads_per_thread
-    _planner.ROW_ITERS = args.row_iters
+    bench.apply_knobs(args.heads_per_thread, args.row_iters)
     only = set(args.shapes.split(",")) if args.shapes else None
     l2 = torch.cuda.get_device_properties(0).L2_cache_size
     copy = bench.copy_bandwidth(torch)

@@ -14,7 +14,9 @@ import sys
 import torch
 
 import ab_package  # benchmarks/, beside this script
-from cudit import _launch, bench, launchbench
+import bench  # benchmarks/, beside this script
+import launchbench
+from cudit import _launch
 
 
 def main(names) -> int:

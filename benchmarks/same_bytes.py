@@ -1,6 +1,6 @@
 """Production shapes against one plain elementwise kernel moving the same bytes.
 
-    PYTHONPATH=. python benchmarks/same_bytes.py [SHAPE,SHAPE ...] [--scale 0.5,1,2,4]
+    PYTHONPATH=. python benchmarks/same_bytes.py [SHAPE,SHAPE ... | all] [--scale 0.5,1,2,4]
 
 For each shape (default: the small ones and two large references): cudit's time and torch's
 in-place `mul_(1)` over contiguous buffers of the shape's bytes (half read, half written), both
@@ -17,7 +17,7 @@ import sys
 
 import torch
 
-from cudit import bench
+import bench  # benchmarks/, beside this script
 
 DEFAULT = "FLUX.1,FLUX.2,Lumina-2,FLUX.1-other-rope,FLUX.1-other-norm,WAN-1.3B,HunyuanVideo"
 
@@ -27,7 +27,7 @@ def main(argv) -> int:
     ap.add_argument("shapes", nargs="?", default=DEFAULT)
     ap.add_argument("--scale", default="1")
     args = ap.parse_args(argv)
-    only = set(args.shapes.split(","))
+    only = {s.name for s in bench.production_shapes()} if args.shapes == "all" else set(args.shapes.split(","))
     copy = bench.copy_bandwidth(torch)
     l2 = torch.cuda.get_device_properties(0).L2_cache_size
     print(f"{torch.cuda.get_device_properties(0).name}; copy bandwidth {copy:.0f} GB/s")

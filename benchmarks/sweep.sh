@@ -10,6 +10,6 @@ grep -E "^FAILED" "$OUT/pytest.log" | head -20; tail -1 "$OUT/pytest.log"
 i=0
 for setting in "$@"; do
   i=$((i + 1))
-  python3 -m cudit bench --no-baselines $setting --json "$OUT/sweep$i.json" --png "$OUT/sweep$i.png" > "$OUT/sweep$i.log" 2>&1
+  python3 benchmarks/bench.py --no-baselines $setting --json "$OUT/sweep$i.json" --png "$OUT/sweep$i.png" > "$OUT/sweep$i.log" 2>&1
   echo "== $setting"; grep -v "^  " "$OUT/sweep$i.log" | awk 'NR<=2 || NR>2 {print substr($0,1,60)}'
 done

@@ -1,47 +1,53 @@
-"""python -m cudit: on a GPU, show the device and cubin, self-check, time two shapes.
-
-    python -m cudit bench     the full benchmark (docs/benchmark.md)
-    python -m cudit launch    host overhead, launch-bound shapes, PDL chain (docs/interop.md)
-
-Without a GPU it says so in one line, lists the shipped cubins and exits 1.
-"""
+"""python -m cudit: the self-check on a GPU, and the tools around it (see --help)."""
 from __future__ import annotations
 
+import argparse
 import sys
 
+COMMANDS = {
+    "check": "show the GPU and the cubin it loads, check two model shapes against the float64 "
+             "reference and time them (the default)",
+    "info": "list the shipped cubins and say whether a GPU is usable here (needs no GPU)",
+}
 
-def _gpu_or_reason():
+
+def parser() -> argparse.ArgumentParser:
+    ap = argparse.ArgumentParser(
+        prog="python -m cudit", description="cudit: fused QK RMSNorm + RoPE kernels for diffusion transformers.",
+        epilog="Without a GPU, check says why in one line and exits 1. The benchmarks live in the "
+               "repository's benchmarks/ folder (docs/dev/benchmark.md).")
+    sub = ap.add_subparsers(dest="command", metavar="COMMAND")
+    for name, text in COMMANDS.items():
+        sub.add_parser(name, help=text, description=text)
+    return ap
+
+
+def info() -> str:
+    import cudit
+    from ._errors import cuda_problem
+
     try:
-        from cuda.bindings import driver
-
-        (err,) = driver.cuInit(0)
-        if err != driver.CUresult.CUDA_SUCCESS:
-            return f"no usable CUDA driver ({err.name})"
-        err, n = driver.cuDeviceGetCount()
-        return None if err == driver.CUresult.CUDA_SUCCESS and n > 0 else "no GPU attached"
-    except Exception as exc:
-        return f"no CUDA driver ({exc.__class__.__name__}: {exc})"
+        shipped = ", ".join(f"{a} ({f})" for a, f in cudit.cubins().items())
+    except cudit.NoImageError as exc:
+        shipped = str(exc)
+    return f"cudit {cudit.__version__}; shipped: {shipped}\nGPU: {cuda_problem() or 'usable'}"
 
 
 def main(argv=None) -> int:
-    import cudit
+    argv = sys.argv[1:] if argv is None else list(argv)
+    args = parser().parse_args(argv)
+    command = args.command or "check"
+    if command == "info":
+        print(info())
+        return 0
+    from ._errors import cuda_problem
 
-    argv = sys.argv[1:] if argv is None else argv
-    reason = _gpu_or_reason()
-    if reason:
-        print(f"cudit: no GPU here ({reason}); shipped: " +
-              ", ".join(f"{a} ({f})" for a, f in cudit.cubins().items()))
+    problem = cuda_problem()
+    if problem:
+        print(f"cudit: cannot run '{command}' here: {problem}")
         return 1
     from . import _selfcheck
 
-    if argv[:1] == ["bench"]:
-        from . import bench
-
-        return bench.main(argv[1:])
-    if argv[:1] == ["launch"]:
-        from . import launchbench
-
-        return launchbench.main(argv[1:])
     return _selfcheck.main()
 
 

@@ -9,15 +9,18 @@ cuCtxGetCurrent and cuLaunchKernelEx.
 from __future__ import annotations
 
 import ctypes
-import functools
 import os
 import threading
 from dataclasses import dataclass
 
+import struct
+
 from . import _modules
 from ._arrays import framework_of
-from ._params import Params
-from ._planner import POINTER_BLOCK, DeviceLimits, Plan, check_fits
+from ._errors import driver_module
+from ._params import POINTERS, Params
+from ._planner import Plan, check_fits
+from ._tuning import DeviceSpec, Tuning, tuning_for
 
 # Programmatic dependent launch on sm_90+: a kernel may start while the previous one in the
 # stream finishes; ours waits (griddepcontrol.wait) before its first global access.
@@ -26,8 +29,7 @@ PDL = os.environ.get("CUDIT_PDL", "1") != "0"
 
 
 def _check(result):
-    from cuda.bindings import driver
-
+    driver = driver_module()
     err = result[0]
     if err != driver.CUresult.CUDA_SUCCESS:
         _, msg = driver.cuGetErrorString(err)
@@ -36,59 +38,77 @@ def _check(result):
 
 
 def driver_version() -> str:
-    from cuda.bindings import driver
-
-    v = _check(driver.cuDriverGetVersion())
+    v = _check(driver_module().cuDriverGetVersion())
     return f"{v // 1000}.{(v % 1000) // 10}"
 
 
 @dataclass
 class DeviceState:
     device: object           # cuda.core Device
-    limits: DeviceLimits
+    spec: DeviceSpec
+    tuning: Tuning
     image: _modules.Image
     context: int             # the primary context's handle, as an int
-    sms: int                 # multiprocessors
 
 
-@functools.lru_cache(maxsize=None)
-def device_state(device_id: int) -> DeviceState:
-    from cuda.core import Device
-
-    dev = Device(device_id)
-    dev.set_current()
+def read_spec(dev) -> DeviceSpec:
+    """A cuda.core Device's description, as the planner wants it."""
     props = dev.properties
-    arch = tuple(dev.compute_capability)
-    limits = DeviceLimits(
-        arch=arch,
-        max_threads_per_block=props.max_threads_per_block,
-        max_smem_per_block=props.max_shared_memory_per_block_optin,
-        max_regs_per_block=props.max_registers_per_block,
-    )
-    image = _modules.select_image(arch, _modules.manifest(), driver_version())
-    return DeviceState(dev, limits, image, int(dev.context.handle), props.multiprocessor_count)
+    return DeviceSpec(
+        arch=tuple(dev.compute_capability), sms=props.multiprocessor_count, l2_bytes=props.l2_cache_size,
+        bandwidth=2.0 * props.memory_clock_rate * 1e3 * props.global_memory_bus_width / 8,
+        threads_per_sm=props.max_threads_per_multiprocessor, regs_per_sm=props.max_registers_per_multiprocessor,
+        max_threads_per_block=props.max_threads_per_block, max_regs_per_block=props.max_registers_per_block,
+        max_smem_per_block=props.max_shared_memory_per_block_optin, name=dev.name)
 
 
-_pack_pointers = POINTER_BLOCK.pack_into
+_STATES: dict = {}
+
+
+def device_state(device_id: int) -> DeviceState:
+    st = _STATES.get(device_id)
+    if st is None:
+        from cuda.core import Device
+
+        dev = Device(device_id)
+        dev.set_current()
+        spec = read_spec(dev)
+        image = _modules.select_image(spec.arch, _modules.manifest(), driver_version())
+        st = _STATES[device_id] = DeviceState(dev, spec, tuning_for(spec), image, int(dev.context.handle))
+    return st
+
+
+def set_tuning(tuning: Tuning | None, device_id: int = 0) -> Tuning:
+    """Plan this device's launches with another tuning table (None: its own again); returns the
+    one in force before. Sweeps and `python -m cudit tune` use it; calls already warm forget theirs."""
+    from . import api
+
+    st = device_state(device_id)
+    before, st.tuning = st.tuning, tuning or tuning_for(st.spec)
+    api.clear_warm()
+    return before
+
+
+_pack_pointers = struct.Struct(f"<{POINTERS}Q").pack_into
 
 
 class Launcher:
     """One plan on one device: kernel handle, launch configuration, parameter template."""
 
     def __init__(self, device_id: int, p: Plan, pdl: bool):
-        from cuda.bindings import driver
-
         st = device_state(device_id)
-        check_fits(p, st.limits, _modules.kernel_meta(_modules.manifest(), st.image, p.kernel))
+        cfg = p.config
+        check_fits(p, st.spec, _modules.kernel_meta(_modules.manifest(), st.image, cfg.variant))
         kernel = _modules.load_kernel(st.image, p.kernel)
         self.kernel = kernel.handle
-        self.block = (p.team, p.block // p.team)   # x: lane, y: row
-        self.grid, self.smem, self.pdl = p.grid, p.smem, pdl and st.limits.arch >= (9, 0)
-        self.template = with_ahead(p, kernel, st.sms)
+        self.block = (cfg.team, cfg.block // cfg.team)   # x: lane, y: row
+        self.grid, self.smem, self.pdl = cfg.grid, p.smem, pdl and st.spec.arch >= (9, 0)
+        self.template = with_ahead(p, kernel, st.spec.sms)
         # Per thread: the parameter bytes (a launch copies them at once) and a launch
         # configuration per stream, so threads never share what a launch reads.
         self._tls = threading.local()
         self._context = st.context
+        driver = driver_module()
         self.launch = self._launch_function(driver.cuLaunchKernelEx, driver.cuCtxGetCurrent)
 
     def _thread_state(self):
@@ -108,9 +128,7 @@ class Launcher:
             if len(configs) > 64:
                 configs.clear()
             config = configs[stream] = launch_config(self.grid, self.block, self.smem, self.pdl)
-            from cuda.bindings import driver
-
-            config.hStream = driver.CUstream(stream)
+            config.hStream = driver_module().CUstream(stream)
         return config
 
     def _launch_function(self, launch_kernel, current_context):
@@ -134,8 +152,7 @@ class Launcher:
         return launch
 
     def _launch_in_own_context(self, launch_kernel, config, argv):
-        from cuda.bindings import driver
-
+        driver = driver_module()
         _check(driver.cuCtxPushCurrent(driver.CUcontext(self._context)))
         try:
             return launch_kernel(config, self.kernel, argv, 0)[0]
@@ -146,17 +163,17 @@ class Launcher:
 def with_ahead(p: Plan, kernel, sms: int) -> bytes:
     """p's parameter bytes with Params.ahead set: p.ahead_waves waves of the blocks this GPU
     holds at once, in rows."""
-    if not p.ahead_waves:
+    cfg = p.config
+    if not cfg.ahead_waves:
         return p.template
-    resident = kernel.occupancy.max_active_blocks_per_multiprocessor(p.block, p.smem) * sms
+    resident = kernel.occupancy.max_active_blocks_per_multiprocessor(cfg.block, p.smem) * sms
     prm = Params.from_buffer_copy(p.template)
-    prm.ahead = int(p.ahead_waves * resident * (p.block // p.team))
+    prm.ahead = int(cfg.ahead_waves * resident * (cfg.block // cfg.team))
     return bytes(prm)
 
 
 def launch_config(grid: int, block: tuple, smem: int, pdl: bool):
-    from cuda.bindings import driver
-
+    driver = driver_module()
     config = driver.CUlaunchConfig()
     config.gridDimX, config.gridDimY, config.gridDimZ = grid, 1, 1
     config.blockDimX, config.blockDimY, config.blockDimZ = block[0], block[1], 1
@@ -206,8 +223,7 @@ CURRENT_STREAM: dict = {"torch": _torch_stream, "cupy": _cupy_stream}
 
 
 def is_capturing(stream: int) -> bool:
-    from cuda.bindings import driver
-
+    driver = driver_module()
     status = _check(driver.cuStreamIsCapturing(driver.CUstream(stream)))
     return status != driver.CUstreamCaptureStatus.CU_STREAM_CAPTURE_STATUS_NONE
 

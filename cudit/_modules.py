@@ -52,18 +52,19 @@ def select_image(device_arch: tuple, man: dict, driver_version: str = "unknown")
     )
 
 
-def kernel_meta(man: dict, image: Image, name: str) -> dict:
-    """Registers, shared memory and block bound of a kernel (the PTX has no report: assume the cap)."""
+def kernel_meta(man: dict, image: Image, variant) -> dict:
+    """Registers, shared memory and launch bound of a variant's kernel (the PTX has no report:
+    assume the register cap)."""
+    arch = image.arch if image.kind == "cubin" else ""
+    bound = variant.bound(arch)
+    if image.kind == "ptx":
+        return {"registers": 65536 // bound, "static_smem": 512, "max_threads": bound}
     try:
-        bound = man["variants"][name]["max_threads"]
+        return {"max_threads": bound, **man["archs"][arch]["kernels"][variant.name]}
     except KeyError:
         raise NoImageError(
-            f"the cubins have no kernel {name}: they predate this planner (rebuild with "
-            f"`python build_cubins.py`), or a tuning override asks for a variant that is not built"
-        ) from None
-    if image.kind == "cubin":   # an architecture's own bound, where it has one (build_cubins.py ARCH_MAX_THREADS)
-        return {"max_threads": bound, **man["archs"][image.arch]["kernels"][name]}
-    return {"registers": 65536 // bound, "static_smem": 512, "max_threads": bound}
+            f"the cubins have no kernel {variant.name}: they predate this runtime (rebuild with "
+            f"`python build_cubins.py`)") from None
 
 
 @functools.lru_cache(maxsize=None)

@@ -29,7 +29,6 @@ class SideParams(ctypes.Structure):
     ]
 
 
-POINTER_FIELDS = ("in_", "out", "w", "w_txt", "cos", "sin")
 POINTERS = 10   # the pointer block at the start of Params: in[2], out[2], w[2], w_txt[2], cos, sin
 
 
@@ -43,10 +42,5 @@ class Params(ctypes.Structure):
         ("tab_rows", FastDiv), ("tab_inner", FastDiv), ("seq", FastDiv), ("lanes", FastDiv),
         ("num_txt", u32),
         ("total_rows", u32), ("team", u32), ("tj", u32), ("th", u32), ("iters", u32), ("ahead", u32),
-        ("head_dim", ctypes.c_int), ("lanes_d", ctypes.c_int), ("eps", ctypes.c_float),
+        ("head_dim", ctypes.c_int), ("lanes_d", ctypes.c_int), ("eps", ctypes.c_float), ("tab_dtype", ctypes.c_int),
     ]
-
-
-# Runtime dtype codes; must match DTypeCode in kernels/cudit_common.cuh.
-DTYPE_CODES = {"f32": 0, "f16": 1, "bf16": 2}
-ROPE_CODES = {"none": 0, "interleaved": 1, "half": 2}

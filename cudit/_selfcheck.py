@@ -1,33 +1,79 @@
-"""The main job on a GPU: device and cubin, a check against the reference, a short timing table."""
+"""The main job on a GPU: device and cubin, a check against the float64 reference, two timings."""
 from __future__ import annotations
+
+import statistics
 
 import numpy as np
 
-from . import _launch, bench
+from . import _launch
 from .reference import qk_norm_rope_ref
 
-# Shapes cut to a few thousand tokens so that the float64 check stays quick.
-CHECKS = [
-    bench.Shape("WAN-1.3B (full-dim, interleaved)", 12, 128, 4096, batch=2),
-    bench.Shape("FLUX.1 (per-head, dual-stream)", 24, 128, 512 + 1024, norm="head", n_txt=512),
-]
-TIMED = [bench.Shape("WAN-1.3B 480p", 12, 128, 32760),
-         bench.Shape("FLUX.1 1024px", 24, 128, 4608, norm="head", n_txt=512)]
+# (name, heads, head_dim, tokens, batch, norm, text tokens): WAN-1.3B and FLUX.1-like, cut for the check.
+CHECKS = [("WAN-1.3B (full-dim, interleaved)", 12, 128, 4096, 2, "full", 0),
+          ("FLUX.1 (per-head, dual-stream)", 24, 128, 512 + 1024, 1, "head", 512)]
+TIMED = [("WAN-1.3B 480p", 12, 128, 32760, 1, "full", 0), ("FLUX.1 1024px", 24, 128, 4608, 1, "head", 512)]
 
 
-def check(s: bench.Shape, torch) -> float:
+def inputs(shape, torch, seed=0):
+    """Fresh random bf16 packed QKV, fp32 weights (text ones too) and fp32 cos/sin."""
+    _, h, d, s, b, norm, n_txt = shape
+    g = torch.Generator(device="cuda").manual_seed(seed)
+    qkv = torch.randn(b, s, 3 * h * d, device="cuda", generator=g).to(torch.bfloat16)
+    wl = d if norm == "head" else h * d
+    w = [torch.rand(wl, device="cuda", generator=g) + 0.5 for _ in range(4 if n_txt else 2)]
+    ang = torch.rand(s, d, device="cuda", generator=g) * 6.2831853
+    kw = dict(num_heads=h, num_txt_tokens=n_txt)
+    if n_txt:
+        kw.update(q_add_weight=w[2], k_add_weight=w[3])
+    return qkv, w[0], w[1], torch.cos(ang), torch.sin(ang), kw
+
+
+def check(shape, torch) -> float:
     """Worst |out - ref| / (2^-8 |ref| + 1e-5) of one bf16 call on fresh random data."""
-    qkv, qw, kw, cos, sin, extra = bench.make_inputs(s, torch)
+    import cudit
+
+    qkv, qw, kw, cos, sin, opts = inputs(shape, torch, seed=1)
     host = lambda t: t.double().cpu().numpy()  # noqa: E731
-    ref = qk_norm_rope_ref(host(qkv), host(qw), host(kw), host(cos), host(sin), num_heads=s.heads,
-                           num_txt_tokens=s.n_txt, interleave=s.rope == "interleaved",
-                           **{k: host(v) for k, v in extra.items() if k != "num_txt_tokens"})
-    bench.cudit_call(s)((qkv, qw, kw, cos, sin, extra))
+    ref = qk_norm_rope_ref(host(qkv), host(qw), host(kw), host(cos), host(sin),
+                           **{k: host(v) if hasattr(v, "cpu") else v for k, v in opts.items()})
+    cudit.qk_norm_rope(qkv, qw, kw, cos, sin, **opts)
     torch.cuda.synchronize()
     got = host(qkv)
     if not np.isfinite(got).all():
         return float("inf")
     return float((np.abs(got - ref) / (2.0**-8 * np.abs(ref) + 1e-5)).max())
+
+
+def median_us(fn, n_sets: int, torch, reps: int = 30) -> float:
+    """Median device time of fn(i) over rotating input sets, with events, after a warm-up."""
+    for i in range(3):
+        fn(i)
+    times = []
+    for r in range(reps):
+        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        start.record()
+        fn(r % n_sets)
+        end.record()
+        end.synchronize()
+        times.append(start.elapsed_time(end) * 1e3)
+    return statistics.median(times)
+
+
+def timing(shape, torch, copy_gbs: float, l2_bytes: int) -> str:
+    import cudit
+
+    _, h, d, s, b, _, _ = shape
+    nbytes = 2 * b * s * 2 * h * d * 2            # Q and K, bf16, read and written
+    sets = [inputs(shape, torch, seed=i) for i in range(max(1, min(8, -(-2 * l2_bytes // nbytes))))]
+    us = median_us(lambda i: cudit.qk_norm_rope(*sets[i][:5], **sets[i][5]), len(sets), torch)
+    gbs = nbytes / us / 1e3
+    return f"time:   {shape[0]:<36} {us:8.1f} us  {gbs:6.0f} GB/s  {100 * gbs / copy_gbs:5.1f}% of copy"
+
+
+def copy_bandwidth(torch, nbytes: int = 1 << 30) -> float:
+    src = torch.empty(nbytes // 2, dtype=torch.int16, device="cuda").random_()
+    dst = torch.empty_like(src)
+    return 2 * nbytes / median_us(lambda i: dst.copy_(src), 1, torch, reps=10) / 1e3
 
 
 def main() -> int:
@@ -40,15 +86,17 @@ def main() -> int:
 
     st = _launch.device_state(0)
     props = torch.cuda.get_device_properties(0)
-    print(f"device: {props.name}, sm_{st.limits.arch[0]}{st.limits.arch[1]}, driver {_launch.driver_version()}")
-    print(f"image:  {st.image.kind} {st.image.arch} ({st.image.file}); cudit {cudit.__version__}")
+    print(f"device: {props.name}, sm_{st.spec.arch[0]}{st.spec.arch[1]}, driver {_launch.driver_version()}")
+    print(f"image:  {st.image.kind} {st.image.arch} ({st.image.file}); cudit {cudit.__version__}; "
+          f"tuning: {st.tuning.name}")
     ok = True
-    for s in CHECKS:
-        worst = check(s, torch)
+    for shape in CHECKS:
+        worst = check(shape, torch)
         passed = worst <= 1.0
         ok &= passed
-        print(f"check:  {s.name:<36} worst err/tol {worst:.3f}  {'ok' if passed else 'FAILED'}")
-    copy_gbs = bench.copy_bandwidth(torch)
-    rows = [bench.measure(s, torch, None, props.L2_cache_size, baselines=False) for s in TIMED]
-    print(bench.report(rows, copy_gbs, props.name))
+        print(f"check:  {shape[0]:<36} worst err/tol {worst:.3f}  {'ok' if passed else 'FAILED'}")
+    copy_gbs = copy_bandwidth(torch)
+    print(f"copy:   {copy_gbs:.0f} GB/s (device-to-device, read + write)")
+    for shape in TIMED:
+        print(timing(shape, torch, copy_gbs, props.L2_cache_size))
     return 0 if ok else 1

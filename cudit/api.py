@@ -5,17 +5,16 @@ from . import _launch
 from ._arrays import _ADAPTERS, adapter, describe, is_array, on_host
 from ._errors import PlanError, driver_module
 from ._planner import Request, plan
+from ._tuning import DeviceSpec, tuning_for
 
-# Every array argument has a fixed position; a role names it for the planner.
-_POSITIONS = ("qkv", "k", "out", "k_out", "q_weight", "k_weight", "q_add_weight", "k_add_weight", "cos", "sin")
-_UNUSED = len(_POSITIONS)   # index of a constant 0 appended to a call's pointers
+# A call's arrays in a fixed order, each named by its role (packed, split): the planner's
+# names, which its errors use. Packed calls leave "k" empty, and "k_out" unless out is a pair.
+_WEIGHTS_TABLES = ("q_weight", "k_weight", "q_add_weight", "k_add_weight", "cos", "sin")
+ROLES = (("qkv", "k", "out", "k_out") + _WEIGHTS_TABLES, ("q", "k", "q_out", "k_out") + _WEIGHTS_TABLES)
+_UNUSED = len(ROLES[0])   # index of a constant 0 appended to a call's pointers
 
 
 _PAIR = (tuple, list)
-
-
-def _is_pair(x) -> bool:
-    return isinstance(x, _PAIR)
 
 
 def qk_norm_rope(qkv, q_weight, k_weight, cos=None, sin=None, *, num_heads=None, eps=1e-6,
@@ -36,13 +35,13 @@ def qk_norm_rope(qkv, q_weight, k_weight, cos=None, sin=None, *, num_heads=None,
     o, k_out = out if isinstance(out, _PAIR) and len(out) == 2 else (out, None)
     if isinstance(num_heads, _PAIR):
         num_heads = tuple(num_heads)
-    run((q, k, o, k_out, q_weight, k_weight, q_add_weight, k_add_weight, cos, sin),
-        (num_heads, eps, interleave, num_txt_tokens, seq_len), stream, qkv, out)
+    run(k is not None, (q, k, o, k_out, q_weight, k_weight, q_add_weight, k_add_weight, cos, sin),
+        (num_heads, eps, interleave, num_txt_tokens, seq_len), stream)
     return qkv if out is None else out
 
 
-def run(objs: tuple, options: tuple, stream, qkv, out) -> None:
-    """Launch for arrays at _POSITIONS and (num_heads, eps, interleave, num_txt_tokens, seq_len)."""
+def run(split: bool, objs: tuple, options: tuple, stream) -> None:
+    """Launch for arrays in ROLES[split] order and (num_heads, eps, interleave, num_txt_tokens, seq_len)."""
     first = type(objs[0])
     framework, keys_of = _ADAPTERS.get(first) or adapter(first)
     try:
@@ -61,12 +60,12 @@ def run(objs: tuple, options: tuple, stream, qkv, out) -> None:
             if last_keys != keys:
                 entry = _warm_entry(keys)
             if entry is None:
-                _remember(tuple(keys), _plan_and_launch(qkv, out, objs, options, stream))
+                _remember(tuple(keys), _plan_and_launch(split, objs, options, stream))
             else:
                 ptrs.append(0)   # _UNUSED
                 entry[0](entry[1](ptrs), handle)
             return
-    _plan_and_launch(qkv, out, objs, options, stream)
+    _plan_and_launch(split, objs, options, stream)
 
 
 # Warm calls: (array keys.., options, PDL) -> (launch function, pointer-block binder). Filled
@@ -105,42 +104,42 @@ def _remember(key: tuple, entry) -> None:
     _WARM[key] = entry
 
 
-def _roles(qkv, out) -> tuple:
-    """The planner's role of each position."""
-    first = "q" if _is_pair(qkv) else "qkv"
-    third = "q_out" if _is_pair(out) else "out"
-    return (first, "k", third) + _POSITIONS[3:]
-
-
-def _request(qkv, out, objs, options, view) -> Request:
+def _request(split: bool, objs, options, view) -> Request:
     """The planner's Request, each array given through view(role, obj)."""
-    v = {role: None if x is None else view(role, x) for role, x in zip(_roles(qkv, out), objs)}
+    v = {role: None if x is None else view(role, x) for role, x in zip(ROLES[split], objs)}
     num_heads, eps, interleave, num_txt_tokens, seq_len = options
-    return Request(
-        qkv=(v["q"], v["k"]) if _is_pair(qkv) else v["qkv"], q_weight=v["q_weight"], k_weight=v["k_weight"],
-        cos=v["cos"], sin=v["sin"], num_heads=num_heads, eps=eps, interleave=bool(interleave),
-        q_add_weight=v["q_add_weight"], k_add_weight=v["k_add_weight"], num_txt_tokens=num_txt_tokens,
-        seq_len=seq_len, out=None if out is None else ((v["q_out"], v["k_out"]) if _is_pair(out) else v["out"]),
-    )
+    if split:
+        qkv, out = (v["q"], v["k"]), (v["q_out"], v["k_out"])
+        out = None if out == (None, None) else out
+    else:
+        qkv, out = v["qkv"], v["out"] if v["k_out"] is None else (v["out"], v["k_out"])
+    return Request(qkv=qkv, q_weight=v["q_weight"], k_weight=v["k_weight"], cos=v["cos"], sin=v["sin"],
+                   num_heads=num_heads, eps=eps, interleave=bool(interleave), q_add_weight=v["q_add_weight"],
+                   k_add_weight=v["k_add_weight"], num_txt_tokens=num_txt_tokens, seq_len=seq_len, out=out)
 
 
-def _plan_and_launch(qkv, out, objs, options, stream):
+_NO_DEVICE = DeviceSpec(arch=(0, 0))   # for requests that fail before a device matters
+
+
+def _plan_and_launch(split: bool, objs, options, stream):
     """The full path: views through the exporters, the planner's checks, launch."""
     if any(x is not None and (on_host(x) or not is_array(x)) for x in objs):
         # Nothing to launch: the planner names the argument, with no stream, driver or GPU asked.
-        plan(_request(qkv, out, objs, options, lambda role, x: describe(x, -1, role)))
+        plan(_request(split, objs, options, lambda role, x: describe(x, -1, role)), _NO_DEVICE, tuning_for(_NO_DEVICE))
         raise PlanError("an argument is not a GPU array")   # plan() names it first
     driver_module()
     first = objs[0]
     handle = _launch.resolve_stream(stream, first)
     capturing = _launch.is_capturing(handle)
-    req = _request(qkv, out, objs, options, lambda role, x: describe(
+    req = _request(split, objs, options, lambda role, x: describe(
         x, _launch.consumer_stream(stream, handle, first, x, capturing), role))
-    p = plan(req)
+    device_id = (req.qkv[0] if split else req.qkv).device_id
+    st = _launch.device_state(device_id) if device_id >= 0 else None
+    p = plan(req, st.spec if st else _NO_DEVICE, st.tuning if st else tuning_for(_NO_DEVICE))
     arrays = req.arrays()
-    launcher = _launch.launcher(next(iter(arrays.values())).device_id, p)
+    launcher = _launch.launcher(device_id, p)
     launcher.launch(p.addresses(arrays), handle)
-    index = {role: i for i, role in enumerate(_roles(qkv, out))}
+    index = {role: i for i, role in enumerate(ROLES[split])}
     return launcher.launch, _binder([(_UNUSED, 0) if s is None else (index[s[0]], s[1]) for s in p.slots])
 
 

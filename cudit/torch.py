@@ -42,13 +42,13 @@ def _heads(num_heads):
     return num_heads[0] if len(num_heads) == 1 else tuple(num_heads)
 
 
-# The kernels call cudit's launch path directly (arrays at api._POSITIONS), skipping the
+# The kernels call cudit's launch path directly (arrays in api.ROLES order), skipping the
 # public function's argument handling. The dispatcher leaves out trailing arguments equal
 # to the schema's defaults, hence the defaults here.
 def _packed_(qkv, q_weight, k_weight, cos, sin, num_heads, eps=1e-6, interleave=True, q_add_weight=None,
              k_add_weight=None, num_txt_tokens=0, seq_len=None, out=None):
-    api.run((qkv, None, out, None, q_weight, k_weight, q_add_weight, k_add_weight, cos, sin),
-            (_heads(num_heads), eps, interleave, num_txt_tokens, seq_len), None, qkv, out)
+    api.run(False, (qkv, None, out, None, q_weight, k_weight, q_add_weight, k_add_weight, cos, sin),
+            (_heads(num_heads), eps, interleave, num_txt_tokens, seq_len), None)
 
 
 def _packed(qkv, q_weight, k_weight, cos, sin, num_heads, *args):
@@ -73,8 +73,8 @@ def _copy_v(qkv, out, num_heads):
 def _split_(q, k, q_weight, k_weight, cos, sin, num_heads=None, eps=1e-6, interleave=True,
             q_add_weight=None, k_add_weight=None, num_txt_tokens=0, seq_len=None, out=None):
     q_out, k_out = out if out is not None else (None, None)
-    api.run((q, k, q_out, k_out, q_weight, k_weight, q_add_weight, k_add_weight, cos, sin),
-            (_heads(num_heads), eps, interleave, num_txt_tokens, seq_len), None, (q, k), out)
+    api.run(True, (q, k, q_out, k_out, q_weight, k_weight, q_add_weight, k_add_weight, cos, sin),
+            (_heads(num_heads), eps, interleave, num_txt_tokens, seq_len), None)
 
 
 def _split(q, k, *args):

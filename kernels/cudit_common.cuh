@@ -9,12 +9,22 @@ namespace cudit {
 typedef long long i64;
 typedef unsigned int u32;
 
-// Runtime dtype codes; must match cudit/_params.py DTYPE_CODES.
+// Runtime dtype codes; must match cudit/_variants.py DTYPE_CODES.
 enum DTypeCode : int { DT_F32 = 0, DT_F16 = 1, DT_BF16 = 2 };
 
 __device__ __forceinline__ float to_float(float x) { return x; }
 __device__ __forceinline__ float to_float(__half x) { return __half2float(x); }
 __device__ __forceinline__ float to_float(__nv_bfloat16 x) { return __bfloat162float(x); }
+
+// 16-bit storage whose kind (DT_F16 or DT_BF16) is a launch parameter: one kernel serves both.
+struct Bits16 {
+    unsigned short bits;
+};
+template <typename T>
+__device__ __forceinline__ float to_float_as(T x, int) { return to_float(x); }
+__device__ __forceinline__ float to_float_as(Bits16 x, int dtype) {
+    return dtype == DT_BF16 ? __uint_as_float((unsigned int)x.bits << 16) : __half2float(__ushort_as_half(x.bits));
+}
 
 // Two floats into two adjacent values: one packed conversion for the 16-bit types.
 __device__ __forceinline__ void from_float2(float* v, float a, float b) { v[0] = a; v[1] = b; }
@@ -61,6 +71,12 @@ template <typename T, int N> struct Packet {
 #pragma unroll
         for (int i = 0; i < N; ++i) out[i] = to_float(v[i]);
     }
+    // As to_floats; dtype tells the kind of Bits16 storage and is unused for the others.
+    __device__ __forceinline__ void to_floats_as(float (&out)[N], int dtype) const {
+        const T* v = reinterpret_cast<const T*>(w);
+#pragma unroll
+        for (int i = 0; i < N; ++i) out[i] = to_float_as(v[i], dtype);
+    }
     __device__ __forceinline__ void from_floats(const float (&in)[N]) {
         T* v = reinterpret_cast<T*>(w);
         static_assert(N % 2 == 0, "packets hold pairs");
@@ -94,7 +110,7 @@ __device__ __forceinline__ void prefetch_l2(const void* p) {
 __device__ __forceinline__ u32 linear_tid() { return threadIdx.y * blockDim.x + threadIdx.x; }
 
 // n / d for a divisor fixed for the whole launch: multiply-high and shift, with the magic
-// numbers computed on the host (cudit/_planner.py fast_div); exact for every 32-bit n.
+// numbers computed on the host (cudit/_params.py fast_div); exact for every 32-bit n.
 struct FastDiv {
     u32 d, m, s;
 };

@@ -115,6 +115,7 @@ __device__ __forceinline__ void rotate_pairs(float (&x)[N], const float (&c)[N],
 // cos/sin of one head at this thread's d + q * D/PARTS.
 template <typename C, int VEC, int PARTS> struct TableSlice {
     Packet<C, VEC> c[PARTS], s[PARTS];
+    int dtype;   // DTypeCode, for Bits16 storage
 
     __device__ __forceinline__ void load(const C* cos, const C* sin, int stride) {
 #pragma unroll
@@ -124,8 +125,8 @@ template <typename C, int VEC, int PARTS> struct TableSlice {
         }
     }
     __device__ __forceinline__ void get(int q, float (&cf)[VEC], float (&sf)[VEC]) const {
-        c[q].to_floats(cf);
-        s[q].to_floats(sf);
+        c[q].to_floats_as(cf, dtype);
+        s[q].to_floats_as(sf, dtype);
     }
 };
 
@@ -134,12 +135,13 @@ template <typename C, int VEC> struct TableAt {
     const C* cos;
     const C* sin;
     int stride;
+    int dtype;
     __device__ __forceinline__ void get(int q, float (&cf)[VEC], float (&sf)[VEC]) const {
         Packet<C, VEC> c, s;
         c.load_ro(cos + q * stride);
         s.load_ro(sin + q * stride);
-        c.to_floats(cf);
-        s.to_floats(sf);
+        c.to_floats_as(cf, dtype);
+        s.to_floats_as(sf, dtype);
     }
 };
 
@@ -406,6 +408,7 @@ __device__ __forceinline__ void process_row(const Params& p, u32 row_id, u32 row
     constexpr bool late_table = TABLE == TABLE_SHARED || (NORM == NORM_HEAD && (PARTS > 1 || (K == 4 && sizeof(T) == 2)));
     const bool early_table = shared_table && !late_table;
     TableSlice<C, VEC, PARTS> tab;
+    tab.dtype = p.tab_dtype;
     HeadWeights<VEC, PARTS> hw;
     // Three-vector items read table and weights vector by vector where used: held, they would
     // take 48 and 24 registers.
@@ -413,10 +416,10 @@ __device__ __forceinline__ void process_row(const Params& p, u32 row_id, u32 row
     if (NORM == NORM_HEAD && active && !at_use) hw.load(row, stride, d);
     auto finish = [&](int h, const It& item, float r_h) {
         if constexpr (at_use) {
-            const TableAt<C, VEC> at{row.cos + h * row.cos_hs, row.sin + h * row.sin_hs, stride};
+            const TableAt<C, VEC> at{row.cos + h * row.cos_hs, row.sin + h * row.sin_hs, stride, p.tab_dtype};
             finish_three<T, C, ROPE, NORM>(row, stride, h, item, r_h, at, HeadWeightsAt<VEC>{row.w, row.w_dtype, (i64)d, stride});
         } else if constexpr (TABLE == TABLE_SHARED) {
-            finish_item<T, C, ROPE, NORM, PARTS>(row, stride, h, d, item, r_h, TableAt<C, VEC>{row.cos, row.sin, stride}, hw);
+            finish_item<T, C, ROPE, NORM, PARTS>(row, stride, h, d, item, r_h, TableAt<C, VEC>{row.cos, row.sin, stride, p.tab_dtype}, hw);
         } else {
             finish_item<T, C, ROPE, NORM, PARTS>(row, stride, h, d, item, r_h, tab, hw);
         }
@@ -525,7 +528,8 @@ __device__ __forceinline__ void qk_norm_rope_body(const Params& p) {
 
 // build_cubins.py appends one line per variant:
 //   CUDIT_QKNR(name, T, C, ROPE, NORM, K, PARTS, TABLE, AHEAD, MAX_THREADS)
-// (C: cos/sin type, any when ROPE is none; TABLE: TableKind; AHEAD: 0 or 1, rows-ahead code)
+// (C: cos/sin storage, float or Bits16, any when ROPE is none; TABLE: TableKind; AHEAD: 0 or 1,
+// rows-ahead code)
 #define CUDIT_QKNR(NAME, T, C, ROPE, NORM, K, PARTS, TABLE, AHEAD, MAX_THREADS)                \
     extern "C" __global__ void __launch_bounds__(MAX_THREADS, 1) NAME(const cudit::Params p) { \
         cudit::qk_norm_rope_body<T, C, ROPE, NORM, K, PARTS, TABLE, AHEAD>(p);                \

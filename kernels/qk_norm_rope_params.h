@@ -50,6 +50,7 @@ typedef struct Params {
     int head_dim;
     int lanes_d;                // items along the head dim: D / (2 * VEC) for rotate_half, else D / VEC
     float eps;
+    int tab_dtype;              // DTypeCode of cos/sin (kernels built for 16-bit tables serve f16 and bf16)
 } Params;
 
 #ifdef __cplusplus

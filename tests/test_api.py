@@ -7,9 +7,11 @@ import pytest
 from cudit import _arrays, _launch, _planner, api
 from cudit._params import Params
 from cudit._planner import Request, make_plan
+from cudit._tuning import DeviceSpec, Tuning
 from fakes import BASE, arr
 
 D = 128
+DEVICE = DeviceSpec(arch=(9, 0))
 
 
 class FakeArray:
@@ -50,6 +52,7 @@ def gpu(monkeypatch):
     monkeypatch.setitem(_launch.CURRENT_STREAM, "fake", lambda device: 77)
     monkeypatch.setattr(_launch, "is_capturing", lambda handle: False)
     monkeypatch.setattr(api, "driver_module", lambda: None)
+    monkeypatch.setattr(_launch, "device_state", lambda device: SimpleNamespace(spec=DEVICE, tuning=Tuning()))
     api.clear_warm()
     _planner.clear_cache()
     yield seen
@@ -68,11 +71,12 @@ def _call(base, **kw):
 def test_launcher_turns_waves_ahead_into_rows_for_its_gpu():
     qw, kw = arr((12 * 128,), "bf16", ptr=BASE + 0x100000), arr((12 * 128,), "bf16", ptr=BASE + 0x200000)
     c = arr((1024, 128), "f32", ptr=BASE + 0x300000)
-    p = make_plan(Request(arr((1, 1024, 3 * 12 * 128)), qw, kw, c, c, num_heads=12))
-    assert p.ahead_waves == _planner.AHEAD_WAVES_IN_ROW > 0 and p.norm == "full"
+    p = make_plan(Request(arr((1, 1024, 3 * 12 * 128)), qw, kw, c, c, num_heads=12), DEVICE, Tuning())
+    cfg = p.config
+    assert cfg.ahead_waves > 0 and cfg.variant.norm == "full"
     kernel = SimpleNamespace(occupancy=SimpleNamespace(max_active_blocks_per_multiprocessor=lambda block, smem: 3))
     rows = Params.from_buffer_copy(_launch.with_ahead(p, kernel, 132)).ahead
-    assert rows == int(_planner.AHEAD_WAVES_IN_ROW * 3 * 132 * (p.block // p.team)) > 0
+    assert rows == int(cfg.ahead_waves * 3 * 132 * (cfg.block // cfg.team)) > 0
     assert Params.from_buffer_copy(p.template).ahead == 0     # the plan itself stays device-free
 
 
@@ -82,7 +86,7 @@ def test_warm_call_binds_the_pointers_the_full_path_would(gpu, stream):
     assert gpu["views"] == 5
     req = _call(BASE + 0x10000000, stream=stream)          # same signature, other pointers
     assert gpu["views"] == 5                               # no exporter, no planner this time
-    p = make_plan(req)
+    p = make_plan(req, DEVICE, Tuning())
     want = p.addresses(req.arrays())
     assert gpu["launches"][1] == (tuple(want), 77)
     assert want[1] == BASE + 0x10000000 + 4 * D * 2        # K follows Q in the packed row
@@ -94,7 +98,7 @@ def test_alternating_signatures_each_bind_their_own_plan(gpu):
     _call(BASE, interleave=False)
     for i, interleave in enumerate((True, False, True, False)):
         req = _call(BASE + (i + 1) * 0x10000000, interleave=interleave)
-        p = make_plan(req)
+        p = make_plan(req, DEVICE, Tuning())
         assert gpu["launches"][-1] == (tuple(p.addresses(req.arrays())), 77) and gpu["kernels"][-1] == p.kernel
     assert gpu["views"] == 10 and len(api._WARM) == 2
 

@@ -1,4 +1,5 @@
-"""Every launch the planner can produce fits the limits of each shipped architecture.
+"""Every launch the planner can produce fits the limits of each shipped architecture, and the
+enumeration reaches every built variant.
 
 The per-arch tox envs set CUDIT_ARCH to check one architecture; otherwise all are checked.
 """
@@ -6,17 +7,22 @@ import itertools
 
 import pytest
 
-from cudit import _modules
-from cudit._planner import Request, check_fits, limits_for_arch, make_plan
+from cudit import _modules, _variants
+from cudit._planner import Request, check_fits, make_plan
+from cudit._tuning import DeviceSpec, tuning_for
 from conftest import wanted_arch
 from fakes import BASE, arr
 
 HEADS = (1, 2, 5, 12, 24, 40, 48, 64, 128, 256)
 HEAD_DIMS = tuple(range(32, 257, 16))
+# Opt-in shared memory a block may use, by architecture: the devices as the planner sees them.
+SMEM = {(8, 0): 163 * 1024, (8, 6): 99 * 1024, (8, 9): 99 * 1024, (9, 0): 227 * 1024, (10, 0): 227 * 1024,
+        (12, 0): 99 * 1024}
 
 
-def all_plans():
+def all_plans(device):
     dtypes = ("bf16", "f16", "f32")
+    tuning = tuning_for(device)
     # 16 tokens: launch-bound grids (two heads a thread); 65536: every other variant.
     # Tables [S, D] shared by the heads, or [S, H*D] per head (variants differ: _st).
     for dtype, tdtype, d, h, norm, rope, tokens, per_head in itertools.product(
@@ -28,7 +34,7 @@ def all_plans():
         w = arr((wl,), "bf16", ptr=BASE + 0x100000) if wl else None
         c = arr((tokens, h * d if per_head else d), tdtype, ptr=BASE + 0x200000) if rope != "none" else None
         yield make_plan(Request(arr((1, tokens, 3 * h * d), dtype), w, w, c, c, num_heads=h,
-                                interleave=rope == "interleaved"))
+                                interleave=rope == "interleaved"), device, tuning)
 
 
 def archs():
@@ -40,15 +46,14 @@ def archs():
 @pytest.mark.parametrize("arch", archs())
 def test_every_planned_launch_fits(arch):
     man = _modules.manifest()
-    limits = limits_for_arch(_modules.arch_tuple(arch))
-    kernels = man["archs"][arch]["kernels"]
+    device = DeviceSpec(arch=_modules.arch_tuple(arch), max_smem_per_block=SMEM[_modules.arch_tuple(arch)])
     image = _modules.Image("cubin", arch, man["archs"][arch]["file"])
     seen = set()
-    for p in all_plans():
-        check_fits(p, limits, _modules.kernel_meta(man, image, p.kernel))   # incl. the launch bound
+    for p in all_plans(device):
+        check_fits(p, device, _modules.kernel_meta(man, image, p.config.variant))   # incl. the launch bound
         seen.add(p.kernel)
-    # the enumeration reaches both the register and the looping variants
-    assert seen == set(man["variants"]) and set(man["variants"]) <= set(kernels)
+    # the enumeration reaches every variant, the register and the looping ones
+    assert seen == set(_variants.BY_NAME) and seen <= set(man["archs"][arch]["kernels"])
 
 
 def test_per_arch_env_checks_a_shipped_arch():

@@ -298,7 +298,7 @@ def test_pdl_attribute_on_sm90_and_a_dependent_chain_stays_exact(monkeypatch):
         torch.cuda.synchronize()
         results[pdl] = bufs[0][..., :2 * H * D]
         launchers = [v for k, v in _launch._LAUNCHERS.items() if k[2] == pdl]
-        want_attrs = 1 if pdl and _launch.device_state(0).limits.arch >= (9, 0) else 0
+        want_attrs = 1 if pdl and _launch.device_state(0).spec.arch >= (9, 0) else 0
         assert launchers and all(v.config(0).numAttrs == want_attrs for v in launchers)
     x = qkv.clone()
     for _ in range(40):

@@ -123,20 +123,23 @@ MODELS = [
 CASES = cases()
 
 
+def tuned(**knobs):
+    """Plan GPU 0's launches under its table with these fields changed, until the test ends."""
+    from cudit import _launch
+
+    base = _launch.device_state(0).tuning
+    before = _launch.set_tuning(base.with_knobs(**knobs))
+    return lambda: _launch.set_tuning(before)
+
+
 @pytest.fixture
-def full_size_geometry(monkeypatch):
+def full_size_geometry():
     """Plan these small test shapes as production sizes are planned: without the rules for small
     grids (two heads a thread, one row a block), so the three- and four-head variants and blocks
     of several rows run."""
-    from cudit import _planner, api
-
-    monkeypatch.setattr(_planner, "SMALL_GRID_THREADS", 0)
-    monkeypatch.setattr(_planner, "ONE_ROW_BLOCKS_UP_TO", 0)
-    _planner.clear_cache()
-    api.clear_warm()
+    restore = tuned(small_grid_threads=0, one_row_blocks_up_to=0)
     yield
-    _planner.clear_cache()
-    api.clear_warm()
+    restore()
 
 
 @pytest.mark.gpu
@@ -174,13 +177,12 @@ def launched_plans(case) -> list:
 
 
 @pytest.fixture
-def rows_ahead(monkeypatch, full_size_geometry):
+def rows_ahead():
     """A distance of a twentieth of a wave: these short grids then have rows ahead to request."""
-    from cudit import _planner
-
-    monkeypatch.setattr(_planner, "AHEAD_WAVES_IN_ROW", 0.05)
-    monkeypatch.setattr(_planner, "AHEAD_WAVES_AFTER_ROW", 0.05)
-    monkeypatch.setattr(_planner, "AHEAD_WAVES_THREE_VECTOR", 0.05)
+    restore = tuned(small_grid_threads=0, one_row_blocks_up_to=0, ahead_waves_in_row=0.05,
+                    ahead_waves_after_row=0.05, ahead_waves_three_vector=0.05)
+    yield
+    restore()
 
 
 @pytest.mark.gpu
@@ -194,13 +196,12 @@ def test_model_asking_l2_for_rows_ahead(case, rows_ahead):
 
 
 @pytest.fixture
-def several_groups(monkeypatch, full_size_geometry):
+def several_groups():
     """Three row groups a block: the next-group requests run, and per-head rotate_half rows
     take their variant without rows-ahead code (_na)."""
-    from cudit import _planner
-
-    monkeypatch.setattr(_planner, "ROW_ITERS", 3)
-    monkeypatch.setattr(_planner, "FULL_GRID", 1)   # these grids are small
+    restore = tuned(small_grid_threads=0, one_row_blocks_up_to=0, fixed_row_iters=3, full_grid=1)
+    yield
+    restore()
 
 
 @pytest.mark.gpu

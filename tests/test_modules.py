@@ -4,7 +4,7 @@ import struct
 import pytest
 
 import build_cubins
-from cudit import _modules, _planner
+from cudit import _modules, _variants
 from cudit._modules import Image, NoImageError, kernel_meta, select_image
 
 EM_CUDA = 190
@@ -22,13 +22,18 @@ def elf_arch(blob: bytes) -> int:
     return (flags >> 8) & 0xFF if abi >= 8 else flags & 0xFF
 
 
+def test_build_and_runtime_share_one_variant_table():
+    assert build_cubins.VARIANTS_FILE.samefile(_variants.__file__)
+    assert [v.name for v in build_cubins.variants.all_variants()] == list(_variants.BY_NAME)
+    assert build_cubins.ARCHS == _variants.ARCHS
+
+
 def test_manifest_covers_every_arch_and_variant(man):
-    assert set(man["archs"]) == set(build_cubins.ARCHS)
-    names = {v["name"] for v in build_cubins.variants()}
-    assert set(man["variants"]) == names
+    assert set(man["archs"]) == set(_variants.ARCHS)
+    names = set(_variants.BY_NAME)
     for arch, entry in man["archs"].items():
-        assert set(entry["kernels"]) == names | set(build_cubins.EXTRA_KERNELS), arch
-    assert man["ptx"]["arch"] == build_cubins.PTX_ARCH
+        assert set(entry["kernels"]) == names | set(_variants.EXTRA_KERNELS), arch
+    assert man["ptx"]["arch"] == _variants.PTX_ARCH
 
 
 @pytest.mark.parametrize("arch", build_cubins.ARCHS)
@@ -41,18 +46,17 @@ def test_cubin_is_cuda_elf_for_its_arch_with_no_spills(man, arch):
     for name, k in entry["kernels"].items():
         assert name.encode() in blob
         assert (k["spill_stores"], k["spill_loads"], k["stack_bytes"]) == (0, 0, 0), name
-        bound = man["variants"][name]["max_threads"] if name in man["variants"] else 1024
-        bound = k.get("max_threads", bound)        # an architecture's own, looser bound
+        v = _variants.BY_NAME.get(name)
+        bound = v.bound(arch) if v else 1024
         assert k["registers"] * bound <= 65536, name
-        if name in man["variants"]:   # every planned block fits this architecture's bound
-            v = man["variants"][name]
-            assert bound >= _planner.VARIANT_MAX_THREADS[(v["parts"], v["heads_per_thread"])], name
+        if v:   # every block the planner may give this variant fits this architecture's bound
+            assert bound >= _variants.planner_bound(v.parts, v.heads_per_thread), name
 
 
 def test_ptx_targets_the_oldest_arch(man):
     text = (_modules.CUBIN_DIR / man["ptx"]["file"]).read_text()
     assert ".target sm_80" in text
-    assert all(f".entry {name}(" in text for name in man["variants"])
+    assert all(f".entry {name}(" in text for name in _variants.BY_NAME)
 
 
 FAKE = {"archs": {"sm_80": {"file": "a"}, "sm_86": {"file": "b"}, "sm_90": {"file": "c"},
@@ -90,7 +94,8 @@ ptxas info    : Used 22 registers, used 0 barriers, 464 bytes cmem[0]
 
 
 def test_a_kernel_missing_from_the_manifest_is_named():
-    man = {"variants": {"qknr_a": {"max_threads": 512}}, "archs": {}}
-    with pytest.raises(NoImageError, match="no kernel qknr_bf16_none_head_k3.*build_cubins"):
-        kernel_meta(man, Image("ptx", "compute_80", "x.ptx"), "qknr_bf16_none_head_k3")
-    assert kernel_meta(man, Image("ptx", "compute_80", "x.ptx"), "qknr_a")["max_threads"] == 512
+    v = _variants.all_variants()[0]
+    man = {"archs": {"sm_90": {"kernels": {}}}}
+    with pytest.raises(NoImageError, match=f"no kernel {v.name}.*build_cubins"):
+        kernel_meta(man, Image("cubin", "sm_90", "x.cubin"), v)
+    assert kernel_meta(man, Image("ptx", "compute_80", "x.ptx"), v)["max_threads"] == v.bound("")

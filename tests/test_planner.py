@@ -5,10 +5,33 @@ import pytest
 
 from cudit import _planner
 from cudit._params import Params, fast_div
-from cudit._planner import Geometry, PlanError, Request, geometry, make_plan, plan
+from cudit._planner import Geometry, PlanError, Request, geometry, plan
+from cudit._tuning import DeviceSpec, Tuning
 from fakes import BASE, arr
 
 D = 128
+DEVICE = DeviceSpec(arch=(9, 0))
+TUNING = Tuning()
+
+
+def make_plan(req, tuning=TUNING):
+    return _planner.make_plan(req, DEVICE, tuning)
+
+
+def cfg(p):
+    return p.config
+
+
+def bind(p, req) -> Params:
+    """The parameters a launch of p would pass for req's arrays."""
+    prm = Params.from_buffer_copy(p.template)
+    for i, a in enumerate(p.addresses(req.arrays())):
+        ptrs = ("in_", "out", "w", "w_txt")[i // 2] if i < 8 else ("cos", "sin")[i - 8]
+        if i < 8:
+            getattr(prm, ptrs)[i % 2] = a
+        else:
+            setattr(prm, ptrs, a)
+    return prm
 
 
 def packed(b=2, s=64, h=4, d=D, dtype="bf16", **kw):
@@ -27,66 +50,72 @@ def params(p) -> Params:
     return Params.from_buffer_copy(p.template)
 
 
-def test_per_head_geometry_packs_many_heads_per_block():
-    qw, kw = weights(D)
-    c, s = table((8192, D))
-    p = make_plan(Request(packed(s=8192), qw, kw, c, s, num_heads=4))
-    # 4 heads, 2 a thread: 16 vectors along D x 2 lanes along heads = 32 threads a row
-    assert (p.team, p.block, p.norm, p.rope) == (32, 256, "head", "interleaved")
-    assert p.kernel == "qknr_bf16_interleaved_f32_head_k2"
-    prm = params(p)
-    # a row is one side of one token, 8 rows a block; under 12k groups each group has a block
-    assert p.grid == 2 * 8192 * 2 // 8 and prm.iters == 1
-    assert (prm.tj, prm.th, prm.lanes_d, prm.side[0].heads) == (16, 2, 16, 4)
-    assert prm.tab_rows.d == 8192 and prm.seq.d == 8192 and prm.total_rows == 2 * 2 * 8192
+def covers(p, total_rows, heads):
+    """A plan's layout covers every row and head once: the invariants every launch keeps."""
+    c, prm = cfg(p), params(p)
+    k = c.variant.heads_per_thread
+    assert c.team == c.tj * c.th == prm.team and c.block % c.team == 0
+    assert (k == 0 or c.th * k >= heads) and c.tj >= c.lanes_d == prm.lanes_d
+    rows_per_block = c.block // c.team
+    assert c.grid * rows_per_block * c.iters >= total_rows > (c.grid - 1) * rows_per_block * c.iters
+    assert prm.total_rows == total_rows and prm.iters == c.iters
 
 
-def test_small_grids_give_each_row_a_block():
-    qw, kw = weights(D)
-    c, s = table((4096, D))
-    flux_like = make_plan(Request(packed(b=1, s=4096, h=24), qw, kw, c, s, num_heads=24))   # 8192 rows
-    assert (flux_like.team, flux_like.block, flux_like.grid) == (96, 96, 8192)
-    half = make_plan(Request(packed(b=1, s=4096, h=24), qw, kw, c, s, num_heads=24, interleave=False))
-    assert (half.team, half.block, params(half).iters) == (96, 96, 1)   # and one row group each
-    big = make_plan(Request(packed(b=1, s=16384, h=24), qw, kw, *table((16384, D)), num_heads=24))
-    assert big.block == 2 * big.team
-    wan_like = make_plan(Request(packed(b=1, s=1024, h=12), *weights(12 * D), *table((1024, D)), num_heads=12))
-    assert wan_like.team == 48 and wan_like.block == 192   # teams of 48 keep whole-warp blocks
-
-
-def test_blocks_take_several_row_groups_only_on_big_full_dim_grids():
-    most, single_below = _planner.ROW_ITERS_BY[("full", 1)]
-    assert (most, single_below) == (2, 48 * 1024)
-    for norm in ("head", "full"):
-        qw, kw = weights(D if norm == "head" else 4 * D)
-        for tokens in (4 * 9216, 4 * 16384, 4 * 65536, 8 * 1023 // 2):   # 9216 ... 65536, 1023 groups
-            prm = params(make_plan(Request(arr((1, tokens, 12 * D)), qw, kw, num_heads=4)))
-            groups = -(-2 * tokens // 8)
-            iters = most if norm == "full" and groups >= single_below else 1   # per-head: one at every size
-            assert prm.iters == iters, (norm, tokens)
-            assert -(-groups // iters) * iters >= groups
-
-
-@pytest.mark.parametrize("heads,dtype,k,team", [(40, "bf16", 4, 160), (128, "bf16", 4, 512),
-                                                (12, "f16", 4, 48), (96, "f32", 0, 512),
-                                                (256, "f32", 0, 512)])
-def test_full_dim_rows(heads, dtype, k, team):
-    qw, kw = weights(heads * D)
-    p = make_plan(Request(packed(s=4096, h=heads, dtype=dtype), qw, kw, num_heads=heads))
-    assert p.norm == "full" and p.team == team and p.kernel.endswith(f"_full_k{k}")
-    prm = params(p)
-    assert prm.side[1].heads == heads and abs(prm.side[1].inv_n * heads * D - 1) < 1e-7
-    assert prm.tj * prm.th == team and (k == 0 or prm.th * k >= heads)
-    assert prm.lanes_d == D * {"bf16": 2, "f16": 2, "f32": 4}[dtype] // 16
-
-
-@pytest.mark.parametrize("heads,norm,tokens,k", [(12, "full", 256, 2), (12, "full", 512, 2), (12, "full", 1024, 4),
-                                                 (24, "head", 256, 2), (24, "head", 512, 4)])
-def test_launch_bound_grids_take_two_heads_a_thread(heads, norm, tokens, k):
+@pytest.mark.parametrize("heads,tokens,norm", [(4, 8192, "head"), (24, 4096, "head"), (24, 16384, "head"),
+                                               (12, 1024, "full"), (40, 32760, "full"), (12, 32760, "full")])
+def test_plans_cover_every_row_and_head(heads, tokens, norm):
     qw, kw = weights(D if norm == "head" else heads * D)
     c, s = table((tokens, D))
     p = make_plan(Request(packed(b=1, s=tokens, h=heads), qw, kw, c, s, num_heads=heads))
-    assert p.kernel.endswith(f"_{norm}_k{k}")   # K = 2 while 2 x tokens rows of its teams fit SMALL_GRID_THREADS
+    covers(p, 2 * tokens, heads)
+    v = cfg(p).variant
+    assert (v.dtype, v.rope, v.norm, v.table) == ("bf16", "interleaved", norm, "f32")
+    prm = params(p)
+    assert prm.side[0].heads == heads and prm.tab_rows.d == tokens and prm.seq.d == tokens
+
+
+def test_small_grids_give_each_row_a_block_per_the_tuning():
+    qw, kw = weights(D)
+    c, s = table((4096, D))
+    req = Request(packed(b=1, s=4096, h=24), qw, kw, c, s, num_heads=24)    # 8192 rows
+    small = make_plan(req, Tuning(one_row_blocks_up_to=8192))
+    assert cfg(small).block == cfg(small).team and cfg(small).iters == 1
+    big = make_plan(req, Tuning(one_row_blocks_up_to=8191))
+    assert cfg(big).block > cfg(big).team and cfg(big).block % 32 == 0     # whole warps of rows
+
+
+def test_row_groups_a_block_follow_the_tuning():
+    qw, kw = weights(4 * D)
+    req = Request(arr((1, 65536, 12 * D)), qw, kw, num_heads=4)
+    assert cfg(make_plan(req, Tuning(fixed_row_iters=1))).iters == 1
+    three = make_plan(req, Tuning(fixed_row_iters=3))
+    assert cfg(three).iters == 3
+    covers(three, 2 * 65536, 4)
+    # a grid under the table's threshold gives every row group its own block
+    rows = (("full", 1), (4, 10**9)), (("head", 1), (1, 0)), (("none", 1), (4, 0))
+    assert cfg(make_plan(req, Tuning(row_iters=rows))).iters == 1
+    assert cfg(make_plan(req, Tuning(row_iters=((rows[0][0], (4, 0)),), full_grid=1))).iters == 4
+
+
+@pytest.mark.parametrize("heads,dtype", [(40, "bf16"), (128, "bf16"), (12, "f16"), (96, "f32"), (256, "f32")])
+def test_full_dim_rows(heads, dtype):
+    qw, kw = weights(heads * D)
+    p = make_plan(Request(packed(s=4096, h=heads, dtype=dtype), qw, kw, num_heads=heads))
+    covers(p, 2 * 2 * 4096, heads)
+    prm = params(p)
+    assert cfg(p).variant.norm == "full"
+    assert prm.side[1].heads == heads and abs(prm.side[1].inv_n * heads * D - 1) < 1e-7
+    assert prm.lanes_d == D * {"bf16": 2, "f16": 2, "f32": 4}[dtype] // 16
+
+
+@pytest.mark.parametrize("heads,norm", [(12, "full"), (24, "head")])
+def test_launch_bound_grids_take_two_heads_a_thread_per_the_tuning(heads, norm):
+    qw, kw = weights(D if norm == "head" else heads * D)
+    c, s = table((256, D))
+    req = Request(packed(b=1, s=256, h=heads), qw, kw, c, s, num_heads=heads)
+    assert cfg(make_plan(req, Tuning(small_grid_threads=0))).variant.heads_per_thread == 4
+    assert cfg(make_plan(req, Tuning(small_grid_threads=10**9))).variant.heads_per_thread == 2
+    assert cfg(make_plan(req, Tuning(heads_per_thread=1))).variant.heads_per_thread == 1   # the sweep knob
 
 
 def test_geometry_rounds_teams_to_aligned_lanes():
@@ -106,7 +135,7 @@ def test_pointers_bind_per_call_and_k_follows_q():
     qw, kw = weights(D)
     req = Request(arr((2, 64, 7 * D)), qw, kw, num_heads=(3, 2, 2))  # GQA
     p = make_plan(req)
-    prm = Params.from_buffer(p.bind(req.arrays()))
+    prm = bind(p, req)
     assert prm.in_[0] == BASE and prm.in_[1] == BASE + 3 * D * 2
     assert prm.out[0] == prm.in_[0]  # in place
     assert prm.w[0] == BASE + 0x100000 and prm.w_txt[0] == prm.w[0]
@@ -114,10 +143,11 @@ def test_pointers_bind_per_call_and_k_follows_q():
 
 def test_plans_are_cached_per_signature_not_per_pointer():
     qw, kw = weights(D)
-    a = plan(Request(packed(), qw, kw, num_heads=4))
-    b = plan(Request(packed(ptr=BASE + 4096), qw, kw, num_heads=4))
-    c = plan(Request(packed(s=65), qw, kw, num_heads=4))
-    assert a is b and a is not c
+    a = plan(Request(packed(), qw, kw, num_heads=4), DEVICE, TUNING)
+    b = plan(Request(packed(ptr=BASE + 4096), qw, kw, num_heads=4), DEVICE, TUNING)
+    c = plan(Request(packed(s=65), qw, kw, num_heads=4), DEVICE, TUNING)
+    d = plan(Request(packed(), qw, kw, num_heads=4), DEVICE, Tuning(block_target=128))
+    assert a is b and a is not c and a is not d
 
 
 def test_split_views_of_a_bshd_buffer():
@@ -148,7 +178,7 @@ def test_dual_stream_points_text_rows_at_add_weights():
     qw, kw = weights(D)
     qa, ka = arr((D,), "f32", ptr=BASE + 0x500000), arr((D,), "f32", ptr=BASE + 0x600000)
     req = Request(packed(), qw, kw, num_heads=4, q_add_weight=qa, k_add_weight=ka, num_txt_tokens=7)
-    prm = Params.from_buffer(make_plan(req).bind(req.arrays()))
+    prm = bind(make_plan(req), req)
     assert prm.num_txt == 7 and prm.w_txt[0] == BASE + 0x500000 and prm.w_txt[1] == BASE + 0x600000
 
 
@@ -157,7 +187,7 @@ def test_out_of_place_has_its_own_strides():
     x = packed()
     o = arr(x.shape, strides=(64 * 2000, 2000, 1), ptr=BASE + 0x1000000)
     req = Request(x, qw, kw, num_heads=4, out=o)
-    prm = Params.from_buffer(make_plan(req).bind(req.arrays()))
+    prm = bind(make_plan(req), req)
     assert prm.side[0].out_ss == 2000 and prm.side[0].in_ss == 3 * 4 * D
     assert prm.out[1] == BASE + 0x1000000 + 4 * D * 2
 
@@ -258,9 +288,9 @@ def test_every_message_names_expected_and_given():
 def test_mqa_single_k_head_takes_the_q_norm_kind():
     w_q, w_k = arr((8 * D,), "f32", ptr=BASE + 0x100000), arr((D,), "f32", ptr=BASE + 0x200000)
     p = make_plan(Request(arr((1, 16, 10 * D)), w_q, w_k, num_heads=(8, 1, 1)))
-    assert p.norm == "full"
+    assert cfg(p).variant.norm == "full"
     p = make_plan(Request(arr((1, 16, 10 * D)), arr((D,), "f32"), w_k, num_heads=(8, 1, 1)))
-    assert p.norm == "head"
+    assert cfg(p).variant.norm == "head"
 
 
 @pytest.mark.parametrize("d", [1, 2, 3, 7, 64, 96, 4608, 32760, 75600, 118800, 2**31 - 1, 2**32 - 1])
@@ -323,13 +353,16 @@ def test_items_hold_more_vectors_where_one_a_lane_would_overflow_a_warp_or_idle_
     assert params(p).lanes_d * parts * 16 == d * {"bf16": 2, "f32": 4}[dtype]
 
 
-@pytest.mark.parametrize("heads,norm,block", [(32, "head", 128), (24, "head", 192), (32, "full", 256),
-                                              (32, None, 256)])
-def test_per_head_rotate_half_blocks_stay_at_or_under_192_threads(heads, norm, block):
+@pytest.mark.parametrize("heads,norm", [(32, "head"), (24, "head"), (32, "full"), (32, None)])
+def test_rotate_half_items_hold_two_vectors_and_two_heads(heads, norm):
     qw, kw = weights(D if norm == "head" else heads * D) if norm else (None, None)
     c, s = table((8192, D))
     p = make_plan(Request(packed(s=8192, h=heads), qw, kw, c, s, num_heads=heads, interleave=False))
-    assert (p.rope, p.norm, p.team, p.block) == ("half", norm or "none", 4 * heads, block)
+    v = cfg(p).variant
+    assert (v.rope, v.norm, v.parts, v.heads_per_thread) == ("half", norm or "none", 2, 2)
+    covers(p, 2 * 2 * 8192, heads)
+    if norm == "head":
+        assert cfg(p).block <= TUNING.block_target_parts_per_head
 
 
 @pytest.mark.parametrize("per_head", [False, True])
@@ -337,24 +370,22 @@ def test_full_dim_rotate_half_has_its_own_variant_for_a_table_shared_by_the_head
     qw, kw = weights(12 * D)
     c, s = table((8192, 12 * D if per_head else D))
     p = make_plan(Request(packed(b=1, s=8192, h=12), qw, kw, c, s, num_heads=12, interleave=False))
-    # teams of 48 (two heads a thread); the 80-register variant's blocks fill whole warps (4 rows),
-    # the 124-register one's take the most rows under 256 (5)
     assert p.kernel == "qknr_bf16_half_f32_full_k2" + ("" if per_head else "_st")
-    assert (p.team, p.block) == (48, 240 if per_head else 192)
-    # and one row group a block (ROW_ITERS_BY)
-    assert params(p).iters == 1
+    assert cfg(p).variant.shared_table == (not per_head)
+    if not per_head:   # the lighter variant's blocks fill whole warps
+        assert cfg(p).block % 32 == 0
 
 
-def test_rows_ahead_only_for_one_group_a_block_and_a_wave_further_after_the_row():
+def test_rows_ahead_only_for_one_group_a_block_at_the_tuning_distance():
     qw, kw = weights(D)
     c, s = table((4096, D))
     one = make_plan(Request(arr((1, 4096, 12 * D)), qw, kw, c, s, num_heads=4))            # per-head, one vector
     half = make_plan(Request(arr((1, 4096, 12 * D)), qw, kw, c, s, num_heads=4, interleave=False))
-    c, s = table((16 * 4096, D))
-    many = make_plan(Request(arr((1, 16 * 4096, 12 * D)), qw, kw, c, s, num_heads=4, interleave=False))
-    assert (params(one).iters, params(half).iters) == (1, 1) and params(many).iters > 1
-    assert one.ahead_waves == _planner.AHEAD_WAVES_AFTER_ROW > half.ahead_waves == _planner.AHEAD_WAVES_IN_ROW > 0
-    assert many.ahead_waves == 0
+    many = make_plan(Request(arr((1, 4096, 12 * D)), qw, kw, c, s, num_heads=4, interleave=False),
+                     Tuning(fixed_row_iters=4, full_grid=1))
+    assert (cfg(one).iters, cfg(half).iters, cfg(many).iters) == (1, 1, 4)
+    assert cfg(one).ahead_waves == TUNING.ahead_waves_after_row and cfg(half).ahead_waves == TUNING.ahead_waves_in_row
+    assert cfg(many).ahead_waves == 0
     # so blocks of several groups take the variant built without the rows-ahead code
     assert (half.kernel, many.kernel) == ("qknr_bf16_half_f32_head_k2", "qknr_bf16_half_f32_head_k2_na")
     assert not one.kernel.endswith("_na")
@@ -362,18 +393,19 @@ def test_rows_ahead_only_for_one_group_a_block_and_a_wave_further_after_the_row(
     qw, kw = weights(96)
     c, s = table((4096, 96))
     three = make_plan(Request(arr((1, 4096, 24 * 96)), qw, kw, c, s, num_heads=8))         # D = 96: three vectors
-    assert three.kernel.endswith("_p3") and three.ahead_waves == _planner.AHEAD_WAVES_THREE_VECTOR > 0
+    assert three.kernel.endswith("_p3") and cfg(three).ahead_waves == TUNING.ahead_waves_three_vector
+    assert cfg(make_plan(Request(arr((1, 4096, 24 * 96)), qw, kw, c, s, num_heads=8),
+                         Tuning(ahead_waves_three_vector=0.25))).ahead_waves == 0.25
 
 
-def test_row_groups_per_block_follow_the_norm_and_rope_kind():
-    qw, kw = weights(4 * D)
-    c, s = table((8 * 4096, D))
-    full = params(make_plan(Request(arr((1, 8 * 4096, 12 * D)), qw, kw, c, s, num_heads=4)))
-    qw, kw = weights(D)      # 16-row blocks: twice the tokens for a grid of 8 x FULL_GRID groups
-    c, s = table((16 * 4096, D))
-    half = params(make_plan(Request(arr((1, 16 * 4096, 12 * D)), qw, kw, c, s, num_heads=4, interleave=False)))
-    assert (full.iters, half.iters) == (1, 8)          # a mid-size full-dim grid: one group a block
-    qw, kw = weights(4 * D)
-    c, s = table((64 * 4096, D))
-    big = params(make_plan(Request(arr((1, 64 * 4096, 12 * D)), qw, kw, c, s, num_heads=4)))
-    assert big.iters == _planner.ROW_ITERS_BY[("full", 1)][0] == 2
+def test_sixteen_bit_tables_share_a_variant_and_pass_their_kind():
+    qw, kw = weights(D)
+    kinds = set()
+    for dtype in ("bf16", "f16"):
+        c, s = table((64, D), dtype)
+        p = make_plan(Request(packed(), qw, kw, c, s, num_heads=4))
+        kinds.add(params(p).tab_dtype)
+        assert cfg(p).variant.table == "x16"
+    assert kinds == {1, 2}
+    c, s = table((64, D))
+    assert cfg(make_plan(Request(packed(), qw, kw, c, s, num_heads=4))).variant.table == "f32"

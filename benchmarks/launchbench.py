@@ -1,7 +1,7 @@
 """Launch-side benchmarks (needs torch): host overhead per call, launch-bound shapes against
 an empty kernel, and a 40-call chain with and without programmatic dependent launch.
 
-    python -m cudit launch [--json FILE]        (also run at the end of `python -m cudit bench`)
+    python benchmarks/launchbench.py [--json FILE]        (also run at the end of benchmarks/bench.py)
 
 Host overhead: a Python loop of 10,000 calls on a small shape, wall time per call (the GPU
 runs behind: every path here is asynchronous). Device times: CUDA graphs of back-to-back
@@ -13,7 +13,8 @@ import argparse
 import json
 import time
 
-from . import _launch, _modules, bench
+import bench  # benchmarks/, beside this script
+from cudit import _launch, _modules
 
 SMALL = bench.Shape("FLUX-like 256 tok", 24, 128, 256, norm="head")
 LAUNCH_BOUND = [bench.Shape(f"WAN-1.3B {n} tok", 12, 128, n) for n in (256, 512, 1024)] + \
@@ -149,7 +150,7 @@ def run_all(torch) -> dict:
 def main(argv=None) -> int:
     import torch
 
-    ap = argparse.ArgumentParser(prog="python -m cudit launch")
+    ap = argparse.ArgumentParser(prog="python benchmarks/launchbench.py")
     ap.add_argument("--json", default="cudit-launch.json")
     args = ap.parse_args(argv)
     result = run_all(torch)
@@ -158,3 +159,9 @@ def main(argv=None) -> int:
     print(f"device: {result['device']}")
     print(report(result))
     return 0
+
+
+if __name__ == "__main__":
+    import sys
+
+    sys.exit(main())

@@ -1,6 +1,6 @@
 """Benchmark: cudit against copy bandwidth, torch eager and torch.compile (needs torch).
 
-    python -m cudit bench [--quick] [--json FILE] [--png FILE] [--no-compile]
+    python benchmarks/bench.py [--quick] [--json FILE] [--png FILE] [--no-compile]
 
 Method (docs/benchmark.md): device events around each call, warm-up first, the median of
 many calls, inputs rotated across enough buffers to exceed L2 so every call reads DRAM;
@@ -296,10 +296,20 @@ def replot(json_path: str, png_path: str) -> None:
     plot(d["rows"], d["copy_GBps"], d["device"], png_path)
 
 
+def apply_knobs(heads_per_thread=None, row_iters=None, device_id=0):
+    """The tuning sweep's knobs, on this process's plans for one GPU (its table otherwise)."""
+    from cudit import _launch
+
+    if heads_per_thread is not None or row_iters is not None:
+        tuning = _launch.tuning_for(_launch.device_state(device_id).spec)
+        _launch.set_tuning(tuning.with_knobs(heads_per_thread=heads_per_thread, fixed_row_iters=row_iters),
+                           device_id)
+
+
 def main(argv=None) -> int:
     import torch
 
-    ap = argparse.ArgumentParser(prog="python -m cudit bench")
+    ap = argparse.ArgumentParser(prog="python benchmarks/bench.py")
     ap.add_argument("--quick", action="store_true", help="two shapes only")
     ap.add_argument("--no-compile", action="store_true", help="skip the torch.compile baseline")
     ap.add_argument("--json", default="cudit-bench.json")
@@ -310,13 +320,7 @@ def main(argv=None) -> int:
     ap.add_argument("--no-baselines", action="store_true", help="time cudit only")
     ap.add_argument("--row-iters", type=int, default=None, help="tuning: row groups a block takes in turn")
     args = ap.parse_args(argv)
-    from . import _planner
-
-    if args.heads_per_thread is not None:
-        _planner.HEADS_PER_THREAD_OVERRIDE = args.heads_per_thread
-    if args.row_iters is not None:
-        _planner.ROW_ITERS = args.row_iters
-    _planner.clear_cache()
+    apply_knobs(args.heads_per_thread, args.row_iters)
 
     props = torch.cuda.get_device_properties(0)
     device = props.name
@@ -339,7 +343,7 @@ def main(argv=None) -> int:
         print(f"  {s.name}: {rows[-1]['cudit_ms'] * 1e3:.1f} us", flush=True)
         save()  # a run cut short keeps what it measured
     text = report(rows, copy_gbs, device)
-    from . import launchbench
+    import launchbench
 
     launch = launchbench.run_all(torch)
     save({"launch": launch})
@@ -350,3 +354,9 @@ def main(argv=None) -> int:
     print(text)
     print(launchbench.report(launch))
     return 0
+
+
+if __name__ == "__main__":
+    import sys
+
+    sys.exit(main())

@@ -1,0 +1,153 @@
+"""Every kernel variant cudit builds, and the launch bound each is compiled with.
+
+One table for the build (build_cubins.py loads this file by path) and the runtime (the planner
+picks a Variant, the launcher looks it up by its name). No imports beyond the standard
+library: the build runs it before anything is installed. Why each bound is what it is, with
+the measurements: docs/dev/perf-notes.md.
+"""
+from __future__ import annotations
+
+import functools
+import itertools
+from dataclasses import dataclass
+
+ARCHS = ("sm_80", "sm_86", "sm_89", "sm_90", "sm_100", "sm_120")
+PTX_ARCH = "compute_80"   # the oldest virtual arch: the driver JITs it for GPUs newer than every cubin
+FAMILY = "qk_norm_rope"
+
+ACT_DTYPES = ("bf16", "f16", "f32")
+# Codes shared with kernels/cudit_common.cuh (DTypeCode) and qk_norm_rope_params.h (RopeMode).
+DTYPE_CODES = {"f32": 0, "f16": 1, "bf16": 2}
+ROPE_CODES = {"none": 0, "interleaved": 1, "half": 2}
+NORM_CODES = {"none": 0, "head": 1, "full": 2}
+# cos/sin storage: fp32, or 16 bits whose kind (f16 / bf16) is a launch parameter.
+TABLE_CLASSES = {"f32": "float", "x16": "cudit::Bits16"}
+C_TYPES = {"f32": "float", "f16": "__half", "bf16": "__nv_bfloat16"}
+
+# Heads a thread holds in registers (0: a loop over heads), and the most by vectors an item holds:
+# rotate_half items (two vectors) hold at most two heads, three-vector items one.
+HEADS_PER_THREAD = (1, 2, 3, 4, 0)
+MAX_K = {1: 4, 2: 2, 3: 1}
+
+# Launch bound (threads a block) by (vectors an item holds, heads a thread): the largest for
+# which no architecture spills; the bound caps registers at 65536 / threads.
+MAX_THREADS = {(1, 1): 1024, (1, 2): 768, (1, 3): 512, (1, 4): 512, (1, 0): 768,
+               (2, 1): 512, (2, 2): 512, (2, 0): 512, (3, 1): 640, (3, 0): 640}
+# Tighter bounds (more threads resident) where the variant fits them, by (vectors, norm, K).
+MAX_THREADS_BY_NORM = {(1, "full", 4): 768, (1, "full", 3): 768, (1, "full", 2): 768, (1, "none", 4): 768,
+                       (1, "none", 2): 1024, (1, "head", 1): 768, (1, "head", 4): 768, (2, "head", 2): 640,
+                       (3, "head", 1): 768}
+# fp32 per-head rows of four heads keep their table in registers: the general bound.
+MAX_THREADS_BY_DTYPE = {("f32", 1, "head", 4): 512}
+# Architectures whose ptxas spills a variant at the common bound get a looser one, by (arch,
+# vectors, norm, K).
+ARCH_MAX_THREADS = {("sm_100", 1, "full", 4): 512, ("sm_100", 1, "full", 3): 640, ("sm_100", 1, "full", 2): 640,
+                    ("sm_100", 1, "head", 4): 640,
+                    ("sm_120", 1, "full", 4): 512, ("sm_120", 1, "full", 3): 640, ("sm_120", 1, "full", 2): 640,
+                    ("sm_120", 2, "head", 2): 576, ("sm_100", 3, "head", 0): 512, ("sm_120", 3, "head", 0): 512}
+# Variants built a second time for one [S, D] cos/sin slice shared by all heads (suffix _st),
+# by (rope, norm, K): their bound, and per architecture where that one spilled.
+SHARED_TABLE_BOUNDS = {("half", "full", 2): 768}
+SHARED_TABLE_ARCH_BOUNDS = {("sm_100", "half", "full", 2): 512, ("sm_120", "half", "full", 2): 512}
+# Variants built a second time without the rows-ahead code (suffix _na), for plans of several
+# row groups a block, which never ask for rows ahead, by (rope, norm, K).
+NO_AHEAD_VARIANTS = {("half", "head", 2)}
+# Per-head rows whose items hold more vectors than the rope needs: vectors -> (activation
+# dtypes, most heads a thread). Two: fp32 heads over 128 values; three: D / VEC three times a
+# power of two (D = 96), so a head's lanes stay a power of two inside a warp.
+EXTRA_PARTS = {2: (("f32",), 2), 3: (("f32", "f16", "bf16"), 1)}
+
+
+def natural_parts(rope: str) -> int:
+    """Vectors an item holds unless a per-head row needs more: rotate_half pairs d with d + D/2."""
+    return 2 if rope == "half" else 1
+
+
+def table_class(dtype: str | None) -> str | None:
+    """The compiled cos/sin storage for a table dtype: fp32, or 16 bits (f16 and bf16 share it)."""
+    return None if dtype is None else ("f32" if dtype == "f32" else "x16")
+
+
+@dataclass(frozen=True)
+class Variant:
+    dtype: str                   # activations: bf16 / f16 / f32
+    rope: str                    # none / interleaved / half
+    norm: str                    # none / head / full
+    heads_per_thread: int        # K (0: loops over heads)
+    parts: int                   # vectors an item holds
+    table: str | None = "f32"    # cos/sin class (TABLE_CLASSES); None without rope
+    shared_table: bool = False   # one slice for all heads (cos_hs == sin_hs == 0)
+    ahead: bool = True           # carries the rows-ahead code
+
+    @property
+    def name(self) -> str:
+        suffix = (f"_p{self.parts}" if self.parts != natural_parts(self.rope) else "") + \
+            ("_st" if self.shared_table else "") + ("" if self.ahead else "_na")
+        table = f"_{self.table}" if self.table else ""
+        return f"qknr_{self.dtype}_{self.rope}{table}_{self.norm}_k{self.heads_per_thread}{suffix}"
+
+    def bound(self, arch: str = "") -> int:
+        """The launch bound this variant is compiled with for an architecture ('' for the PTX)."""
+        key = (self.rope, self.norm, self.heads_per_thread)
+        if self.shared_table:
+            return SHARED_TABLE_ARCH_BOUNDS.get((arch, *key), SHARED_TABLE_BOUNDS[key])
+        shape = (self.parts, self.norm, self.heads_per_thread)
+        if (arch, *shape) in ARCH_MAX_THREADS:
+            return ARCH_MAX_THREADS[(arch, *shape)]
+        return MAX_THREADS_BY_DTYPE.get((self.dtype, *shape),
+                                        MAX_THREADS_BY_NORM.get(shape, MAX_THREADS[(self.parts, self.heads_per_thread)]))
+
+    def instantiation(self, arch: str = "") -> str:
+        """The line kernels/qk_norm_rope.cu expands into this variant (CUDIT_QKNR)."""
+        args = (self.name, C_TYPES[self.dtype], TABLE_CLASSES[self.table or "f32"], ROPE_CODES[self.rope],
+                NORM_CODES[self.norm], self.heads_per_thread, self.parts, int(self.shared_table), int(self.ahead),
+                self.bound(arch))
+        return f"CUDIT_QKNR({', '.join(str(a) for a in args)})"
+
+
+def _built(dtype: str, rope: str, norm: str, k: int) -> bool:
+    if rope == "none" and norm == "none":
+        return False   # nothing to do: the planner rejects it
+    if norm == "full" and k == 1:
+        return False   # one head: the planner runs full-dim as per-head, the same computation
+    if k > MAX_K[natural_parts(rope)]:
+        return False
+    return k != 3 or norm == "full"   # three heads a thread: full-dim rows only
+
+
+@functools.lru_cache(maxsize=None)
+def all_variants() -> tuple:
+    """Every kernel the runtime may launch."""
+    out = []
+    for dt, rope, norm, k in itertools.product(ACT_DTYPES, ROPE_CODES, NORM_CODES, HEADS_PER_THREAD):
+        if not _built(dt, rope, norm, k):
+            continue
+        parts = natural_parts(rope)
+        for table in (TABLE_CLASSES if rope != "none" else (None,)):
+            base = Variant(dt, rope, norm, k, parts, table)
+            out.append(base)
+            if (rope, norm, k) in SHARED_TABLE_BOUNDS:
+                out.append(Variant(dt, rope, norm, k, parts, table, shared_table=True))
+            if (rope, norm, k) in NO_AHEAD_VARIANTS:
+                out.append(Variant(dt, rope, norm, k, parts, table, ahead=False))
+            if norm == "head" and rope != "half":
+                out += [Variant(dt, rope, norm, k, more, table) for more, (dts, most) in EXTRA_PARTS.items()
+                        if dt in dts and k <= most]
+    return tuple(out)
+
+
+BY_NAME = {v.name: v for v in all_variants()}
+EXTRA_KERNELS = ("cudit_empty",)   # outside the table: the benchmark's empty-launch baseline
+
+
+@functools.lru_cache(maxsize=None)
+def planner_bound(parts: int, k: int) -> int:
+    """Most threads a block of (parts, K) may have: the least bound any such variant has on any
+    architecture, so that every plan fits every variant it may pick."""
+    return min(v.bound(arch) for v in all_variants() if (v.parts, v.heads_per_thread) == (parts, k)
+               for arch in ARCHS + ("",))
+
+
+def instantiation_source(arch: str = "") -> str:
+    """The translation unit the build compiles for one architecture: every variant at its bound."""
+    return "\n".join([f'#include "{FAMILY}.cu"'] + [v.instantiation(arch) for v in all_variants()]) + "\n"
