@@ -570,7 +570,9 @@ def launch_config(w: Work, device: DeviceSpec, tuning: Tuning) -> LaunchConfig:
     target = tuning.block_target_parts_per_head if parts > 1 and w.norm == "head" else tuning.block_target
     shared_k = _shared_table_k(w.rope, w.norm) if w.shared_table else None
     whole_warps = parts == 1 or shared_k is not None
-    forced = None if tuning.heads_per_thread is None else default_heads_per_thread(w.heads, parts, tuning.heads_per_thread)
+    table = table_class(w.table, w.dtype)
+    forced = 0 if table == "x16" else tuning.heads_per_thread   # rare table pairings: the looping variant
+    forced = None if forced is None else default_heads_per_thread(w.heads, parts, forced)
     geo = geometry(lanes_d, w.heads, parts, k=forced, per_head=per_head, block_target=target,
                    whole_warps=whole_warps)
     if forced is None and geo.heads_per_thread > 2:
@@ -596,7 +598,7 @@ def launch_config(w: Work, device: DeviceSpec, tuning: Tuning) -> LaunchConfig:
     k = geo.heads_per_thread
     waves = _ahead_waves(iters, w.norm, parts, tuning)
     variant = Variant(
-        w.dtype, w.rope, w.norm, k, parts, table_class(w.table), shared_table=k == shared_k,
+        w.dtype, w.rope, w.norm, k, parts, table, shared_table=k == shared_k,
         ahead=waves > 0 or (w.rope, w.norm, k) not in _variants.NO_AHEAD_VARIANTS)
     return LaunchConfig(variant, lanes_d, geo.tj, geo.th, geo.block, iters, grid, waves)
 

@@ -20,9 +20,11 @@ ACT_DTYPES = ("bf16", "f16", "f32")
 DTYPE_CODES = {"f32": 0, "f16": 1, "bf16": 2}
 ROPE_CODES = {"none": 0, "interleaved": 1, "half": 2}
 NORM_CODES = {"none": 0, "head": 1, "full": 2}
-# cos/sin storage: fp32, or 16 bits whose kind (f16 / bf16) is a launch parameter.
-TABLE_CLASSES = {"f32": "float", "x16": "cudit::Bits16"}
 C_TYPES = {"f32": "float", "f16": "__half", "bf16": "__nv_bfloat16"}
+# cos/sin storage: fp32, the activations' own 16-bit type, or (x16) 16 bits whose kind is a
+# launch parameter, for the pairings no model uses (a bf16 table with f16 data, say): those get
+# only the looping variants, correct but not tuned.
+TABLE_CLASSES = {**C_TYPES, "x16": "cudit::Bits16"}
 
 # Heads a thread holds in registers (0: a loop over heads), and the most by vectors an item holds:
 # rotate_half items (two vectors) hold at most two heads, three-vector items one.
@@ -63,9 +65,14 @@ def natural_parts(rope: str) -> int:
     return 2 if rope == "half" else 1
 
 
-def table_class(dtype: str | None) -> str | None:
-    """The compiled cos/sin storage for a table dtype: fp32, or 16 bits (f16 and bf16 share it)."""
-    return None if dtype is None else ("f32" if dtype == "f32" else "x16")
+def table_class(table: str | None, dtype: str) -> str | None:
+    """The compiled cos/sin storage for a table dtype beside activations of another."""
+    return None if table is None else (table if table in ("f32", dtype) else "x16")
+
+
+def table_classes(dtype: str) -> tuple:
+    """Fast table classes for an activation dtype: fp32, and the activations' own 16-bit type."""
+    return ("f32",) if dtype == "f32" else ("f32", dtype)
 
 
 @dataclass(frozen=True)
@@ -123,7 +130,8 @@ def all_variants() -> tuple:
         if not _built(dt, rope, norm, k):
             continue
         parts = natural_parts(rope)
-        for table in (TABLE_CLASSES if rope != "none" else (None,)):
+        tables = (None,) if rope == "none" else table_classes(dt) + (("x16",) if k == 0 else ())
+        for table in tables:
             base = Variant(dt, rope, norm, k, parts, table)
             out.append(base)
             if (rope, norm, k) in SHARED_TABLE_BOUNDS:

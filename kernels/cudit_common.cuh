@@ -20,11 +20,6 @@ __device__ __forceinline__ float to_float(__nv_bfloat16 x) { return __bfloat162f
 struct Bits16 {
     unsigned short bits;
 };
-template <typename T>
-__device__ __forceinline__ float to_float_as(T x, int) { return to_float(x); }
-__device__ __forceinline__ float to_float_as(Bits16 x, int dtype) {
-    return dtype == DT_BF16 ? __uint_as_float((unsigned int)x.bits << 16) : __half2float(__ushort_as_half(x.bits));
-}
 
 // Two floats into two adjacent values: one packed conversion for the 16-bit types.
 __device__ __forceinline__ void from_float2(float* v, float a, float b) { v[0] = a; v[1] = b; }
@@ -71,12 +66,6 @@ template <typename T, int N> struct Packet {
 #pragma unroll
         for (int i = 0; i < N; ++i) out[i] = to_float(v[i]);
     }
-    // As to_floats; dtype tells the kind of Bits16 storage and is unused for the others.
-    __device__ __forceinline__ void to_floats_as(float (&out)[N], int dtype) const {
-        const T* v = reinterpret_cast<const T*>(w);
-#pragma unroll
-        for (int i = 0; i < N; ++i) out[i] = to_float_as(v[i], dtype);
-    }
     __device__ __forceinline__ void from_floats(const float (&in)[N]) {
         T* v = reinterpret_cast<T*>(w);
         static_assert(N % 2 == 0, "packets hold pairs");
@@ -84,6 +73,18 @@ template <typename T, int N> struct Packet {
         for (int i = 0; i < N; i += 2) from_float2(v + i, in[i], in[i + 1]);
     }
 };
+
+// A packet as floats; dtype tells the kind of Bits16 storage (one uniform branch a packet) and
+// is unused for the other types.
+template <typename T, int N>
+__device__ __forceinline__ void packet_floats(const Packet<T, N>& p, int, float (&out)[N]) { p.to_floats(out); }
+template <int N>
+__device__ __forceinline__ void packet_floats(const Packet<Bits16, N>& p, int dtype, float (&out)[N]) {
+    const unsigned short* v = reinterpret_cast<const unsigned short*>(p.w);
+#pragma unroll
+    for (int i = 0; i < N; ++i)
+        out[i] = dtype == DT_BF16 ? __uint_as_float((unsigned int)v[i] << 16) : __half2float(__ushort_as_half(v[i]));
+}
 
 // N floats from a read-only array whose dtype is only known at run time (weights, cos/sin):
 // the branch is uniform across the grid, so it costs no divergence.

@@ -125,8 +125,8 @@ template <typename C, int VEC, int PARTS> struct TableSlice {
         }
     }
     __device__ __forceinline__ void get(int q, float (&cf)[VEC], float (&sf)[VEC]) const {
-        c[q].to_floats_as(cf, dtype);
-        s[q].to_floats_as(sf, dtype);
+        packet_floats(c[q], dtype, cf);
+        packet_floats(s[q], dtype, sf);
     }
 };
 
@@ -140,8 +140,8 @@ template <typename C, int VEC> struct TableAt {
         Packet<C, VEC> c, s;
         c.load_ro(cos + q * stride);
         s.load_ro(sin + q * stride);
-        c.to_floats_as(cf, dtype);
-        s.to_floats_as(sf, dtype);
+        packet_floats(c, dtype, cf);
+        packet_floats(s, dtype, sf);
     }
 };
 

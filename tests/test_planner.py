@@ -398,14 +398,13 @@ def test_rows_ahead_only_for_one_group_a_block_at_the_tuning_distance():
                          Tuning(ahead_waves_three_vector=0.25))).ahead_waves == 0.25
 
 
-def test_sixteen_bit_tables_share_a_variant_and_pass_their_kind():
+@pytest.mark.parametrize("data,tdtype,fast", [("bf16", "bf16", True), ("bf16", "f32", True), ("f16", "f16", True),
+                                              ("bf16", "f16", False), ("f16", "bf16", False), ("f32", "bf16", False)])
+def test_tables_of_another_16_bit_type_take_the_looping_variant_and_pass_their_kind(data, tdtype, fast):
     qw, kw = weights(D)
-    kinds = set()
-    for dtype in ("bf16", "f16"):
-        c, s = table((64, D), dtype)
-        p = make_plan(Request(packed(), qw, kw, c, s, num_heads=4))
-        kinds.add(params(p).tab_dtype)
-        assert cfg(p).variant.table == "x16"
-    assert kinds == {1, 2}
-    c, s = table((64, D))
-    assert cfg(make_plan(Request(packed(), qw, kw, c, s, num_heads=4))).variant.table == "f32"
+    c, s = table((64, D), tdtype)
+    p = make_plan(Request(packed(dtype=data), qw, kw, c, s, num_heads=4))
+    v = cfg(p).variant
+    assert v.table == (tdtype if fast else "x16") and (v.heads_per_thread != 0) == fast
+    assert params(p).tab_dtype == {"f32": 0, "f16": 1, "bf16": 2}[tdtype]
+    covers(p, 2 * 2 * 64, 4)
