@@ -184,8 +184,8 @@ def _torch_keys(objs):
         if t is None:
             keys.append(None)
             ptrs.append(0)
-        elif type(t) in _TORCH_TYPES and not t.requires_grad:   # tracked: the full path checks grad mode
-            p = t.data_ptr()
+        elif type(t) in _TORCH_TYPES and not (t.requires_grad and _torch_grad_enabled()):
+            p = t.data_ptr()   # (a tensor autograd would track takes the full path, which names it)
             ptrs.append(p)
             keys.append((t.shape, t.stride(), t.dtype, t.get_device(), p & 15))
         else:
@@ -217,6 +217,7 @@ def _cupy_key(a):
 
 
 _TORCH_TYPES: set = set()
+_torch_grad_enabled = None   # torch.is_grad_enabled, bound with the torch adapter
 
 
 def _adapter_for(cls):
@@ -225,6 +226,8 @@ def _adapter_for(cls):
         import torch
 
         if cls in (torch.Tensor, torch.nn.Parameter):   # subclasses may redirect data_ptr
+            global _torch_grad_enabled
+            _torch_grad_enabled = torch.is_grad_enabled
             _TORCH_TYPES.update((torch.Tensor, torch.nn.Parameter))
             return "torch", _torch_keys
     elif top == "cupy":

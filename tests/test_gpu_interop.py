@@ -357,8 +357,9 @@ def test_mixed_torch_input_cupy_output():
     assert torch.isnan(got[..., 2 * H * D:]).all()
 
 
-def test_parameters_that_require_grad_are_read():
-    """Model weights are usually nn.Parameters with requires_grad set, even at inference."""
+def test_parameters_that_require_grad_are_read_without_grad_mode_and_refused_with_it():
+    """Model weights are usually nn.Parameters with requires_grad set, even at inference; with grad
+    mode on autograd would record the call, and cudit has no backward: it raises instead (#12)."""
     import torch
 
     import cudit
@@ -366,11 +367,18 @@ def test_parameters_that_require_grad_are_read():
     qkv, qw, kw, cos, sin = _inputs(torch)
     want = _direct(torch, qkv, qw, kw, cos, sin)
     pq, pk = torch.nn.Parameter(qw.clone()), torch.nn.Parameter(kw.clone())
-    for _ in range(2):                    # the full path, then the warm one
+    for mode in (torch.no_grad, torch.inference_mode):
+        for _ in range(2):                    # the full path, then the warm one
+            x = qkv.clone()
+            with mode():
+                cudit.qk_norm_rope(x, pq, pk, cos, sin, num_heads=H)
+            torch.cuda.synchronize()
+            assert torch.equal(x, want)
+    for _ in range(2):                        # warm signature, grad mode on: still refused, nothing written
         x = qkv.clone()
-        cudit.qk_norm_rope(x, pq, pk, cos, sin, num_heads=H)
-        torch.cuda.synchronize()
-        assert torch.equal(x, want)
+        with pytest.raises(cudit.PlanError, match="q_weight: expected a tensor autograd does not track"):
+            cudit.qk_norm_rope(x, pq, pk, cos, sin, num_heads=H)
+        assert torch.equal(x, qkv)
 
 
 # ------------------------------------------------------------------ contexts and threads
