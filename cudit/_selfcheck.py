@@ -44,18 +44,20 @@ def check(shape, torch) -> float:
     return float((np.abs(got - ref) / (2.0**-8 * np.abs(ref) + 1e-5)).max())
 
 
-def median_us(fn, n_sets: int, torch, reps: int = 30) -> float:
-    """Median device time of fn(i) over rotating input sets, with events, after a warm-up."""
-    for i in range(3):
+def median_us(fn, n_sets: int, torch, calls: int = 20, reps: int = 7) -> float:
+    """Median device time a call of fn(i), i rotating over the input sets: events around batches
+    of calls queued back to back, after a warm-up."""
+    for i in range(2 * calls):
         fn(i % n_sets)
     times = []
-    for r in range(reps):
+    for _ in range(reps):
         start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
         start.record()
-        fn(r % n_sets)
+        for i in range(calls):
+            fn(i % n_sets)
         end.record()
         end.synchronize()
-        times.append(start.elapsed_time(end) * 1e3)
+        times.append(start.elapsed_time(end) * 1e3 / calls)
     return statistics.median(times)
 
 
@@ -73,7 +75,7 @@ def timing(shape, torch, copy_gbs: float, l2_bytes: int) -> str:
 def copy_bandwidth(torch, nbytes: int = 1 << 30) -> float:
     src = torch.empty(nbytes // 2, dtype=torch.int16, device="cuda").random_()
     dst = torch.empty_like(src)
-    return 2 * nbytes / median_us(lambda i: dst.copy_(src), 1, torch, reps=10) / 1e3
+    return 2 * nbytes / median_us(lambda i: dst.copy_(src), 1, torch, calls=5) / 1e3
 
 
 def main() -> int:
