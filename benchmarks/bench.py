@@ -2,7 +2,7 @@
 
     python benchmarks/bench.py [--quick] [--json FILE] [--png FILE] [--no-compile]
 
-Method (docs/benchmark.md): device events around each call, warm-up first, the median of
+Method (docs/dev/benchmark.md): device events around each call, warm-up first, the median of
 many calls, inputs rotated across enough buffers to exceed L2 so every call reads DRAM;
 the copy bandwidth and the baselines are measured in the same run on the same card.
 Bytes moved (the floor) = Q and K read and written once, plus the cos/sin rows and the

@@ -199,7 +199,7 @@ constexpr bool THREE_VECTOR_LOOKAHEAD = true;
 
 // Three-vector items (per-head, interleaved or no RoPE). The vectors are independent, so each is
 // finished and stored before the next is converted: one vector held as floats, not three (v10:
-// 96 -> 68 registers, Lumina-2 on an H100 82.9 -> 87.3% of copy, docs/perf-notes.md). With the
+// 96 -> 68 registers, Lumina-2 on an H100 82.9 -> 87.3% of copy, docs/dev/perf-notes.md). With the
 // lookahead the next vector's weights and cos/sin are requested before this one is finished, so
 // the three L1 round trips after the reduction overlap (they held 40% of the warps' stall
 // samples): 80 registers, a block of 96 fewer an SM, and still 87.4 -> 88.4% (v11). The other
@@ -332,7 +332,7 @@ __device__ __forceinline__ void prefetch_row(const Params& p, u32 row_id, int d,
 
 // Per-head table rows (LTX-2) are read per head after the reduction: requested now, their
 // latency overlaps the data loads instead of following them. (Prefetching full-dim weight
-// slices the same way cost WAN-1.3B 15 points: docs/perf-notes.md v5.)
+// slices the same way cost WAN-1.3B 15 points: docs/dev/perf-notes.md v5.)
 template <typename T, typename C, int PARTS, int K>
 __device__ __forceinline__ void prefetch_head_tables(const Row<T, C>& row, int hl, int th, int stride) {
     for_thread_heads<K>(hl, th, row.heads, [&](int h) {
@@ -368,7 +368,7 @@ __device__ __forceinline__ TeamLane team_lane(const Params& p) {
 
 // Params.ahead > 0 (grids of one row group a block): a thread also asks L2 for the row p.ahead
 // past its own, which a block of a later wave takes, so that block's loads find their data there
-// (docs/perf-notes.md v9). Full-dim and two-vector rows ask right after their own loads;
+// (docs/dev/perf-notes.md v9). Full-dim and two-vector rows ask right after their own loads;
 // per-head one-vector rows after their stores (in their 80-register variants the request
 // anywhere earlier cost 4-10%), so the planner sets their distance a wave longer.
 constexpr u32 NO_ROW = ~0u;
