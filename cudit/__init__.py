@@ -5,8 +5,7 @@
 """
 from __future__ import annotations
 
-from ._modules import NoImageError
-from ._planner import PlanError
+from ._errors import CudaUnavailableError, NoImageError, PlanError
 from .api import qk_norm_rope
 
 __version__ = "0.1.0"
@@ -23,4 +22,4 @@ def cubins() -> dict:
     return out
 
 
-__all__ = ["qk_norm_rope", "cubins", "PlanError", "NoImageError", "__version__"]
+__all__ = ["qk_norm_rope", "cubins", "PlanError", "NoImageError", "CudaUnavailableError", "__version__"]

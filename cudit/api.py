@@ -20,10 +20,46 @@ _PAIR = (tuple, list)
 def qk_norm_rope(qkv, q_weight, k_weight, cos=None, sin=None, *, num_heads=None, eps=1e-6,
                  interleave=True, q_add_weight=None, k_add_weight=None, num_txt_tokens=0,
                  seq_len=None, out=None, stream=None):
-    """RMS-normalise Q and K (per head or across heads) and apply RoPE, in one pass.
+    """RMS-normalise Q and K (per head or across heads), then apply RoPE, in one pass on the GPU.
 
-    qkv is one packed array [.., (Hq+Hk+Hv)*D] / [B, S, H, D], or a (q, k) tuple. See
-    SPEC.md section 2 for every argument. Returns qkv (in place) or out.
+    For each token, on Q and on K: ``y = x * rsqrt(mean(x^2) + eps) * w`` (the mean over one head,
+    or over all heads for full-dim weights), then ``out = y * cos + rotate(y) * sin``; fp32 math,
+    one rounding to the output dtype. V is never touched.
+
+    Args:
+        qkv: packed ``[T, (Hq+Hk+Hv)*D]``, ``[B, S, (Hq+Hk+Hv)*D]`` or ``[B, S, Hq+Hk+Hv, D]``;
+            or a ``(q, k)`` pair of ``[T, H*D]``, ``[B, S, H*D]`` or ``[B, S, H, D]`` arrays.
+            bf16, fp16 or fp32 GPU arrays (DLPack or CUDA Array Interface); last axis contiguous.
+        q_weight, k_weight: 1-D norm weights of length D (per-head norm) or H*D (full-dim norm);
+            both None for RoPE only.
+        cos, sin: the RoPE table, ``[R, D]``, ``[R, Hq*D]`` (one table per head),
+            ``[Bc, S, D]``, ``[Bc, S, 1, D]`` or ``[Bc, S, Hq, D]``; token t reads row t mod R, so
+            R must divide the token count. Pair-duplicated (``[c0, c0, c1, c1, ...]``) for
+            interleave=True, half-duplicated (``[c0..c(D/2-1)] * 2``) for interleave=False.
+            Both None for the norm only.
+        num_heads: packed: H or (Hq, Hk, Hv), required. Split: H or (Hq, Hk), required unless
+            q and k are 4-D.
+        eps: added to the mean square inside the root.
+        interleave: True rotates pairs (2i, 2i+1); False rotates (i, i + D/2) (rotate_half).
+        q_add_weight, k_add_weight: norm weights of the first num_txt_tokens tokens of every
+            batch element (dual-stream models: FLUX, Qwen-Image).
+        num_txt_tokens: how many leading tokens of each batch element use the add weights.
+        seq_len: S, for 2-D input that holds several batch elements.
+        out: None for in place; else an array (packed) or a (q_out, k_out) pair like the input.
+            Required for JAX arrays, which are immutable.
+        stream: None for the current stream of the input's framework; else an int handle or a
+            stream object (``__cuda_stream__``, torch, CuPy, cuda.core). Never synchronises.
+
+    Returns:
+        qkv (in place) or out.
+
+    Raises:
+        PlanError: bad input, named by argument, before anything is launched (needs no GPU);
+            also a torch tensor that requires grad while grad mode is on (no backward yet).
+        CudaUnavailableError: cuda-bindings, the NVIDIA driver or a GPU is missing.
+        NoImageError: the GPU can run none of the shipped kernels.
+
+    Full reference with examples: docs/api.md; model recipes: docs/models.md.
     """
     # A warm call spends about as long in this module as in the driver's launch: keep it lean.
     if isinstance(qkv, _PAIR):

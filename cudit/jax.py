@@ -22,7 +22,8 @@ _OPTIONAL = ("q_weight", "k_weight", "q_add_weight", "k_add_weight", "cos", "sin
 def qk_norm_rope(qkv, q_weight, k_weight, cos=None, sin=None, *, num_heads=None, eps=1e-6,
                  interleave=True, q_add_weight=None, k_add_weight=None, num_txt_tokens=0,
                  seq_len=None):
-    """The arguments of cudit.qk_norm_rope (SPEC.md section 2), minus out= and stream=."""
+    """cudit.qk_norm_rope as a JAX function (jit included): the same arguments minus out= and
+    stream=; returns new arrays (docs/api.md)."""
     split = isinstance(qkv, (tuple, list))
     data = list(qkv) if split else [qkv]
     given = {name: x for name, x in zip(_OPTIONAL, (q_weight, k_weight, q_add_weight, k_add_weight,

@@ -1,4 +1,4 @@
-"""NumPy float64 reference of the whole contract (SPEC.md sections 1-2): the tests' oracle.
+"""NumPy float64 reference of the whole contract (docs/api.md): the tests' oracle.
 
 Takes host arrays of any float dtype and returns float64 results; it shares no code with the
 planner so that the two check each other.

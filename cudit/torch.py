@@ -126,7 +126,8 @@ def _split_fake(*args):
 def qk_norm_rope(qkv, q_weight, k_weight, cos=None, sin=None, *, num_heads=None, eps=1e-6,
                  interleave=True, q_add_weight=None, k_add_weight=None, num_txt_tokens=0,
                  seq_len=None, inplace=True):
-    """cudit.qk_norm_rope through the torch operators (same arguments; see SPEC.md section 2).
+    """cudit.qk_norm_rope through the torch operators (same arguments minus out= and stream=;
+    docs/api.md).
 
     In place (the default) returns qkv; otherwise new tensor(s) of the same shapes.
     """

@@ -1,4 +1,4 @@
-"""Every mode of SPEC sections 1-2 on the GPU against the float64 reference (torch arrays)."""
+"""Every mode of docs/api.md on the GPU against the float64 reference (torch arrays)."""
 import pytest
 
 from gpu_cases import Case, run_case
@@ -101,7 +101,7 @@ def cases():
     return out
 
 
-# SPEC section 5 models at their real head layouts; token counts cut for the float64 reference.
+# The models of docs/models.md at their real head layouts; token counts cut for the float64 reference.
 MODELS = [
     Case("WAN2.1-1.3B", heads=(12, 12, 12), norm="full", table_form="4d", B=2, S=257),
     Case("WAN2.1-5B", heads=(24, 24, 24), norm="full", table_form="4d", B=2, S=129),
