@@ -51,6 +51,17 @@ def _wheel_dir(package: str) -> Path:
     return Path(list(spec.submodule_search_locations)[0])
 
 
+def _preload_nvrtc() -> None:
+    """Load libnvrtc from its wheel by path: cuda-bindings looks for it in the installed
+    site-packages, which a pip build environment's are not."""
+    import ctypes
+
+    libs = sorted((_wheel_dir("nvidia.cuda_nvrtc") / "lib").glob("libnvrtc.so.*"))
+    if not libs:
+        raise SystemExit("build_cubins: no libnvrtc.so in nvidia-cuda-nvrtc-cu12")
+    ctypes.CDLL(str(libs[0]), mode=ctypes.RTLD_GLOBAL)
+
+
 def toolchain() -> dict:
     include = _wheel_dir("nvidia.cuda_runtime") / "include"
     ptxas = _wheel_dir("nvidia.cuda_nvcc") / "bin" / "ptxas"
@@ -83,6 +94,7 @@ def _nvrtc_check(result):
 
 def compile_ptx(virtual_arch: str, tools: dict, arch: str = "") -> str:
     """NVRTC front end (cuda.bindings.nvrtc: cuda.core's Program needs a driver, CI has none)."""
+    _preload_nvrtc()
     from cuda.bindings import nvrtc
 
     prog = _nvrtc_check(nvrtc.nvrtcCreateProgram(variants.instantiation_source(arch).encode(), f"{FAMILY}_variants.cu".encode(),
