@@ -241,6 +241,10 @@ def measure(s: Shape, torch, compile_fns: dict, l2_bytes: int, baselines=True) -
     row = {"shape": s.name, "bytes": bytes_moved(s)}
     row["cudit_ms"] = time_call(cudit_call(s), inputs, torch)
     if baselines:
+        # a plain elementwise kernel over the same bytes (half read, half written): what streaming reaches here
+        bufs = [torch.randn(bytes_moved(s) // 4, device="cuda", dtype=torch.bfloat16) for _ in inputs]
+        row["mul_ms"] = time_call(lambda b: b.mul_(1.0), bufs, torch)
+        del bufs
         eager = eager_fn(s, torch)
         row["eager_ms"] = time_call(lambda a: eager(*a[:5], **a[5]), inputs, torch)
         key = tuple(v for k, v in asdict(s).items() if k not in ("name", "tokens", "batch"))
@@ -255,11 +259,14 @@ def measure(s: Shape, torch, compile_fns: dict, l2_bytes: int, baselines=True) -
 
 
 def report(rows: list, copy_gbs: float, device: str) -> str:
-    head = f"{'shape':<26}{'cudit us':>10}{'GB/s':>8}{'% copy':>8}{'eager us':>10}{'x':>6}{'compile us':>12}{'x':>6}"
+    head = (f"{'shape':<26}{'cudit us':>10}{'GB/s':>8}{'% copy':>8}{'mul_ %':>8}{'% of mul_':>10}"
+            f"{'eager us':>10}{'x':>6}{'compile us':>12}{'x':>6}")
     lines = [f"device: {device}; copy bandwidth {copy_gbs:.0f} GB/s", head]
     for r in rows:
         gbs = r["bytes"] / r["cudit_ms"] / 1e6
         line = f"{r['shape']:<26}{r['cudit_ms'] * 1e3:>10.1f}{gbs:>8.0f}{100 * gbs / copy_gbs:>7.1f}%"
+        if "mul_ms" in r:
+            line += f"{100 * r['bytes'] / r['mul_ms'] / 1e6 / copy_gbs:>7.1f}%{100 * r['mul_ms'] / r['cudit_ms']:>9.1f}%"
         for key in ("eager_ms", "compile_ms"):
             if key in r:
                 line += f"{r[key] * 1e3:>{10 if key == 'eager_ms' else 12}.1f}{r[key] / r['cudit_ms']:>6.1f}"
@@ -276,7 +283,8 @@ def plot(rows: list, copy_gbs: float, device: str, path: str) -> None:
     names = [r["shape"] for r in rows]
     x = np.arange(len(rows))
     fig, ax = plt.subplots(figsize=(max(8, 0.45 * len(rows)), 5))
-    for key, label in (("cudit_ms", "cudit"), ("compile_ms", "torch.compile"), ("eager_ms", "torch eager")):
+    for key, label in (("cudit_ms", "cudit"), ("mul_ms", "mul_ over the same bytes"), ("compile_ms", "torch.compile"),
+                       ("eager_ms", "torch eager")):
         if any(key in r for r in rows):   # shapes without this baseline are gaps
             pct = [100 * r["bytes"] / r[key] / 1e6 / copy_gbs if key in r else np.nan for r in rows]
             ax.plot(x, pct, "o", label=label)

@@ -2,28 +2,51 @@
 from __future__ import annotations
 
 import statistics
+from typing import NamedTuple
 
 import numpy as np
 
 from . import _launch
 from .reference import qk_norm_rope_ref
 
-# (name, heads, head_dim, tokens, batch, norm, text tokens): WAN-1.3B and FLUX.1-like, cut for the check.
-CHECKS = [("WAN-1.3B (full-dim, interleaved)", 12, 128, 4096, 2, "full", 0),
-          ("FLUX.1 (per-head, dual-stream)", 24, 128, 512 + 1024, 1, "head", 512)]
-TIMED = [("WAN-1.3B 480p", 12, 128, 32760, 1, "full", 0), ("FLUX.1 1024px", 24, 128, 4608, 1, "head", 512)]
+
+class Shape(NamedTuple):
+    name: str
+    heads: int
+    d: int
+    tokens: int
+    batch: int = 1
+    norm: str = "full"
+    n_txt: int = 0
+    rope: str = "interleaved"
+    kv_heads: int = 0          # GQA: K and V heads (0: as many as Q)
+
+    @property
+    def hk(self) -> int:
+        return self.kv_heads or self.heads
+
+    @property
+    def bytes(self) -> int:
+        """The floor's bytes: Q and K read and written once (bf16), the table and weights aside."""
+        return 2 * self.batch * self.tokens * (self.heads + self.hk) * self.d * 2
 
 
-def inputs(shape, torch, seed=0):
+# WAN-1.3B and FLUX.1-like shapes, cut for the float64 check, and at their real sizes for timing.
+CHECKS = [Shape("WAN-1.3B (full-dim, interleaved)", 12, 128, 4096, batch=2),
+          Shape("FLUX.1 (per-head, dual-stream)", 24, 128, 512 + 1024, norm="head", n_txt=512)]
+TIMED = [Shape("WAN-1.3B 480p", 12, 128, 32760), Shape("FLUX.1 1024px", 24, 128, 4608, norm="head", n_txt=512)]
+
+
+def inputs(shape: Shape, torch, seed=0):
     """Fresh random bf16 packed QKV, fp32 weights (text ones too) and fp32 cos/sin."""
-    _, h, d, s, b, norm, n_txt = shape
+    h, hk, d, s, b = shape.heads, shape.hk, shape.d, shape.tokens, shape.batch
     g = torch.Generator(device="cuda").manual_seed(seed)
-    qkv = torch.randn(b, s, 3 * h * d, device="cuda", generator=g).to(torch.bfloat16)
-    wl = d if norm == "head" else h * d
-    w = [torch.rand(wl, device="cuda", generator=g) + 0.5 for _ in range(4 if n_txt else 2)]
+    qkv = torch.randn(b, s, (h + 2 * hk) * d, device="cuda", generator=g).to(torch.bfloat16)
+    lengths = (d, d) if shape.norm == "head" else (h * d, hk * d)
+    w = [torch.rand(lengths[i % 2], device="cuda", generator=g) + 0.5 for i in range(4 if shape.n_txt else 2)]
     ang = torch.rand(s, d, device="cuda", generator=g) * 6.2831853
-    kw = dict(num_heads=h, num_txt_tokens=n_txt)
-    if n_txt:
+    kw = dict(num_heads=(h, hk, hk), num_txt_tokens=shape.n_txt, interleave=shape.rope == "interleaved")
+    if shape.n_txt:
         kw.update(q_add_weight=w[2], k_add_weight=w[3])
     return qkv, w[0], w[1], torch.cos(ang), torch.sin(ang), kw
 
@@ -61,15 +84,21 @@ def median_us(fn, n_sets: int, torch, calls: int = 20, reps: int = 7) -> float:
     return statistics.median(times)
 
 
-def timing(shape, torch, copy_gbs: float, l2_bytes: int) -> str:
+def input_sets(shape: Shape, torch, l2_bytes: int) -> list:
+    """Enough input sets that rotating through them overflows L2 twice over (at most 8)."""
+    return [inputs(shape, torch, seed=i) for i in range(max(1, min(8, -(-2 * l2_bytes // shape.bytes))))]
+
+
+def time_us(sets: list, torch) -> float:
     import cudit
 
-    _, h, d, s, b, _, _ = shape
-    nbytes = 2 * b * s * 2 * h * d * 2            # Q and K, bf16, read and written
-    sets = [inputs(shape, torch, seed=i) for i in range(max(1, min(8, -(-2 * l2_bytes // nbytes))))]
-    us = median_us(lambda i: cudit.qk_norm_rope(*sets[i][:5], **sets[i][5]), len(sets), torch)
-    gbs = nbytes / us / 1e3
-    return f"time:   {shape[0]:<36} {us:8.1f} us  {gbs:6.0f} GB/s  {100 * gbs / copy_gbs:5.1f}% of copy"
+    return median_us(lambda i: cudit.qk_norm_rope(*sets[i][:5], **sets[i][5]), len(sets), torch)
+
+
+def timing(shape: Shape, torch, copy_gbs: float, l2_bytes: int) -> str:
+    us = time_us(input_sets(shape, torch, l2_bytes), torch)
+    gbs = shape.bytes / us / 1e3
+    return f"time:   {shape.name:<36} {us:8.1f} us  {gbs:6.0f} GB/s  {100 * gbs / copy_gbs:5.1f}% of copy"
 
 
 def copy_bandwidth(torch, nbytes: int = 1 << 30) -> float:
@@ -96,7 +125,7 @@ def main() -> int:
         worst = check(shape, torch)
         passed = worst <= 1.0
         ok &= passed
-        print(f"check:  {shape[0]:<36} worst err/tol {worst:.3f}  {'ok' if passed else 'FAILED'}")
+        print(f"check:  {shape.name:<36} worst err/tol {worst:.3f}  {'ok' if passed else 'FAILED'}")
     copy_gbs = copy_bandwidth(torch)
     print(f"copy:   {copy_gbs:.0f} GB/s (device-to-device, read + write)")
     for shape in TIMED:

@@ -1,12 +1,19 @@
 """What the planner knows of a GPU (DeviceSpec) and the launch choices tuned for it (Tuning).
 
-Pure data: the launcher reads a DeviceSpec off the device, CPU tests write one by hand. The
-numbers in a Tuning are measured choices, not limits; docs/dev/perf-notes.md has the
-measurements behind each.
+A Tuning is data: a JSON table per card, shipped under cudit/tuning/ or written by
+`python -m cudit tune` into the user's table folder, which wins. A card with no table gets
+the analytic default, whose sizes follow the device's SM count and resident threads.
+docs/dev/perf-notes.md has the measurements behind each number.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, replace
+import json
+import os
+import re
+from dataclasses import asdict, dataclass, fields, replace
+from pathlib import Path
+
+SHIPPED = Path(__file__).resolve().parent / "tuning"
 
 
 @dataclass(frozen=True)
@@ -43,7 +50,7 @@ class Tuning:
     # Knobs for sweeps (the benchmark's options): force heads a thread, or row groups a block.
     heads_per_thread: int | None = None
     fixed_row_iters: int | None = None
-    name: str = "H100 (hand-tuned)"
+    name: str = "analytic default"
 
     def row_iters_for(self, norm: str, rope_parts: int) -> tuple:
         return dict(self.row_iters)[(norm, rope_parts)]
@@ -51,10 +58,58 @@ class Tuning:
     def with_knobs(self, **knobs) -> "Tuning":
         return replace(self, **knobs)
 
+    def to_json(self) -> dict:
+        out = {k: v for k, v in asdict(self).items() if k not in ("heads_per_thread", "fixed_row_iters")}
+        out["row_iters"] = {f"{norm}/{parts}": f"{most} below {below}" for (norm, parts), (most, below) in self.row_iters}
+        return out
 
-H100 = Tuning()
+    @classmethod
+    def from_json(cls, data: dict) -> "Tuning":
+        known = {f.name for f in fields(cls)}
+        unknown = set(data) - known
+        if unknown:
+            raise ValueError(f"tuning table: unknown fields {sorted(unknown)}")
+        data = dict(data)
+        if "row_iters" in data:   # "norm/parts": "most below groups"
+            data["row_iters"] = tuple(((k.split("/")[0], int(k.split("/")[1])),
+                                       tuple(int(x) for x in v.split(" below ")))
+                                      for k, v in data["row_iters"].items())
+        return cls(**data)
+
+
+def analytic(device: DeviceSpec) -> Tuning:
+    """The default for a card with no table: the sizes that were tuned on a 132-SM card with
+    2048 resident threads an SM, scaled by its SM count and resident threads."""
+    wave = device.sms * device.threads_per_sm        # threads resident at once
+    return Tuning(
+        row_iters=((("full", 1), (2, 372 * device.sms)),) + Tuning().row_iters[1:],
+        full_grid=8 * device.sms, small_grid_threads=wave // 2, one_row_blocks_up_to=128 * device.sms,
+        name=f"analytic default for {device.sms} SMs")
+
+
+def device_key(device: DeviceSpec) -> str:
+    """A card's table file name: its name in lower case, runs of other characters as '-'."""
+    return re.sub(r"[^a-z0-9]+", "-", device.name.lower()).strip("-") or "sm_%d%d" % tuple(device.arch)
+
+
+def user_dir() -> Path:
+    """Where `python -m cudit tune` writes tables: $CUDIT_TUNING_DIR, else ~/.cache/cudit/tuning."""
+    return Path(os.environ.get("CUDIT_TUNING_DIR") or Path.home() / ".cache" / "cudit" / "tuning")
+
+
+def table_path(device: DeviceSpec) -> Path | None:
+    """The table this card uses: the user's, else the shipped one, else None (analytic)."""
+    for folder in (user_dir(), SHIPPED):
+        path = folder / f"{device_key(device)}.json"
+        if path.is_file():
+            return path
+    return None
 
 
 def tuning_for(device: DeviceSpec) -> Tuning:
-    """The table for a device: today the one tuned on the H100 serves every card."""
-    return H100
+    """The launch choices for a card: its table, or the analytic default."""
+    path = table_path(device)
+    if path is None:
+        return analytic(device)
+    table = Tuning.from_json(json.loads(path.read_text()))
+    return replace(table, name=f"{table.name} ({path.name})")
