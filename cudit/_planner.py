@@ -567,7 +567,7 @@ def launch_config(w: Work, device: DeviceSpec, tuning: Tuning) -> LaunchConfig:
     parts = item_parts(w.rope, w.norm, w.head_dim // vec)
     lanes_d = w.head_dim // (vec * parts)
     per_head = w.norm != "full"
-    target = tuning.block_target_parts_per_head if parts > 1 and w.norm == "head" else tuning.block_target
+    target = tuning.block_target_for(w.norm, parts)
     shared_k = _shared_table_k(w.rope, w.norm) if w.shared_table else None
     whole_warps = parts == 1 or shared_k is not None
     table = table_class(w.table, w.dtype)

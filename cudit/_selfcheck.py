@@ -20,6 +20,7 @@ class Shape(NamedTuple):
     n_txt: int = 0
     rope: str = "interleaved"
     kv_heads: int = 0          # GQA: K and V heads (0: as many as Q)
+    table: str = "shared-f32"  # [S, D] fp32, or "perhead-bf16": [T, H*D] bf16 (LTX-2)
 
     @property
     def hk(self) -> int:
@@ -44,11 +45,15 @@ def inputs(shape: Shape, torch, seed=0):
     qkv = torch.randn(b, s, (h + 2 * hk) * d, device="cuda", generator=g).to(torch.bfloat16)
     lengths = (d, d) if shape.norm == "head" else (h * d, hk * d)
     w = [torch.rand(lengths[i % 2], device="cuda", generator=g) + 0.5 for i in range(4 if shape.n_txt else 2)]
-    ang = torch.rand(s, d, device="cuda", generator=g) * 6.2831853
+    per_head = shape.table == "perhead-bf16"
+    ang = torch.rand(b * s if per_head else s, h * d if per_head else d, device="cuda", generator=g) * 6.2831853
+    cos, sin = torch.cos(ang), torch.sin(ang)
+    if per_head:
+        cos, sin = cos.bfloat16(), sin.bfloat16()
     kw = dict(num_heads=(h, hk, hk), num_txt_tokens=shape.n_txt, interleave=shape.rope == "interleaved")
     if shape.n_txt:
         kw.update(q_add_weight=w[2], k_add_weight=w[3])
-    return qkv, w[0], w[1], torch.cos(ang), torch.sin(ang), kw
+    return qkv, w[0], w[1], cos, sin, kw
 
 
 def check(shape, torch) -> float:

@@ -18,15 +18,15 @@ from ._selfcheck import Shape, copy_bandwidth, input_sets, time_us
 SHAPES = [
     Shape("WAN-1.3B", 12, 128, 32760),
     Shape("WAN-14B", 40, 128, 32760),
-    Shape("LTX-2-like", 32, 128, 13500, rope="half"),
+    Shape("LTX-2-video", 32, 128, 13500, rope="half", table="perhead-bf16"),
     Shape("FLUX.1", 24, 128, 4608, norm="head", n_txt=512),
     Shape("HunyuanVideo", 24, 128, 118800, norm="head"),
     Shape("Cosmos", 32, 128, 28000, norm="head", rope="half", kv_heads=8),
     Shape("Lumina-2", 24, 96, 4096, norm="head"),
 ]
+# Fields and their candidates; "block_targets/<class>" sets one class's block target.
 CANDIDATES = {
-    "block_target": (128, 192, 256, 384),
-    "block_target_parts_per_head": (128, 192, 256),
+    **{f"block_targets/{key}": (96, 128, 192, 256, 384) for key in ("full/1", "full/2", "head/1", "head/2", "head/3")},
     "ahead_waves_in_row": (0.0, 0.25, 0.5, 1.0),
     "ahead_waves_after_row": (0.5, 1.25, 2.0),
     "ahead_waves_three_vector": (0.5, 0.875, 1.25),
@@ -41,6 +41,19 @@ def score(tuning, sets: dict, torch) -> float:
     return math.exp(sum(math.log(time_us(s, torch) / floor) for s, floor in sets.values()) / len(sets))
 
 
+def value_of(tuning, field: str):
+    if field.startswith("block_targets/"):
+        _, norm, parts = field.split("/")
+        return tuning.block_target_for(norm, int(parts))
+    return getattr(tuning, field)
+
+
+def with_value(tuning, field: str, value):
+    if field.startswith("block_targets/"):
+        return tuning.with_block_target(field.split("/", 1)[1], value)
+    return tuning.with_knobs(**{field: value})
+
+
 def tune(torch, log=print) -> _tuning.Tuning:
     st = _launch.device_state(0)
     props = torch.cuda.get_device_properties(0)
@@ -51,14 +64,14 @@ def tune(torch, log=print) -> _tuning.Tuning:
     log(f"{props.name}: copy {copy:.0f} GB/s; start from {best.name}: {1 / best_score:.1%} of copy (geomean)")
     for field, values in CANDIDATES.items():
         for value in values:
-            if getattr(best, field) == value:
+            if value_of(best, field) == value:
                 continue
-            trial = best.with_knobs(**{field: value})
+            trial = with_value(best, field, value)
             s = score(trial, sets, torch)
             log(f"  {field} = {value}: {1 / s:.1%}")
             if s < best_score * (1 - NOISE):
                 best, best_score = trial, s
-        log(f"{field}: {getattr(best, field)}")
+        log(f"{field}: {value_of(best, field)}")
     _launch.set_tuning(None)
     return best.with_knobs(name=f"{props.name}, measured by python -m cudit tune ({1 / best_score:.1%} of copy, geomean)")
 

@@ -32,9 +32,10 @@ class DeviceSpec:
 
 @dataclass(frozen=True)
 class Tuning:
-    # Threads a block when several rows share one; per-head two-vector items (96 registers) less.
-    block_target: int = 256
-    block_target_parts_per_head: int = 192
+    # Threads a block when several rows share one, by "norm/vectors an item holds"; per-head
+    # items of several vectors hold 96 registers: smaller blocks keep more warps resident.
+    block_targets: tuple = (("head/1", 256), ("head/2", 192), ("head/3", 192), ("full/1", 256), ("full/2", 256),
+                            ("none/1", 256), ("none/2", 256))
     # Row groups a block takes in turn, by (norm, vectors the rope needs): (most, grid size in
     # groups below which a block takes one). Blocks of one group ask L2 for rows ahead instead.
     row_iters: tuple = ((("full", 1), (2, 48 * 1024)), (("full", 2), (1, 0)), (("head", 1), (1, 0)),
@@ -55,12 +56,19 @@ class Tuning:
     def row_iters_for(self, norm: str, rope_parts: int) -> tuple:
         return dict(self.row_iters)[(norm, rope_parts)]
 
+    def block_target_for(self, norm: str, parts: int) -> int:
+        return dict(self.block_targets)[f"{norm}/{parts}"]
+
+    def with_block_target(self, key: str, value: int) -> "Tuning":
+        return replace(self, block_targets=tuple((k, value if k == key else v) for k, v in self.block_targets))
+
     def with_knobs(self, **knobs) -> "Tuning":
         return replace(self, **knobs)
 
     def to_json(self) -> dict:
         out = {k: v for k, v in asdict(self).items() if k not in ("heads_per_thread", "fixed_row_iters")}
         out["row_iters"] = {f"{norm}/{parts}": f"{most} below {below}" for (norm, parts), (most, below) in self.row_iters}
+        out["block_targets"] = dict(self.block_targets)
         return out
 
     @classmethod
@@ -74,6 +82,8 @@ class Tuning:
             data["row_iters"] = tuple(((k.split("/")[0], int(k.split("/")[1])),
                                        tuple(int(x) for x in v.split(" below ")))
                                       for k, v in data["row_iters"].items())
+        if "block_targets" in data:
+            data["block_targets"] = tuple((k, int(v)) for k, v in data["block_targets"].items())
         return cls(**data)
 
 

@@ -146,7 +146,7 @@ def test_plans_are_cached_per_signature_not_per_pointer():
     a = plan(Request(packed(), qw, kw, num_heads=4), DEVICE, TUNING)
     b = plan(Request(packed(ptr=BASE + 4096), qw, kw, num_heads=4), DEVICE, TUNING)
     c = plan(Request(packed(s=65), qw, kw, num_heads=4), DEVICE, TUNING)
-    d = plan(Request(packed(), qw, kw, num_heads=4), DEVICE, Tuning(block_target=128))
+    d = plan(Request(packed(), qw, kw, num_heads=4), DEVICE, Tuning().with_block_target("head/1", 128))
     assert a is b and a is not c and a is not d
 
 
@@ -362,7 +362,7 @@ def test_rotate_half_items_hold_two_vectors_and_two_heads(heads, norm):
     assert (v.rope, v.norm, v.parts, v.heads_per_thread) == ("half", norm or "none", 2, 2)
     covers(p, 2 * 2 * 8192, heads)
     if norm == "head":
-        assert cfg(p).block <= TUNING.block_target_parts_per_head
+        assert cfg(p).block <= TUNING.block_target_for("head", 2)
 
 
 @pytest.mark.parametrize("per_head", [False, True])

@@ -11,13 +11,13 @@ CARD = DeviceSpec(arch=(9, 0), sms=132, name="NVIDIA Test Card 96GB")
 
 
 def test_a_table_round_trips_through_json():
-    t = Tuning(block_target=128, ahead_waves_in_row=0.25, one_row_blocks_up_to=0, name="x")
+    t = Tuning(ahead_waves_in_row=0.25, one_row_blocks_up_to=0, name="x").with_block_target("full/2", 128)
     assert Tuning.from_json(json.loads(json.dumps(t.to_json()))) == t
 
 
 def test_a_table_with_an_unknown_field_is_refused():
-    with pytest.raises(ValueError, match="unknown fields.*'blok_target'"):
-        Tuning.from_json({"blok_target": 128})
+    with pytest.raises(ValueError, match="unknown fields.*'blok_targets'"):
+        Tuning.from_json({"blok_targets": {"full/1": 128}})
 
 
 def test_user_table_then_shipped_table_then_analytic(tmp_path, monkeypatch):
@@ -28,10 +28,10 @@ def test_user_table_then_shipped_table_then_analytic(tmp_path, monkeypatch):
     assert tuning_for(CARD) == analytic(CARD)
     name = _tuning.device_key(CARD) + ".json"
     assert name == "nvidia-test-card-96gb.json"
-    (shipped / name).write_text(json.dumps(Tuning(block_target=192, name="shipped").to_json()))
-    assert tuning_for(CARD).block_target == 192
-    (user / name).write_text(json.dumps(Tuning(block_target=128, name="mine").to_json()))
-    assert tuning_for(CARD).block_target == 128 and tuning_for(CARD).name.startswith("mine")
+    (shipped / name).write_text(json.dumps(Tuning(ahead_waves_in_row=0.75, name="shipped").to_json()))
+    assert tuning_for(CARD).ahead_waves_in_row == 0.75
+    (user / name).write_text(json.dumps(Tuning(ahead_waves_in_row=0.25, name="mine").to_json()))
+    assert tuning_for(CARD).ahead_waves_in_row == 0.25 and tuning_for(CARD).name.startswith("mine")
 
 
 def test_the_analytic_default_follows_the_device():
@@ -46,4 +46,4 @@ def test_every_shipped_table_loads():
     assert paths
     for path in paths:
         t = Tuning.from_json(json.loads(path.read_text()))
-        assert t.name and t.block_target > 0
+        assert t.name and all(v > 0 for _, v in t.block_targets)
