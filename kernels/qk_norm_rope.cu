@@ -197,14 +197,10 @@ constexpr bool THREE_VECTOR_LOOKAHEAD = false;
 constexpr bool THREE_VECTOR_LOOKAHEAD = true;
 #endif
 
-// Three-vector items (per-head, interleaved or no RoPE). The vectors are independent, so each is
-// finished and stored before the next is converted: one vector held as floats, not three (v10:
-// 96 -> 68 registers, Lumina-2 on an H100 82.9 -> 87.3% of copy, docs/dev/perf-notes.md). With the
-// lookahead the next vector's weights and cos/sin are requested before this one is finished, so
-// the three L1 round trips after the reduction overlap (they held 40% of the warps' stall
-// samples): 80 registers, a block of 96 fewer an SM, and still 87.4 -> 88.4% (v11). The other
-// items keep finish_item (the same order for all vectors changed their registers, and spilled
-// full-dim K = 4).
+// Three-vector items (per-head, interleaved or no RoPE): each vector is finished and stored
+// before the next is converted, so one vector is held as floats, not three; with the lookahead
+// the next vector's constants are requested early, overlapping the L1 round trips after the
+// reduction (docs/dev/perf-notes.md v10, v11). The other items keep finish_item.
 template <typename T, typename C, int ROPE, int NORM, typename Tab, typename HW>
 __device__ __forceinline__ void finish_three(const Row<T, C>& row, int stride, int h, const Item<T, 3>& it, float r,
                                              const Tab& tab, const HW& hw) {
@@ -331,8 +327,7 @@ __device__ __forceinline__ void prefetch_row(const Params& p, u32 row_id, int d,
 }
 
 // Per-head table rows (LTX-2) are read per head after the reduction: requested now, their
-// latency overlaps the data loads instead of following them. (Prefetching full-dim weight
-// slices the same way cost WAN-1.3B 15 points: docs/dev/perf-notes.md v5.)
+// latency overlaps the data loads (full-dim weight slices lose that way: perf-notes v5).
 template <typename T, typename C, int PARTS, int K>
 __device__ __forceinline__ void prefetch_head_tables(const Row<T, C>& row, int hl, int th, int stride) {
     for_thread_heads<K>(hl, th, row.heads, [&](int h) {
@@ -350,9 +345,7 @@ __device__ __forceinline__ int part_stride(const Params& p) { return (int)((u32)
 
 // This thread's place in its row's team (threadIdx.x): lane j along the head dim, head lane hl.
 // Full-dim rows may have any tj (D = 96: 12 lanes) and divide by the host's magic numbers (an
-// integer division made the K = 4 variants spill); otherwise tj is a power of two and shifts
-// do. (A 3-D block, x = j and y = hl, needs neither but measured ~1% slower on per-head rows:
-// HunyuanVideo 90.6 -> 89.8% of copy.)
+// integer division made the K = 4 variants spill); otherwise tj is a power of two and shifts do.
 struct TeamLane {
     u32 j;
     int hl;
@@ -367,10 +360,9 @@ __device__ __forceinline__ TeamLane team_lane(const Params& p) {
 }
 
 // Params.ahead > 0 (grids of one row group a block): a thread also asks L2 for the row p.ahead
-// past its own, which a block of a later wave takes, so that block's loads find their data there
-// (docs/dev/perf-notes.md v9). Full-dim and two-vector rows ask right after their own loads;
-// per-head one-vector rows after their stores (in their 80-register variants the request
-// anywhere earlier cost 4-10%), so the planner sets their distance a wave longer.
+// past its own, which a block of a later wave takes, so that block's loads find their data there.
+// Full-dim and two-vector rows ask right after their loads; per-head one-vector rows after their
+// stores, where it costs their 80-register variants nothing (docs/dev/perf-notes.md v9).
 constexpr u32 NO_ROW = ~0u;
 template <int NORM, int PARTS>
 __device__ __forceinline__ constexpr bool ahead_in_row() { return NORM == NORM_FULL || PARTS > 1; }
@@ -395,16 +387,13 @@ __device__ __forceinline__ void process_row(const Params& p, u32 row_id, u32 row
 
     const Row<T, C> row = locate_row<T, C>(p, active ? row_id : 0u, d);
     // Under PDL the parameters and the index math above overlap the previous kernel's tail; the
-    // first global access waits (H100, perf-notes v9: launch-bound WAN-1.3B 2.09 -> 1.88 us over
-    // an empty kernel).
+    // first global access waits (perf-notes v9).
     wait_for_producer();
     const bool shared_table = ROPE != ROPE_NONE && (TABLE == TABLE_SHARED || (row.cos_hs == 0 && row.sin_hs == 0));
     // Per-head rows of two vectors an item, or of four 16-bit heads a thread, and TABLE_SHARED
-    // variants: the shared table slice (four or two vectors) is requested into L1 early and read
-    // per head after the reduction, not held through the loads and the reduction, so these
-    // variants fit 96 and 80 registers (build_cubins.py): 3 and 4 blocks of 192 an SM. It cost
-    // fp32 per-head rows 3 points (v8), and full-dim rotate_half rows 4-8 (v7) until they read
-    // it vector by vector at 80 registers (v9; per-head tables, LTX-2, lost 9-18 points so).
+    // variants: the shared table slice is requested into L1 early and read per head after the
+    // reduction, not held through the loads, so these variants fit 96 and 80 registers
+    // (cudit/_variants.py bounds; perf-notes v7-v9).
     constexpr bool late_table = TABLE == TABLE_SHARED || (NORM == NORM_HEAD && (PARTS > 1 || (K == 4 && sizeof(T) == 2)));
     const bool early_table = shared_table && !late_table;
     TableSlice<C, VEC, PARTS> tab;
