@@ -62,16 +62,17 @@ def qk_norm_rope(qkv, q_weight, k_weight, cos=None, sin=None, *, num_heads=None,
     Full reference with examples: docs/api.md; model recipes: docs/models.md.
     """
     # A warm call spends about as long in this module as in the driver's launch: keep it lean.
-    if isinstance(qkv, _PAIR):
-        if len(qkv) != 2:
-            raise PlanError(f"qkv: expected one packed array or a (q, k) pair, got {len(qkv)} arrays")
+    split = isinstance(qkv, _PAIR)
+    if split:
+        if len(qkv) != 2 or qkv[0] is None or qkv[1] is None:
+            raise PlanError(f"qkv: expected one packed array or a (q, k) pair of arrays, got {qkv!r:.80}")
         q, k = qkv
     else:
         q, k = qkv, None
     o, k_out = out if isinstance(out, _PAIR) and len(out) == 2 else (out, None)
     if isinstance(num_heads, _PAIR):
         num_heads = tuple(num_heads)
-    run(k is not None, (q, k, o, k_out, q_weight, k_weight, q_add_weight, k_add_weight, cos, sin),
+    run(split, (q, k, o, k_out, q_weight, k_weight, q_add_weight, k_add_weight, cos, sin),
         (num_heads, eps, interleave, num_txt_tokens, seq_len), stream)
     return qkv if out is None else out
 

@@ -43,6 +43,9 @@ BAD = {
     "not an array": (lambda i: cudit.qk_norm_rope(*i[:3], "cos", i[4], num_heads=4), r"^cos: expected a GPU array"),
     "three arrays": (lambda i: cudit.qk_norm_rope((i[0], i[0], i[0]), *i[1:], num_heads=4), r"^qkv: expected one packed"),
     "num_txt_tokens": (lambda i: cudit.qk_norm_rope(*i, num_heads=4, num_txt_tokens=99), r"^num_txt_tokens: expected"),
+    "k missing": (lambda i: cudit.qk_norm_rope((i[0], None), *i[1:], num_heads=4), r"^qkv: expected one packed"),
+    "pair out for packed": (lambda i: cudit.qk_norm_rope(*i, num_heads=4, out=(i[0], i[0])),
+                            r"^out: expected one array for packed input"),
 }
 
 
