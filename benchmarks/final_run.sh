@@ -15,7 +15,7 @@ if [ "$stage" = all ] || [ "$stage" = checks ]; then
   python3 -m cudit > "$OUT/selfcheck.log" 2>&1; m=$?
   python3 examples/wan_block_torch.py > "$OUT/example-torch.log" 2>&1; et=$?
   python3 examples/jax_block.py > "$OUT/example-jax.log" 2>&1; ej=$?
-  for f in qknr_bf16_interleaved_f32_full_k4 qknr_bf16_interleaved_f32_head_k4 qknr_bf16_half_x16_full_k2 qknr_bf16_half_f32_full_k2_st qknr_bf16_interleaved_f32_head_k1_p3; do
+  for f in qknr_bf16_interleaved_f32_full_k4 qknr_bf16_interleaved_f32_head_k4 qknr_bf16_half_bf16_full_k2 qknr_bf16_half_f32_full_k2_st qknr_bf16_interleaved_f32_head_k1_p3; do
     echo "$f:"; cuobjdump -sass -fun "$f" cudit/_cubins/qk_norm_rope.sm_90.cubin | grep -oE "(LDG|STG)[.A-Z0-9]*" | sort | uniq -c
   done > "$OUT/sass.txt" 2>&1
   echo "== pytest rc $t"; grep -E "^(FAILED|ERROR)" "$OUT/pytest.log" | head; tail -1 "$OUT/pytest.log"
