@@ -118,6 +118,11 @@ def _host_info(obj) -> ArrayInfo:
     return ArrayInfo(ptr=0, shape=shape, strides=strides, dtype=dt, device_id=-1, framework=framework_of(obj))
 
 
+def _not_an_array(role: str, obj, why: str = "") -> PlanError:
+    return PlanError(f"{role}: expected a GPU array that speaks DLPack or __cuda_array_interface__, "
+                     f"got {type(obj).__name__}{why}")
+
+
 def describe(obj, stream_ptr: int, role: str = "array") -> ArrayInfo:
     """View obj through cuda.core (DLPack first, then the CUDA Array Interface).
 
@@ -132,8 +137,7 @@ def describe(obj, stream_ptr: int, role: str = "array") -> ArrayInfo:
         except (AttributeError, TypeError, ValueError):
             pass   # an unusual host object: the view below names it
     if not is_array(obj):
-        raise PlanError(f"{role}: expected a GPU array that speaks DLPack or __cuda_array_interface__, "
-                        f"got {type(obj).__name__}")
+        raise _not_an_array(role, obj)
     if getattr(obj, "requires_grad", False) is True:
         obj = obj.detach()   # grad mode is off (checked above): torch exports no tracked tensor
     if _SMV is None:
@@ -142,10 +146,7 @@ def describe(obj, stream_ptr: int, role: str = "array") -> ArrayInfo:
     try:
         view = _SMV.from_any_interface(obj, stream_ptr=stream_ptr)
     except (BufferError, TypeError, AttributeError) as exc:
-        raise PlanError(
-            f"{role}: expected a GPU array that speaks DLPack or __cuda_array_interface__, "
-            f"got {type(obj).__name__} ({exc})"
-        ) from None
+        raise _not_an_array(role, obj, f" ({exc})") from None
     shape = tuple(int(n) for n in view.shape)
     strides = view.strides
     strides = contiguous_strides(shape) if strides is None else tuple(int(s) for s in strides)

@@ -10,10 +10,9 @@ from __future__ import annotations
 
 import ctypes
 import os
+import struct
 import threading
 from dataclasses import dataclass
-
-import struct
 
 from . import _modules
 from ._arrays import framework_of
@@ -74,7 +73,7 @@ def device_state(device_id: int) -> DeviceState:
         dev.set_current()
         spec = read_spec(dev)
         image = _modules.select_image(spec.arch, _modules.manifest(), driver_version())
-        st = _STATES[device_id] = DeviceState(dev, spec, tuning_for(spec), image, int(dev.context.handle))
+        st = _STATES.setdefault(device_id, DeviceState(dev, spec, tuning_for(spec), image, int(dev.context.handle)))
     return st
 
 
