@@ -1,4 +1,5 @@
-"""cudit/_params.py must lay out the kernel's parameter struct exactly as the C header does."""
+"""cudit/_params.py must lay out the kernel's parameter struct exactly as the C header does, and
+the codes the kernels switch on must be the Python tables' (cudit/_variants.py)."""
 import ctypes
 import shutil
 import subprocess
@@ -35,3 +36,20 @@ def test_struct_matches_header(tmp_path, py, c):
     assert layout["size"] == ctypes.sizeof(py)
     for n, cn in zip(names, c_names):
         assert layout[cn] == getattr(py, n).offset, n
+
+
+def _enum(path: Path, name: str) -> dict:
+    """NAME = value pairs of a C enum in a kernel header."""
+    import re
+
+    body = re.search(r"enum " + name + r"\b[^{]*\{([^}]*)\}", path.read_text()).group(1)
+    return {k.strip(): int(v) for k, v in re.findall(r"(\w+)\s*=\s*(\d+)", body)}
+
+
+def test_codes_the_kernels_switch_on_match_the_python_tables():
+    from cudit._variants import DTYPE_CODES, NORM_CODES, ROPE_CODES
+
+    kernels = HEADER.parent
+    assert _enum(kernels / "cudit_common.cuh", "DTypeCode") == {"DT_" + k.upper(): v for k, v in DTYPE_CODES.items()}
+    assert _enum(HEADER, "RopeMode") == {"ROPE_" + k.upper(): v for k, v in ROPE_CODES.items()}
+    assert _enum(kernels / "qk_norm_rope.cu", "NormKind") == {"NORM_" + k.upper(): v for k, v in NORM_CODES.items()}
