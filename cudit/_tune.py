@@ -24,9 +24,11 @@ SHAPES = [
     Shape("Cosmos", 32, 128, 28000, norm="head", rope="half", kv_heads=8),
     Shape("Lumina-2", 24, 96, 4096, norm="head"),
 ]
-# Fields and their candidates; "block_targets/<class>" sets one class's block target.
+# Fields and their candidates; "block_targets/<kind>" sets one kind's block target, and
+# "row_iters/<kind>" its (most row groups a block, grid size in groups below which one).
 CANDIDATES = {
     **{f"block_targets/{key}": (96, 128, 192, 256, 384) for key in ("full/1", "full/2", "head/1", "head/2", "head/3")},
+    "row_iters/full/1": ((1, 0), (2, 0), (4, 0)),
     "ahead_waves_in_row": (0.0, 0.25, 0.5, 1.0),
     "ahead_waves_after_row": (0.5, 1.25, 2.0),
     "ahead_waves_three_vector": (0.5, 0.875, 1.25),
@@ -42,15 +44,17 @@ def score(tuning, sets: dict, torch) -> float:
 
 
 def value_of(tuning, field: str):
-    if field.startswith("block_targets/"):
-        _, norm, parts = field.split("/")
-        return tuning.block_target_for(norm, int(parts))
+    if "/" in field:
+        table, norm, parts = field.split("/")
+        return dict(getattr(tuning, table))[f"{norm}/{parts}" if table == "block_targets" else (norm, int(parts))]
     return getattr(tuning, field)
 
 
 def with_value(tuning, field: str, value):
-    if field.startswith("block_targets/"):
-        return tuning.with_block_target(field.split("/", 1)[1], value)
+    if "/" in field:
+        table, norm, parts = field.split("/")
+        key = f"{norm}/{parts}" if table == "block_targets" else (norm, int(parts))
+        return tuning.with_knobs(**{table: tuple((k, value if k == key else v) for k, v in getattr(tuning, table))})
     return tuning.with_knobs(**{field: value})
 
 

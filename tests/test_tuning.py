@@ -47,3 +47,15 @@ def test_every_shipped_table_loads():
     for path in paths:
         t = Tuning.from_json(json.loads(path.read_text()))
         assert t.name and all(v > 0 for _, v in t.block_targets)
+
+
+def test_tune_changes_one_kind_of_row_at_a_time():
+    from cudit._tune import value_of, with_value
+
+    t = Tuning()
+    bigger = with_value(t, "row_iters/full/1", (4, 0))
+    assert value_of(bigger, "row_iters/full/1") == (4, 0)
+    assert [v for k, v in bigger.row_iters if k != ("full", 1)] == [v for k, v in t.row_iters if k != ("full", 1)]
+    smaller = with_value(t, "block_targets/head/2", 128)
+    assert value_of(smaller, "block_targets/head/2") == 128 and value_of(smaller, "block_targets/full/1") == 256
+    assert value_of(with_value(t, "ahead_waves_in_row", 0.25), "ahead_waves_in_row") == 0.25
