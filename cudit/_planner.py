@@ -11,7 +11,7 @@ import dataclasses
 from dataclasses import dataclass
 
 from . import _variants
-from ._arrays import ArrayInfo
+from ._arrays import ITEMSIZE, ArrayInfo
 from ._errors import PlanError
 from ._params import POINTERS, Params, fast_div
 from ._tuning import DeviceSpec, Tuning
@@ -563,7 +563,7 @@ class Work:
 
 def launch_config(w: Work, device: DeviceSpec, tuning: Tuning) -> LaunchConfig:
     """The variant and thread layout for some work on a device, under a tuning table."""
-    vec = 16 // {"f32": 4, "f16": 2, "bf16": 2}[w.dtype]
+    vec = 16 // ITEMSIZE[w.dtype]
     parts = item_parts(w.rope, w.norm, w.head_dim // vec)
     lanes_d = w.head_dim // (vec * parts)
     per_head = w.norm != "full"

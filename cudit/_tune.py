@@ -44,17 +44,15 @@ def score(tuning, sets: dict, torch) -> float:
 
 
 def value_of(tuning, field: str):
-    if "/" in field:
-        table, norm, parts = field.split("/")
-        return dict(getattr(tuning, table))[f"{norm}/{parts}" if table == "block_targets" else (norm, int(parts))]
+    if "/" in field:   # "<per-kind field>/<kind>"
+        name, kind = field.split("/", 1)
+        return dict(getattr(tuning, name))[kind]
     return getattr(tuning, field)
 
 
 def with_value(tuning, field: str, value):
     if "/" in field:
-        table, norm, parts = field.split("/")
-        key = f"{norm}/{parts}" if table == "block_targets" else (norm, int(parts))
-        return tuning.with_knobs(**{table: tuple((k, value if k == key else v) for k, v in getattr(tuning, table))})
+        return tuning.with_kind(*field.split("/", 1), value)
     return tuning.with_knobs(**{field: value})
 
 

@@ -38,8 +38,8 @@ class Tuning:
                             ("none/1", 256), ("none/2", 256))
     # Row groups a block takes in turn, by (norm, vectors the rope needs): (most, grid size in
     # groups below which a block takes one). Blocks of one group ask L2 for rows ahead instead.
-    row_iters: tuple = ((("full", 1), (2, 48 * 1024)), (("full", 2), (1, 0)), (("head", 1), (1, 0)),
-                        (("none", 1), (4, 0)), (("head", 2), (8, 0)), (("none", 2), (8, 0)))
+    row_iters: tuple = (("full/1", (2, 48 * 1024)), ("full/2", (1, 0)), ("head/1", (1, 0)), ("none/1", (4, 0)),
+                        ("head/2", (8, 0)), ("none/2", (8, 0)))
     full_grid: int = 1024               # row groups a block take only once the grid keeps this many blocks
     # Rows ahead, in waves of resident blocks: asked after a row's loads, after its stores, and by
     # three-vector items (which request the next vector's constants early).
@@ -54,20 +54,21 @@ class Tuning:
     name: str = "analytic default"
 
     def row_iters_for(self, norm: str, rope_parts: int) -> tuple:
-        return dict(self.row_iters)[(norm, rope_parts)]
+        return dict(self.row_iters)[f"{norm}/{rope_parts}"]
 
     def block_target_for(self, norm: str, parts: int) -> int:
         return dict(self.block_targets)[f"{norm}/{parts}"]
 
-    def with_block_target(self, key: str, value: int) -> "Tuning":
-        return replace(self, block_targets=tuple((k, value if k == key else v) for k, v in self.block_targets))
+    def with_kind(self, field: str, kind: str, value) -> "Tuning":
+        """This table with one kind's entry ("norm/parts") of a per-kind field set to value."""
+        return replace(self, **{field: tuple((k, value if k == kind else v) for k, v in getattr(self, field))})
 
     def with_knobs(self, **knobs) -> "Tuning":
         return replace(self, **knobs)
 
     def to_json(self) -> dict:
         out = {k: v for k, v in asdict(self).items() if k not in ("heads_per_thread", "fixed_row_iters")}
-        out["row_iters"] = {f"{norm}/{parts}": f"{most} below {below}" for (norm, parts), (most, below) in self.row_iters}
+        out["row_iters"] = {kind: f"{most} below {below}" for kind, (most, below) in self.row_iters}
         out["block_targets"] = dict(self.block_targets)
         return out
 
@@ -79,9 +80,7 @@ class Tuning:
             raise ValueError(f"tuning table: unknown fields {sorted(unknown)}")
         data = dict(data)
         if "row_iters" in data:   # "norm/parts": "most below groups"
-            data["row_iters"] = tuple(((k.split("/")[0], int(k.split("/")[1])),
-                                       tuple(int(x) for x in v.split(" below ")))
-                                      for k, v in data["row_iters"].items())
+            data["row_iters"] = tuple((k, tuple(int(x) for x in v.split(" below "))) for k, v in data["row_iters"].items())
         if "block_targets" in data:
             data["block_targets"] = tuple((k, int(v)) for k, v in data["block_targets"].items())
         return cls(**data)
@@ -91,8 +90,7 @@ def analytic(device: DeviceSpec) -> Tuning:
     """The default for a card with no table: the sizes that were tuned on a 132-SM card with
     2048 resident threads an SM, scaled by its SM count and resident threads."""
     wave = device.sms * device.threads_per_sm        # threads resident at once
-    return Tuning(
-        row_iters=((("full", 1), (2, 372 * device.sms)),) + Tuning().row_iters[1:],
+    return Tuning().with_kind("row_iters", "full/1", (2, 372 * device.sms)).with_knobs(
         full_grid=8 * device.sms, small_grid_threads=wave // 2, one_row_blocks_up_to=128 * device.sms,
         name=f"analytic default for {device.sms} SMs")
 

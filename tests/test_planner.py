@@ -92,7 +92,7 @@ def test_row_groups_a_block_follow_the_tuning():
     assert cfg(three).iters == 3
     covers(three, 2 * 65536, 4)
     # a grid under the table's threshold gives every row group its own block
-    rows = (("full", 1), (4, 10**9)), (("head", 1), (1, 0)), (("none", 1), (4, 0))
+    rows = ("full/1", (4, 10**9)), ("head/1", (1, 0)), ("none/1", (4, 0))
     assert cfg(make_plan(req, Tuning(row_iters=rows))).iters == 1
     assert cfg(make_plan(req, Tuning(row_iters=((rows[0][0], (4, 0)),), full_grid=1))).iters == 4
 
@@ -146,7 +146,7 @@ def test_plans_are_cached_per_signature_not_per_pointer():
     a = plan(Request(packed(), qw, kw, num_heads=4), DEVICE, TUNING)
     b = plan(Request(packed(ptr=BASE + 4096), qw, kw, num_heads=4), DEVICE, TUNING)
     c = plan(Request(packed(s=65), qw, kw, num_heads=4), DEVICE, TUNING)
-    d = plan(Request(packed(), qw, kw, num_heads=4), DEVICE, Tuning().with_block_target("head/1", 128))
+    d = plan(Request(packed(), qw, kw, num_heads=4), DEVICE, Tuning().with_kind("block_targets", "head/1", 128))
     assert a is b and a is not c and a is not d
 
 

@@ -11,7 +11,7 @@ CARD = DeviceSpec(arch=(9, 0), sms=132, name="NVIDIA Test Card 96GB")
 
 
 def test_a_table_round_trips_through_json():
-    t = Tuning(ahead_waves_in_row=0.25, one_row_blocks_up_to=0, name="x").with_block_target("full/2", 128)
+    t = Tuning(ahead_waves_in_row=0.25, one_row_blocks_up_to=0, name="x").with_kind("block_targets", "full/2", 128)
     assert Tuning.from_json(json.loads(json.dumps(t.to_json()))) == t
 
 
@@ -55,7 +55,7 @@ def test_tune_changes_one_kind_of_row_at_a_time():
     t = Tuning()
     bigger = with_value(t, "row_iters/full/1", (4, 0))
     assert value_of(bigger, "row_iters/full/1") == (4, 0)
-    assert [v for k, v in bigger.row_iters if k != ("full", 1)] == [v for k, v in t.row_iters if k != ("full", 1)]
+    assert [v for k, v in bigger.row_iters if k != "full/1"] == [v for k, v in t.row_iters if k != "full/1"]
     smaller = with_value(t, "block_targets/head/2", 128)
     assert value_of(smaller, "block_targets/head/2") == 128 and value_of(smaller, "block_targets/full/1") == 256
     assert value_of(with_value(t, "ahead_waves_in_row", 0.25), "ahead_waves_in_row") == 0.25
