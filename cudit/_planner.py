@@ -501,43 +501,43 @@ def _head_lanes(tj: int, th: int) -> int:
     return th
 
 
-def _rows_per_block(team: int, cap: int, whole_warps: bool) -> int:
-    """Most rows of `team` threads under cap; with whole_warps, the most that fill whole warps."""
-    most = max(1, cap // team)
-    whole = [r for r in range(most, 0, -1) if r * team % 32 == 0]
-    return whole[0] if whole and whole_warps else most
+def _rows_per_block(team: int, target: int, bound: int) -> int | None:
+    """The most rows of `team` threads that fill whole warps under the block target, else under
+    the variant's bound; None if no count does. The kernels' shuffles name all 32 lanes of a
+    warp, so a block holds whole warps."""
+    for cap in (min(target, bound), bound):
+        whole = [r for r in range(max(1, cap // team), 0, -1) if r * team % 32 == 0 and r * team <= cap]
+        if whole:
+            return whole[0]
+    return None
 
 
 def geometry(lanes_d: int, heads: int, parts: int = 1, k: int | None = None, per_head: bool = False,
-             block_target: int = 256, whole_warps: bool | None = None) -> Geometry:
+             block_target: int = 256) -> Geometry:
     """Threads for rows of `heads` heads of lanes_d items (of `parts` vectors) each.
 
     Rows take the K, and full-dim rows the lanes along D (all lanes_d, or the next power of
     two), that leave the fewest item slots (tj x th x K) idle, the larger K and the power of two
     on a tie: full-dim rows choose from K = 4 and 3, per-head rows from 4 and 2. Per-head rows
     keep a power of two <= 32 lanes along D (their reduction is a shuffle over a head's lanes).
-    Blocks hold whole warps of rows where the variant is light on registers (whole_warps;
-    default: one-vector items), else the most rows under the block target.
+    Blocks hold the most whole warps of rows under the block target.
     """
-    whole_warps = parts == 1 if whole_warps is None else whole_warps
     ks = ((4, 2) if per_head else (4, 3)) if k is None and parts == 1 and heads > 4 else (k,)
     pow2 = _next_pow2(lanes_d)
     tjs = (pow2,) if per_head or pow2 == lanes_d else (pow2, lanes_d)   # the power of two first: it wins ties
-    return min((_geometry(tj, heads, parts, kk, block_target, whole_warps) for kk in ks for tj in tjs),
-               key=_idle_slots_key)
+    return min((_geometry(tj, heads, parts, kk, block_target) for kk in ks for tj in tjs), key=_idle_slots_key)
 
 
-def _geometry(tj: int, heads: int, parts: int, k, block_target: int, whole_warps: bool) -> Geometry:
+def _geometry(tj: int, heads: int, parts: int, k, block_target: int) -> Geometry:
     k = default_heads_per_thread(heads, parts) if k is None else k
     if k > 0:
         th = _head_lanes(tj, -(-heads // k))
-        bound = _variants.planner_bound(parts, k)
-        if tj * th <= bound:
-            rows = _rows_per_block(tj * th, min(block_target, bound), whole_warps)
+        rows = _rows_per_block(tj * th, block_target, _variants.planner_bound(parts, k))
+        if rows is not None:
             return Geometry(k, tj, th, rows * tj * th)
     bound = _variants.planner_bound(parts, 0)
     th = max(1, min(512, bound) // tj)
-    while not _team_ok(tj * th):
+    while not (_team_ok(tj * th) and tj * th % 32 == 0):
         th -= 1
     return Geometry(0, tj, th, tj * th)
 
@@ -569,16 +569,13 @@ def launch_config(w: Work, device: DeviceSpec, tuning: Tuning) -> LaunchConfig:
     per_head = w.norm != "full"
     target = tuning.block_target_for(w.norm, parts)
     shared_k = _shared_table_k(w.rope, w.norm) if w.shared_table else None
-    whole_warps = parts == 1 or shared_k is not None
     table = table_class(w.table, w.dtype)
     forced = 0 if table == "x16" else tuning.heads_per_thread   # rare table pairings: the looping variant
     forced = None if forced is None else default_heads_per_thread(w.heads, parts, forced)
-    geo = geometry(lanes_d, w.heads, parts, k=forced, per_head=per_head, block_target=target,
-                   whole_warps=whole_warps)
+    geo = geometry(lanes_d, w.heads, parts, k=forced, per_head=per_head, block_target=target)
     if forced is None and geo.heads_per_thread > 2:
         # Launch-bound grids: a thread's chain of loads sets the time, and two heads a thread win.
-        small = geometry(lanes_d, w.heads, parts, k=2, per_head=per_head, block_target=target,
-                         whole_warps=whole_warps)
+        small = geometry(lanes_d, w.heads, parts, k=2, per_head=per_head, block_target=target)
         if w.rows * small.team <= tuning.small_grid_threads:
             geo = small
     one_row = w.rows <= tuning.one_row_blocks_up_to and geo.team % 32 == 0

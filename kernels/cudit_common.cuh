@@ -61,7 +61,19 @@ template <typename T, int N> struct Packet {
 #pragma unroll
         for (int i = 0; i < WORDS; ++i) q[i] = w[i];
     }
-    __device__ __forceinline__ void to_floats(float (&out)[N]) const {
+    __device__ __forceinline__ void to_floats(float (&out)[N]) const { words_to_floats(static_cast<const T*>(nullptr), out); }
+    // bf16 pairs by word: a shift and a mask (per value, the compiler spends three instructions a pair).
+    __device__ __forceinline__ void words_to_floats(const __nv_bfloat16*, float (&out)[N]) const {
+        static_assert(N % 2 == 0, "packets hold pairs");
+        const unsigned int* v = reinterpret_cast<const unsigned int*>(w);
+#pragma unroll
+        for (int i = 0; i < N / 2; ++i) {
+            out[2 * i] = __uint_as_float(v[i] << 16);
+            out[2 * i + 1] = __uint_as_float(v[i] & 0xffff0000u);
+        }
+    }
+    template <typename U>
+    __device__ __forceinline__ void words_to_floats(const U*, float (&out)[N]) const {
         const T* v = reinterpret_cast<const T*>(w);
 #pragma unroll
         for (int i = 0; i < N; ++i) out[i] = to_float(v[i]);
@@ -119,11 +131,16 @@ __device__ __forceinline__ u32 div(u32 n, const FastDiv& f) {
     return (u32)(((unsigned long long)__umulhi(n, f.m) + n) >> f.s);
 }
 
-// Sum over the `team` consecutive lanes that share a row (team is a power of two <= 32).
+// Sum over the `team` consecutive lanes that share a row (team is a power of two <= 32, the same
+// for the whole warp), every lane of the warp taking part: blocks hold whole warps
+// (cudit/_planner.py), so the shuffles take the constant full mask. A mask computed per lane
+// costs a convergence check per shuffle (four instructions more each, docs/dev/perf-notes.md v13).
 __device__ __forceinline__ float team_sum_warp(float v, u32 team) {
-    const u32 lane = linear_tid() & 31u;
-    const u32 mask = team >= 32u ? 0xffffffffu : (((1u << team) - 1u) << (lane & ~(team - 1u)));
-    for (u32 off = team >> 1; off > 0; off >>= 1) v += __shfl_xor_sync(mask, v, off);
+#pragma unroll
+    for (u32 off = 16; off > 0; off >>= 1) {
+        const float o = __shfl_xor_sync(0xffffffffu, v, off);
+        if (off < team) v += o;
+    }
     return v;
 }
 

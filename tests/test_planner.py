@@ -1,4 +1,5 @@
 """The launch planner on made-up arrays: geometry, parameters, caching and every bad input."""
+import itertools
 import re
 
 import pytest
@@ -7,6 +8,7 @@ from cudit import _planner
 from cudit._params import Params, fast_div
 from cudit._planner import Geometry, PlanError, Request, geometry, plan
 from cudit._tuning import DeviceSpec, Tuning
+from cudit._variants import MAX_K
 from fakes import BASE, arr
 
 D = 128
@@ -123,7 +125,7 @@ def test_geometry_rounds_teams_to_aligned_lanes():
     assert geometry(12, 16, per_head=True) == Geometry(4, 16, 4, 256)   # per-head: a power of two along D
     assert geometry(6, 24) == Geometry(3, 6, 8, 192)     # 6 x 8 x 3 slots for 24 heads x 6 lanes: none idle
     assert geometry(16, 12) == Geometry(4, 16, 3, 192)   # 48 threads: 4 rows make whole warps
-    assert geometry(8, 12, parts=2) == Geometry(2, 8, 6, 240)   # two-vector items: the most rows, 5
+    assert geometry(8, 12, parts=2) == Geometry(2, 8, 6, 192)   # 48 threads: 4 rows, not 5 (a part of a warp)
     assert geometry(8, 3).team == 16             # 8 x 2 (3 heads, 2 a thread), a power of two
     assert geometry(8, 1) == Geometry(1, 8, 1, 256)
     assert geometry(8, 40, parts=2) == Geometry(2, 8, 20, 160)   # rotate_half: 2 heads a thread (MAX_K)
@@ -330,6 +332,18 @@ def test_teams_reduce_in_warps_or_16_lane_segments():
                 assert g.block % g.team == 0 and g.tj >= lanes
                 if per_head:
                     assert g.tj & (g.tj - 1) == 0 and g.tj <= 32   # a head's lanes: aligned inside a warp
+
+
+def test_blocks_hold_whole_warps():
+    # The kernels' shuffles name all 32 lanes of a warp (kernels/cudit_common.cuh team_sum_warp).
+    for lanes in range(1, 33):
+        for heads in (1, 3, 5, 7, 12, 24, 25, 40, 63, 200):
+            for parts, per_head, k, target in itertools.product((1, 2, 3), (False, True), (None, 0, 1, 2, 4),
+                                                                (32, 96, 128, 256)):
+                if k is not None and k > MAX_K[parts]:
+                    continue
+                g = geometry(lanes, heads, parts, k=k, per_head=per_head, block_target=target)
+                assert g.block % 32 == 0 and g.block % g.team == 0, (lanes, heads, parts, per_head, k, target, g)
 
 
 @pytest.mark.parametrize("dtype,d,norm,rope,parts", [("f32", 256, "head", "interleaved", 2),
