@@ -502,14 +502,12 @@ def _head_lanes(tj: int, th: int) -> int:
 
 
 def _rows_per_block(team: int, target: int, bound: int) -> int | None:
-    """The most rows of `team` threads that fill whole warps under the block target, else under
-    the variant's bound; None if no count does. The kernels' shuffles name all 32 lanes of a
-    warp, so a block holds whole warps."""
-    for cap in (min(target, bound), bound):
-        whole = [r for r in range(max(1, cap // team), 0, -1) if r * team % 32 == 0 and r * team <= cap]
-        if whole:
-            return whole[0]
-    return None
+    """The most rows of `team` threads under the block target that fill whole warps, else the
+    fewest that do within the variant's bound; None if none fits. The kernels' shuffles name all
+    32 lanes of a warp, so a block holds whole warps."""
+    whole = [r for r in range(1, bound // team + 1) if r * team % 32 == 0]
+    under = [r for r in whole if r * team <= target]
+    return under[-1] if under else (whole[0] if whole else None)
 
 
 def geometry(lanes_d: int, heads: int, parts: int = 1, k: int | None = None, per_head: bool = False,
