@@ -1,0 +1,235 @@
+"""cudit in a diffusers pipeline, in one line: attention processors whose QK norm and RoPE are
+one cudit call.
+
+    import cudit.diffusers
+    report = cudit.diffusers.enable(pipe)       # a pipeline, or its transformer
+    ...
+    cudit.diffusers.disable(pipe)               # the stock processors again
+
+Every other step of the stock processor (projections, attention backend, masks, output) stays
+as diffusers does it. Attention modules cudit cannot serve keep their stock processor, and
+`enable` logs one line a reason (logger "cudit.diffusers"); calls it cannot serve at run time
+(grad mode with trainable weights, host tensors, other dtypes) go to the stock processor too.
+Supported: WAN 2.x self-attention (WanAttention), FLUX.1 (FluxAttention, both block kinds).
+docs/diffusers.md has the details.
+"""
+from __future__ import annotations
+
+import collections
+import logging
+from dataclasses import dataclass
+
+import torch
+from diffusers.models.attention_dispatch import dispatch_attention_fn
+
+from . import torch as cudit_torch
+from ._errors import PlanError
+from ._planner import _check_head_dim
+
+log = logging.getLogger("cudit.diffusers")
+
+DTYPES = (torch.bfloat16, torch.float16, torch.float32)
+
+
+@dataclass(frozen=True)
+class Swap:
+    """What enable() did with one attention module."""
+
+    name: str        # the module's name in the model
+    cls: str         # its class
+    swapped: bool    # True: a cudit processor; False: the stock one kept
+    why: str         # the recipe, or why cudit cannot serve it
+
+
+def _rms_eps(norm, dtype) -> float:
+    """torch.nn.RMSNorm's epsilon: its own, or the dtype's machine epsilon when None."""
+    return norm.eps if norm.eps is not None else torch.finfo(dtype).eps
+
+
+def _norm_problem(attn, names) -> str | None:
+    """Why the module's QK norms are not ones cudit computes (RMSNorm with weights, one eps)."""
+    norms = [getattr(attn, n, None) for n in names]
+    if not all(isinstance(n, torch.nn.RMSNorm) and n.weight is not None for n in norms):
+        return f"QK norms are not RMSNorm with weights ({', '.join(type(n).__name__ for n in norms)})"
+    if len({n.eps for n in norms}) > 1:
+        return f"QK norms with different eps ({', '.join(str(n.eps) for n in norms)})"
+    return None
+
+
+def _head_dim_problem(d: int) -> str | None:
+    try:
+        _check_head_dim(d)
+    except PlanError as e:
+        return str(e)
+    return None
+
+
+def _projections(attn, hidden_states):
+    """Q, K, V of a self-attention module, fused or not (views of one output when fused)."""
+    if getattr(attn, "fused_projections", False):
+        return attn.to_qkv(hidden_states).chunk(3, dim=-1)
+    return attn.to_q(hidden_states), attn.to_k(hidden_states), attn.to_v(hidden_states)
+
+
+def _added_projections(attn, encoder_hidden_states):
+    if getattr(attn, "fused_projections", False):
+        return attn.to_added_qkv(encoder_hidden_states).chunk(3, dim=-1)
+    return (attn.add_q_proj(encoder_hidden_states), attn.add_k_proj(encoder_hidden_states),
+            attn.add_v_proj(encoder_hidden_states))
+
+
+class _Processor:
+    """A cudit processor: the stock one kept for the calls cudit cannot serve."""
+
+    _attention_backend = None
+    _parallel_config = None
+
+    def __init__(self, stock):
+        self.stock = stock
+        # diffusers sets these on the processors (set_attention_backend, context parallelism).
+        self._attention_backend = getattr(stock, "_attention_backend", None)
+        self._parallel_config = getattr(stock, "_parallel_config", None)
+        self.cudit_calls = 0          # calls served by cudit (the tests read it)
+        self._logged = set()
+
+    def _stock_reason(self, attn, hidden_states) -> str | None:
+        """Why this call goes to the stock processor, or None."""
+        if torch.is_grad_enabled() and (hidden_states.requires_grad or any(p.requires_grad for p in attn.parameters())):
+            return "grad mode with trainable weights (cudit has no backward yet)"
+        if not hidden_states.is_cuda:
+            return "host tensors"
+        if hidden_states.dtype not in DTYPES:
+            return f"dtype {hidden_states.dtype}"
+        return None
+
+    def _to_stock(self, attn, why: str) -> None:
+        if why not in self._logged:
+            self._logged.add(why)
+            log.info("cudit.diffusers: %s runs its stock processor: %s", type(attn).__name__, why)
+
+    def _attention(self, q, k, v, attention_mask):
+        return dispatch_attention_fn(q, k, v, attn_mask=attention_mask, backend=self._attention_backend,
+                                     parallel_config=self._parallel_config)
+
+
+class WanProcessor(_Processor):
+    """WanAttention self-attention."""
+
+    recipe = "RMSNorm across heads (or per head), interleaved RoPE"
+
+    @staticmethod
+    def problem(attn) -> str | None:
+        if attn.is_cross_attention or attn.add_k_proj is not None:
+            return "cross-attention (Q and K have different token counts; no RoPE)"
+        return _norm_problem(attn, ("norm_q", "norm_k")) or _head_dim_problem(attn.inner_dim // attn.heads)
+
+    def __call__(self, attn, hidden_states, encoder_hidden_states=None, attention_mask=None, rotary_emb=None,
+                 **kwargs):
+        why = ("no rotary embedding" if rotary_emb is None else
+               "encoder states or extra arguments" if encoder_hidden_states is not None or kwargs else
+               self._stock_reason(attn, hidden_states))
+        if why:
+            self._to_stock(attn, why)
+            return self.stock(attn, hidden_states, encoder_hidden_states, attention_mask, rotary_emb, **kwargs)
+        q, k, v = _projections(attn, hidden_states)
+        cos, sin = rotary_emb
+        cudit_torch.qk_norm_rope((q, k), attn.norm_q.weight, attn.norm_k.weight, cos, sin, num_heads=attn.heads,
+                                 eps=_rms_eps(attn.norm_q, q.dtype), interleave=True)
+        self.cudit_calls += 1
+        out = self._attention(*(t.unflatten(2, (attn.heads, -1)) for t in (q, k, v)), attention_mask)
+        out = out.flatten(2, 3).type_as(q)
+        return attn.to_out[1](attn.to_out[0](out))
+
+
+class FluxProcessor(_Processor):
+    """FluxAttention, double- and single-stream blocks."""
+
+    recipe = "per-head RMSNorm (the text tokens' own weights in double blocks), interleaved RoPE"
+
+    @staticmethod
+    def problem(attn) -> str | None:
+        names = ("norm_q", "norm_k") + (("norm_added_q", "norm_added_k") if attn.added_kv_proj_dim is not None else ())
+        return _norm_problem(attn, names) or _head_dim_problem(attn.head_dim)
+
+    def __call__(self, attn, hidden_states, encoder_hidden_states=None, attention_mask=None,
+                 image_rotary_emb=None, **kwargs):
+        joint = encoder_hidden_states is not None
+        why = ("no rotary embedding" if image_rotary_emb is None else
+               "extra arguments" if kwargs else
+               "encoder states without added projections" if joint and attn.added_kv_proj_dim is None else
+               self._stock_reason(attn, hidden_states))
+        if why:
+            self._to_stock(attn, why)
+            return self.stock(attn, hidden_states, encoder_hidden_states, attention_mask, image_rotary_emb, **kwargs)
+        q, k, v = _projections(attn, hidden_states)
+        text = {}
+        if joint:
+            eq, ek, ev = _added_projections(attn, encoder_hidden_states)
+            q, k, v = torch.cat([eq, q], dim=1), torch.cat([ek, k], dim=1), torch.cat([ev, v], dim=1)
+            text = dict(q_add_weight=attn.norm_added_q.weight, k_add_weight=attn.norm_added_k.weight,
+                        num_txt_tokens=encoder_hidden_states.shape[1])
+        cos, sin = image_rotary_emb
+        cudit_torch.qk_norm_rope((q, k), attn.norm_q.weight, attn.norm_k.weight, cos, sin,
+                                 num_heads=q.shape[-1] // attn.head_dim, eps=_rms_eps(attn.norm_q, q.dtype),
+                                 interleave=True, **text)
+        self.cudit_calls += 1
+        out = self._attention(*(t.unflatten(-1, (-1, attn.head_dim)) for t in (q, k, v)), attention_mask)
+        out = out.flatten(2, 3).to(q.dtype)
+        if not joint:
+            return out
+        n_txt = encoder_hidden_states.shape[1]
+        context, out = out.split_with_sizes([n_txt, out.shape[1] - n_txt], dim=1)
+        out = attn.to_out[1](attn.to_out[0](out.contiguous()))
+        return out, attn.to_add_out(context.contiguous())
+
+
+def _processor_classes() -> dict:
+    """Attention module class -> cudit processor class, for the classes this diffusers has."""
+    from diffusers.models.transformers.transformer_flux import FluxAttention
+    from diffusers.models.transformers.transformer_wan import WanAttention
+
+    return {WanAttention: WanProcessor, FluxAttention: FluxProcessor}
+
+
+def _models(target) -> list:
+    """The transformers of a pipeline (WAN 2.2 has two), or the module itself."""
+    if isinstance(target, torch.nn.Module):
+        return [target]
+    found = [getattr(target, n) for n in ("transformer", "transformer_2") if isinstance(getattr(target, n, None), torch.nn.Module)]
+    if not found:
+        raise TypeError(f"cudit.diffusers: expected a diffusers pipeline or a torch.nn.Module, got {type(target).__name__}")
+    return found
+
+
+def enable(target) -> list:
+    """Swap the attention processors cudit serves; returns a Swap per attention module."""
+    classes = _processor_classes()
+    report = []
+    for model in _models(target):
+        for name, module in model.named_modules():
+            proc_cls = classes.get(type(module))
+            if proc_cls is None:
+                continue
+            current = module.get_processor()
+            if isinstance(current, _Processor):
+                report.append(Swap(name, type(module).__name__, True, "already enabled"))
+                continue
+            why = proc_cls.problem(module)
+            if why is None:
+                module.set_processor(proc_cls(current))
+            report.append(Swap(name, type(module).__name__, why is None, why or proc_cls.recipe))
+    for (cls, swapped, why), n in collections.Counter((s.cls, s.swapped, s.why) for s in report).items():
+        log.info("cudit.diffusers: %d x %s %s: %s", n, cls, "use cudit" if swapped else "keep the stock processor", why)
+    return report
+
+
+def disable(target) -> int:
+    """Put the stock processors back; returns how many were swapped."""
+    n = 0
+    for model in _models(target):
+        for module in model.modules():
+            proc = getattr(module, "processor", None)
+            if isinstance(proc, _Processor):
+                module.set_processor(proc.stock)
+                n += 1
+    return n

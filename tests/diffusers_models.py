@@ -1,0 +1,54 @@
+"""Tiny random-weight diffusers transformers and their inputs, built here: no hub download."""
+import torch
+
+
+def wan(dtype=torch.float32, device="cpu", layers=2, heads=2, head_dim=32, seed=0):
+    from diffusers import WanTransformer3DModel
+
+    torch.manual_seed(seed)
+    model = WanTransformer3DModel(patch_size=(1, 2, 2), num_attention_heads=heads, attention_head_dim=head_dim,
+                                  in_channels=4, out_channels=4, text_dim=32, freq_dim=32, ffn_dim=64, num_layers=layers,
+                                  cross_attn_norm=True, qk_norm="rms_norm_across_heads", eps=1e-6, rope_max_seq_len=32)
+    model = _cast(model, device, dtype)
+    g = torch.Generator().manual_seed(seed + 1)
+    inputs = dict(hidden_states=torch.randn(1, 4, 2, 8, 8, generator=g), timestep=torch.tensor([500]),
+                  encoder_hidden_states=torch.randn(1, 16, 32, generator=g))
+    return model, _to(inputs, device, dtype)
+
+
+def flux(dtype=torch.float32, device="cpu", heads=2, head_dim=32, seed=0):
+    from diffusers import FluxTransformer2DModel
+
+    torch.manual_seed(seed)
+    model = FluxTransformer2DModel(patch_size=1, in_channels=16, num_layers=1, num_single_layers=1,
+                                   attention_head_dim=head_dim, num_attention_heads=heads, joint_attention_dim=32,
+                                   pooled_projection_dim=32, guidance_embeds=False,
+                                   axes_dims_rope=(head_dim // 4, 3 * head_dim // 8, 3 * head_dim // 8))
+    model = _cast(model, device, dtype)
+    g = torch.Generator().manual_seed(seed + 1)
+    img_ids = torch.zeros(16, 3)
+    img_ids[:, 1], img_ids[:, 2] = torch.arange(16) // 4, torch.arange(16) % 4
+    inputs = dict(hidden_states=torch.randn(1, 16, 16, generator=g), encoder_hidden_states=torch.randn(1, 8, 32, generator=g),
+                  pooled_projections=torch.randn(1, 32, generator=g), timestep=torch.tensor([0.5]),
+                  img_ids=img_ids, txt_ids=torch.zeros(8, 3))
+    return model, _to(inputs, device, dtype)
+
+
+def _cast(model, device, dtype):
+    """As from_pretrained(torch_dtype=dtype) leaves a model: the modules it names kept in fp32."""
+    model = model.to(device=device, dtype=dtype).eval()
+    keep = set(getattr(model, "_keep_in_fp32_modules", None) or ())
+    for name, module in model.named_modules():
+        if keep & set(name.split(".")):
+            module.float()
+    return model
+
+
+def _to(inputs, device, dtype):
+    """Float inputs in the model's dtype (ids and timesteps too: diffusers casts them as it needs)."""
+    return {k: v.to(device=device, dtype=dtype if v.is_floating_point() else v.dtype) for k, v in inputs.items()}
+
+
+def run(model, inputs):
+    with torch.no_grad():
+        return model(**inputs, return_dict=False)[0]

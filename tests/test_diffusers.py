@@ -1,0 +1,89 @@
+"""cudit.diffusers wiring, without a GPU: which processors are swapped and why, disable, and the
+calls that go back to the stock processor."""
+import logging
+
+import pytest
+import torch
+
+pytest.importorskip("diffusers")
+
+import cudit.diffusers as cd  # noqa: E402
+import diffusers_models as tiny  # noqa: E402
+
+
+def test_wan_self_attention_is_swapped_and_cross_attention_kept_with_its_reason(caplog):
+    model, _ = tiny.wan()
+    with caplog.at_level(logging.INFO, logger="cudit.diffusers"):
+        report = cd.enable(model)
+    swapped = {s.name for s in report if s.swapped}
+    kept = {s.name: s.why for s in report if not s.swapped}
+    assert swapped == {"blocks.0.attn1", "blocks.1.attn1"}
+    assert set(kept) == {"blocks.0.attn2", "blocks.1.attn2"} and all("cross-attention" in w for w in kept.values())
+    assert isinstance(model.blocks[0].attn1.processor, cd.WanProcessor)
+    assert not isinstance(model.blocks[0].attn2.processor, cd._Processor)
+    # one line a reason, not one a module
+    lines = [r.getMessage() for r in caplog.records if r.name == "cudit.diffusers"]
+    assert len(lines) == 2 and any("2 x WanAttention keep the stock processor: cross-attention" in m for m in lines)
+
+
+def test_flux_double_and_single_blocks_are_swapped():
+    model, _ = tiny.flux()
+    report = cd.enable(model)
+    assert [(s.name, s.swapped) for s in report] == [("transformer_blocks.0.attn", True),
+                                                      ("single_transformer_blocks.0.attn", True)]
+
+
+def test_disable_restores_the_stock_processors_and_enable_twice_swaps_once():
+    model, _ = tiny.wan()
+    stock = [m.processor for m in model.modules() if hasattr(m, "processor")]
+    cd.enable(model)
+    assert all(s.why == "already enabled" for s in cd.enable(model) if s.swapped)
+    assert cd.disable(model) == 2
+    assert [m.processor for m in model.modules() if hasattr(m, "processor")] == stock
+    assert cd.disable(model) == 0
+
+
+def test_a_pipeline_is_reached_through_its_transformers():
+    class Pipe:   # what enable() reads of a pipeline: its transformer attributes
+        pass
+
+    pipe = Pipe()
+    pipe.transformer, _ = tiny.wan()
+    pipe.transformer_2, _ = tiny.wan(layers=1)
+    assert sum(s.swapped for s in cd.enable(pipe)) == 3
+    with pytest.raises(TypeError, match="expected a diffusers pipeline or a torch.nn.Module"):
+        cd.enable(object())
+
+
+@pytest.mark.parametrize("change,reason", [
+    (lambda a: setattr(a.norm_k, "eps", 1e-5), "different eps"),
+    (lambda a: setattr(a, "norm_q", torch.nn.LayerNorm(a.inner_dim)), "not RMSNorm with weights"),
+])
+def test_modules_cudit_cannot_serve_keep_the_stock_processor(change, reason):
+    model, _ = tiny.wan(layers=1)
+    change(model.blocks[0].attn1)
+    report = {s.name: s for s in cd.enable(model)}
+    assert not report["blocks.0.attn1"].swapped and reason in report["blocks.0.attn1"].why
+
+
+def test_head_dims_outside_the_kernels_range_keep_the_stock_processor():
+    model, _ = tiny.flux(head_dim=24)
+    report = cd.enable(model)
+    assert not any(s.swapped for s in report) and all("head_dim" in s.why for s in report)
+
+
+@pytest.mark.parametrize("build", [tiny.wan, tiny.flux])
+def test_calls_cudit_cannot_serve_run_the_stock_processor_and_say_why(build, caplog):
+    model, inputs = build()
+    expected = tiny.run(model, inputs)
+    cd.enable(model)
+    with caplog.at_level(logging.INFO, logger="cudit.diffusers"):
+        got = tiny.run(model, inputs)                       # host tensors
+        with torch.enable_grad():
+            model(**inputs, return_dict=False)              # trainable weights under grad mode
+    assert torch.equal(got, expected)
+    text = " ".join(r.getMessage() for r in caplog.records)
+    assert "runs its stock processor: host tensors" in text
+    assert "runs its stock processor: grad mode with trainable weights" in text
+    assert all(p.cudit_calls == 0 for p in (m.processor for m in model.modules() if hasattr(m, "processor"))
+               if isinstance(p, cd._Processor))
