@@ -1,7 +1,7 @@
 """One denoising step of a diffusers transformer at real dimensions (a few layers of random
 weights, no hub), stock attention processors against cudit.diffusers', eager and compiled.
 
-    PYTHONPATH=. python benchmarks/diffusers_step.py [--models wan-1.3b,flux.1] [--layers 2] [--no-compile]
+    PYTHONPATH=. python benchmarks/diffusers_step.py [--models wan-1.3b,flux.1] [--layers 2] [--modes eager,compiled]
 
 Per model: the step's median device time each way (events, warm-up, 10 runs), the speed-up,
 and the QK norm + RoPE step inside the block: cudit's kernels from the profiler, the stock
@@ -72,7 +72,7 @@ def main(argv) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--models", default=",".join(MODELS))
     ap.add_argument("--layers", type=int, default=2)
-    ap.add_argument("--no-compile", action="store_true")
+    ap.add_argument("--modes", default="eager,compiled")
     args = ap.parse_args(argv)
     print(f"{torch.cuda.get_device_name()}; torch {torch.__version__}; {args.layers} layers of each kind, bf16")
     rows = []
@@ -85,11 +85,10 @@ def main(argv) -> int:
             with torch.no_grad():
                 return m(**inputs, return_dict=False)[0]
 
-        modes = [("eager", step)]
-        if not args.no_compile:
-            compiled = torch.compile(model, fullgraph=True)
-            modes.append(("compiled", lambda: step(compiled)))
-        for mode, fn in modes:
+        compiled = torch.compile(model, fullgraph=True)
+        modes = {"eager": step, "compiled": lambda: step(compiled)}
+        for mode in args.modes.split(","):
+            fn = modes[mode]
             cd.disable(model)
             torch._dynamo.reset()
             stock = median_ms(fn)

@@ -89,7 +89,7 @@ class _Processor:
         # diffusers sets these on the processors (set_attention_backend, context parallelism).
         self._attention_backend = getattr(stock, "_attention_backend", None)
         self._parallel_config = getattr(stock, "_parallel_config", None)
-        self.cudit_calls = 0          # calls served by cudit (the tests read it)
+        self.cudit_calls = 0          # eager calls served by cudit (the tests read it)
         self._logged = set()
 
     def _stock_reason(self, attn, hidden_states) -> str | None:
@@ -101,6 +101,12 @@ class _Processor:
         if hidden_states.dtype not in DTYPES:
             return f"dtype {hidden_states.dtype}"
         return None
+
+    def _count(self) -> None:
+        # Not while torch.compile traces: a Python int read there becomes a guard, and each call
+        # would recompile.
+        if not torch.compiler.is_compiling():
+            self.cudit_calls += 1
 
     def _to_stock(self, attn, why: str) -> None:
         if why not in self._logged:
@@ -135,7 +141,7 @@ class WanProcessor(_Processor):
         cos, sin = rotary_emb
         cudit_torch.qk_norm_rope((q, k), attn.norm_q.weight, attn.norm_k.weight, cos, sin, num_heads=attn.heads,
                                  eps=_rms_eps(attn.norm_q, q.dtype), interleave=True)
-        self.cudit_calls += 1
+        self._count()
         out = self._attention(*(t.unflatten(2, (attn.heads, -1)) for t in (q, k, v)), attention_mask)
         out = out.flatten(2, 3).type_as(q)
         return attn.to_out[1](attn.to_out[0](out))
@@ -172,7 +178,7 @@ class FluxProcessor(_Processor):
         cudit_torch.qk_norm_rope((q, k), attn.norm_q.weight, attn.norm_k.weight, cos, sin,
                                  num_heads=q.shape[-1] // attn.head_dim, eps=_rms_eps(attn.norm_q, q.dtype),
                                  interleave=True, **text)
-        self.cudit_calls += 1
+        self._count()
         out = self._attention(*(t.unflatten(-1, (-1, attn.head_dim)) for t in (q, k, v)), attention_mask)
         out = out.flatten(2, 3).to(q.dtype)
         if not joint:

@@ -46,4 +46,7 @@ def test_fullgraph_compile_keeps_the_cudit_step(build):
     compiled = torch.compile(model, fullgraph=True)
     with torch.no_grad():
         got = compiled(**inputs, return_dict=False)[0]
+        with torch._dynamo.config.patch(error_on_recompile=True):   # the next steps reuse the graph
+            again = compiled(**inputs, return_dict=False)[0]
     assert _rel_err(got, eager) < TOL[torch.bfloat16]
+    assert torch.equal(again, got)
