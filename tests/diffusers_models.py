@@ -35,7 +35,12 @@ def flux(dtype=torch.float32, device="cpu", heads=2, head_dim=32, seed=0):
 
 
 def _cast(model, device, dtype):
-    """As from_pretrained(torch_dtype=dtype) leaves a model: the modules it names kept in fp32."""
+    """As from_pretrained(torch_dtype=dtype) leaves a model: the modules it names kept in fp32.
+    Norm weights made random first (they start at ones, which would hide a swapped weight)."""
+    with torch.no_grad():
+        for module in model.modules():
+            if isinstance(module, torch.nn.RMSNorm) and module.weight is not None:
+                module.weight.uniform_(0.5, 1.5)
     model = model.to(device=device, dtype=dtype).eval()
     keep = set(getattr(model, "_keep_in_fp32_modules", None) or ())
     for name, module in model.named_modules():

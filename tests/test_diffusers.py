@@ -87,3 +87,33 @@ def test_calls_cudit_cannot_serve_run_the_stock_processor_and_say_why(build, cap
     assert "runs its stock processor: grad mode with trainable weights" in text
     assert all(p.cudit_calls == 0 for p in (m.processor for m in model.modules() if hasattr(m, "processor"))
                if isinstance(p, cd._Processor))
+
+
+def _reference_kernel(qk, q_weight, k_weight, cos, sin, **kw):
+    """cudit.torch.qk_norm_rope as the float64 reference computes it, in place on host tensors."""
+    from cudit.reference import qk_norm_rope_ref
+
+    kw.pop("inplace", None)
+    arrays = tuple(t.detach().cpu().numpy() if t is not None else None
+                   for t in (q_weight, k_weight, cos, sin, kw.pop("q_add_weight", None), kw.pop("k_add_weight", None)))
+    q, k = qk
+    outs = qk_norm_rope_ref((q.float().numpy(), k.float().numpy()), *arrays[:4], q_add_weight=arrays[4],
+                            k_add_weight=arrays[5], **kw)
+    for t, o in zip(qk, outs):
+        t.copy_(torch.from_numpy(o).to(t.dtype))
+    return qk
+
+
+@pytest.mark.parametrize("build", [tiny.wan, tiny.flux])
+def test_processors_pass_the_modules_weights_tables_and_text_tokens_as_the_stock_uses_them(build, monkeypatch):
+    # The kernel replaced by the float64 reference (the GPU tests check the kernel against it):
+    # whole fp32 transformers then agree with the stock processors to fp32 rounding.
+    model, inputs = build()
+    want = tiny.run(model, inputs)
+    monkeypatch.setattr(cd._Processor, "_stock_reason", lambda self, attn, h: None)
+    monkeypatch.setattr(cd.cudit_torch, "qk_norm_rope", _reference_kernel)
+    cd.enable(model)
+    got = tiny.run(model, inputs)
+    assert sum(p.cudit_calls for p in (m.processor for m in model.modules() if hasattr(m, "processor"))
+               if isinstance(p, cd._Processor)) > 0
+    assert ((got - want).abs().max() / want.abs().max()).item() < 1e-5
