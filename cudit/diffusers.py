@@ -10,7 +10,7 @@ Every other step of the stock processor (projections, attention backend, masks, 
 as diffusers does it. Attention modules cudit cannot serve keep their stock processor, and
 `enable` logs one line a reason (logger "cudit.diffusers"); calls it cannot serve at run time
 (grad mode with trainable weights, host tensors, other dtypes) go to the stock processor too.
-Supported: WAN 2.x self-attention (WanAttention), FLUX.1 (FluxAttention, both block kinds).
+Supported: WAN 2.x self-attention, FLUX.1 (both block kinds), HunyuanVideo (both block kinds).
 docs/diffusers.md has the details.
 """
 from __future__ import annotations
@@ -42,14 +42,22 @@ class Swap:
 
 
 def _rms_eps(norm, dtype) -> float:
-    """torch.nn.RMSNorm's epsilon: its own, or the dtype's machine epsilon when None."""
+    """An RMSNorm's epsilon: its own, or (torch.nn.RMSNorm's None) the dtype's machine epsilon."""
     return norm.eps if norm.eps is not None else torch.finfo(dtype).eps
+
+
+def _is_rms_norm(norm) -> bool:
+    """torch's RMSNorm or diffusers', with a weight and no bias: what cudit computes."""
+    from diffusers.models.normalization import RMSNorm
+
+    return (isinstance(norm, (torch.nn.RMSNorm, RMSNorm)) and getattr(norm, "weight", None) is not None
+            and getattr(norm, "bias", None) is None)
 
 
 def _norm_problem(attn, names) -> str | None:
     """Why the module's QK norms are not ones cudit computes (RMSNorm with weights, one eps)."""
     norms = [getattr(attn, n, None) for n in names]
-    if not all(isinstance(n, torch.nn.RMSNorm) and n.weight is not None for n in norms):
+    if not all(_is_rms_norm(n) for n in norms):
         return f"QK norms are not RMSNorm with weights ({', '.join(type(n).__name__ for n in norms)})"
     if len({n.eps for n in norms}) > 1:
         return f"QK norms with different eps ({', '.join(str(n.eps) for n in norms)})"
@@ -189,12 +197,60 @@ class FluxProcessor(_Processor):
         return out, attn.to_add_out(context.contiguous())
 
 
-def _processor_classes() -> dict:
-    """Attention module class -> cudit processor class, for the classes this diffusers has."""
-    from diffusers.models.transformers.transformer_flux import FluxAttention
-    from diffusers.models.transformers.transformer_wan import WanAttention
+class HunyuanVideoProcessor(_Processor):
+    """HunyuanVideo's attention (the generic Attention class), dual- and single-stream blocks."""
 
-    return {WanAttention: WanProcessor, FluxAttention: FluxProcessor}
+    recipe = ("per-head RMSNorm; video tokens rotated (interleaved), the text tokens after them "
+              "normalised only, with their own weights in dual-stream blocks")
+
+    @staticmethod
+    def problem(attn) -> str | None:
+        names = ("norm_q", "norm_k") + (("norm_added_q", "norm_added_k") if attn.add_q_proj is not None else ())
+        return _norm_problem(attn, names) or _head_dim_problem(attn.inner_dim // attn.heads)
+
+    def __call__(self, attn, hidden_states, encoder_hidden_states=None, attention_mask=None,
+                 image_rotary_emb=None, **kwargs):
+        why = ("no rotary embedding" if image_rotary_emb is None else
+               "extra arguments" if kwargs else self._stock_reason(attn, hidden_states))
+        if why:
+            self._to_stock(attn, why)
+            return self.stock(attn, hidden_states, encoder_hidden_states, attention_mask, image_rotary_emb, **kwargs)
+        n_txt = 0 if encoder_hidden_states is None else encoder_hidden_states.shape[1]
+        added = n_txt and attn.add_q_proj is not None
+        if n_txt and not added:   # single-stream blocks: text tokens after the video tokens, one projection
+            hidden_states = torch.cat([hidden_states, encoder_hidden_states], dim=1)
+        q, k, v = attn.to_q(hidden_states), attn.to_k(hidden_states), attn.to_v(hidden_states)
+        video = q.shape[1] - (0 if added else n_txt)
+        common = dict(num_heads=attn.heads, eps=_rms_eps(attn.norm_q, q.dtype), interleave=True)
+        cos, sin = image_rotary_emb
+        cudit_torch.qk_norm_rope((q[:, :video], k[:, :video]), attn.norm_q.weight, attn.norm_k.weight, cos, sin, **common)
+        if n_txt and not added:
+            cudit_torch.qk_norm_rope((q[:, video:], k[:, video:]), attn.norm_q.weight, attn.norm_k.weight, **common)
+        if added:
+            eq, ek, ev = (attn.add_q_proj(encoder_hidden_states), attn.add_k_proj(encoder_hidden_states),
+                          attn.add_v_proj(encoder_hidden_states))
+            cudit_torch.qk_norm_rope((eq, ek), attn.norm_added_q.weight, attn.norm_added_k.weight, **common)
+            q, k, v = torch.cat([q, eq], dim=1), torch.cat([k, ek], dim=1), torch.cat([v, ev], dim=1)
+        self._count()
+        out = self._attention(*(t.unflatten(2, (attn.heads, -1)) for t in (q, k, v)), attention_mask)
+        out = out.flatten(2, 3).to(q.dtype)
+        if encoder_hidden_states is not None:
+            out, encoder_hidden_states = out[:, :-n_txt], out[:, -n_txt:]
+            if getattr(attn, "to_out", None) is not None:
+                out = attn.to_out[1](attn.to_out[0](out))
+            if getattr(attn, "to_add_out", None) is not None:
+                encoder_hidden_states = attn.to_add_out(encoder_hidden_states)
+        return out, encoder_hidden_states
+
+
+def _processor_classes() -> dict:
+    """Stock processor class -> cudit processor class, for the models this diffusers has."""
+    from diffusers.models.transformers.transformer_flux import FluxAttnProcessor
+    from diffusers.models.transformers.transformer_hunyuan_video import HunyuanVideoAttnProcessor2_0
+    from diffusers.models.transformers.transformer_wan import WanAttnProcessor
+
+    return {WanAttnProcessor: WanProcessor, FluxAttnProcessor: FluxProcessor,
+            HunyuanVideoAttnProcessor2_0: HunyuanVideoProcessor}
 
 
 def _models(target) -> list:
@@ -213,14 +269,14 @@ def enable(target) -> list:
     report = []
     for model in _models(target):
         for name, module in model.named_modules():
-            proc_cls = classes.get(type(module))
-            if proc_cls is None:
+            current = getattr(module, "processor", None)
+            if current is None or not hasattr(module, "set_processor"):
                 continue
-            current = module.get_processor()
             if isinstance(current, _Processor):
                 report.append(Swap(name, type(module).__name__, True, "already enabled"))
                 continue
-            why = proc_cls.problem(module)
+            proc_cls = classes.get(type(current))
+            why = f"{type(current).__name__} is not a processor cudit replaces" if proc_cls is None else proc_cls.problem(module)
             if why is None:
                 module.set_processor(proc_cls(current))
             report.append(Swap(name, type(module).__name__, why is None, why or proc_cls.recipe))

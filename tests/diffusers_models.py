@@ -34,12 +34,30 @@ def flux(dtype=torch.float32, device="cpu", heads=2, head_dim=32, seed=0):
     return model, _to(inputs, device, dtype)
 
 
+def hunyuan_video(dtype=torch.float32, device="cpu", heads=2, head_dim=32, seed=0):
+    from diffusers import HunyuanVideoTransformer3DModel
+
+    torch.manual_seed(seed)
+    model = HunyuanVideoTransformer3DModel(in_channels=4, out_channels=4, num_attention_heads=heads,
+                                           attention_head_dim=head_dim, num_layers=1, num_single_layers=1,
+                                           num_refiner_layers=1, patch_size=2, text_embed_dim=32,
+                                           pooled_projection_dim=32,
+                                           rope_axes_dim=(head_dim // 4, 3 * head_dim // 8, 3 * head_dim // 8))
+    model = _cast(model, device, dtype)
+    g = torch.Generator().manual_seed(seed + 1)
+    inputs = dict(hidden_states=torch.randn(1, 4, 2, 8, 8, generator=g), timestep=torch.tensor([500]),
+                  encoder_hidden_states=torch.randn(1, 8, 32, generator=g),
+                  encoder_attention_mask=torch.ones(1, 8, dtype=torch.int64),
+                  pooled_projections=torch.randn(1, 32, generator=g), guidance=torch.tensor([3500.0]))
+    return model, _to(inputs, device, dtype)
+
+
 def _cast(model, device, dtype):
     """As from_pretrained(torch_dtype=dtype) leaves a model: the modules it names kept in fp32.
     Norm weights made random first (they start at ones, which would hide a swapped weight)."""
     with torch.no_grad():
         for module in model.modules():
-            if isinstance(module, torch.nn.RMSNorm) and module.weight is not None:
+            if type(module).__name__ == "RMSNorm" and getattr(module, "weight", None) is not None:   # torch's, diffusers'
                 module.weight.uniform_(0.5, 1.5)
     model = model.to(device=device, dtype=dtype).eval()
     keep = set(getattr(model, "_keep_in_fp32_modules", None) or ())

@@ -33,6 +33,15 @@ def test_flux_double_and_single_blocks_are_swapped():
                                                       ("single_transformer_blocks.0.attn", True)]
 
 
+def test_hunyuan_video_dual_and_single_blocks_are_swapped_and_the_refiner_kept():
+    model, _ = tiny.hunyuan_video()
+    report = {s.name: s for s in cd.enable(model)}
+    assert report["transformer_blocks.0.attn"].swapped and report["single_transformer_blocks.0.attn"].swapped
+    refiner = [s for n, s in report.items() if n.startswith("context_embedder")]
+    assert refiner and not any(s.swapped for s in refiner)
+    assert all("is not a processor cudit replaces" in s.why for s in refiner)
+
+
 def test_disable_restores_the_stock_processors_and_enable_twice_swaps_once():
     model, _ = tiny.wan()
     stock = [m.processor for m in model.modules() if hasattr(m, "processor")]
@@ -72,7 +81,7 @@ def test_head_dims_outside_the_kernels_range_keep_the_stock_processor():
     assert not any(s.swapped for s in report) and all("head_dim" in s.why for s in report)
 
 
-@pytest.mark.parametrize("build", [tiny.wan, tiny.flux])
+@pytest.mark.parametrize("build", [tiny.wan, tiny.flux, tiny.hunyuan_video])
 def test_calls_cudit_cannot_serve_run_the_stock_processor_and_say_why(build, caplog):
     model, inputs = build()
     expected = tiny.run(model, inputs)
@@ -89,7 +98,7 @@ def test_calls_cudit_cannot_serve_run_the_stock_processor_and_say_why(build, cap
                if isinstance(p, cd._Processor))
 
 
-def _reference_kernel(qk, q_weight, k_weight, cos, sin, **kw):
+def _reference_kernel(qk, q_weight, k_weight, cos=None, sin=None, **kw):
     """cudit.torch.qk_norm_rope as the float64 reference computes it, in place on host tensors."""
     from cudit.reference import qk_norm_rope_ref
 
@@ -104,7 +113,7 @@ def _reference_kernel(qk, q_weight, k_weight, cos, sin, **kw):
     return qk
 
 
-@pytest.mark.parametrize("build", [tiny.wan, tiny.flux])
+@pytest.mark.parametrize("build", [tiny.wan, tiny.flux, tiny.hunyuan_video])
 def test_processors_pass_the_modules_weights_tables_and_text_tokens_as_the_stock_uses_them(build, monkeypatch):
     # The kernel replaced by the float64 reference (the GPU tests check the kernel against it):
     # whole fp32 transformers then agree with the stock processors to fp32 rounding.

@@ -25,7 +25,7 @@ def _rel_err(got, want) -> float:
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
-@pytest.mark.parametrize("build,swapped", [(tiny.wan, 2), (tiny.flux, 2)])
+@pytest.mark.parametrize("build,swapped", [(tiny.wan, 2), (tiny.flux, 2), (tiny.hunyuan_video, 2)])
 def test_transformer_matches_the_stock_processors(build, swapped, dtype):
     model, inputs = build(dtype=dtype, device="cuda")
     want = tiny.run(model, inputs)
@@ -38,7 +38,7 @@ def test_transformer_matches_the_stock_processors(build, swapped, dtype):
     assert torch.equal(tiny.run(model, inputs), want)
 
 
-@pytest.mark.parametrize("build", [tiny.wan, tiny.flux])
+@pytest.mark.parametrize("build", [tiny.wan, tiny.flux, tiny.hunyuan_video])
 def test_fullgraph_compile_keeps_the_cudit_step(build):
     model, inputs = build(dtype=torch.bfloat16, device="cuda")
     cd.enable(model)
