@@ -10,7 +10,8 @@ Every other step of the stock processor (projections, attention backend, masks, 
 as diffusers does it. Attention modules cudit cannot serve keep their stock processor, and
 `enable` logs one line a reason (logger "cudit.diffusers"); calls it cannot serve at run time
 (grad mode with trainable weights, host tensors, other dtypes) go to the stock processor too.
-Supported: WAN 2.x self-attention, FLUX.1 (both block kinds), HunyuanVideo (both block kinds).
+Supported: WAN 2.x self-attention, FLUX.1 (both block kinds), FLUX.2 (double-stream blocks),
+HunyuanVideo (both block kinds).
 docs/diffusers.md has the details.
 """
 from __future__ import annotations
@@ -156,7 +157,7 @@ class WanProcessor(_Processor):
 
 
 class FluxProcessor(_Processor):
-    """FluxAttention, double- and single-stream blocks."""
+    """FLUX.1's FluxAttention (double- and single-stream blocks), FLUX.2's double-stream blocks."""
 
     recipe = "per-head RMSNorm (the text tokens' own weights in double blocks), interleaved RoPE"
 
@@ -189,8 +190,8 @@ class FluxProcessor(_Processor):
         self._count()
         out = self._attention(*(t.unflatten(-1, (-1, attn.head_dim)) for t in (q, k, v)), attention_mask)
         out = out.flatten(2, 3).to(q.dtype)
-        if not joint:
-            return out
+        if not joint:   # FLUX.1 single-stream blocks have no output projection here
+            return attn.to_out[1](attn.to_out[0](out)) if hasattr(attn, "to_out") else out
         n_txt = encoder_hidden_states.shape[1]
         context, out = out.split_with_sizes([n_txt, out.shape[1] - n_txt], dim=1)
         out = attn.to_out[1](attn.to_out[0](out.contiguous()))
@@ -246,10 +247,11 @@ class HunyuanVideoProcessor(_Processor):
 def _processor_classes() -> dict:
     """Stock processor class -> cudit processor class, for the models this diffusers has."""
     from diffusers.models.transformers.transformer_flux import FluxAttnProcessor
+    from diffusers.models.transformers.transformer_flux2 import Flux2AttnProcessor
     from diffusers.models.transformers.transformer_hunyuan_video import HunyuanVideoAttnProcessor2_0
     from diffusers.models.transformers.transformer_wan import WanAttnProcessor
 
-    return {WanAttnProcessor: WanProcessor, FluxAttnProcessor: FluxProcessor,
+    return {WanAttnProcessor: WanProcessor, FluxAttnProcessor: FluxProcessor, Flux2AttnProcessor: FluxProcessor,
             HunyuanVideoAttnProcessor2_0: HunyuanVideoProcessor}
 
 

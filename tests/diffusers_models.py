@@ -34,6 +34,25 @@ def flux(dtype=torch.float32, device="cpu", heads=2, head_dim=32, seed=0):
     return model, _to(inputs, device, dtype)
 
 
+def flux2(dtype=torch.float32, device="cpu", heads=2, head_dim=32, seed=0):
+    from diffusers import Flux2Transformer2DModel
+
+    torch.manual_seed(seed)
+    model = Flux2Transformer2DModel(patch_size=1, in_channels=16, num_layers=1, num_single_layers=1,
+                                    attention_head_dim=head_dim, num_attention_heads=heads, joint_attention_dim=32,
+                                    timestep_guidance_channels=32, axes_dims_rope=(head_dim // 4,) * 4,
+                                    guidance_embeds=False)
+    model = _cast(model, device, dtype)
+    g = torch.Generator().manual_seed(seed + 1)
+    img_ids = torch.zeros(16, 4)
+    img_ids[:, 1], img_ids[:, 2] = torch.arange(16) // 4, torch.arange(16) % 4
+    txt_ids = torch.zeros(8, 4)
+    txt_ids[:, 3] = torch.arange(8)
+    inputs = dict(hidden_states=torch.randn(1, 16, 16, generator=g), encoder_hidden_states=torch.randn(1, 8, 32, generator=g),
+                  timestep=torch.tensor([0.5]), img_ids=img_ids, txt_ids=txt_ids)
+    return model, _to(inputs, device, dtype)
+
+
 def hunyuan_video(dtype=torch.float32, device="cpu", heads=2, head_dim=32, seed=0):
     from diffusers import HunyuanVideoTransformer3DModel
 
