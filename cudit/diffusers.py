@@ -11,7 +11,7 @@ as diffusers does it. Attention modules cudit cannot serve keep their stock proc
 `enable` logs one line a reason (logger "cudit.diffusers"); calls it cannot serve at run time
 (grad mode with trainable weights, host tensors, other dtypes) go to the stock processor too.
 Supported: WAN 2.x self-attention, FLUX.1 (both block kinds), FLUX.2 (double-stream blocks),
-HunyuanVideo (both block kinds).
+HunyuanVideo (both block kinds), Cosmos 1.0 self-attention.
 docs/diffusers.md has the details.
 """
 from __future__ import annotations
@@ -244,15 +244,47 @@ class HunyuanVideoProcessor(_Processor):
         return out, encoder_hidden_states
 
 
+class CosmosProcessor(_Processor):
+    """Cosmos self-attention (the generic Attention class with Cosmos' processor)."""
+
+    recipe = "per-head RMSNorm, rotate_half RoPE"
+
+    @staticmethod
+    def problem(attn) -> str | None:
+        if attn.is_cross_attention:
+            return "cross-attention (Q and K have different token counts; no RoPE)"
+        if attn.to_k.out_features != attn.to_q.out_features:
+            return "fewer K heads than Q heads (the stock processor's GQA handling)"
+        return _norm_problem(attn, ("norm_q", "norm_k")) or _head_dim_problem(attn.inner_dim // attn.heads)
+
+    def __call__(self, attn, hidden_states, encoder_hidden_states=None, attention_mask=None,
+                 image_rotary_emb=None, **kwargs):
+        why = ("no rotary embedding" if image_rotary_emb is None else
+               "encoder states or extra arguments" if encoder_hidden_states is not None or kwargs else
+               self._stock_reason(attn, hidden_states))
+        if why:
+            self._to_stock(attn, why)
+            return self.stock(attn, hidden_states, encoder_hidden_states, attention_mask, image_rotary_emb, **kwargs)
+        q, k, v = attn.to_q(hidden_states), attn.to_k(hidden_states), attn.to_v(hidden_states)
+        cos, sin = image_rotary_emb
+        cudit_torch.qk_norm_rope((q, k), attn.norm_q.weight, attn.norm_k.weight, cos, sin, num_heads=attn.heads,
+                                 eps=_rms_eps(attn.norm_q, q.dtype), interleave=False)
+        self._count()
+        out = self._attention(*(t.unflatten(2, (attn.heads, -1)) for t in (q, k, v)), attention_mask)
+        out = out.flatten(2, 3).type_as(q)
+        return attn.to_out[1](attn.to_out[0](out))
+
+
 def _processor_classes() -> dict:
     """Stock processor class -> cudit processor class, for the models this diffusers has."""
+    from diffusers.models.transformers.transformer_cosmos import CosmosAttnProcessor2_0
     from diffusers.models.transformers.transformer_flux import FluxAttnProcessor
     from diffusers.models.transformers.transformer_flux2 import Flux2AttnProcessor
     from diffusers.models.transformers.transformer_hunyuan_video import HunyuanVideoAttnProcessor2_0
     from diffusers.models.transformers.transformer_wan import WanAttnProcessor
 
     return {WanAttnProcessor: WanProcessor, FluxAttnProcessor: FluxProcessor, Flux2AttnProcessor: FluxProcessor,
-            HunyuanVideoAttnProcessor2_0: HunyuanVideoProcessor}
+            HunyuanVideoAttnProcessor2_0: HunyuanVideoProcessor, CosmosAttnProcessor2_0: CosmosProcessor}
 
 
 def _models(target) -> list:

@@ -53,6 +53,21 @@ def flux2(dtype=torch.float32, device="cpu", heads=2, head_dim=32, seed=0):
     return model, _to(inputs, device, dtype)
 
 
+def cosmos(dtype=torch.float32, device="cpu", heads=2, head_dim=32, seed=0):
+    from diffusers import CosmosTransformer3DModel
+
+    torch.manual_seed(seed)
+    model = CosmosTransformer3DModel(in_channels=4, out_channels=4, num_attention_heads=heads, attention_head_dim=head_dim,
+                                     num_layers=2, mlp_ratio=2.0, text_embed_dim=32, adaln_lora_dim=8, max_size=(4, 16, 16),
+                                     patch_size=(1, 2, 2), rope_scale=(1.0, 1.0, 1.0), concat_padding_mask=False,
+                                     extra_pos_embed_type=None)
+    model = _cast(model, device, dtype)
+    g = torch.Generator().manual_seed(seed + 1)
+    inputs = dict(hidden_states=torch.randn(1, 4, 2, 8, 8, generator=g), timestep=torch.tensor([0.5]),
+                  encoder_hidden_states=torch.randn(1, 8, 32, generator=g), fps=24)
+    return model, _to(inputs, device, dtype)
+
+
 def hunyuan_video(dtype=torch.float32, device="cpu", heads=2, head_dim=32, seed=0):
     from diffusers import HunyuanVideoTransformer3DModel
 
@@ -88,7 +103,8 @@ def _cast(model, device, dtype):
 
 def _to(inputs, device, dtype):
     """Float inputs in the model's dtype (ids and timesteps too: diffusers casts them as it needs)."""
-    return {k: v.to(device=device, dtype=dtype if v.is_floating_point() else v.dtype) for k, v in inputs.items()}
+    return {k: v.to(device=device, dtype=dtype if v.is_floating_point() else v.dtype) if torch.is_tensor(v) else v
+            for k, v in inputs.items()}
 
 
 def run(model, inputs):

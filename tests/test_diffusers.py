@@ -41,6 +41,13 @@ def test_flux2_double_blocks_are_swapped_and_its_parallel_single_blocks_kept():
     assert "Flux2ParallelSelfAttnProcessor is not a processor cudit replaces" in report["single_transformer_blocks.0.attn"].why
 
 
+def test_cosmos_self_attention_is_swapped_and_cross_attention_kept():
+    model, _ = tiny.cosmos()
+    report = {s.name: s for s in cd.enable(model)}
+    assert report["transformer_blocks.0.attn1"].swapped and report["transformer_blocks.1.attn1"].swapped
+    assert not report["transformer_blocks.0.attn2"].swapped and "cross-attention" in report["transformer_blocks.0.attn2"].why
+
+
 def test_hunyuan_video_dual_and_single_blocks_are_swapped_and_the_refiner_kept():
     model, _ = tiny.hunyuan_video()
     report = {s.name: s for s in cd.enable(model)}
@@ -121,7 +128,7 @@ def _reference_kernel(qk, q_weight, k_weight, cos=None, sin=None, **kw):
     return qk
 
 
-@pytest.mark.parametrize("build", [tiny.wan, tiny.flux, tiny.flux2, tiny.hunyuan_video])
+@pytest.mark.parametrize("build", [tiny.wan, tiny.flux, tiny.flux2, tiny.hunyuan_video, tiny.cosmos])
 def test_processors_pass_the_modules_weights_tables_and_text_tokens_as_the_stock_uses_them(build, monkeypatch):
     # The kernel replaced by the float64 reference (the GPU tests check the kernel against it):
     # whole fp32 transformers then agree with the stock processors to fp32 rounding.
