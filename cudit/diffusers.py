@@ -11,7 +11,7 @@ as diffusers does it. Attention modules cudit cannot serve keep their stock proc
 `enable` logs one line a reason (logger "cudit.diffusers"); calls it cannot serve at run time
 (grad mode with trainable weights, host tensors, other dtypes) go to the stock processor too.
 Supported: WAN 2.x self-attention, FLUX.1 (both block kinds), FLUX.2 (double-stream blocks),
-HunyuanVideo (both block kinds), Cosmos 1.0 self-attention.
+HunyuanVideo (both block kinds), Cosmos 1.0 and LTX-Video self-attention.
 docs/diffusers.md has the details.
 """
 from __future__ import annotations
@@ -275,16 +275,51 @@ class CosmosProcessor(_Processor):
         return attn.to_out[1](attn.to_out[0](out))
 
 
+class LTXVideoProcessor(_Processor):
+    """LTX-Video self-attention (LTXAttention)."""
+
+    recipe = "RMSNorm across heads, interleaved RoPE from a table per head"
+
+    @staticmethod
+    def problem(attn) -> str | None:
+        if attn.inner_kv_dim != attn.inner_dim:
+            return "fewer K heads than Q heads"
+        return _norm_problem(attn, ("norm_q", "norm_k")) or _head_dim_problem(attn.inner_dim // attn.heads)
+
+    def __call__(self, attn, hidden_states, encoder_hidden_states=None, attention_mask=None,
+                 image_rotary_emb=None, **kwargs):
+        why = ("no rotary embedding" if image_rotary_emb is None else
+               "encoder states or extra arguments" if encoder_hidden_states is not None or kwargs else
+               self._stock_reason(attn, hidden_states))
+        if why:
+            self._to_stock(attn, why)
+            return self.stock(attn, hidden_states, encoder_hidden_states, attention_mask, image_rotary_emb, **kwargs)
+        if attention_mask is not None:   # as the stock processor shapes it
+            b, s, _ = hidden_states.shape
+            attention_mask = attn.prepare_attention_mask(attention_mask, s, b)
+            attention_mask = attention_mask.view(b, attn.heads, -1, attention_mask.shape[-1])
+        q, k, v = attn.to_q(hidden_states), attn.to_k(hidden_states), attn.to_v(hidden_states)
+        cos, sin = image_rotary_emb
+        cudit_torch.qk_norm_rope((q, k), attn.norm_q.weight, attn.norm_k.weight, cos, sin, num_heads=attn.heads,
+                                 eps=_rms_eps(attn.norm_q, q.dtype), interleave=True)
+        self._count()
+        out = self._attention(*(t.unflatten(2, (attn.heads, -1)) for t in (q, k, v)), attention_mask)
+        out = out.flatten(2, 3).to(q.dtype)
+        return attn.to_out[1](attn.to_out[0](out))
+
+
 def _processor_classes() -> dict:
     """Stock processor class -> cudit processor class, for the models this diffusers has."""
     from diffusers.models.transformers.transformer_cosmos import CosmosAttnProcessor2_0
     from diffusers.models.transformers.transformer_flux import FluxAttnProcessor
     from diffusers.models.transformers.transformer_flux2 import Flux2AttnProcessor
     from diffusers.models.transformers.transformer_hunyuan_video import HunyuanVideoAttnProcessor2_0
+    from diffusers.models.transformers.transformer_ltx import LTXVideoAttnProcessor
     from diffusers.models.transformers.transformer_wan import WanAttnProcessor
 
     return {WanAttnProcessor: WanProcessor, FluxAttnProcessor: FluxProcessor, Flux2AttnProcessor: FluxProcessor,
-            HunyuanVideoAttnProcessor2_0: HunyuanVideoProcessor, CosmosAttnProcessor2_0: CosmosProcessor}
+            HunyuanVideoAttnProcessor2_0: HunyuanVideoProcessor, CosmosAttnProcessor2_0: CosmosProcessor,
+            LTXVideoAttnProcessor: LTXVideoProcessor}
 
 
 def _models(target) -> list:

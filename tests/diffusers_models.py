@@ -68,6 +68,20 @@ def cosmos(dtype=torch.float32, device="cpu", heads=2, head_dim=32, seed=0):
     return model, _to(inputs, device, dtype)
 
 
+def ltx_video(dtype=torch.float32, device="cpu", heads=2, head_dim=32, seed=0):
+    from diffusers import LTXVideoTransformer3DModel
+
+    torch.manual_seed(seed)
+    model = LTXVideoTransformer3DModel(in_channels=8, out_channels=8, patch_size=1, patch_size_t=1, num_attention_heads=heads,
+                                       attention_head_dim=head_dim, cross_attention_dim=heads * head_dim, num_layers=2,
+                                       caption_channels=32)
+    model = _cast(model, device, dtype)
+    g = torch.Generator().manual_seed(seed + 1)
+    inputs = dict(hidden_states=torch.randn(1, 2 * 4 * 4, 8, generator=g), encoder_hidden_states=torch.randn(1, 8, 32, generator=g),
+                  timestep=torch.tensor([500]), encoder_attention_mask=torch.ones(1, 8), num_frames=2, height=4, width=4)
+    return model, _to(inputs, device, dtype)
+
+
 def hunyuan_video(dtype=torch.float32, device="cpu", heads=2, head_dim=32, seed=0):
     from diffusers import HunyuanVideoTransformer3DModel
 

@@ -118,6 +118,7 @@ def _reference_kernel(qk, q_weight, k_weight, cos=None, sin=None, **kw):
     from cudit.reference import qk_norm_rope_ref
 
     kw.pop("inplace", None)
+    assert cos is None or cos.dtype in (torch.float32, torch.bfloat16, torch.float16), cos.dtype   # what cudit takes
     arrays = tuple(t.detach().cpu().numpy() if t is not None else None
                    for t in (q_weight, k_weight, cos, sin, kw.pop("q_add_weight", None), kw.pop("k_add_weight", None)))
     q, k = qk
@@ -128,7 +129,8 @@ def _reference_kernel(qk, q_weight, k_weight, cos=None, sin=None, **kw):
     return qk
 
 
-@pytest.mark.parametrize("build", [tiny.wan, tiny.flux, tiny.flux2, tiny.hunyuan_video, tiny.cosmos])
+@pytest.mark.parametrize("build", [tiny.wan, tiny.flux, tiny.flux2, tiny.hunyuan_video, tiny.cosmos,
+                                   tiny.ltx_video])
 def test_processors_pass_the_modules_weights_tables_and_text_tokens_as_the_stock_uses_them(build, monkeypatch):
     # The kernel replaced by the float64 reference (the GPU tests check the kernel against it):
     # whole fp32 transformers then agree with the stock processors to fp32 rounding.
