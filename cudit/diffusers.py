@@ -30,6 +30,7 @@ from ._planner import _check_head_dim
 log = logging.getLogger("cudit.diffusers")
 
 DTYPES = (torch.bfloat16, torch.float16, torch.float32)
+CROSS = "cross-attention (Q and K have different token counts; no RoPE)"
 
 
 @dataclass(frozen=True)
@@ -88,10 +89,13 @@ def _added_projections(attn, encoder_hidden_states):
 
 
 class _Processor:
-    """A cudit processor: the stock one kept for the calls cudit cannot serve."""
+    """A cudit processor: the stock one kept for the calls cudit cannot serve. A subclass gives
+    `problem(attn)` (None: it can serve the module), `recipe`, and `__call__` with the stock
+    processor's signature."""
 
     _attention_backend = None
     _parallel_config = None
+    recipe = ""
 
     def __init__(self, stock):
         self.stock = stock
@@ -101,8 +105,15 @@ class _Processor:
         self.cudit_calls = 0          # eager calls served by cudit (the tests read it)
         self._logged = set()
 
-    def _stock_reason(self, attn, hidden_states) -> str | None:
-        """Why this call goes to the stock processor, or None."""
+    def _stock_reason(self, attn, hidden_states, rotary, other: str | None = None) -> str | None:
+        """Why this call goes to the stock processor (`other`: the subclass's own reason), or None."""
+        if rotary is None:
+            return "no rotary embedding"
+        return other or self._runtime_reason(attn, hidden_states)
+
+    @staticmethod
+    def _runtime_reason(attn, hidden_states) -> str | None:
+        """What of the call itself cudit cannot serve: autograd, host tensors, other dtypes."""
         if torch.is_grad_enabled() and (hidden_states.requires_grad or any(p.requires_grad for p in attn.parameters())):
             return "grad mode with trainable weights (cudit has no backward yet)"
         if not hidden_states.is_cuda:
@@ -111,20 +122,37 @@ class _Processor:
             return f"dtype {hidden_states.dtype}"
         return None
 
-    def _count(self) -> None:
-        # Not while torch.compile traces: a Python int read there becomes a guard, and each call
-        # would recompile.
-        if not torch.compiler.is_compiling():
-            self.cudit_calls += 1
-
-    def _to_stock(self, attn, why: str) -> None:
+    def _stock(self, why: str, attn, *args, **kwargs):
         if why not in self._logged:
             self._logged.add(why)
             log.info("cudit.diffusers: %s runs its stock processor: %s", type(attn).__name__, why)
+        return self.stock(attn, *args, **kwargs)
 
-    def _attention(self, q, k, v, attention_mask):
-        return dispatch_attention_fn(q, k, v, attn_mask=attention_mask, backend=self._attention_backend,
-                                     parallel_config=self._parallel_config)
+    @staticmethod
+    def _norm_rope(attn, q, k, rotary, head_dim: int, interleave: bool, norms=("norm_q", "norm_k"), **text):
+        """The one cudit call: Q and K (split, in place) with the module's norm weights and tables."""
+        nq, nk = (getattr(attn, n) for n in norms)
+        cos, sin = rotary if rotary is not None else (None, None)
+        cudit_torch.qk_norm_rope((q, k), nq.weight, nk.weight, cos, sin, num_heads=q.shape[-1] // head_dim,
+                                 eps=_rms_eps(nq, q.dtype), interleave=interleave, **text)
+
+    def _attend(self, q, k, v, attention_mask, head_dim: int):
+        """The stock attention dispatch on [B, S, H, D] views; [B, S, H*D] out in Q's dtype."""
+        # Not counted while torch.compile traces: a Python int read there becomes a guard, and
+        # each call would recompile.
+        if not torch.compiler.is_compiling():
+            self.cudit_calls += 1
+        out = dispatch_attention_fn(*(t.unflatten(-1, (-1, head_dim)) for t in (q, k, v)), attn_mask=attention_mask,
+                                    backend=self._attention_backend, parallel_config=self._parallel_config)
+        return out.flatten(2, 3).to(q.dtype)
+
+
+def _out(attn, x):
+    return attn.to_out[1](attn.to_out[0](x))
+
+
+def _inner_head_dim(attn) -> int:
+    return attn.inner_dim // attn.heads
 
 
 class WanProcessor(_Processor):
@@ -135,25 +163,19 @@ class WanProcessor(_Processor):
     @staticmethod
     def problem(attn) -> str | None:
         if attn.is_cross_attention or attn.add_k_proj is not None:
-            return "cross-attention (Q and K have different token counts; no RoPE)"
-        return _norm_problem(attn, ("norm_q", "norm_k")) or _head_dim_problem(attn.inner_dim // attn.heads)
+            return CROSS
+        return _norm_problem(attn, ("norm_q", "norm_k")) or _head_dim_problem(_inner_head_dim(attn))
 
     def __call__(self, attn, hidden_states, encoder_hidden_states=None, attention_mask=None, rotary_emb=None,
                  **kwargs):
-        why = ("no rotary embedding" if rotary_emb is None else
-               "encoder states or extra arguments" if encoder_hidden_states is not None or kwargs else
-               self._stock_reason(attn, hidden_states))
+        other = "encoder states or extra arguments" if encoder_hidden_states is not None or kwargs else None
+        why = self._stock_reason(attn, hidden_states, rotary_emb, other)
         if why:
-            self._to_stock(attn, why)
-            return self.stock(attn, hidden_states, encoder_hidden_states, attention_mask, rotary_emb, **kwargs)
+            return self._stock(why, attn, hidden_states, encoder_hidden_states, attention_mask, rotary_emb, **kwargs)
         q, k, v = _projections(attn, hidden_states)
-        cos, sin = rotary_emb
-        cudit_torch.qk_norm_rope((q, k), attn.norm_q.weight, attn.norm_k.weight, cos, sin, num_heads=attn.heads,
-                                 eps=_rms_eps(attn.norm_q, q.dtype), interleave=True)
-        self._count()
-        out = self._attention(*(t.unflatten(2, (attn.heads, -1)) for t in (q, k, v)), attention_mask)
-        out = out.flatten(2, 3).type_as(q)
-        return attn.to_out[1](attn.to_out[0](out))
+        d = _inner_head_dim(attn)
+        self._norm_rope(attn, q, k, rotary_emb, d, interleave=True)
+        return _out(attn, self._attend(q, k, v, attention_mask, d))
 
 
 class FluxProcessor(_Processor):
@@ -169,33 +191,25 @@ class FluxProcessor(_Processor):
     def __call__(self, attn, hidden_states, encoder_hidden_states=None, attention_mask=None,
                  image_rotary_emb=None, **kwargs):
         joint = encoder_hidden_states is not None
-        why = ("no rotary embedding" if image_rotary_emb is None else
-               "extra arguments" if kwargs else
-               "encoder states without added projections" if joint and attn.added_kv_proj_dim is None else
-               self._stock_reason(attn, hidden_states))
+        other = ("extra arguments" if kwargs else
+                 "encoder states without added projections" if joint and attn.added_kv_proj_dim is None else None)
+        why = self._stock_reason(attn, hidden_states, image_rotary_emb, other)
         if why:
-            self._to_stock(attn, why)
-            return self.stock(attn, hidden_states, encoder_hidden_states, attention_mask, image_rotary_emb, **kwargs)
+            return self._stock(why, attn, hidden_states, encoder_hidden_states, attention_mask, image_rotary_emb,
+                               **kwargs)
         q, k, v = _projections(attn, hidden_states)
         text = {}
-        if joint:
+        if joint:   # text tokens first, with their own norm weights
             eq, ek, ev = _added_projections(attn, encoder_hidden_states)
             q, k, v = torch.cat([eq, q], dim=1), torch.cat([ek, k], dim=1), torch.cat([ev, v], dim=1)
             text = dict(q_add_weight=attn.norm_added_q.weight, k_add_weight=attn.norm_added_k.weight,
                         num_txt_tokens=encoder_hidden_states.shape[1])
-        cos, sin = image_rotary_emb
-        cudit_torch.qk_norm_rope((q, k), attn.norm_q.weight, attn.norm_k.weight, cos, sin,
-                                 num_heads=q.shape[-1] // attn.head_dim, eps=_rms_eps(attn.norm_q, q.dtype),
-                                 interleave=True, **text)
-        self._count()
-        out = self._attention(*(t.unflatten(-1, (-1, attn.head_dim)) for t in (q, k, v)), attention_mask)
-        out = out.flatten(2, 3).to(q.dtype)
+        self._norm_rope(attn, q, k, image_rotary_emb, attn.head_dim, interleave=True, **text)
+        out = self._attend(q, k, v, attention_mask, attn.head_dim)
         if not joint:   # FLUX.1 single-stream blocks have no output projection here
-            return attn.to_out[1](attn.to_out[0](out)) if hasattr(attn, "to_out") else out
-        n_txt = encoder_hidden_states.shape[1]
-        context, out = out.split_with_sizes([n_txt, out.shape[1] - n_txt], dim=1)
-        out = attn.to_out[1](attn.to_out[0](out.contiguous()))
-        return out, attn.to_add_out(context.contiguous())
+            return _out(attn, out) if hasattr(attn, "to_out") else out
+        context, out = out.split_with_sizes([text["num_txt_tokens"], out.shape[1] - text["num_txt_tokens"]], dim=1)
+        return _out(attn, out.contiguous()), attn.to_add_out(context.contiguous())
 
 
 class HunyuanVideoProcessor(_Processor):
@@ -207,105 +221,87 @@ class HunyuanVideoProcessor(_Processor):
     @staticmethod
     def problem(attn) -> str | None:
         names = ("norm_q", "norm_k") + (("norm_added_q", "norm_added_k") if attn.add_q_proj is not None else ())
-        return _norm_problem(attn, names) or _head_dim_problem(attn.inner_dim // attn.heads)
+        return _norm_problem(attn, names) or _head_dim_problem(_inner_head_dim(attn))
 
     def __call__(self, attn, hidden_states, encoder_hidden_states=None, attention_mask=None,
                  image_rotary_emb=None, **kwargs):
-        why = ("no rotary embedding" if image_rotary_emb is None else
-               "extra arguments" if kwargs else self._stock_reason(attn, hidden_states))
+        why = self._stock_reason(attn, hidden_states, image_rotary_emb, "extra arguments" if kwargs else None)
         if why:
-            self._to_stock(attn, why)
-            return self.stock(attn, hidden_states, encoder_hidden_states, attention_mask, image_rotary_emb, **kwargs)
+            return self._stock(why, attn, hidden_states, encoder_hidden_states, attention_mask, image_rotary_emb,
+                               **kwargs)
         n_txt = 0 if encoder_hidden_states is None else encoder_hidden_states.shape[1]
-        added = n_txt and attn.add_q_proj is not None
+        added = n_txt > 0 and attn.add_q_proj is not None
         if n_txt and not added:   # single-stream blocks: text tokens after the video tokens, one projection
             hidden_states = torch.cat([hidden_states, encoder_hidden_states], dim=1)
         q, k, v = attn.to_q(hidden_states), attn.to_k(hidden_states), attn.to_v(hidden_states)
+        d = _inner_head_dim(attn)
         video = q.shape[1] - (0 if added else n_txt)
-        common = dict(num_heads=attn.heads, eps=_rms_eps(attn.norm_q, q.dtype), interleave=True)
-        cos, sin = image_rotary_emb
-        cudit_torch.qk_norm_rope((q[:, :video], k[:, :video]), attn.norm_q.weight, attn.norm_k.weight, cos, sin, **common)
+        self._norm_rope(attn, q[:, :video], k[:, :video], image_rotary_emb, d, interleave=True)
         if n_txt and not added:
-            cudit_torch.qk_norm_rope((q[:, video:], k[:, video:]), attn.norm_q.weight, attn.norm_k.weight, **common)
+            self._norm_rope(attn, q[:, video:], k[:, video:], None, d, interleave=True)
         if added:
             eq, ek, ev = (attn.add_q_proj(encoder_hidden_states), attn.add_k_proj(encoder_hidden_states),
                           attn.add_v_proj(encoder_hidden_states))
-            cudit_torch.qk_norm_rope((eq, ek), attn.norm_added_q.weight, attn.norm_added_k.weight, **common)
+            self._norm_rope(attn, eq, ek, None, d, interleave=True, norms=("norm_added_q", "norm_added_k"))
             q, k, v = torch.cat([q, eq], dim=1), torch.cat([k, ek], dim=1), torch.cat([v, ev], dim=1)
-        self._count()
-        out = self._attention(*(t.unflatten(2, (attn.heads, -1)) for t in (q, k, v)), attention_mask)
-        out = out.flatten(2, 3).to(q.dtype)
+        out = self._attend(q, k, v, attention_mask, d)
         if encoder_hidden_states is not None:
             out, encoder_hidden_states = out[:, :-n_txt], out[:, -n_txt:]
             if getattr(attn, "to_out", None) is not None:
-                out = attn.to_out[1](attn.to_out[0](out))
+                out = _out(attn, out)
             if getattr(attn, "to_add_out", None) is not None:
                 encoder_hidden_states = attn.to_add_out(encoder_hidden_states)
         return out, encoder_hidden_states
 
 
-class CosmosProcessor(_Processor):
-    """Cosmos self-attention (the generic Attention class with Cosmos' processor)."""
+class _SelfAttentionProcessor(_Processor):
+    """Self-attention of the generic shape: Q, K, V from the same tokens, one table, no text tokens."""
 
-    recipe = "per-head RMSNorm, rotate_half RoPE"
+    interleave = True
 
     @staticmethod
     def problem(attn) -> str | None:
-        if attn.is_cross_attention:
-            return "cross-attention (Q and K have different token counts; no RoPE)"
+        if getattr(attn, "is_cross_attention", False):
+            return CROSS
         if attn.to_k.out_features != attn.to_q.out_features:
-            return "fewer K heads than Q heads (the stock processor's GQA handling)"
-        return _norm_problem(attn, ("norm_q", "norm_k")) or _head_dim_problem(attn.inner_dim // attn.heads)
+            return "fewer K heads than Q heads"
+        return _norm_problem(attn, ("norm_q", "norm_k")) or _head_dim_problem(_inner_head_dim(attn))
+
+    def _mask(self, attn, attention_mask, hidden_states):
+        return attention_mask
 
     def __call__(self, attn, hidden_states, encoder_hidden_states=None, attention_mask=None,
                  image_rotary_emb=None, **kwargs):
-        why = ("no rotary embedding" if image_rotary_emb is None else
-               "encoder states or extra arguments" if encoder_hidden_states is not None or kwargs else
-               self._stock_reason(attn, hidden_states))
+        other = "encoder states or extra arguments" if encoder_hidden_states is not None or kwargs else None
+        why = self._stock_reason(attn, hidden_states, image_rotary_emb, other)
         if why:
-            self._to_stock(attn, why)
-            return self.stock(attn, hidden_states, encoder_hidden_states, attention_mask, image_rotary_emb, **kwargs)
+            return self._stock(why, attn, hidden_states, encoder_hidden_states, attention_mask, image_rotary_emb,
+                               **kwargs)
+        attention_mask = self._mask(attn, attention_mask, hidden_states)
         q, k, v = attn.to_q(hidden_states), attn.to_k(hidden_states), attn.to_v(hidden_states)
-        cos, sin = image_rotary_emb
-        cudit_torch.qk_norm_rope((q, k), attn.norm_q.weight, attn.norm_k.weight, cos, sin, num_heads=attn.heads,
-                                 eps=_rms_eps(attn.norm_q, q.dtype), interleave=False)
-        self._count()
-        out = self._attention(*(t.unflatten(2, (attn.heads, -1)) for t in (q, k, v)), attention_mask)
-        out = out.flatten(2, 3).type_as(q)
-        return attn.to_out[1](attn.to_out[0](out))
+        d = _inner_head_dim(attn)
+        self._norm_rope(attn, q, k, image_rotary_emb, d, interleave=self.interleave)
+        return _out(attn, self._attend(q, k, v, attention_mask, d))
 
 
-class LTXVideoProcessor(_Processor):
+class CosmosProcessor(_SelfAttentionProcessor):
+    """Cosmos self-attention (the generic Attention class with Cosmos' processor)."""
+
+    recipe = "per-head RMSNorm, rotate_half RoPE"
+    interleave = False
+
+
+class LTXVideoProcessor(_SelfAttentionProcessor):
     """LTX-Video self-attention (LTXAttention)."""
 
     recipe = "RMSNorm across heads, interleaved RoPE from a table per head"
 
-    @staticmethod
-    def problem(attn) -> str | None:
-        if attn.inner_kv_dim != attn.inner_dim:
-            return "fewer K heads than Q heads"
-        return _norm_problem(attn, ("norm_q", "norm_k")) or _head_dim_problem(attn.inner_dim // attn.heads)
-
-    def __call__(self, attn, hidden_states, encoder_hidden_states=None, attention_mask=None,
-                 image_rotary_emb=None, **kwargs):
-        why = ("no rotary embedding" if image_rotary_emb is None else
-               "encoder states or extra arguments" if encoder_hidden_states is not None or kwargs else
-               self._stock_reason(attn, hidden_states))
-        if why:
-            self._to_stock(attn, why)
-            return self.stock(attn, hidden_states, encoder_hidden_states, attention_mask, image_rotary_emb, **kwargs)
-        if attention_mask is not None:   # as the stock processor shapes it
-            b, s, _ = hidden_states.shape
-            attention_mask = attn.prepare_attention_mask(attention_mask, s, b)
-            attention_mask = attention_mask.view(b, attn.heads, -1, attention_mask.shape[-1])
-        q, k, v = attn.to_q(hidden_states), attn.to_k(hidden_states), attn.to_v(hidden_states)
-        cos, sin = image_rotary_emb
-        cudit_torch.qk_norm_rope((q, k), attn.norm_q.weight, attn.norm_k.weight, cos, sin, num_heads=attn.heads,
-                                 eps=_rms_eps(attn.norm_q, q.dtype), interleave=True)
-        self._count()
-        out = self._attention(*(t.unflatten(2, (attn.heads, -1)) for t in (q, k, v)), attention_mask)
-        out = out.flatten(2, 3).to(q.dtype)
-        return attn.to_out[1](attn.to_out[0](out))
+    def _mask(self, attn, attention_mask, hidden_states):
+        if attention_mask is None:   # else shaped as the stock processor shapes it
+            return None
+        b, s, _ = hidden_states.shape
+        attention_mask = attn.prepare_attention_mask(attention_mask, s, b)
+        return attention_mask.view(b, attn.heads, -1, attention_mask.shape[-1])
 
 
 def _processor_classes() -> dict:
@@ -345,7 +341,10 @@ def enable(target) -> list:
                 report.append(Swap(name, type(module).__name__, True, "already enabled"))
                 continue
             proc_cls = classes.get(type(current))
-            why = f"{type(current).__name__} is not a processor cudit replaces" if proc_cls is None else proc_cls.problem(module)
+            if proc_cls is None:
+                why = f"{type(current).__name__} is not a processor cudit replaces"
+            else:   # diffusers' DiTs name their cross-attention attn2 (LTX-Video's module tells it no other way)
+                why = CROSS if name.rsplit(".", 1)[-1] == "attn2" else proc_cls.problem(module)
             if why is None:
                 module.set_processor(proc_cls(current))
             report.append(Swap(name, type(module).__name__, why is None, why or proc_cls.recipe))

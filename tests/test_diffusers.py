@@ -41,8 +41,9 @@ def test_flux2_double_blocks_are_swapped_and_its_parallel_single_blocks_kept():
     assert "Flux2ParallelSelfAttnProcessor is not a processor cudit replaces" in report["single_transformer_blocks.0.attn"].why
 
 
-def test_cosmos_self_attention_is_swapped_and_cross_attention_kept():
-    model, _ = tiny.cosmos()
+@pytest.mark.parametrize("build", [tiny.cosmos, tiny.ltx_video])
+def test_cosmos_and_ltx_self_attention_is_swapped_and_cross_attention_kept(build):
+    model, _ = build()
     report = {s.name: s for s in cd.enable(model)}
     assert report["transformer_blocks.0.attn1"].swapped and report["transformer_blocks.1.attn1"].swapped
     assert not report["transformer_blocks.0.attn2"].swapped and "cross-attention" in report["transformer_blocks.0.attn2"].why
@@ -136,7 +137,7 @@ def test_processors_pass_the_modules_weights_tables_and_text_tokens_as_the_stock
     # whole fp32 transformers then agree with the stock processors to fp32 rounding.
     model, inputs = build()
     want = tiny.run(model, inputs)
-    monkeypatch.setattr(cd._Processor, "_stock_reason", lambda self, attn, h: None)
+    monkeypatch.setattr(cd._Processor, "_runtime_reason", staticmethod(lambda attn, h: None))   # host tensors pass
     monkeypatch.setattr(cd.cudit_torch, "qk_norm_rope", _reference_kernel)
     cd.enable(model)
     got = tiny.run(model, inputs)
