@@ -3,11 +3,10 @@ processors, checked against the stock ones.
 
     python examples/diffusers_flux.py       # needs a GPU, diffusers and transformers
 """
-import diffusers
 import torch
 from diffusers import AutoencoderKL, FlowMatchEulerDiscreteScheduler, FluxPipeline, FluxTransformer2DModel
 
-import cudit.diffusers
+from diffusers_compare import stock_then_cudit   # examples/, beside this script
 
 
 def tiny_pipeline(device="cuda", dtype=torch.bfloat16):
@@ -33,18 +32,7 @@ def generate(pipe):
 
 
 def main():
-    diffusers.utils.logging.set_verbosity_error()   # the tiny models' dtype notes
-    pipe = tiny_pipeline()
-    with torch.no_grad():
-        stock = generate(pipe)
-        report = cudit.diffusers.enable(pipe)
-        ours = generate(pipe)
-    for s in report:
-        print(f"{s.name:<36} {'cudit' if s.swapped else 'stock'}: {s.why}")
-    diff = (ours.float() - stock.float()).abs().max().item()
-    print(f"images {tuple(ours.shape)}: max |cudit - stock| = {diff:.4f} (pixels in [0, 1])")
-    assert diff < 0.05, diff
-    print("ok")
+    stock_then_cudit(tiny_pipeline(), generate, "images")
 
 
 if __name__ == "__main__":
