@@ -1,7 +1,7 @@
 """One denoising step of a diffusers transformer at real dimensions (a few layers of random
 weights, no hub), stock attention processors against cudit.diffusers', eager and compiled.
 
-    PYTHONPATH=. python benchmarks/diffusers_step.py [--models wan-1.3b,flux.1] [--layers 2] [--modes eager,compiled]
+    PYTHONPATH=. python benchmarks/diffusers_step.py [--models wan-1.3b,wan-14b-720p,flux.1] [--layers 2] [--modes eager,compiled]
 
 Per model: the step's median device time each way (events, warm-up, 10 runs), the speed-up,
 and the QK norm + RoPE step inside the block: cudit's kernels from the profiler, the stock
@@ -27,6 +27,17 @@ def wan_13b(layers):
     return model, inputs, "WAN-1.3B 480p (32,760 tokens)"
 
 
+def wan_14b_720p(layers):
+    from diffusers import WanTransformer3DModel
+
+    model = WanTransformer3DModel(patch_size=(1, 2, 2), num_attention_heads=40, attention_head_dim=128, in_channels=16,
+                                  out_channels=16, text_dim=4096, freq_dim=256, ffn_dim=13824, num_layers=layers,
+                                  cross_attn_norm=True, qk_norm="rms_norm_across_heads", eps=1e-6)
+    inputs = dict(hidden_states=torch.randn(1, 16, 21, 90, 160), timestep=torch.tensor([500]),
+                  encoder_hidden_states=torch.randn(1, 512, 4096))
+    return model, inputs, "WAN-14B 720p (75,600 tokens)"
+
+
 def flux_1(layers):
     from diffusers import FluxTransformer2DModel
 
@@ -41,7 +52,7 @@ def flux_1(layers):
     return model, inputs, "FLUX.1 1024 px (4,096 + 512 tokens)"
 
 
-MODELS = {"wan-1.3b": wan_13b, "flux.1": flux_1}
+MODELS = {"wan-1.3b": wan_13b, "wan-14b-720p": wan_14b_720p, "flux.1": flux_1}
 
 
 def median_ms(fn, reps=10, warmup=3):
@@ -70,7 +81,7 @@ def cudit_kernel_ms(step) -> float:
 
 def main(argv) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--models", default=",".join(MODELS))
+    ap.add_argument("--models", default="wan-1.3b,flux.1")
     ap.add_argument("--layers", type=int, default=2)
     ap.add_argument("--modes", default="eager,compiled")
     args = ap.parse_args(argv)
