@@ -16,26 +16,24 @@ import torch
 import cudit.diffusers as cd
 
 
-def wan_13b(layers):
+def _wan(layers, heads, ffn_dim, height, width, label):
+    """A WAN transformer of the given size; 81 frames (21 latent) at height x width pixels / 8."""
     from diffusers import WanTransformer3DModel
 
-    model = WanTransformer3DModel(patch_size=(1, 2, 2), num_attention_heads=12, attention_head_dim=128, in_channels=16,
-                                  out_channels=16, text_dim=4096, freq_dim=256, ffn_dim=8960, num_layers=layers,
+    model = WanTransformer3DModel(patch_size=(1, 2, 2), num_attention_heads=heads, attention_head_dim=128, in_channels=16,
+                                  out_channels=16, text_dim=4096, freq_dim=256, ffn_dim=ffn_dim, num_layers=layers,
                                   cross_attn_norm=True, qk_norm="rms_norm_across_heads", eps=1e-6)
-    inputs = dict(hidden_states=torch.randn(1, 16, 21, 60, 104), timestep=torch.tensor([500]),
+    inputs = dict(hidden_states=torch.randn(1, 16, 21, height, width), timestep=torch.tensor([500]),
                   encoder_hidden_states=torch.randn(1, 512, 4096))
-    return model, inputs, "WAN-1.3B 480p (32,760 tokens)"
+    return model, inputs, label
+
+
+def wan_13b(layers):
+    return _wan(layers, 12, 8960, 60, 104, "WAN-1.3B 480p (32,760 tokens)")
 
 
 def wan_14b_720p(layers):
-    from diffusers import WanTransformer3DModel
-
-    model = WanTransformer3DModel(patch_size=(1, 2, 2), num_attention_heads=40, attention_head_dim=128, in_channels=16,
-                                  out_channels=16, text_dim=4096, freq_dim=256, ffn_dim=13824, num_layers=layers,
-                                  cross_attn_norm=True, qk_norm="rms_norm_across_heads", eps=1e-6)
-    inputs = dict(hidden_states=torch.randn(1, 16, 21, 90, 160), timestep=torch.tensor([500]),
-                  encoder_hidden_states=torch.randn(1, 512, 4096))
-    return model, inputs, "WAN-14B 720p (75,600 tokens)"
+    return _wan(layers, 40, 13824, 90, 160, "WAN-14B 720p (75,600 tokens)")
 
 
 def flux_1(layers):
