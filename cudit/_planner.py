@@ -288,6 +288,20 @@ def _out_sides(req: Request, tokens: Tokens, d: int, q: Side, k: Side, arrays: d
     return oq, ok
 
 
+HEAD_OFFSET_MAX = 2**31 - 1   # the kernels offset heads within a row in 32-bit elements
+
+
+def _check_head_offsets(d: int, sides, tables) -> None:
+    for side in sides:
+        if (side.heads - 1) * abs(side.hs) + d > HEAD_OFFSET_MAX:
+            raise _fail(side.role, f"heads within {HEAD_OFFSET_MAX} elements of each other",
+                        f"a head stride of {side.hs} elements over {side.heads} heads")
+    for role, t in zip(("cos", "sin"), tables):
+        if t is not None and (sides[0].heads - 1) * abs(t.hs) + d > HEAD_OFFSET_MAX:
+            raise _fail(role, f"heads within {HEAD_OFFSET_MAX} elements of each other",
+                        f"a head stride of {t.hs} elements")
+
+
 # ------------------------------------------------------------------------ norm weights
 
 
@@ -643,6 +657,7 @@ def make_plan(req: Request, device: DeviceSpec, tuning: Tuning) -> Plan:
     _check_weights(req, vec)
     dual = _check_dual_stream(req, tokens, norm)
     cos_t, sin_t = _rope_tables(req, d, q, k, tokens, vec)
+    _check_head_offsets(d, (q, k, oq, ok), (cos_t, sin_t))
     rope = "none" if cos_t is None else ("interleaved" if req.interleave else "half")
     if norm == "none" and rope == "none":
         raise PlanError("q_weight/k_weight and cos/sin are all None: there is nothing to compute")

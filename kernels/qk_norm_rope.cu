@@ -38,11 +38,11 @@ template <typename T, int PARTS> struct Item {
 template <typename T, typename C> struct Row {
     const T* in;
     T* out;
-    i64 in_hs, out_hs;
+    int in_hs, out_hs;   // head strides fit 32 bits (the planner checks): one multiply a head
     const void* w;
     const C* cos;   // this token's table rows, at head 0 and this thread's d
     const C* sin;
-    i64 cos_hs, sin_hs;
+    int cos_hs, sin_hs;
     int heads;
     int w_dtype;
     float inv_n;
@@ -59,8 +59,8 @@ __device__ __forceinline__ Row<T, C> locate_row(const Params& p, u32 row, int d)
     const u32 s = tok - b * p.seq.d;
 
     Row<T, C> out;
-    out.in_hs = k_side ? k.in_hs : q.in_hs;
-    out.out_hs = k_side ? k.out_hs : q.out_hs;
+    out.in_hs = (int)(k_side ? k.in_hs : q.in_hs);
+    out.out_hs = (int)(k_side ? k.out_hs : q.out_hs);
     out.in = static_cast<const T*>(k_side ? p.in[1] : p.in[0]) + (i64)b * (k_side ? k.in_sb : q.in_sb) +
              (i64)s * (k_side ? k.in_ss : q.in_ss) + d;
     out.out = static_cast<T*>(k_side ? p.out[1] : p.out[0]) + (i64)b * (k_side ? k.out_sb : q.out_sb) +
@@ -76,14 +76,14 @@ __device__ __forceinline__ Row<T, C> locate_row(const Params& p, u32 row, int d)
     const u32 ts = trow - tb * p.tab_inner.d;
     out.cos = static_cast<const C*>(p.cos) + (i64)tb * p.cos_rb + (i64)ts * p.cos_rs + d;
     out.sin = static_cast<const C*>(p.sin) + (i64)tb * p.sin_rb + (i64)ts * p.sin_rs + d;
-    out.cos_hs = p.cos_hs;
-    out.sin_hs = p.sin_hs;
+    out.cos_hs = (int)p.cos_hs;
+    out.sin_hs = (int)p.sin_hs;
     return out;
 }
 
 template <typename T, typename C, int PARTS>
 __device__ __forceinline__ void load_item(const Row<T, C>& row, int stride, int h, Item<T, PARTS>& it) {
-    const T* src = row.in + (i64)h * row.in_hs;
+    const T* src = row.in + h * row.in_hs;
 #pragma unroll
     for (int q = 0; q < PARTS; ++q) it.part[q].load(src + q * stride);
 }
@@ -207,7 +207,7 @@ __device__ __forceinline__ void finish_three(const Row<T, C>& row, int stride, i
     constexpr int VEC = Item<T, 3>::VEC;
     constexpr bool ahead = THREE_VECTOR_LOOKAHEAD;
     static_assert(NORM != NORM_FULL && ROPE != ROPE_HALF, "three-vector items are per-head, no rotate_half");
-    T* dst = row.out + (i64)h * row.out_hs;
+    T* dst = row.out + h * row.out_hs;
     VecConsts<VEC> cur, next;
     if (ahead) read_consts<ROPE, NORM>(0, tab, hw, cur);
 #pragma unroll
@@ -275,7 +275,7 @@ __device__ __forceinline__ void finish_item(const Row<T, C>& row, int stride, in
 #pragma unroll
         for (int e = 0; e < VEC; ++e) x[0][e] = lo[e];
     }
-    T* dst = row.out + (i64)h * row.out_hs;
+    T* dst = row.out + h * row.out_hs;
 #pragma unroll
     for (int q = 0; q < PARTS; ++q) {
         o.part[q].from_floats(x[q]);
@@ -322,7 +322,7 @@ __device__ __forceinline__ void prefetch_row(const Params& p, u32 row_id, int d,
     const Row<T, C> row = locate_row<T, C>(p, row_id, d);
     for_thread_heads<(K > 0 ? K : 4)>(hl, th, row.heads, [&](int h) {
 #pragma unroll
-        for (int q = 0; q < PARTS; ++q) prefetch_l2(row.in + (i64)h * row.in_hs + q * stride);
+        for (int q = 0; q < PARTS; ++q) prefetch_l2(row.in + h * row.in_hs + q * stride);
     });
 }
 

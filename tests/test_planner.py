@@ -233,6 +233,21 @@ def test_misaligned_pointer_and_stride():
         qkv=packed(strides=(64 * 1540, 1540, 1)))
 
 
+def test_head_stride_beyond_32_bit_offsets():
+    # [B, S, H, D] views whose heads lie 2^30 elements apart: 4 heads span more than 2^31
+    far = 2**30
+    q = arr((2, 64, 4, D), strides=(64 * 8 * far, 8 * far, far, 1))
+    k = arr((2, 64, 4, D), strides=(64 * 8 * far, 8 * far, far, 1), ptr=BASE + 2 * far)
+    bad(r"q: expected heads within 2147483647 elements of each other, got a head stride of 1073741824",
+        qkv=(q, k), num_heads=None)
+    near = 2**29
+    q = arr((2, 64, 4, D), strides=(64 * 8 * near, 8 * near, near, 1))
+    k = arr((2, 64, 4, D), strides=(64 * 8 * near, 8 * near, near, 1), ptr=BASE + 2 * near)
+    qw, kw = weights(D)
+    c, s = table((64, D))
+    assert params(make_plan(Request((q, k), qw, kw, c, s))).side[0].in_hs == near
+
+
 def test_width_does_not_match_num_heads():
     bad(r"qkv: expected a last-axis width divisible by its 15 heads", num_heads=5)
     bad(r"num_heads: expected an int or a tuple of 3 ints", num_heads=(4, 4))
