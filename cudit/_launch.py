@@ -161,13 +161,13 @@ class Launcher:
 
 def with_ahead(p: Plan, kernel, sms: int) -> bytes:
     """p's parameter bytes with Params.ahead set: p.ahead_waves waves of the blocks this GPU
-    holds at once, in rows."""
+    holds at once, in tokens of one side (a block's rows are tokens of one side)."""
     cfg = p.config
     if not cfg.ahead_waves:
         return p.template
     resident = kernel.occupancy.max_active_blocks_per_multiprocessor(cfg.block, p.smem) * sms
     prm = Params.from_buffer_copy(p.template)
-    prm.ahead = int(cfg.ahead_waves * resident * (cfg.block // cfg.team))
+    prm.ahead = int(cfg.ahead_waves * resident * (cfg.block // cfg.team) / 2)
     return bytes(prm)
 
 

@@ -601,7 +601,7 @@ def launch_config(w: Work, device: DeviceSpec, tuning: Tuning) -> LaunchConfig:
     if tuning.fixed_row_iters is not None:
         most, single_below = tuning.fixed_row_iters, 0
     iters = 1 if groups < single_below else max(1, min(most, groups // tuning.full_grid))
-    grid = -(-w.rows // (rows_per_block * iters))
+    grid = 2 * -(-(w.rows // 2) // (rows_per_block * iters))   # even: a block takes one side (Q, K)
     if grid > MAX_GRID_X:
         raise PlanError(f"qkv: {w.rows} rows need {grid} blocks, over the grid limit")
     k = geo.heads_per_thread

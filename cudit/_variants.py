@@ -49,7 +49,7 @@ ARCH_MAX_THREADS = {("sm_100", 1, "full", 4): 512, ("sm_100", 1, "full", 3): 640
                     ("sm_120", 2, "head", 2): 512, ("sm_100", 3, "head", 0): 512, ("sm_120", 3, "head", 0): 512}
 # Variants built a second time for one [S, D] cos/sin slice shared by all heads (suffix _st),
 # by (rope, norm, K): their bound, and per architecture where that one spilled.
-SHARED_TABLE_BOUNDS = {("half", "full", 2): 768, ("interleaved", "head", 4): 768}
+SHARED_TABLE_BOUNDS = {("half", "full", 2): 640, ("interleaved", "head", 4): 768}
 SHARED_TABLE_ARCH_BOUNDS = {("sm_100", "half", "full", 2): 512, ("sm_120", "half", "full", 2): 512}
 # Variants built a second time without the rows-ahead code (suffix _na), for plans of several
 # row groups a block, which never ask for rows ahead, by (rope, norm, K).

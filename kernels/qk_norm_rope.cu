@@ -48,28 +48,23 @@ template <typename T, typename C> struct Row {
     float inv_n;
 };
 
-template <typename T, typename C>
-__device__ __forceinline__ Row<T, C> locate_row(const Params& p, u32 row, int d) {
-    const u32 tok = row >> 1;
-    const bool k_side = row & 1u;
-    // Select field by field: a dynamic index into the parameter struct would copy it to local memory.
-    const SideParams& q = p.side[0];
-    const SideParams& k = p.side[1];
+// SIDE (0 = Q, 1 = K) is a template argument: a block holds rows of one side (its parity), so
+// every per-side field is a constant-bank operand instead of a selected register.
+template <typename T, typename C, int SIDE>
+__device__ __forceinline__ Row<T, C> locate_row(const Params& p, u32 tok, int d) {
+    const SideParams& sp = p.side[SIDE];
     const u32 b = div(tok, p.seq);
     const u32 s = tok - b * p.seq.d;
 
     Row<T, C> out;
-    out.in_hs = (int)(k_side ? k.in_hs : q.in_hs);
-    out.out_hs = (int)(k_side ? k.out_hs : q.out_hs);
-    out.in = static_cast<const T*>(k_side ? p.in[1] : p.in[0]) + (i64)b * (k_side ? k.in_sb : q.in_sb) +
-             (i64)s * (k_side ? k.in_ss : q.in_ss) + d;
-    out.out = static_cast<T*>(k_side ? p.out[1] : p.out[0]) + (i64)b * (k_side ? k.out_sb : q.out_sb) +
-              (i64)s * (k_side ? k.out_ss : q.out_ss) + d;
-    const bool txt = s < p.num_txt;
-    out.w = k_side ? (txt ? p.w_txt[1] : p.w[1]) : (txt ? p.w_txt[0] : p.w[0]);
-    out.w_dtype = k_side ? k.w_dtype : q.w_dtype;
-    out.heads = k_side ? k.heads : q.heads;
-    out.inv_n = k_side ? k.inv_n : q.inv_n;
+    out.in_hs = (int)sp.in_hs;
+    out.out_hs = (int)sp.out_hs;
+    out.in = static_cast<const T*>(p.in[SIDE]) + (i64)b * sp.in_sb + (i64)s * sp.in_ss + d;
+    out.out = static_cast<T*>(p.out[SIDE]) + (i64)b * sp.out_sb + (i64)s * sp.out_ss + d;
+    out.w = s < p.num_txt ? p.w_txt[SIDE] : p.w[SIDE];
+    out.w_dtype = sp.w_dtype;
+    out.heads = sp.heads;
+    out.inv_n = sp.inv_n;
 
     const u32 trow = tok - div(tok, p.tab_rows) * p.tab_rows.d;
     const u32 tb = div(trow, p.tab_inner);
@@ -317,9 +312,9 @@ __device__ __forceinline__ void for_thread_heads(int hl, int th, int heads, F f)
 }
 
 // Ask L2 for a row a team will process next: the data arrives without holding registers.
-template <typename T, typename C, int PARTS, int K>
-__device__ __forceinline__ void prefetch_row(const Params& p, u32 row_id, int d, int hl, int th, int stride) {
-    const Row<T, C> row = locate_row<T, C>(p, row_id, d);
+template <typename T, typename C, int PARTS, int K, int SIDE>
+__device__ __forceinline__ void prefetch_row(const Params& p, u32 tok, int d, int hl, int th, int stride) {
+    const Row<T, C> row = locate_row<T, C, SIDE>(p, tok, d);
     for_thread_heads<(K > 0 ? K : 4)>(hl, th, row.heads, [&](int h) {
 #pragma unroll
         for (int q = 0; q < PARTS; ++q) prefetch_l2(row.in + h * row.in_hs + q * stride);
@@ -367,12 +362,14 @@ constexpr u32 NO_ROW = ~0u;
 template <int NORM, int PARTS>
 __device__ __forceinline__ constexpr bool ahead_in_row() { return NORM == NORM_FULL || PARTS > 1; }
 
-__device__ __forceinline__ u32 row_ahead(const Params& p, u32 row_id) {
-    return p.ahead && row_id < p.total_rows && p.ahead < p.total_rows - row_id ? row_id + p.ahead : NO_ROW;
+// Params.ahead counts tokens of the same side.
+__device__ __forceinline__ u32 row_ahead(const Params& p, u32 tok) {
+    const u32 tokens = p.total_rows >> 1;
+    return p.ahead && tok < tokens && p.ahead < tokens - tok ? tok + p.ahead : NO_ROW;
 }
 
-template <typename T, typename C, int ROPE, int NORM, int K, int PARTS, int TABLE>
-__device__ __forceinline__ void process_row(const Params& p, u32 row_id, u32 row_in_block, u32 parity, u32 far_row) {
+template <typename T, typename C, int ROPE, int NORM, int K, int PARTS, int TABLE, int SIDE>
+__device__ __forceinline__ void process_row(const Params& p, u32 tok, u32 row_in_block, u32 parity, u32 far_row) {
     constexpr int VEC = Item<T, PARTS>::VEC;
     typedef Item<T, PARTS> It;
     const u32 team = p.team;
@@ -383,9 +380,9 @@ __device__ __forceinline__ void process_row(const Params& p, u32 row_id, u32 row
     const int stride = part_stride<PARTS>(p);
     const int d = (int)j * VEC;
     // Threads of a missing row or past the head dim still take part in shuffles and barriers.
-    const bool active = row_id < p.total_rows && (int)j < p.lanes_d;
+    const bool active = tok < (p.total_rows >> 1) && (int)j < p.lanes_d;
 
-    const Row<T, C> row = locate_row<T, C>(p, active ? row_id : 0u, d);
+    const Row<T, C> row = locate_row<T, C, SIDE>(p, active ? tok : 0u, d);
     // Under PDL the parameters and the index math above overlap the previous kernel's tail; the
     // first global access waits (perf-notes v9).
     wait_for_producer();
@@ -423,7 +420,7 @@ __device__ __forceinline__ void process_row(const Params& p, u32 row_id, u32 row
         }
         if (active && early_table) tab.load(row.cos, row.sin, stride);
         if (ahead_in_row<NORM, PARTS>() && far_row != NO_ROW && (int)j < p.lanes_d)
-            prefetch_row<T, C, PARTS, K>(p, far_row, d, hl, th, stride);
+            prefetch_row<T, C, PARTS, K, SIDE>(p, far_row, d, hl, th, stride);
         // Per-head tables (LTX-2) into L1 in several-vector items only: in the one-vector variants the
         // extra addressing made ptxas spill. A late shared slice: one request serves all heads.
         if (ROPE != ROPE_NONE && active) {
@@ -472,8 +469,7 @@ __device__ __forceinline__ void process_row(const Params& p, u32 row_id, u32 row
             r = 1.f / sqrtf(team_sum(ss, team, row_in_block, parity) * row.inv_n + p.eps);
         }
         release_dependents();
-        const int max_heads = p.side[0].heads > p.side[1].heads ? p.side[0].heads : p.side[1].heads;
-        for (int base = 0; base < max_heads; base += th) {
+        for (int base = 0; base < row.heads; base += th) {   // one side a block: uniform
             const int h = base + hl;
             const bool ok = active && h < row.heads;
             It it;
@@ -486,31 +482,39 @@ __device__ __forceinline__ void process_row(const Params& p, u32 row_id, u32 row
     }
 }
 
-// AHEAD == 0: variants for blocks of several row groups, which never ask for rows ahead
-// (Params.ahead is 0 for them), built without that code.
-template <typename T, typename C, int ROPE, int NORM, int K, int PARTS, int TABLE, int AHEAD>
-__device__ __forceinline__ void qk_norm_rope_body(const Params& p) {
+// Blocks alternate sides (even: Q, odd: K); a block's rows are consecutive tokens of its side,
+// and it takes p.iters of them a row, a grid's worth of tokens apart. AHEAD == 0: variants for
+// blocks that never ask for rows ahead (Params.ahead is 0 for them), built without that code.
+template <typename T, typename C, int ROPE, int NORM, int K, int PARTS, int TABLE, int AHEAD, int SIDE>
+__device__ __forceinline__ void side_body(const Params& p) {
     const u32 rows_per_block = blockDim.y;   // blockDim.x is the team
     const u32 row_in_block = threadIdx.y;
     const TeamLane tl = team_lane<NORM>(p);
     const int d = (int)tl.j * Item<T, PARTS>::VEC;
-    // A block takes p.iters groups of rows in turn and prefetches each next group into L2.
-    const u32 first = blockIdx.x * rows_per_block * p.iters + row_in_block;
+    const u32 tokens = p.total_rows >> 1;
+    const u32 step = (gridDim.x >> 1) * rows_per_block;
+    const u32 first = (blockIdx.x >> 1) * rows_per_block + row_in_block;
     for (u32 i = 0; i < p.iters; ++i) {
-        const u32 row_id = first + i * rows_per_block;
-        const u32 next = row_id + rows_per_block;
-        if (i + 1 < p.iters && next < p.total_rows && (int)tl.j < p.lanes_d) {
+        const u32 tok = first + i * step;
+        const u32 next = tok + step;
+        if (i + 1 < p.iters && next < tokens && (int)tl.j < p.lanes_d) {
             wait_for_producer();   // a global access (process_row waits too: a no-op the second time)
-            prefetch_row<T, C, PARTS, K>(p, next, d, tl.hl, (int)p.th, part_stride<PARTS>(p));
+            prefetch_row<T, C, PARTS, K, SIDE>(p, next, d, tl.hl, (int)p.th, part_stride<PARTS>(p));
         }
-        const u32 far_row = AHEAD && ahead_in_row<NORM, PARTS>() && i == 0 ? row_ahead(p, row_id) : NO_ROW;
-        process_row<T, C, ROPE, NORM, K, PARTS, TABLE>(p, row_id, row_in_block, i & 1u, far_row);
+        const u32 far_row = AHEAD && ahead_in_row<NORM, PARTS>() && i == 0 ? row_ahead(p, tok) : NO_ROW;
+        process_row<T, C, ROPE, NORM, K, PARTS, TABLE, SIDE>(p, tok, row_in_block, i & 1u, far_row);
     }
     if (AHEAD && !ahead_in_row<NORM, PARTS>()) {
         const u32 far_row = row_ahead(p, first);
         if (far_row != NO_ROW && (int)tl.j < p.lanes_d)
-            prefetch_row<T, C, PARTS, K>(p, far_row, d, tl.hl, (int)p.th, part_stride<PARTS>(p));
+            prefetch_row<T, C, PARTS, K, SIDE>(p, far_row, d, tl.hl, (int)p.th, part_stride<PARTS>(p));
     }
+}
+
+template <typename T, typename C, int ROPE, int NORM, int K, int PARTS, int TABLE, int AHEAD>
+__device__ __forceinline__ void qk_norm_rope_body(const Params& p) {
+    if (blockIdx.x & 1u) side_body<T, C, ROPE, NORM, K, PARTS, TABLE, AHEAD, 1>(p);
+    else side_body<T, C, ROPE, NORM, K, PARTS, TABLE, AHEAD, 0>(p);
 }
 
 }  // namespace cudit

@@ -68,15 +68,16 @@ def _call(base, **kw):
     return Request(qkv, qw, kw_, cos, sin, num_heads=4, interleave=kw.get("interleave", True))
 
 
-def test_launcher_turns_waves_ahead_into_rows_for_its_gpu():
+def test_launcher_turns_waves_ahead_into_tokens_for_its_gpu():
     qw, kw = arr((12 * 128,), "bf16", ptr=BASE + 0x100000), arr((12 * 128,), "bf16", ptr=BASE + 0x200000)
     c = arr((1024, 128), "f32", ptr=BASE + 0x300000)
     p = make_plan(Request(arr((1, 1024, 3 * 12 * 128)), qw, kw, c, c, num_heads=12), DEVICE, Tuning())
     cfg = p.config
     assert cfg.ahead_waves > 0 and cfg.variant.norm == "full"
     kernel = SimpleNamespace(occupancy=SimpleNamespace(max_active_blocks_per_multiprocessor=lambda block, smem: 3))
-    rows = Params.from_buffer_copy(_launch.with_ahead(p, kernel, 132)).ahead
-    assert rows == int(cfg.ahead_waves * 3 * 132 * (cfg.block // cfg.team)) > 0
+    tokens = Params.from_buffer_copy(_launch.with_ahead(p, kernel, 132)).ahead
+    # a wave of 3 x 132 blocks covers that many rows, half of them each side's tokens
+    assert tokens == int(cfg.ahead_waves * 3 * 132 * (cfg.block // cfg.team) / 2) > 0
     assert Params.from_buffer_copy(p.template).ahead == 0     # the plan itself stays device-free
 
 

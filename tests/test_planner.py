@@ -361,6 +361,18 @@ def test_blocks_hold_whole_warps():
                 assert g.block % 32 == 0 and g.block % g.team == 0, (lanes, heads, parts, per_head, k, target, g)
 
 
+@pytest.mark.parametrize("tuning", [Tuning(), Tuning().with_knobs(fixed_row_iters=3)])
+def test_grids_pair_q_and_k_blocks_and_cover_every_token(tuning):
+    # kernels/qk_norm_rope.cu: even blocks take Q rows, odd ones K rows, of tokens a grid apart.
+    for tokens, heads, norm, rope in itertools.product((1, 7, 64, 1000, 4097, 32760), (3, 24, 40),
+                                                       ("head", "full"), ("interleaved", "half")):
+        w = _planner.Work("bf16", rope, norm, "f32", True, 128, heads, 2 * tokens)
+        c = _planner.launch_config(w, DEVICE, tuning)
+        rows = c.block // c.team
+        assert c.grid % 2 == 0 and (c.grid // 2) * rows * c.iters >= tokens, (tokens, heads, norm, rope, c)
+        assert (c.grid // 2 - 1) * rows * c.iters < tokens   # no block without a token
+
+
 @pytest.mark.parametrize("dtype,d,norm,rope,parts", [("f32", 256, "head", "interleaved", 2),
                                                      ("f32", 160, "head", "none", 2),
                                                      ("f32", 128, "head", "interleaved", 1),
