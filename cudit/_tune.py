@@ -28,7 +28,9 @@ SHAPES = [
 # "row_iters/<kind>" its (most row groups a block, grid size in groups below which one).
 CANDIDATES = {
     **{f"block_targets/{key}": (96, 128, 192, 256, 384) for key in ("full/1", "full/2", "head/1", "head/2", "head/3")},
-    "row_iters/full/1": ((1, 0), (2, 0), (4, 0)),
+    # (most row groups a block, grid size in groups below which one): long-lived blocks pay a
+    # row's setup less often, short-lived ones end the grid in finer waves
+    **{f"row_iters/{key}": ((1, 0), (2, 0), (4, 0), (2, 49152), (4, 49152), (8, 49152)) for key in ("full/1", "head/1")},
     "ahead_waves_in_row": (0.0, 0.25, 0.5, 1.0),
     "ahead_waves_after_row": (0.5, 1.25, 2.0),
     "ahead_waves_three_vector": (0.5, 0.875, 1.25),

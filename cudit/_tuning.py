@@ -90,7 +90,8 @@ def analytic(device: DeviceSpec) -> Tuning:
     """The default for a card with no table: the sizes that were tuned on a 132-SM card with
     2048 resident threads an SM, scaled by its SM count and resident threads."""
     wave = device.sms * device.threads_per_sm        # threads resident at once
-    return Tuning().with_kind("row_iters", "full/1", (2, 372 * device.sms)).with_knobs(
+    long_lived = (4, 372 * device.sms)   # grids of over ~370 row groups an SM: four each
+    return Tuning().with_kind("row_iters", "full/1", long_lived).with_kind("row_iters", "head/1", long_lived).with_knobs(
         full_grid=8 * device.sms, small_grid_threads=wave // 2, one_row_blocks_up_to=128 * device.sms,
         name=f"analytic default for {device.sms} SMs")
 
