@@ -11,13 +11,14 @@ as diffusers does it. Attention modules cudit cannot serve keep their stock proc
 `enable` logs one line a reason (logger "cudit.diffusers"); calls it cannot serve at run time
 (grad mode with trainable weights, host tensors, other dtypes) go to the stock processor too.
 Supported: WAN 2.x self-attention, FLUX.1 (both block kinds), FLUX.2 (double-stream blocks),
-HunyuanVideo (both block kinds), Cosmos 1.0 and LTX-Video self-attention.
+HunyuanVideo (both block kinds), Cosmos 1.0 and LTX-Video self-attention, Lumina-2, Qwen-Image.
 docs/diffusers.md has the details.
 """
 from __future__ import annotations
 
 import collections
 import logging
+import math
 from dataclasses import dataclass
 
 import torch
@@ -133,15 +134,19 @@ class _Processor:
         """The one cudit call: Q and K (split, in place) with the module's norm weights and tables."""
         nq, nk = (getattr(attn, n) for n in norms)
         cos, sin = rotary if rotary is not None else (None, None)
-        cudit_torch.qk_norm_rope((q, k), nq.weight, nk.weight, cos, sin, num_heads=q.shape[-1] // head_dim,
+        cudit_torch.qk_norm_rope((q, k), nq.weight, nk.weight, cos, sin,
+                                 num_heads=(q.shape[-1] // head_dim, k.shape[-1] // head_dim),
                                  eps=_rms_eps(nq, q.dtype), interleave=interleave, **text)
 
-    def _attend(self, q, k, v, attention_mask, head_dim: int):
-        """The stock attention dispatch on [B, S, H, D] views; [B, S, H*D] out in Q's dtype."""
+    def _count(self):
         # Not counted while torch.compile traces: a Python int read there becomes a guard, and
         # each call would recompile.
         if not torch.compiler.is_compiling():
             self.cudit_calls += 1
+
+    def _attend(self, q, k, v, attention_mask, head_dim: int):
+        """The stock attention dispatch on [B, S, H, D] views; [B, S, H*D] out in Q's dtype."""
+        self._count()
         out = dispatch_attention_fn(*(t.unflatten(-1, (-1, head_dim)) for t in (q, k, v)), attn_mask=attention_mask,
                                     backend=self._attention_backend, parallel_config=self._parallel_config)
         return out.flatten(2, 3).to(q.dtype)
@@ -304,6 +309,104 @@ class LTXVideoProcessor(_SelfAttentionProcessor):
         return attention_mask.view(b, attn.heads, -1, attention_mask.shape[-1])
 
 
+def _complex_tables(*freqs):
+    """cos and sin tables [..., D] (fp32) of rotations given as complex numbers [..., D/2], joined
+    along the token axis: pairs (2i, 2i + 1) share an angle, interleaved RoPE. Lumina-2 and
+    Qwen-Image hand their rotations over this way, so each call builds its tables (one small op,
+    [S, D] floats); every other model's tables are used as they are."""
+    f = freqs[0] if len(freqs) == 1 else torch.cat(freqs, dim=-2)
+    ri = torch.view_as_real(f).float()
+    return ri[..., 0].repeat_interleave(2, dim=-1), ri[..., 1].repeat_interleave(2, dim=-1)
+
+
+def _complex_reason(freqs, tokens: tuple) -> str | None:
+    """Why complex rotations [*tokens, D/2] cannot be served as they are, or None."""
+    if not (torch.is_tensor(freqs) and torch.is_complex(freqs)):
+        return "a rotary embedding that is not complex"
+    if tuple(freqs.shape[:-1]) != tokens:
+        return "a rotation table of another token count"
+    return None
+
+
+class Lumina2Processor(_Processor):
+    """Lumina-2's attention (the generic Attention class with Lumina-2's processor), GQA included."""
+
+    recipe = "per-head RMSNorm, interleaved RoPE from complex rotations"
+
+    @staticmethod
+    def problem(attn) -> str | None:
+        return _norm_problem(attn, ("norm_q", "norm_k")) or _head_dim_problem(_inner_head_dim(attn))
+
+    def __call__(self, attn, hidden_states, encoder_hidden_states, attention_mask=None, image_rotary_emb=None,
+                 base_sequence_length=None, **kwargs):
+        b, seq, _ = hidden_states.shape
+        if encoder_hidden_states is not hidden_states or kwargs:
+            other = "encoder states other than the tokens themselves, or extra arguments"
+        else:
+            other = None if image_rotary_emb is None else _complex_reason(image_rotary_emb, (b, seq))
+        why = self._stock_reason(attn, hidden_states, image_rotary_emb, other)
+        if why:
+            return self._stock(why, attn, hidden_states, encoder_hidden_states, attention_mask, image_rotary_emb,
+                               base_sequence_length, **kwargs)
+        q, k, v = attn.to_q(hidden_states), attn.to_k(hidden_states), attn.to_v(hidden_states)
+        d = _inner_head_dim(attn)
+        self._norm_rope(attn, q, k, _complex_tables(image_rotary_emb), d, interleave=True)
+        self._count()
+        # The rest as Lumina-2's stock processor: proportional scale, K and V heads repeated, SDPA.
+        scale = attn.scale if base_sequence_length is None else \
+            math.sqrt(math.log(seq, base_sequence_length)) * attn.scale
+        q, k, v = (t.unflatten(-1, (-1, d)) for t in (q, k, v))
+        n_rep = attn.heads // k.shape[2]
+        if n_rep >= 1:
+            k, v = (t.unsqueeze(3).repeat(1, 1, 1, n_rep, 1).flatten(2, 3) for t in (k, v))
+        if attention_mask is not None:
+            attention_mask = attention_mask.bool().view(b, 1, 1, -1)
+        out = torch.nn.functional.scaled_dot_product_attention(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2),
+                                                               attn_mask=attention_mask, scale=scale)
+        return _out(attn, out.transpose(1, 2).reshape(b, -1, attn.heads * d).type_as(q))
+
+
+class QwenImageProcessor(_Processor):
+    """Qwen-Image's double-stream attention: text and image tokens, each with their own
+    projections, norms and rotations, attended jointly (text first)."""
+
+    recipe = "per-head RMSNorm (the text tokens' own weights), interleaved RoPE from complex rotations"
+
+    @staticmethod
+    def problem(attn) -> str | None:
+        return (_norm_problem(attn, ("norm_q", "norm_k", "norm_added_q", "norm_added_k"))
+                or _head_dim_problem(_inner_head_dim(attn)))
+
+    def __call__(self, attn, hidden_states, encoder_hidden_states=None, encoder_hidden_states_mask=None,
+                 attention_mask=None, image_rotary_emb=None, **kwargs):
+        n_txt = 0 if encoder_hidden_states is None else encoder_hidden_states.shape[1]
+        if not n_txt or attention_mask is not None or kwargs:
+            other = "no text stream, an attention mask or extra arguments"
+        elif image_rotary_emb is None:
+            other = None
+        else:
+            img_f, txt_f = image_rotary_emb
+            other = _complex_reason(img_f, (hidden_states.shape[1],)) or _complex_reason(txt_f, (n_txt,))
+        why = self._stock_reason(attn, hidden_states, image_rotary_emb, other)
+        if why:
+            return self._stock(why, attn, hidden_states, encoder_hidden_states, encoder_hidden_states_mask,
+                               attention_mask, image_rotary_emb, **kwargs)
+        if encoder_hidden_states_mask is not None:   # as the stock processor builds the joint mask
+            image_mask = torch.ones(hidden_states.shape[:2], dtype=torch.bool, device=hidden_states.device)
+            attention_mask = torch.cat([encoder_hidden_states_mask, image_mask], dim=1)[:, None, None, :]
+        q, k, v = _projections(attn, hidden_states)
+        eq, ek, ev = _added_projections(attn, encoder_hidden_states)
+        q, k, v = torch.cat([eq, q], dim=1), torch.cat([ek, k], dim=1), torch.cat([ev, v], dim=1)
+        d = _inner_head_dim(attn)
+        img_f, txt_f = image_rotary_emb
+        self._norm_rope(attn, q, k, _complex_tables(txt_f, img_f), d, interleave=True,
+                        q_add_weight=attn.norm_added_q.weight, k_add_weight=attn.norm_added_k.weight,
+                        num_txt_tokens=n_txt)
+        out = self._attend(q, k, v, attention_mask, d)
+        context, out = out[:, :n_txt], out[:, n_txt:]
+        return _out(attn, out.contiguous()), attn.to_add_out(context.contiguous())
+
+
 def _processor_classes() -> dict:
     """Stock processor class -> cudit processor class, for the models this diffusers has."""
     from diffusers.models.transformers.transformer_cosmos import CosmosAttnProcessor2_0
@@ -311,11 +414,14 @@ def _processor_classes() -> dict:
     from diffusers.models.transformers.transformer_flux2 import Flux2AttnProcessor
     from diffusers.models.transformers.transformer_hunyuan_video import HunyuanVideoAttnProcessor2_0
     from diffusers.models.transformers.transformer_ltx import LTXVideoAttnProcessor
+    from diffusers.models.transformers.transformer_lumina2 import Lumina2AttnProcessor2_0
+    from diffusers.models.transformers.transformer_qwenimage import QwenDoubleStreamAttnProcessor2_0
     from diffusers.models.transformers.transformer_wan import WanAttnProcessor
 
     return {WanAttnProcessor: WanProcessor, FluxAttnProcessor: FluxProcessor, Flux2AttnProcessor: FluxProcessor,
             HunyuanVideoAttnProcessor2_0: HunyuanVideoProcessor, CosmosAttnProcessor2_0: CosmosProcessor,
-            LTXVideoAttnProcessor: LTXVideoProcessor}
+            LTXVideoAttnProcessor: LTXVideoProcessor, Lumina2AttnProcessor2_0: Lumina2Processor,
+            QwenDoubleStreamAttnProcessor2_0: QwenImageProcessor}
 
 
 def _models(target) -> list:

@@ -294,9 +294,17 @@ __device__ __forceinline__ float team_sum(float v, u32 team, u32 row_in_block, u
     if ((tid & ((1u << shift) - 1u)) == 0) partial[parity][tid >> shift] = v;
     __syncthreads();
     const u32 n = team >> shift;
-    const u32 first = row_in_block * n;
+    const float* seg = partial[parity] + row_in_block * n;
+    // Up to 8 segments (every model's rows) by constant offsets from one address; the same order
+    // of additions as the loop.
     float s = 0.f;
-    for (u32 i = 0; i < n; ++i) s += partial[parity][first + i];
+    if (n <= 8u) {
+#pragma unroll
+        for (u32 i = 0; i < 8u; ++i)
+            if (i < n) s += seg[i];
+        return s;
+    }
+    for (u32 i = 0; i < n; ++i) s += seg[i];
     return s;
 }
 

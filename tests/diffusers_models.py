@@ -100,6 +100,37 @@ def hunyuan_video(dtype=torch.float32, device="cpu", heads=2, head_dim=32, seed=
     return model, _to(inputs, device, dtype)
 
 
+def lumina2(dtype=torch.float32, device="cpu", heads=2, head_dim=32, seed=0):
+    from diffusers import Lumina2Transformer2DModel
+
+    torch.manual_seed(seed)
+    model = Lumina2Transformer2DModel(sample_size=8, patch_size=2, in_channels=4, hidden_size=heads * head_dim,
+                                      num_layers=1, num_refiner_layers=1, num_attention_heads=heads, num_kv_heads=heads // 2,
+                                      multiple_of=16, axes_dim_rope=(head_dim // 4, 3 * head_dim // 8, 3 * head_dim // 8),
+                                      axes_lens=(32, 16, 16), cap_feat_dim=32)
+    model = _cast(model, device, dtype)
+    g = torch.Generator().manual_seed(seed + 1)
+    mask = torch.ones(1, 8, dtype=torch.bool)
+    mask[:, 6:] = False   # padded caption tokens
+    inputs = dict(hidden_states=torch.randn(1, 4, 8, 8, generator=g), timestep=torch.tensor([0.5]),
+                  encoder_hidden_states=torch.randn(1, 8, 32, generator=g), encoder_attention_mask=mask)
+    return model, _to(inputs, device, dtype)
+
+
+def qwen_image(dtype=torch.float32, device="cpu", heads=2, head_dim=32, seed=0):
+    from diffusers import QwenImageTransformer2DModel
+
+    torch.manual_seed(seed)
+    model = QwenImageTransformer2DModel(patch_size=1, in_channels=16, out_channels=16, num_layers=2,
+                                        attention_head_dim=head_dim, num_attention_heads=heads, joint_attention_dim=32,
+                                        axes_dims_rope=(head_dim // 4, 3 * head_dim // 8, 3 * head_dim // 8))
+    model = _cast(model, device, dtype)
+    g = torch.Generator().manual_seed(seed + 1)
+    inputs = dict(hidden_states=torch.randn(1, 16, 16, generator=g), encoder_hidden_states=torch.randn(1, 8, 32, generator=g),
+                  encoder_hidden_states_mask=torch.ones(1, 8), timestep=torch.tensor([0.5]), img_shapes=[(1, 4, 4)])
+    return model, _to(inputs, device, dtype)
+
+
 def _cast(model, device, dtype):
     """As from_pretrained(torch_dtype=dtype) leaves a model: the modules it names kept in fp32.
     Norm weights made random first (they start at ones, which would hide a swapped weight)."""

@@ -58,6 +58,32 @@ def test_hunyuan_video_dual_and_single_blocks_are_swapped_and_the_refiner_kept()
     assert all("is not a processor cudit replaces" in s.why for s in refiner)
 
 
+@pytest.mark.parametrize("build,swapped", [
+    (tiny.lumina2, {"noise_refiner.0.attn", "context_refiner.0.attn", "layers.0.attn"}),
+    (tiny.qwen_image, {"transformer_blocks.0.attn", "transformer_blocks.1.attn"})])
+def test_lumina2_and_qwen_image_attention_is_swapped(build, swapped):
+    model, _ = build()
+    report = cd.enable(model)
+    assert {s.name for s in report if s.swapped} == swapped == {s.name for s in report}
+    assert all("complex rotations" in s.why for s in report)
+
+
+def test_rotations_cudit_cannot_take_as_they_are_go_to_the_stock_processor(caplog):
+    model, _ = tiny.lumina2()
+    cd.enable(model)
+    attn = model.layers[0].attn
+    proc = attn.processor
+    proc.stock = lambda *args, **kwargs: "stock"
+    h = torch.randn(1, 5, attn.inner_dim)
+    d = attn.inner_dim // attn.heads
+    with caplog.at_level(logging.INFO, logger="cudit.diffusers"):
+        assert proc(attn, h, h, None, torch.randn(1, 5, d // 2)) == "stock"
+        assert proc(attn, h, h, None, torch.randn(1, 4, d // 2, dtype=torch.complex64)) == "stock"
+    assert "runs its stock processor: a rotary embedding that is not complex" in caplog.text
+    assert "runs its stock processor: a rotation table of another token count" in caplog.text
+    assert proc.cudit_calls == 0
+
+
 def test_disable_restores_the_stock_processors_and_enable_twice_swaps_once():
     model, _ = tiny.wan()
     stock = [m.processor for m in model.modules() if hasattr(m, "processor")]
@@ -131,7 +157,7 @@ def _reference_kernel(qk, q_weight, k_weight, cos=None, sin=None, **kw):
 
 
 @pytest.mark.parametrize("build", [tiny.wan, tiny.flux, tiny.flux2, tiny.hunyuan_video, tiny.cosmos,
-                                   tiny.ltx_video])
+                                   tiny.ltx_video, tiny.lumina2, tiny.qwen_image])
 def test_processors_pass_the_modules_weights_tables_and_text_tokens_as_the_stock_uses_them(build, monkeypatch):
     # The kernel replaced by the float64 reference (the GPU tests check the kernel against it):
     # whole fp32 transformers then agree with the stock processors to fp32 rounding.
