@@ -11,7 +11,8 @@ as diffusers does it. Attention modules cudit cannot serve keep their stock proc
 `enable` logs one line a reason (logger "cudit.diffusers"); calls it cannot serve at run time
 (grad mode with trainable weights, host tensors, other dtypes) go to the stock processor too.
 Supported: WAN 2.x self-attention, FLUX.1 (both block kinds), FLUX.2 (double-stream blocks),
-HunyuanVideo (both block kinds), Cosmos 1.0 and LTX-Video self-attention, Lumina-2, Qwen-Image.
+HunyuanVideo (both block kinds), Cosmos 1.0, LTX-Video and LTX-2 self-attention, Lumina-2,
+Qwen-Image.
 docs/diffusers.md has the details.
 """
 from __future__ import annotations
@@ -49,18 +50,28 @@ def _rms_eps(norm, dtype) -> float:
     return norm.eps if norm.eps is not None else torch.finfo(dtype).eps
 
 
-def _is_rms_norm(norm) -> bool:
-    """torch's RMSNorm or diffusers', with a weight and no bias: what cudit computes."""
+def _is_rms_norm(norm, weightless: bool = False) -> bool:
+    """torch's RMSNorm or diffusers', with a weight (or, where allowed, none) and no bias: what
+    cudit computes."""
     from diffusers.models.normalization import RMSNorm
 
-    return (isinstance(norm, (torch.nn.RMSNorm, RMSNorm)) and getattr(norm, "weight", None) is not None
+    return (isinstance(norm, (torch.nn.RMSNorm, RMSNorm)) and (weightless or getattr(norm, "weight", None) is not None)
             and getattr(norm, "bias", None) is None)
 
 
-def _norm_problem(attn, names) -> str | None:
+def _norm_weight(norm, like):
+    """An RMSNorm's weight; ones for a norm without one (LTX-2's default), built each call (a few
+    KB) so that torch.compile sees no state."""
+    if norm.weight is not None:
+        return norm.weight
+    width = (norm.normalized_shape if isinstance(norm, torch.nn.RMSNorm) else norm.dim)[-1]
+    return torch.ones(width, dtype=like.dtype, device=like.device)
+
+
+def _norm_problem(attn, names, weightless: bool = False) -> str | None:
     """Why the module's QK norms are not ones cudit computes (RMSNorm with weights, one eps)."""
     norms = [getattr(attn, n, None) for n in names]
-    if not all(_is_rms_norm(n) for n in norms):
+    if not all(_is_rms_norm(n, weightless) for n in norms):
         return f"QK norms are not RMSNorm with weights ({', '.join(type(n).__name__ for n in norms)})"
     if len({n.eps for n in norms}) > 1:
         return f"QK norms with different eps ({', '.join(str(n.eps) for n in norms)})"
@@ -134,7 +145,8 @@ class _Processor:
         """The one cudit call: Q and K (split, in place) with the module's norm weights and tables."""
         nq, nk = (getattr(attn, n) for n in norms)
         cos, sin = rotary if rotary is not None else (None, None)
-        cudit_torch.qk_norm_rope((q, k), nq.weight, nk.weight, cos, sin,
+        wq, wk = (_norm_weight(n, q) for n in (nq, nk))
+        cudit_torch.qk_norm_rope((q, k), wq, wk, cos, sin,
                                  num_heads=(q.shape[-1] // head_dim, k.shape[-1] // head_dim),
                                  eps=_rms_eps(nq, q.dtype), interleave=interleave, **text)
 
@@ -309,6 +321,38 @@ class LTXVideoProcessor(_SelfAttentionProcessor):
         return attention_mask.view(b, attn.heads, -1, attention_mask.shape[-1])
 
 
+class LTX2Processor(LTXVideoProcessor):
+    """LTX-2's video and audio self-attention (LTX2Attention), per-head gates included."""
+
+    recipe = "RMSNorm across heads (weights or none), interleaved RoPE from a table per head"
+
+    @staticmethod
+    def problem(attn) -> str | None:
+        if attn.rope_type != "interleaved":
+            return f"{attn.rope_type} RoPE (its tables hold half a head, cudit's a whole one)"
+        if attn.to_k.out_features != attn.to_q.out_features:
+            return "fewer K heads than Q heads"
+        return _norm_problem(attn, ("norm_q", "norm_k"), weightless=True) or _head_dim_problem(_inner_head_dim(attn))
+
+    def __call__(self, attn, hidden_states, encoder_hidden_states=None, attention_mask=None, query_rotary_emb=None,
+                 key_rotary_emb=None, **kwargs):
+        other = ("encoder states, rotations of their own for K, or extra arguments"
+                 if encoder_hidden_states is not None or key_rotary_emb is not None or kwargs else None)
+        why = self._stock_reason(attn, hidden_states, query_rotary_emb, other)
+        if why:
+            return self._stock(why, attn, hidden_states, encoder_hidden_states, attention_mask, query_rotary_emb,
+                               key_rotary_emb, **kwargs)
+        attention_mask = self._mask(attn, attention_mask, hidden_states)
+        gate_logits = attn.to_gate_logits(hidden_states) if attn.to_gate_logits is not None else None
+        q, k, v = attn.to_q(hidden_states), attn.to_k(hidden_states), attn.to_v(hidden_states)
+        d = _inner_head_dim(attn)
+        self._norm_rope(attn, q, k, query_rotary_emb, d, interleave=True)
+        out = self._attend(q, k, v, attention_mask, d)
+        if gate_logits is not None:   # as the stock processor: gates in (0, 2) per head
+            out = (out.unflatten(2, (attn.heads, -1)) * (2.0 * torch.sigmoid(gate_logits)).unsqueeze(-1)).flatten(2, 3)
+        return _out(attn, out)
+
+
 def _complex_tables(*freqs):
     """cos and sin tables [..., D] (fp32) of rotations given as complex numbers [..., D/2], joined
     along the token axis: pairs (2i, 2i + 1) share an angle, interleaved RoPE. Lumina-2 and
@@ -414,6 +458,7 @@ def _processor_classes() -> dict:
     from diffusers.models.transformers.transformer_flux2 import Flux2AttnProcessor
     from diffusers.models.transformers.transformer_hunyuan_video import HunyuanVideoAttnProcessor2_0
     from diffusers.models.transformers.transformer_ltx import LTXVideoAttnProcessor
+    from diffusers.models.transformers.transformer_ltx2 import LTX2AudioVideoAttnProcessor
     from diffusers.models.transformers.transformer_lumina2 import Lumina2AttnProcessor2_0
     from diffusers.models.transformers.transformer_qwenimage import QwenDoubleStreamAttnProcessor2_0
     from diffusers.models.transformers.transformer_wan import WanAttnProcessor
@@ -421,7 +466,7 @@ def _processor_classes() -> dict:
     return {WanAttnProcessor: WanProcessor, FluxAttnProcessor: FluxProcessor, Flux2AttnProcessor: FluxProcessor,
             HunyuanVideoAttnProcessor2_0: HunyuanVideoProcessor, CosmosAttnProcessor2_0: CosmosProcessor,
             LTXVideoAttnProcessor: LTXVideoProcessor, Lumina2AttnProcessor2_0: Lumina2Processor,
-            QwenDoubleStreamAttnProcessor2_0: QwenImageProcessor}
+            QwenDoubleStreamAttnProcessor2_0: QwenImageProcessor, LTX2AudioVideoAttnProcessor: LTX2Processor}
 
 
 def _models(target) -> list:
@@ -432,6 +477,13 @@ def _models(target) -> list:
     if not found:
         raise TypeError(f"cudit.diffusers: expected a diffusers pipeline or a torch.nn.Module, got {type(target).__name__}")
     return found
+
+
+def _cross_attention_name(name: str) -> bool:
+    """diffusers' DiTs name their cross-attention attn2 (LTX-2: audio_attn2, and audio_to_video_attn,
+    video_to_audio_attn between its streams); LTX-Video's module tells it no other way."""
+    last = name.rsplit(".", 1)[-1]
+    return last.endswith("attn2") or last in ("audio_to_video_attn", "video_to_audio_attn")
 
 
 def enable(target) -> list:
@@ -449,8 +501,8 @@ def enable(target) -> list:
             proc_cls = classes.get(type(current))
             if proc_cls is None:
                 why = f"{type(current).__name__} is not a processor cudit replaces"
-            else:   # diffusers' DiTs name their cross-attention attn2 (LTX-Video's module tells it no other way)
-                why = CROSS if name.rsplit(".", 1)[-1] == "attn2" else proc_cls.problem(module)
+            else:
+                why = CROSS if _cross_attention_name(name) else proc_cls.problem(module)
             if why is None:
                 module.set_processor(proc_cls(current))
             report.append(Swap(name, type(module).__name__, why is None, why or proc_cls.recipe))

@@ -82,6 +82,29 @@ def ltx_video(dtype=torch.float32, device="cpu", heads=2, head_dim=32, seed=0):
     return model, _to(inputs, device, dtype)
 
 
+def ltx2(dtype=torch.float32, device="cpu", heads=2, head_dim=32, seed=0, affine=False, gated=False):
+    from diffusers import LTX2VideoTransformer3DModel
+
+    torch.manual_seed(seed)
+    model = LTX2VideoTransformer3DModel(in_channels=8, out_channels=8, num_attention_heads=heads, attention_head_dim=head_dim,
+                                        cross_attention_dim=64, audio_in_channels=8, audio_out_channels=8,
+                                        audio_num_attention_heads=heads, audio_attention_head_dim=head_dim,
+                                        audio_cross_attention_dim=64, num_layers=1, caption_channels=32,
+                                        norm_elementwise_affine=affine, gated_attn=gated, audio_gated_attn=gated)
+    model = _cast(model, device, dtype)
+    g = torch.Generator().manual_seed(seed + 1)
+    inputs = dict(hidden_states=torch.randn(1, 2 * 4 * 4, 8, generator=g), audio_hidden_states=torch.randn(1, 5, 8, generator=g),
+                  encoder_hidden_states=torch.randn(1, 8, 32, generator=g),
+                  audio_encoder_hidden_states=torch.randn(1, 8, 32, generator=g), timestep=torch.tensor([500]),
+                  num_frames=2, height=4, width=4, audio_num_frames=5)
+    return model, _to(inputs, device, dtype)
+
+
+def ltx2_gated(dtype=torch.float32, device="cpu", **kw):
+    """LTX-2 with norm weights and per-head gates (the LTX-2.3 settings)."""
+    return ltx2(dtype, device, affine=True, gated=True, **kw)
+
+
 def hunyuan_video(dtype=torch.float32, device="cpu", heads=2, head_dim=32, seed=0):
     from diffusers import HunyuanVideoTransformer3DModel
 

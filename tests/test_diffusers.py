@@ -58,6 +58,24 @@ def test_hunyuan_video_dual_and_single_blocks_are_swapped_and_the_refiner_kept()
     assert all("is not a processor cudit replaces" in s.why for s in refiner)
 
 
+def test_ltx2_self_attention_is_swapped_and_its_cross_attention_kept():
+    model, _ = tiny.ltx2()
+    report = {s.name: s for s in cd.enable(model)}
+    assert {n for n, s in report.items() if s.swapped} == {"transformer_blocks.0.attn1", "transformer_blocks.0.audio_attn1"}
+    for name in ("attn2", "audio_attn2", "audio_to_video_attn", "video_to_audio_attn"):
+        assert "cross-attention" in report[f"transformer_blocks.0.{name}"].why
+
+
+def test_ltx2_split_rope_keeps_the_stock_processor():
+    model, _ = tiny.ltx2()
+    for m in model.modules():
+        if hasattr(m, "rope_type"):
+            m.rope_type = "split"
+    report = {s.name: s for s in cd.enable(model)}
+    assert not any(s.swapped for s in report.values())
+    assert "split RoPE (its tables hold half a head" in report["transformer_blocks.0.attn1"].why
+
+
 @pytest.mark.parametrize("build,swapped", [
     (tiny.lumina2, {"noise_refiner.0.attn", "context_refiner.0.attn", "layers.0.attn"}),
     (tiny.qwen_image, {"transformer_blocks.0.attn", "transformer_blocks.1.attn"})])
@@ -157,7 +175,7 @@ def _reference_kernel(qk, q_weight, k_weight, cos=None, sin=None, **kw):
 
 
 @pytest.mark.parametrize("build", [tiny.wan, tiny.flux, tiny.flux2, tiny.hunyuan_video, tiny.cosmos,
-                                   tiny.ltx_video, tiny.lumina2, tiny.qwen_image])
+                                   tiny.ltx_video, tiny.ltx2, tiny.ltx2_gated, tiny.lumina2, tiny.qwen_image])
 def test_processors_pass_the_modules_weights_tables_and_text_tokens_as_the_stock_uses_them(build, monkeypatch):
     # The kernel replaced by the float64 reference (the GPU tests check the kernel against it):
     # whole fp32 transformers then agree with the stock processors to fp32 rounding.
