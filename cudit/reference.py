@@ -101,3 +101,75 @@ def qk_norm_rope_ref(qkv, q_weight, k_weight, cos=None, sin=None, *, num_heads=N
     out[:, :, :hq] = _side(x4[:, :, :hq], q_weight, q_add_weight, cos, sin, **common)
     out[:, :, hq:hq + hk] = _side(x4[:, :, hq:hq + hk], k_weight, k_add_weight, cos, sin, **common)
     return out.reshape(x.shape)
+
+
+# ------------------------------------------------------------------ gradients (issue #12's oracle)
+
+
+def _rope_t(dy, cos, sin, interleave: bool):
+    """The transpose of _rope: dz such that sum(dy * _rope(z)) == sum(dz * z) for every z."""
+    dz = np.empty_like(dy)
+    if interleave:
+        a, b = dy[..., 0::2], dy[..., 1::2]
+        dz[..., 0::2] = a * cos[..., 0::2] + b * sin[..., 1::2]
+        dz[..., 1::2] = b * cos[..., 1::2] - a * sin[..., 0::2]
+    else:
+        h = dy.shape[-1] // 2
+        lo, hi = dy[..., :h], dy[..., h:]
+        dz[..., :h] = lo * cos[..., :h] + hi * sin[..., h:]
+        dz[..., h:] = hi * cos[..., h:] - lo * sin[..., :h]
+    return dz
+
+
+def _side_vjp(x, dy, w, w_add, cos, sin, *, n_txt, eps, interleave):
+    """(dx, dw, dw_add) of one side: x, dy [B, S, H, D]; the weights' gradients shaped as the
+    weights (None without them; dw_add None unless the text tokens have their own)."""
+    b, s, h, d = x.shape
+    dz = dy
+    if cos is not None:
+        rows_c, rows_s = _table_rows(cos, d), _table_rows(sin, d)
+        idx = np.arange(b * s) % rows_c.shape[0]
+        c = rows_c[idx].reshape(b, s, rows_c.shape[1], d)
+        sn = rows_s[idx].reshape(b, s, rows_s.shape[1], d)
+        dz = _rope_t(dy, c, sn, interleave)
+    if w is None:
+        return dz, None, None
+    full = np.asarray(w).size == h * d and h > 1
+    axes = (2, 3) if full else (3,)
+    n = h * d if full else d
+    r = 1.0 / np.sqrt(np.mean(x * x, axis=axes, keepdims=True) + eps)
+    shape = (h, d) if full else (d,)
+    dual = bool(n_txt) and w_add is not None
+    weight = np.broadcast_to(_f64(w).reshape(shape), (b, s, h, d)).copy()
+    if dual:
+        weight[:, :n_txt] = _f64(w_add).reshape(shape)
+    wdz = weight * dz
+    dx = r * wdz - x * r ** 3 / n * np.sum(wdz * x, axis=axes, keepdims=True)
+    contrib = dz * x * r                                   # d(loss)/d(weight) per element
+    sum_axes = (0, 1) if full else (0, 1, 2)
+    dw = np.sum(contrib[:, n_txt:] if dual else contrib, axis=sum_axes).reshape(np.shape(w))
+    dw_add = np.sum(contrib[:, :n_txt], axis=sum_axes).reshape(np.shape(w_add)) if dual else None
+    return dx, dw, dw_add
+
+
+def qk_norm_rope_ref_vjp(qkv, dout, q_weight, k_weight, cos=None, sin=None, *, num_heads=None, eps=1e-6,
+                         interleave=True, q_add_weight=None, k_add_weight=None, num_txt_tokens=0, seq_len=None):
+    """float64 gradients of sum(dout * qk_norm_rope_ref(...)): (d_qkv, d_q_weight, d_k_weight,
+    d_q_add_weight, d_k_add_weight). d_qkv is shaped like qkv (a (dq, dk) tuple for split input;
+    V's gradient passes through); a weight's gradient is None where the weight is. cos and sin
+    get none: they are inputs of the rotation, not learned."""
+    common = dict(n_txt=num_txt_tokens, eps=eps, interleave=interleave)
+    if isinstance(qkv, (tuple, list)):
+        hs = _heads(num_heads, 2) or (None, None)
+        grads = [_side_vjp(_to_bshd(_f64(a), hh, seq_len), _to_bshd(_f64(g), hh, seq_len), w, wa, cos, sin, **common)
+                 for a, g, hh, w, wa in zip(qkv, dout, hs, (q_weight, k_weight), (q_add_weight, k_add_weight))]
+        (dq, dqw, dqa), (dk, dkw, dka) = grads
+        return (dq.reshape(np.shape(qkv[0])), dk.reshape(np.shape(qkv[1]))), dqw, dkw, dqa, dka
+    hq, hk, hv = _heads(num_heads, 3)
+    x4 = _to_bshd(_f64(qkv), hq + hk + hv, seq_len)
+    g4 = _to_bshd(_f64(dout), hq + hk + hv, seq_len)
+    dx = g4.copy()
+    dq, dqw, dqa = _side_vjp(x4[:, :, :hq], g4[:, :, :hq], q_weight, q_add_weight, cos, sin, **common)
+    dk, dkw, dka = _side_vjp(x4[:, :, hq:hq + hk], g4[:, :, hq:hq + hk], k_weight, k_add_weight, cos, sin, **common)
+    dx[:, :, :hq], dx[:, :, hq:hq + hk] = dq, dk
+    return dx.reshape(np.shape(qkv)), dqw, dkw, dqa, dka

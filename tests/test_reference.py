@@ -1,10 +1,11 @@
 """The float64 oracle against cases worked by hand."""
 import math
+import zlib
 
 import numpy as np
 import pytest
 
-from cudit.reference import qk_norm_rope_ref
+from cudit.reference import qk_norm_rope_ref, qk_norm_rope_ref_vjp
 
 R = 1 / math.sqrt(12.5)   # RMS of (3, 4) is sqrt(12.5)
 
@@ -87,3 +88,88 @@ def test_layouts_agree(ndim):
     got = qk_norm_rope_ref(x, w, w, cos, sin, num_heads=h, seq_len=s if ndim == 2 else None)
     np.testing.assert_allclose(got.reshape(ref.shape), ref)
     np.testing.assert_array_equal(got.reshape(ref.shape)[:, :, 2 * h:], x4[:, :, 2 * h:])
+
+
+# ------------------------------------------------------------ gradients against finite differences
+
+def _numeric_grad(f, x, eps=1e-6):
+    """Central differences of the scalar f() with respect to every element of x (changed in place)."""
+    g = np.zeros_like(x)
+    flat, gflat = x.reshape(-1), g.reshape(-1)
+    for i in range(flat.size):
+        old = flat[i]
+        flat[i] = old + eps
+        hi = f()
+        flat[i] = old - eps
+        lo = f()
+        flat[i] = old
+        gflat[i] = (hi - lo) / (2 * eps)
+    return g
+
+
+def _loss(out, dout):
+    if isinstance(out, tuple):
+        return sum(float(np.sum(o * g)) for o, g in zip(out, dout))
+    return float(np.sum(out * dout))
+
+
+@pytest.mark.parametrize("case", ["packed-head-interleaved", "packed-full-half", "split-gqa-head-dual",
+                                  "split-full-dual-perhead-table", "norm-only", "rope-only-4d-table",
+                                  "packed-2d-seq-len-batch-table"])
+def test_gradients_match_finite_differences(case):
+    rng = np.random.default_rng(zlib.crc32(case.encode()))
+    b, s, d = 2, 3, 8
+    kw = dict(eps=1e-3, interleave="half" not in case)
+    w = lambda n: rng.uniform(0.5, 1.5, n)   # noqa: E731
+    tab = lambda *shape: (np.cos(a := rng.uniform(0, 6.3, shape)), np.sin(a))   # noqa: E731
+    if case.startswith("packed"):
+        hq, hk, hv = 2, 2, 1
+        x = rng.normal(size=(b, s, (hq + hk + hv) * d)) if "2d" not in case else rng.normal(size=(b * s, 5 * d))
+        full = "full" in case
+        args = [x, w(hq * d if full else d), w(hk * d if full else d)]
+        kw.update(num_heads=(hq, hk, hv))
+        if "2d" in case:
+            kw.update(seq_len=s)
+        args += list(tab(s, d) if "batch-table" not in case else tab(b, s, d))
+    else:
+        hq, hk = (4, 2) if "gqa" in case else (2, 2)
+        x = (rng.normal(size=(b, s, hq * d)), rng.normal(size=(b, s, hk * d)))
+        full = "full" in case
+        qw, kw_ = (None, None) if "rope-only" in case else (w(hq * d if full else d), w(hk * d if full else d))
+        args = [x, qw, kw_]
+        if "norm-only" in case:
+            args += [None, None]
+        elif "perhead-table" in case:
+            args += list(tab(b * s, hq * d))
+        elif "4d-table" in case:
+            args += list(tab(b, s, 1, d))
+        else:
+            args += list(tab(s, d))
+        kw.update(num_heads=(hq, hk))
+        if "dual" in case:
+            kw.update(q_add_weight=w(np.size(qw)), k_add_weight=w(np.size(kw_)), num_txt_tokens=1)
+    out = qk_norm_rope_ref(*args, **kw)
+    dout = tuple(rng.normal(size=o.shape) for o in out) if isinstance(out, tuple) else rng.normal(size=out.shape)
+    dx, dqw, dkw, dqa, dka = qk_norm_rope_ref_vjp(args[0], dout, *args[1:], **kw)
+
+    def f():
+        return _loss(qk_norm_rope_ref(*args, **kw), dout)
+
+    inputs = list(args[0]) if isinstance(args[0], tuple) else [args[0]]
+    grads = list(dx) if isinstance(dx, tuple) else [dx]
+    for t, g in zip(inputs, grads):
+        np.testing.assert_allclose(g, _numeric_grad(f, t), rtol=1e-5, atol=1e-7)
+    for t, g in ((args[1], dqw), (args[2], dkw), (kw.get("q_add_weight"), dqa), (kw.get("k_add_weight"), dka)):
+        assert (t is None) == (g is None)
+        if t is not None:
+            np.testing.assert_allclose(g, _numeric_grad(f, t), rtol=1e-5, atol=1e-7)
+
+
+def test_gradient_of_v_passes_through_and_tables_get_none():
+    rng = np.random.default_rng(7)
+    x = rng.normal(size=(1, 2, 3 * 8))
+    dout = rng.normal(size=x.shape)
+    c, s = np.cos(rng.uniform(0, 6.3, (2, 8))), np.sin(rng.uniform(0, 6.3, (2, 8)))
+    dx, *dws = qk_norm_rope_ref_vjp(x, dout, None, None, c, s, num_heads=1)
+    np.testing.assert_array_equal(dx[..., 16:], dout[..., 16:])
+    assert dws == [None] * 4
