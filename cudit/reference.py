@@ -52,6 +52,13 @@ def _table_rows(t: np.ndarray, d: int) -> np.ndarray:
     return t.reshape(t.shape[0], t.shape[1] // d, d)
 
 
+def _token_tables(cos, sin, b: int, s: int, d: int):
+    """cos and sin rows of every token (token t reads row t mod R), [B, S, Hc, D]."""
+    rows_c, rows_s = _table_rows(cos, d), _table_rows(sin, d)
+    idx = np.arange(b * s) % rows_c.shape[0]
+    return (rows_c[idx].reshape(b, s, rows_c.shape[1], d), rows_s[idx].reshape(b, s, rows_s.shape[1], d))
+
+
 def _rope(x, cos, sin, interleave: bool):
     """x [B, S, H, D]; cos/sin already expanded to broadcast against x."""
     out = np.empty_like(x)
@@ -73,11 +80,7 @@ def _side(x, w, w_add, cos, sin, *, n_txt, eps, interleave):
         full = np.asarray(w).size == h * d and h > 1
         x = _rms_norm(x, w, w_add, n_txt, full, eps)
     if cos is not None:
-        rows_c, rows_s = _table_rows(cos, d), _table_rows(sin, d)
-        idx = np.arange(b * s) % rows_c.shape[0]
-        c = rows_c[idx].reshape(b, s, rows_c.shape[1], d)
-        sn = rows_s[idx].reshape(b, s, rows_s.shape[1], d)
-        x = _rope(x, c, sn, interleave)
+        x = _rope(x, *_token_tables(cos, sin, b, s, d), interleave)
     return x
 
 
@@ -127,11 +130,7 @@ def _side_vjp(x, dy, w, w_add, cos, sin, *, n_txt, eps, interleave):
     b, s, h, d = x.shape
     dz = dy
     if cos is not None:
-        rows_c, rows_s = _table_rows(cos, d), _table_rows(sin, d)
-        idx = np.arange(b * s) % rows_c.shape[0]
-        c = rows_c[idx].reshape(b, s, rows_c.shape[1], d)
-        sn = rows_s[idx].reshape(b, s, rows_s.shape[1], d)
-        dz = _rope_t(dy, c, sn, interleave)
+        dz = _rope_t(dy, *_token_tables(cos, sin, b, s, d), interleave)
     if w is None:
         return dz, None, None
     full = np.asarray(w).size == h * d and h > 1
