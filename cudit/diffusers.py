@@ -86,11 +86,16 @@ def _head_dim_problem(d: int) -> str | None:
     return None
 
 
+def _separate_projections(attn, hidden_states):
+    """Q, K, V by the module's three projections, as the stock processors that ignore fusion do."""
+    return attn.to_q(hidden_states), attn.to_k(hidden_states), attn.to_v(hidden_states)
+
+
 def _projections(attn, hidden_states):
     """Q, K, V of a self-attention module, fused or not (views of one output when fused)."""
     if getattr(attn, "fused_projections", False):
         return attn.to_qkv(hidden_states).chunk(3, dim=-1)
-    return attn.to_q(hidden_states), attn.to_k(hidden_states), attn.to_v(hidden_states)
+    return _separate_projections(attn, hidden_states)
 
 
 def _added_projections(attn, encoder_hidden_states):
@@ -98,6 +103,17 @@ def _added_projections(attn, encoder_hidden_states):
         return attn.to_added_qkv(encoder_hidden_states).chunk(3, dim=-1)
     return (attn.add_q_proj(encoder_hidden_states), attn.add_k_proj(encoder_hidden_states),
             attn.add_v_proj(encoder_hidden_states))
+
+
+def _joint(first, second):
+    """Q, K, V of two token streams, one after the other along the token axis."""
+    return tuple(torch.cat([a, b], dim=1) for a, b in zip(first, second))
+
+
+def _text_first_out(attn, out, n_txt: int):
+    """The stock double-stream ending: image tokens through to_out, text tokens through to_add_out."""
+    context, out = out[:, :n_txt], out[:, n_txt:]
+    return _out(attn, out.contiguous()), attn.to_add_out(context.contiguous())
 
 
 class _Processor:
@@ -217,16 +233,14 @@ class FluxProcessor(_Processor):
         q, k, v = _projections(attn, hidden_states)
         text = {}
         if joint:   # text tokens first, with their own norm weights
-            eq, ek, ev = _added_projections(attn, encoder_hidden_states)
-            q, k, v = torch.cat([eq, q], dim=1), torch.cat([ek, k], dim=1), torch.cat([ev, v], dim=1)
+            q, k, v = _joint(_added_projections(attn, encoder_hidden_states), (q, k, v))
             text = dict(q_add_weight=attn.norm_added_q.weight, k_add_weight=attn.norm_added_k.weight,
                         num_txt_tokens=encoder_hidden_states.shape[1])
         self._norm_rope(attn, q, k, image_rotary_emb, attn.head_dim, interleave=True, **text)
         out = self._attend(q, k, v, attention_mask, attn.head_dim)
         if not joint:   # FLUX.1 single-stream blocks have no output projection here
             return _out(attn, out) if hasattr(attn, "to_out") else out
-        context, out = out.split_with_sizes([text["num_txt_tokens"], out.shape[1] - text["num_txt_tokens"]], dim=1)
-        return _out(attn, out.contiguous()), attn.to_add_out(context.contiguous())
+        return _text_first_out(attn, out, text["num_txt_tokens"])
 
 
 class HunyuanVideoProcessor(_Processor):
@@ -250,7 +264,7 @@ class HunyuanVideoProcessor(_Processor):
         added = n_txt > 0 and attn.add_q_proj is not None
         if n_txt and not added:   # single-stream blocks: text tokens after the video tokens, one projection
             hidden_states = torch.cat([hidden_states, encoder_hidden_states], dim=1)
-        q, k, v = attn.to_q(hidden_states), attn.to_k(hidden_states), attn.to_v(hidden_states)
+        q, k, v = _separate_projections(attn, hidden_states)
         d = _inner_head_dim(attn)
         video = q.shape[1] - (0 if added else n_txt)
         self._norm_rope(attn, q[:, :video], k[:, :video], image_rotary_emb, d, interleave=True)
@@ -260,7 +274,7 @@ class HunyuanVideoProcessor(_Processor):
             eq, ek, ev = (attn.add_q_proj(encoder_hidden_states), attn.add_k_proj(encoder_hidden_states),
                           attn.add_v_proj(encoder_hidden_states))
             self._norm_rope(attn, eq, ek, None, d, interleave=True, norms=("norm_added_q", "norm_added_k"))
-            q, k, v = torch.cat([q, eq], dim=1), torch.cat([k, ek], dim=1), torch.cat([v, ev], dim=1)
+            q, k, v = _joint((q, k, v), (eq, ek, ev))
         out = self._attend(q, k, v, attention_mask, d)
         if encoder_hidden_states is not None:
             out, encoder_hidden_states = out[:, :-n_txt], out[:, -n_txt:]
@@ -275,14 +289,24 @@ class _SelfAttentionProcessor(_Processor):
     """Self-attention of the generic shape: Q, K, V from the same tokens, one table, no text tokens."""
 
     interleave = True
+    weightless_norms = False   # RMSNorms without a weight (scaled by ones) served too
 
-    @staticmethod
-    def problem(attn) -> str | None:
+    @classmethod
+    def problem(cls, attn) -> str | None:
         if getattr(attn, "is_cross_attention", False):
             return CROSS
         if attn.to_k.out_features != attn.to_q.out_features:
             return "fewer K heads than Q heads"
-        return _norm_problem(attn, ("norm_q", "norm_k")) or _head_dim_problem(_inner_head_dim(attn))
+        return (_norm_problem(attn, ("norm_q", "norm_k"), weightless=cls.weightless_norms)
+                or _head_dim_problem(_inner_head_dim(attn)))
+
+    def _attended(self, attn, hidden_states, attention_mask, rotary):
+        """Attention over the tokens with cudit's QK step, before the output projection."""
+        attention_mask = self._mask(attn, attention_mask, hidden_states)
+        q, k, v = _separate_projections(attn, hidden_states)
+        d = _inner_head_dim(attn)
+        self._norm_rope(attn, q, k, rotary, d, interleave=self.interleave)
+        return self._attend(q, k, v, attention_mask, d)
 
     def _mask(self, attn, attention_mask, hidden_states):
         return attention_mask
@@ -294,11 +318,7 @@ class _SelfAttentionProcessor(_Processor):
         if why:
             return self._stock(why, attn, hidden_states, encoder_hidden_states, attention_mask, image_rotary_emb,
                                **kwargs)
-        attention_mask = self._mask(attn, attention_mask, hidden_states)
-        q, k, v = attn.to_q(hidden_states), attn.to_k(hidden_states), attn.to_v(hidden_states)
-        d = _inner_head_dim(attn)
-        self._norm_rope(attn, q, k, image_rotary_emb, d, interleave=self.interleave)
-        return _out(attn, self._attend(q, k, v, attention_mask, d))
+        return _out(attn, self._attended(attn, hidden_states, attention_mask, image_rotary_emb))
 
 
 class CosmosProcessor(_SelfAttentionProcessor):
@@ -325,14 +345,13 @@ class LTX2Processor(LTXVideoProcessor):
     """LTX-2's video and audio self-attention (LTX2Attention), per-head gates included."""
 
     recipe = "RMSNorm across heads (weights or none), interleaved RoPE from a table per head"
+    weightless_norms = True
 
-    @staticmethod
-    def problem(attn) -> str | None:
+    @classmethod
+    def problem(cls, attn) -> str | None:
         if attn.rope_type != "interleaved":
             return f"{attn.rope_type} RoPE (its tables hold half a head, cudit's a whole one)"
-        if attn.to_k.out_features != attn.to_q.out_features:
-            return "fewer K heads than Q heads"
-        return _norm_problem(attn, ("norm_q", "norm_k"), weightless=True) or _head_dim_problem(_inner_head_dim(attn))
+        return super().problem(attn)
 
     def __call__(self, attn, hidden_states, encoder_hidden_states=None, attention_mask=None, query_rotary_emb=None,
                  key_rotary_emb=None, **kwargs):
@@ -342,12 +361,8 @@ class LTX2Processor(LTXVideoProcessor):
         if why:
             return self._stock(why, attn, hidden_states, encoder_hidden_states, attention_mask, query_rotary_emb,
                                key_rotary_emb, **kwargs)
-        attention_mask = self._mask(attn, attention_mask, hidden_states)
         gate_logits = attn.to_gate_logits(hidden_states) if attn.to_gate_logits is not None else None
-        q, k, v = attn.to_q(hidden_states), attn.to_k(hidden_states), attn.to_v(hidden_states)
-        d = _inner_head_dim(attn)
-        self._norm_rope(attn, q, k, query_rotary_emb, d, interleave=True)
-        out = self._attend(q, k, v, attention_mask, d)
+        out = self._attended(attn, hidden_states, attention_mask, query_rotary_emb)
         if gate_logits is not None:   # as the stock processor: gates in (0, 2) per head
             out = (out.unflatten(2, (attn.heads, -1)) * (2.0 * torch.sigmoid(gate_logits)).unsqueeze(-1)).flatten(2, 3)
         return _out(attn, out)
@@ -392,7 +407,7 @@ class Lumina2Processor(_Processor):
         if why:
             return self._stock(why, attn, hidden_states, encoder_hidden_states, attention_mask, image_rotary_emb,
                                base_sequence_length, **kwargs)
-        q, k, v = attn.to_q(hidden_states), attn.to_k(hidden_states), attn.to_v(hidden_states)
+        q, k, v = _separate_projections(attn, hidden_states)
         d = _inner_head_dim(attn)
         self._norm_rope(attn, q, k, _complex_tables(image_rotary_emb), d, interleave=True)
         self._count()
@@ -438,17 +453,13 @@ class QwenImageProcessor(_Processor):
         if encoder_hidden_states_mask is not None:   # as the stock processor builds the joint mask
             image_mask = torch.ones(hidden_states.shape[:2], dtype=torch.bool, device=hidden_states.device)
             attention_mask = torch.cat([encoder_hidden_states_mask, image_mask], dim=1)[:, None, None, :]
-        q, k, v = _projections(attn, hidden_states)
-        eq, ek, ev = _added_projections(attn, encoder_hidden_states)
-        q, k, v = torch.cat([eq, q], dim=1), torch.cat([ek, k], dim=1), torch.cat([ev, v], dim=1)
+        q, k, v = _joint(_added_projections(attn, encoder_hidden_states), _projections(attn, hidden_states))
         d = _inner_head_dim(attn)
         img_f, txt_f = image_rotary_emb
         self._norm_rope(attn, q, k, _complex_tables(txt_f, img_f), d, interleave=True,
                         q_add_weight=attn.norm_added_q.weight, k_add_weight=attn.norm_added_k.weight,
                         num_txt_tokens=n_txt)
-        out = self._attend(q, k, v, attention_mask, d)
-        context, out = out[:, :n_txt], out[:, n_txt:]
-        return _out(attn, out.contiguous()), attn.to_add_out(context.contiguous())
+        return _text_first_out(attn, self._attend(q, k, v, attention_mask, d), n_txt)
 
 
 def _processor_classes() -> dict:
