@@ -29,13 +29,13 @@ class SideParams(ctypes.Structure):
     ]
 
 
-POINTERS = 10   # the pointer block at the start of Params: in[2], out[2], w[2], w_txt[2], cos, sin
+POINTERS = 11   # the pointer block at the start of Params: in[2], out[2], w[2], w_txt[2], cos, sin, stats
 
 
 class Params(ctypes.Structure):
     _fields_ = [
         ("in_", ptr * 2), ("out", ptr * 2), ("w", ptr * 2), ("w_txt", ptr * 2),
-        ("cos", ptr), ("sin", ptr),
+        ("cos", ptr), ("sin", ptr), ("stats", ptr),
         ("side", SideParams * 2),
         ("cos_rb", i64), ("cos_rs", i64), ("cos_hs", i64),
         ("sin_rb", i64), ("sin_rs", i64), ("sin_hs", i64),

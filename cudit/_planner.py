@@ -11,7 +11,7 @@ import dataclasses
 from dataclasses import dataclass
 
 from . import _variants
-from ._arrays import ITEMSIZE, ArrayInfo
+from ._arrays import ITEMSIZE, ArrayInfo, contiguous_strides
 from ._errors import PlanError
 from ._params import POINTERS, Params, fast_div
 from ._tuning import DeviceSpec, Tuning
@@ -38,6 +38,13 @@ class Request:
     num_txt_tokens: int = 0
     seq_len: int | None = None
     out: object = None               # None (in place), ArrayInfo, or (ArrayInfo, ArrayInfo)
+    # Tensor parallelism (full-dim norm over heads on several GPUs): sumsq is the [T, 2] fp32
+    # buffer of Q's and K's sums of squares; stats says whether this call writes it ("sumsq":
+    # no other output) or normalises by it ("given", all-reduced, over norm_width values).
+    sumsq: ArrayInfo | None = None
+    stats: str = ""
+    norm_width: object = None        # int, or (Q's, K's)
+    rope_offset: int | None = None   # sequence parallelism: the table's sequence row of token 0
 
     @property
     def split(self) -> bool:
@@ -54,7 +61,7 @@ class Request:
             roles.update((r, a) for r, a in zip(("q_out", "k_out"), self.out) if a is not None)
         elif self.out is not None:
             roles["out"] = self.out
-        for name in ("q_weight", "k_weight", "q_add_weight", "k_add_weight", "cos", "sin"):
+        for name in ("q_weight", "k_weight", "q_add_weight", "k_add_weight", "cos", "sin", "sumsq"):
             if getattr(self, name) is not None:
                 roles[name] = getattr(self, name)
         return roles
@@ -92,13 +99,6 @@ class Plan:
     def addresses(self, arrays: dict) -> list:
         """The pointer block's values for arrays role -> ArrayInfo (0 where unused)."""
         return [0 if s is None else arrays[s[0]].ptr + s[1] for s in self.slots]
-
-
-def _slot(field: str, side: int = 0) -> int:
-    """Index in the pointer block of a pointer field (side 0 = Q, 1 = K)."""
-    return getattr(Params, field).offset // 8 + side
-
-
 
 
 # ---------------------------------------------------------------------------- checks
@@ -203,16 +203,22 @@ def _check_head_dim(d: int) -> None:
         raise _fail("head_dim", f"a multiple of {HEAD_DIM_STEP} from {HEAD_DIM_MIN} to {HEAD_DIM_MAX}", d)
 
 
+def _is_int(x) -> bool:
+    return isinstance(x, int) and not isinstance(x, bool)
+
+
+def _ints(arg: str, value, n: int) -> tuple:
+    """value as a tuple of n ints (an int means the same for all)."""
+    if _is_int(value):
+        return (value,) * n
+    if isinstance(value, (tuple, list)) and len(value) == n and all(_is_int(h) for h in value):
+        return tuple(value)
+    raise _fail(arg, f"an int or a tuple of {n} ints", value)
+
+
 def _int_heads(num_heads, n: int):
     """num_heads as a tuple of n ints (an int means the same count for all)."""
-    if isinstance(num_heads, bool):
-        raise _fail("num_heads", f"an int or a tuple of {n} ints", num_heads)
-    if isinstance(num_heads, int):
-        return (num_heads,) * n
-    if isinstance(num_heads, (tuple, list)) and len(num_heads) == n and all(
-            isinstance(h, int) and not isinstance(h, bool) for h in num_heads):
-        return tuple(num_heads)
-    raise _fail("num_heads", f"an int or a tuple of {n} ints", num_heads)
+    return _ints("num_heads", num_heads, n)
 
 
 def _packed_sides(role: str, a: ArrayInfo, num_heads, seq_len):
@@ -261,6 +267,10 @@ def _split_sides(q: ArrayInfo, k: ArrayInfo, num_heads, seq_len, roles=("q", "k"
 
 def _out_sides(req: Request, tokens: Tokens, d: int, q: Side, k: Side, arrays: dict):
     """Sides of the output (the input's own sides in place)."""
+    if req.stats == "sumsq":
+        if req.out is not None:
+            raise _fail("out", "None: qk_sumsq writes only sumsq", type(req.out).__name__)
+        return q, k   # never written
     if req.out is None:
         for role in ("qkv",) if not req.split else ("q", "k"):
             a = arrays[role]
@@ -306,6 +316,15 @@ def _check_head_offsets(d: int, sides, tables) -> None:
 
 
 def _norm_kind(req: Request, d: int, q: Side, k: Side) -> str:
+    if req.stats == "sumsq":
+        return "full"
+    if req.stats == "given":
+        for role, side in (("q_weight", q), ("k_weight", k)):
+            w = getattr(req, role)
+            if w is None or w.ndim != 1 or w.shape[0] != side.heads * d:
+                raise _fail(role, f"this rank's full-dim weight, 1-D of length {side.heads}x{d}, with sumsq",
+                            None if w is None else f"shape {w.shape}")
+        return "full"
     if req.q_weight is None and req.k_weight is None:
         return "none"
     if req.q_weight is None or req.k_weight is None:
@@ -358,6 +377,44 @@ def _check_dual_stream(req: Request, tokens: Tokens, norm: str) -> bool:
     return True
 
 
+# ------------------------------------------------------------ tensor parallelism
+
+
+STATS_KINDS = ("", "sumsq", "given")
+
+
+def _check_stats(req: Request, tokens: Tokens, d: int, q: Side, k: Side) -> tuple | None:
+    """The sums-of-squares buffer of a tensor-parallel call; for "given", the norm widths."""
+    if req.stats not in STATS_KINDS:
+        raise _fail("stats", " / ".join(map(repr, STATS_KINDS)), req.stats)
+    if not req.stats:
+        if req.norm_width is not None:
+            raise _fail("norm_width", "None unless sumsq is given (tensor parallelism)", req.norm_width)
+        return None
+    a = req.sumsq
+    shapes = ((tokens.count, 2), (tokens.batch, tokens.seq, 2))
+    if a is None:
+        raise _fail("sumsq", f"a float32 array of shape {shapes[0]} or {shapes[1]}", None)
+    _check_dtype("sumsq", a, ("f32",))
+    if a.shape not in shapes:
+        raise _fail("sumsq", f"shape {shapes[0]} or {shapes[1]}: Q's and K's sums for each token", f"shape {a.shape}")
+    if any(n > 1 and st != c for n, st, c in zip(a.shape, a.strides, contiguous_strides(a.shape))):
+        raise _fail("sumsq", "a contiguous array", f"strides {a.strides}")
+    if req.stats == "sumsq":
+        if a.readonly:
+            raise _fail("sumsq", "a writable array", "a read-only one")
+        return None
+    if req.norm_width is None:
+        raise _fail("norm_width", "the values a token's norm runs over on all ranks together: an int, or (Q's, K's)",
+                    None)
+    widths = _ints("norm_width", req.norm_width, 2)
+    for width, side in zip(widths, (q, k)):
+        if width < side.heads * d or width % d:
+            raise _fail("norm_width", f"multiples of head_dim {d} of at least this rank's {side.heads}x{d} values",
+                        req.norm_width)
+    return widths
+
+
 # --------------------------------------------------------------------------- cos / sin
 
 
@@ -368,9 +425,10 @@ class Table:
     rb: int         # element strides: outer row, inner row, head
     rs: int
     hs: int
+    offset: int = 0  # elements from the array's pointer to the first row read
 
 
-def _table_layout(role: str, t: ArrayInfo, d: int, q: Side, k: Side, tokens: Tokens) -> Table:
+def _table_layout(role: str, t: ArrayInfo, d: int, q: Side, k: Side, tokens: Tokens, start) -> Table:
     def heads_stride(width_heads: int, hs: int) -> int:
         if width_heads == 1:
             return 0
@@ -398,13 +456,29 @@ def _table_layout(role: str, t: ArrayInfo, d: int, q: Side, k: Side, tokens: Tok
         outer, inner, rb, rs = t.shape[0], t.shape[1], _stride(t, 0), _stride(t, 1)
     else:
         raise _fail(role, "a 2-D [R, D], 3-D [B, S, D] or 4-D [B, S, H, D] table", f"shape {t.shape}")
+    offset = 0
+    if start is not None:   # the sequence rows [start, start + S) of a longer table, as a slice would
+        if inner < start + tokens.seq:
+            raise _fail(role, f"at least rope_offset + S = {start} + {tokens.seq} rows along its sequence axis",
+                        f"shape {t.shape}")
+        inner, offset = tokens.seq, start * rs
     rows = outer * inner
     if rows == 0 or tokens.count % rows:
         raise _fail(role, f"a row count that equals or divides the {tokens.count} tokens", rows)
-    return Table(rows, inner, rb, rs, hs)
+    return Table(rows, inner, rb, rs, hs, offset)
+
+
+def _rope_offset(req: Request):
+    start = req.rope_offset
+    if start is not None and not (_is_int(start) and start >= 0):
+        raise _fail("rope_offset", "None or a non-negative int", start)
+    if start is not None and req.cos is None:
+        raise _fail("rope_offset", "None without cos/sin", start)
+    return start
 
 
 def _rope_tables(req: Request, d: int, q: Side, k: Side, tokens: Tokens, vec: int):
+    start = _rope_offset(req)
     if req.cos is None and req.sin is None:
         return None, None
     if req.cos is None or req.sin is None:
@@ -418,8 +492,9 @@ def _rope_tables(req: Request, d: int, q: Side, k: Side, tokens: Tokens, vec: in
     tables = []
     for role, t in (("cos", c), ("sin", s)):
         _check_last_contiguous(role, t)
-        lay = _table_layout(role, t, d, q, k, tokens)
-        _check_aligned(role, t.ptr, (lay.rb, lay.rs, lay.hs), t.itemsize, min(16, vec * t.itemsize))
+        lay = _table_layout(role, t, d, q, k, tokens, start)
+        _check_aligned(role, t.ptr + lay.offset * t.itemsize, (lay.rb, lay.rs, lay.hs), t.itemsize,
+                       min(16, vec * t.itemsize))
         tables.append(lay)
     return tables[0], tables[1]
 
@@ -571,6 +646,7 @@ class Work:
     head_dim: int
     heads: int               # the larger of Hq and Hk
     rows: int                # 2 x tokens: a row is one side of one token
+    stats: str = ""          # tensor parallelism's sums of squares (STATS_KINDS)
 
 
 def launch_config(w: Work, device: DeviceSpec, tuning: Tuning) -> LaunchConfig:
@@ -583,9 +659,13 @@ def launch_config(w: Work, device: DeviceSpec, tuning: Tuning) -> LaunchConfig:
     shared_k = _shared_table_k(w.rope, w.norm) if w.shared_table else None
     table = table_class(w.table, w.dtype)
     forced = 0 if table == "x16" else tuning.heads_per_thread   # rare table pairings: the looping variant
+    if forced is None and w.norm == "full" and w.heads == 1:
+        forced = 2   # one head a rank under tensor parallelism: full-dim variants hold two
     forced = None if forced is None else default_heads_per_thread(w.heads, parts, forced)
     geo = geometry(lanes_d, w.heads, parts, k=forced, per_head=per_head, block_target=target)
-    if forced is None and geo.heads_per_thread > 2:
+    # Full-dim rows keep one head split whatever the token count, so that a sequence shard sums a
+    # token's heads in the order the whole sequence does (bit-equal shards).
+    if forced is None and per_head and geo.heads_per_thread > 2:
         # Launch-bound grids: a thread's chain of loads sets the time, and two heads a thread win.
         small = geometry(lanes_d, w.heads, parts, k=2, per_head=per_head, block_target=target)
         if w.rows * small.team <= tuning.small_grid_threads:
@@ -607,8 +687,8 @@ def launch_config(w: Work, device: DeviceSpec, tuning: Tuning) -> LaunchConfig:
     k = geo.heads_per_thread
     waves = _ahead_waves(iters, w.norm, parts, tuning)
     variant = Variant(
-        w.dtype, w.rope, w.norm, k, parts, table, shared_table=k == shared_k,
-        ahead=waves > 0 or (w.rope, w.norm, k) not in _variants.NO_AHEAD_VARIANTS)
+        w.dtype, w.rope, w.norm, k, parts, table, shared_table=k == shared_k and not w.stats,
+        ahead=waves > 0 or (w.rope, w.norm, k) not in _variants.NO_AHEAD_VARIANTS, stats=w.stats)
     return LaunchConfig(variant, lanes_d, geo.tj, geo.th, geo.block, iters, grid, waves)
 
 
@@ -656,9 +736,12 @@ def make_plan(req: Request, device: DeviceSpec, tuning: Tuning) -> Plan:
     norm = _norm_kind(req, d, q, k)
     _check_weights(req, vec)
     dual = _check_dual_stream(req, tokens, norm)
+    widths = _check_stats(req, tokens, d, q, k)
     cos_t, sin_t = _rope_tables(req, d, q, k, tokens, vec)
     _check_head_offsets(d, (q, k, oq, ok), (cos_t, sin_t))
     rope = "none" if cos_t is None else ("interleaved" if req.interleave else "half")
+    if req.stats == "sumsq" and (req.q_weight is not None or req.k_weight is not None or rope != "none"):
+        raise PlanError("qk_sumsq: takes no weights or cos/sin")
     if norm == "none" and rope == "none":
         raise PlanError("q_weight/k_weight and cos/sin are all None: there is nothing to compute")
     if not (isinstance(req.eps, (int, float)) and req.eps >= 0):
@@ -669,13 +752,14 @@ def make_plan(req: Request, device: DeviceSpec, tuning: Tuning) -> Plan:
 
     shared = cos_t is not None and cos_t.hs == 0 and sin_t.hs == 0
     work = Work(data.dtype, rope, norm, req.cos.dtype if cos_t else None, shared, d, max(q.heads, k.heads),
-                2 * tokens.count)
+                2 * tokens.count, req.stats)
     cfg = launch_config(work, device, tuning)
-    return Plan(cfg, bytes(_params(req, cfg, tokens, d, q, k, oq, ok, norm, dual, cos_t, sin_t)),
-                _slots(req, norm, dual, cos_t is not None, q, k, oq, ok))
+    widths = widths or tuple((side.heads if norm == "full" else 1) * d for side in (q, k))
+    return Plan(cfg, bytes(_params(req, cfg, tokens, d, q, k, oq, ok, widths, dual, cos_t, sin_t)),
+                _slots(req, dual, cos_t, sin_t, q, k, oq, ok))
 
 
-def _params(req, cfg: LaunchConfig, tokens, d, q, k, oq, ok, norm, dual, cos_t, sin_t) -> Params:
+def _params(req, cfg: LaunchConfig, tokens, d, q, k, oq, ok, widths, dual, cos_t, sin_t) -> Params:
     """The kernel's parameters, pointers left null (the launch fills them in)."""
     p = Params()
     for i, (side, out) in enumerate(((q, oq), (k, ok))):
@@ -683,9 +767,10 @@ def _params(req, cfg: LaunchConfig, tokens, d, q, k, oq, ok, norm, dual, cos_t, 
         sp.in_sb, sp.in_ss, sp.in_hs = side.sb, side.ss, side.hs
         sp.out_sb, sp.out_ss, sp.out_hs = out.sb, out.ss, out.hs
         sp.heads = side.heads
-        sp.inv_n = 1.0 / ((side.heads if norm == "full" else 1) * d)
-        if norm != "none":
-            sp.w_dtype = DTYPE_CODES[getattr(req, "qk"[i] + "_weight").dtype]
+        sp.inv_n = 1.0 / widths[i]
+        weight = getattr(req, "qk"[i] + "_weight")
+        if weight is not None:
+            sp.w_dtype = DTYPE_CODES[weight.dtype]
     if cos_t is not None:
         p.cos_rb, p.cos_rs, p.cos_hs = cos_t.rb, cos_t.rs, cos_t.hs
         p.sin_rb, p.sin_rs, p.sin_hs = sin_t.rb, sin_t.rs, sin_t.hs
@@ -704,19 +789,21 @@ def _params(req, cfg: LaunchConfig, tokens, d, q, k, oq, ok, norm, dual, cos_t, 
     return p
 
 
-def _slots(req, norm: str, dual: bool, rope: bool, q, k, oq, ok) -> tuple:
+def _slots(req, dual: bool, cos_t, sin_t, q, k, oq, ok) -> tuple:
     """Where each pointer of the Params pointer block comes from: (role, byte offset) or None."""
     slots = [None] * POINTERS
     for i, (side, out) in enumerate(((q, oq), (k, ok))):
         slots[_slot("in_", i)] = (side.role, side.offset)
         slots[_slot("out", i)] = (out.role, out.offset)
-        if norm != "none":
-            w_role = "qk"[i] + "_weight"
+        w_role = "qk"[i] + "_weight"
+        if getattr(req, w_role) is not None:
             slots[_slot("w", i)] = (w_role, 0)
             slots[_slot("w_txt", i)] = ("qk"[i] + "_add_weight" if dual else w_role, 0)
-    if rope:
-        slots[_slot("cos")] = ("cos", 0)
-        slots[_slot("sin")] = ("sin", 0)
+    if cos_t is not None:
+        slots[_slot("cos")] = ("cos", cos_t.offset * req.cos.itemsize)
+        slots[_slot("sin")] = ("sin", sin_t.offset * req.sin.itemsize)
+    if req.stats:
+        slots[_slot("stats")] = ("sumsq", 0)
     return tuple(slots)
 
 

@@ -20,6 +20,9 @@ ACT_DTYPES = ("bf16", "f16", "f32")
 DTYPE_CODES = {"f32": 0, "f16": 1, "bf16": 2}
 ROPE_CODES = {"none": 0, "interleaved": 1, "half": 2}
 NORM_CODES = {"none": 0, "head": 1, "full": 2}
+# Tensor-parallel full-dim rows (StatsMode): "sumsq" writes each row's sum of squares over the
+# local heads and no output; "given" normalises by all-reduced sums. Suffixes of their variants.
+STATS_CODES = {"": 0, "sumsq": 1, "given": 2}
 C_TYPES = {"f32": "float", "f16": "__half", "bf16": "__nv_bfloat16"}
 # cos/sin storage: fp32, the activations' own 16-bit type, or (x16) 16 bits whose kind is a
 # launch parameter, for the pairings no model uses (a bf16 table with f16 data, say): those get
@@ -85,11 +88,12 @@ class Variant:
     table: str | None = "f32"    # cos/sin class (TABLE_CLASSES); None without rope
     shared_table: bool = False   # one slice for all heads (cos_hs == sin_hs == 0)
     ahead: bool = True           # carries the rows-ahead code
+    stats: str = ""              # STATS_CODES: full-dim rows' sums of squares, for tensor parallelism
 
     @property
     def name(self) -> str:
         suffix = (f"_p{self.parts}" if self.parts != natural_parts(self.rope) else "") + \
-            ("_st" if self.shared_table else "") + ("" if self.ahead else "_na")
+            ("_st" if self.shared_table else "") + ("" if self.ahead else "_na") + (f"_{self.stats}" if self.stats else "")
         table = f"_{self.table}" if self.table else ""
         return f"qknr_{self.dtype}_{self.rope}{table}_{self.norm}_k{self.heads_per_thread}{suffix}"
 
@@ -108,7 +112,7 @@ class Variant:
         """The line kernels/qk_norm_rope.cu expands into this variant (CUDIT_QKNR)."""
         args = (self.name, C_TYPES[self.dtype], TABLE_CLASSES[self.table or "f32"], ROPE_CODES[self.rope],
                 NORM_CODES[self.norm], self.heads_per_thread, self.parts, int(self.shared_table), int(self.ahead),
-                self.bound(arch))
+                STATS_CODES[self.stats], self.bound(arch))
         return f"CUDIT_QKNR({', '.join(str(a) for a in args)})"
 
 
@@ -134,6 +138,9 @@ def all_variants() -> tuple:
         for table in tables:
             base = Variant(dt, rope, norm, k, parts, table)
             out.append(base)
+            if norm == "full":
+                out += [Variant(dt, rope, norm, k, parts, table, stats=s) for s in ("sumsq", "given")
+                        if s == "given" or rope == "none"]
             if (rope, norm, k) in SHARED_TABLE_BOUNDS:
                 out.append(Variant(dt, rope, norm, k, parts, table, shared_table=True))
             if (rope, norm, k) in NO_AHEAD_VARIANTS:

@@ -9,7 +9,7 @@ from ._tuning import DeviceSpec, tuning_for
 
 # A call's arrays in a fixed order, each named by its role (packed, split): the planner's
 # names, which its errors use. Packed calls leave "k" empty, and "k_out" unless out is a pair.
-_WEIGHTS_TABLES = ("q_weight", "k_weight", "q_add_weight", "k_add_weight", "cos", "sin")
+_WEIGHTS_TABLES = ("q_weight", "k_weight", "q_add_weight", "k_add_weight", "cos", "sin", "sumsq")
 ROLES = (("qkv", "k", "out", "k_out") + _WEIGHTS_TABLES, ("q", "k", "q_out", "k_out") + _WEIGHTS_TABLES)
 _UNUSED = len(ROLES[0])   # index of a constant 0 appended to a call's pointers
 
@@ -19,7 +19,7 @@ _PAIR = (tuple, list)
 
 def qk_norm_rope(qkv, q_weight, k_weight, cos=None, sin=None, *, num_heads=None, eps=1e-6,
                  interleave=True, q_add_weight=None, k_add_weight=None, num_txt_tokens=0,
-                 seq_len=None, out=None, stream=None):
+                 seq_len=None, out=None, stream=None, sumsq=None, norm_width=None, rope_offset=None):
     """RMS-normalise Q and K (per head or across heads), then apply RoPE, in one pass on the GPU.
 
     For each token, on Q and on K: ``y = x * rsqrt(mean(x^2) + eps) * w`` (the mean over one head,
@@ -49,6 +49,14 @@ def qk_norm_rope(qkv, q_weight, k_weight, cos=None, sin=None, *, num_heads=None,
             Required for JAX arrays, which are immutable.
         stream: None for the current stream of the input's framework; else an int handle or a
             stream object (``__cuda_stream__``, torch, CuPy, cuda.core). Never synchronises.
+        sumsq, norm_width: tensor parallelism (heads split over GPUs, full-dim norm): the
+            all-reduced ``[T, 2]`` float32 sums of squares that ``qk_sumsq`` wrote on each
+            rank, and how many values a token's Q and K norms run over on all ranks together
+            (an int, or ``(Q's, K's)``). The weights are then this rank's slices, of length
+            ``H_local * D``.
+        rope_offset: sequence parallelism: token s of this call reads the table's sequence row
+            ``rope_offset + s`` (row of a 2-D table, axis 1 of a 3-D or 4-D one), as if the
+            table were sliced ``[rope_offset : rope_offset + S]``; None keeps the broadcast rule.
 
     Returns:
         qkv (in place) or out.
@@ -72,13 +80,35 @@ def qk_norm_rope(qkv, q_weight, k_weight, cos=None, sin=None, *, num_heads=None,
     o, k_out = out if isinstance(out, _PAIR) and len(out) == 2 else (out, None)
     if isinstance(num_heads, _PAIR):
         num_heads = tuple(num_heads)
-    run(split, (q, k, o, k_out, q_weight, k_weight, q_add_weight, k_add_weight, cos, sin),
-        (num_heads, eps, interleave, num_txt_tokens, seq_len), stream)
+    if isinstance(norm_width, _PAIR):
+        norm_width = tuple(norm_width)
+    run(split, (q, k, o, k_out, q_weight, k_weight, q_add_weight, k_add_weight, cos, sin, sumsq),
+        (num_heads, eps, interleave, num_txt_tokens, seq_len, norm_width, rope_offset, "" if sumsq is None else "given"),
+        stream)
     return qkv if out is None else out
 
 
+def qk_sumsq(qkv, sumsq, *, num_heads=None, seq_len=None, stream=None):
+    """Tensor parallelism's first phase: each token's float32 sums of squares of Q and of K over
+    this rank's heads, into ``sumsq`` (``[T, 2]`` or ``[B, S, 2]``, contiguous float32; Q's
+    sum first). All-reduce it over the ranks, then pass it to ``qk_norm_rope(...,
+    sumsq=sumsq, norm_width=...)``. Reads Q and K once; writes nothing else.
+
+    qkv, num_heads, seq_len, stream: as for qk_norm_rope. Returns sumsq.
+    """
+    split = isinstance(qkv, _PAIR)
+    if split and (len(qkv) != 2 or qkv[0] is None or qkv[1] is None):
+        raise PlanError(f"qkv: expected one packed array or a (q, k) pair of arrays, got {qkv!r:.80}")
+    q, k = qkv if split else (qkv, None)
+    if isinstance(num_heads, _PAIR):
+        num_heads = tuple(num_heads)
+    run(split, (q, k) + (None,) * 8 + (sumsq,), (num_heads, 1e-6, True, 0, seq_len, None, None, "sumsq"), stream)
+    return sumsq
+
+
 def run(split: bool, objs: tuple, options: tuple, stream) -> None:
-    """Launch for arrays in ROLES[split] order and (num_heads, eps, interleave, num_txt_tokens, seq_len)."""
+    """Launch for arrays in ROLES[split] order and (num_heads, eps, interleave, num_txt_tokens,
+    seq_len, norm_width, rope_offset, stats)."""
     first = type(objs[0])
     framework, keys_of = _ADAPTERS.get(first) or adapter(first)
     try:
@@ -144,7 +174,7 @@ def _remember(key: tuple, entry) -> None:
 def _request(split: bool, objs, options, view) -> Request:
     """The planner's Request, each array given through view(role, obj)."""
     v = {role: None if x is None else view(role, x) for role, x in zip(ROLES[split], objs)}
-    num_heads, eps, interleave, num_txt_tokens, seq_len = options
+    num_heads, eps, interleave, num_txt_tokens, seq_len, norm_width, rope_offset, stats = options
     if split:
         qkv, out = (v["q"], v["k"]), (v["q_out"], v["k_out"])
         out = None if out == (None, None) else out
@@ -152,7 +182,8 @@ def _request(split: bool, objs, options, view) -> Request:
         qkv, out = v["qkv"], v["out"] if v["k_out"] is None else (v["out"], v["k_out"])
     return Request(qkv=qkv, q_weight=v["q_weight"], k_weight=v["k_weight"], cos=v["cos"], sin=v["sin"],
                    num_heads=num_heads, eps=eps, interleave=bool(interleave), q_add_weight=v["q_add_weight"],
-                   k_add_weight=v["k_add_weight"], num_txt_tokens=num_txt_tokens, seq_len=seq_len, out=out)
+                   k_add_weight=v["k_add_weight"], num_txt_tokens=num_txt_tokens, seq_len=seq_len, out=out,
+                   sumsq=v["sumsq"], stats=stats, norm_width=norm_width, rope_offset=rope_offset)
 
 
 _NO_DEVICE = DeviceSpec(arch=(0, 0))   # for requests that fail before a device matters

@@ -30,11 +30,14 @@ def _to_bshd(x: np.ndarray, heads, seq_len):
     return x.reshape(b, s, heads, w // heads).copy()
 
 
-def _rms_norm(x, w, w_txt, n_txt, full: bool, eps: float):
-    """x [B, S, H, D]; w of length D (per-head) or H*D (full-dim)."""
+def _rms_norm(x, w, w_txt, n_txt, full: bool, eps: float, mean_sq=None):
+    """x [B, S, H, D]; w of length D (per-head) or H*D (full-dim); mean_sq [B, S, 1, 1]: the
+    full-dim mean square taken over all ranks (tensor parallelism), else x's own."""
     b, s, h, d = x.shape
     axes = (2, 3) if full else (3,)
-    r = 1.0 / np.sqrt(np.mean(x * x, axis=axes, keepdims=True) + eps)
+    if mean_sq is None:
+        mean_sq = np.mean(x * x, axis=axes, keepdims=True)
+    r = 1.0 / np.sqrt(mean_sq + eps)
     shape = (h, d) if full else (d,)
     weight = np.broadcast_to(_f64(w).reshape(shape), (b, s, h, d)).copy()
     if n_txt and w_txt is not None:
@@ -74,36 +77,73 @@ def _rope(x, cos, sin, interleave: bool):
     return out
 
 
-def _side(x, w, w_add, cos, sin, *, n_txt, eps, interleave):
+def _sequence_rows(t, start, s):
+    """The table sliced to sequence rows [start, start + s) (axis 0 of a 2-D table, else 1)."""
+    t = np.asarray(t)
+    return t[start:start + s] if t.ndim == 2 else t[:, start:start + s]
+
+
+def _side(x, w, w_add, cos, sin, *, n_txt, eps, interleave, mean_sq=None, rope_offset=None):
     b, s, h, d = x.shape
     if w is not None:
-        full = np.asarray(w).size == h * d and h > 1
-        x = _rms_norm(x, w, w_add, n_txt, full, eps)
+        full = mean_sq is not None or (np.asarray(w).size == h * d and h > 1)
+        x = _rms_norm(x, w, w_add, n_txt, full, eps, mean_sq)
     if cos is not None:
+        if rope_offset is not None:
+            cos, sin = _sequence_rows(cos, rope_offset, s), _sequence_rows(sin, rope_offset, s)
         x = _rope(x, *_token_tables(cos, sin, b, s, d), interleave)
     return x
 
 
+def _mean_squares(sumsq, norm_width, b: int, s: int):
+    """Tensor parallelism's all-reduced sums -> Q's and K's mean squares, each [B, S, 1, 1]."""
+    if sumsq is None:
+        return None, None
+    sums = _f64(sumsq).reshape(b, s, 2, 1, 1)
+    widths = _heads(norm_width, 2)
+    return sums[:, :, 0] / widths[0], sums[:, :, 1] / widths[1]
+
+
 def qk_norm_rope_ref(qkv, q_weight, k_weight, cos=None, sin=None, *, num_heads=None, eps=1e-6,
                      interleave=True, q_add_weight=None, k_add_weight=None, num_txt_tokens=0,
-                     seq_len=None):
-    """float64 result: an array shaped like qkv (V copied unchanged), or a (q, k) tuple."""
-    common = dict(n_txt=num_txt_tokens, eps=eps, interleave=interleave)
+                     seq_len=None, sumsq=None, norm_width=None, rope_offset=None):
+    """float64 result: an array shaped like qkv (V copied unchanged), or a (q, k) tuple.
+
+    sumsq, norm_width: tensor parallelism's all-reduced sums of squares ([T, 2] or [B, S, 2])
+    and the widths they cover; rope_offset: the table's sequence row of token 0 (docs/api.md)."""
+    common = dict(n_txt=num_txt_tokens, eps=eps, interleave=interleave, rope_offset=rope_offset)
     if isinstance(qkv, (tuple, list)):
         q, k = (_f64(a) for a in qkv)
         hs = _heads(num_heads, 2) or (None, None)
         q4 = _to_bshd(q, hs[0], seq_len)
         k4 = _to_bshd(k, hs[1], seq_len)
-        qo = _side(q4, q_weight, q_add_weight, cos, sin, **common)
-        ko = _side(k4, k_weight, k_add_weight, cos, sin, **common)
+        mq, mk = _mean_squares(sumsq, norm_width, *q4.shape[:2])
+        qo = _side(q4, q_weight, q_add_weight, cos, sin, mean_sq=mq, **common)
+        ko = _side(k4, k_weight, k_add_weight, cos, sin, mean_sq=mk, **common)
         return qo.reshape(q.shape), ko.reshape(k.shape)
     x = _f64(qkv)
     hq, hk, hv = _heads(num_heads, 3)
     x4 = _to_bshd(x, hq + hk + hv, seq_len)
+    mq, mk = _mean_squares(sumsq, norm_width, *x4.shape[:2])
     out = x4.copy()
-    out[:, :, :hq] = _side(x4[:, :, :hq], q_weight, q_add_weight, cos, sin, **common)
-    out[:, :, hq:hq + hk] = _side(x4[:, :, hq:hq + hk], k_weight, k_add_weight, cos, sin, **common)
+    out[:, :, :hq] = _side(x4[:, :, :hq], q_weight, q_add_weight, cos, sin, mean_sq=mq, **common)
+    out[:, :, hq:hq + hk] = _side(x4[:, :, hq:hq + hk], k_weight, k_add_weight, cos, sin, mean_sq=mk, **common)
     return out.reshape(x.shape)
+
+
+def qk_sumsq_ref(qkv, *, num_heads=None, seq_len=None):
+    """float64 sums of squares of each token's Q and K heads: [T, 2] for 2-D data, else [B, S, 2]."""
+    if isinstance(qkv, (tuple, list)):
+        hs = _heads(num_heads, 2) or (None, None)
+        q4, k4 = (_to_bshd(_f64(a), h, seq_len) for a, h in zip(qkv, hs))
+        shape = np.shape(qkv[0])
+    else:
+        hq, hk, hv = _heads(num_heads, 3)
+        x4 = _to_bshd(_f64(qkv), hq + hk + hv, seq_len)
+        q4, k4 = x4[:, :, :hq], x4[:, :, hq:hq + hk]
+        shape = np.shape(qkv)
+    sums = np.stack([np.sum(q4 * q4, axis=(2, 3)), np.sum(k4 * k4, axis=(2, 3))], axis=-1)
+    return sums.reshape(-1, 2) if len(shape) == 2 else sums
 
 
 # ------------------------------------------------------------------ gradients (issue #12's oracle)

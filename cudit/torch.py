@@ -4,13 +4,19 @@
     cudit.torch.qk_norm_rope(qkv, q_weight, k_weight, cos, sin, num_heads=24)   # in place
     q2, k2 = cudit.torch.qk_norm_rope((q, k), qw, kw, cos, sin, inplace=False)
 
-Four operators, registered with torch.library.Library (define / impl: the cheapest
+Six operators, registered with torch.library.Library (define / impl: the cheapest
 dispatch per call), each with a fake implementation for tracing:
 
     cudit::qk_norm_rope_(qkv!)         packed, in place               -> ()
     cudit::qk_norm_rope(qkv)           packed, functional             -> Tensor (V copied)
     cudit::qk_norm_rope_split_(q!, k!) separate Q and K, in place     -> ()
     cudit::qk_norm_rope_split(q, k)    separate Q and K, functional   -> (Tensor, Tensor)
+    cudit::qk_sumsq(qkv)               tensor parallelism's sums      -> Tensor [.., 2] float32
+    cudit::qk_sumsq_split(q, k)        the same for separate Q and K  -> Tensor
+
+Tensor parallelism (heads over the ranks of a process group, full-dim norm): pass
+tp_group= to qk_norm_rope; the sums go through one functional all-reduce, which
+torch.compile traces without a graph break (docs/parallel.md).
 
 They run on the current stream of PyTorch. There is no autograd formula yet: with grad mode
 on, a tensor that requires grad raises cudit.PlanError naming it (eager and under
@@ -19,13 +25,15 @@ torch.compile alike), rather than letting backward() compute a wrong gradient.
 from __future__ import annotations
 
 import torch
+import torch.distributed._functional_collectives as funcol
 
 from . import api
 from ._arrays import check_no_autograd
 
 _COMMON = ("Tensor? q_weight, Tensor? k_weight, Tensor? cos, Tensor? sin, {heads}, float eps=1e-06, "
            "bool interleave=True, Tensor? q_add_weight=None, Tensor? k_add_weight=None, "
-           "int num_txt_tokens=0, int? seq_len=None")
+           "int num_txt_tokens=0, int? seq_len=None, Tensor? sumsq=None, int[]? norm_width=None, "
+           "int? rope_offset=None")
 _PACKED = _COMMON.format(heads="int[] num_heads")
 _SPLIT = _COMMON.format(heads="int[]? num_heads=None")
 
@@ -34,21 +42,30 @@ _lib.define(f"qk_norm_rope_(Tensor(a!) qkv, {_PACKED}) -> ()")
 _lib.define(f"qk_norm_rope(Tensor qkv, {_PACKED}) -> Tensor")
 _lib.define(f"qk_norm_rope_split_(Tensor(a!) q, Tensor(b!) k, {_SPLIT}) -> ()")
 _lib.define(f"qk_norm_rope_split(Tensor q, Tensor k, {_SPLIT}) -> (Tensor, Tensor)")
+_lib.define("qk_sumsq(Tensor qkv, int[] num_heads, int? seq_len=None) -> Tensor")
+_lib.define("qk_sumsq_split(Tensor q, Tensor k, int[]? num_heads=None, int? seq_len=None) -> Tensor")
 
 
 def _heads(num_heads):
+    """A schema's int[] as the int or tuple cudit takes (num_heads, norm_width)."""
     if num_heads is None:
         return None
     return num_heads[0] if len(num_heads) == 1 else tuple(num_heads)
+
+
+def _options(num_heads, eps, interleave, num_txt_tokens, seq_len, sumsq, norm_width, rope_offset):
+    return (_heads(num_heads), eps, interleave, num_txt_tokens, seq_len, _heads(norm_width), rope_offset,
+            "" if sumsq is None else "given")
 
 
 # The kernels call cudit's launch path directly (arrays in api.ROLES order), skipping the
 # public function's argument handling. The dispatcher leaves out trailing arguments equal
 # to the schema's defaults, hence the defaults here.
 def _packed_(qkv, q_weight, k_weight, cos, sin, num_heads, eps=1e-6, interleave=True, q_add_weight=None,
-             k_add_weight=None, num_txt_tokens=0, seq_len=None, out=None):
-    api.run(False, (qkv, None, out, None, q_weight, k_weight, q_add_weight, k_add_weight, cos, sin),
-            (_heads(num_heads), eps, interleave, num_txt_tokens, seq_len), None)
+             k_add_weight=None, num_txt_tokens=0, seq_len=None, sumsq=None, norm_width=None, rope_offset=None,
+             out=None):
+    api.run(False, (qkv, None, out, None, q_weight, k_weight, q_add_weight, k_add_weight, cos, sin, sumsq),
+            _options(num_heads, eps, interleave, num_txt_tokens, seq_len, sumsq, norm_width, rope_offset), None)
 
 
 def _packed(qkv, q_weight, k_weight, cos, sin, num_heads, *args):
@@ -71,10 +88,11 @@ def _copy_v(qkv, out, num_heads):
 
 
 def _split_(q, k, q_weight, k_weight, cos, sin, num_heads=None, eps=1e-6, interleave=True,
-            q_add_weight=None, k_add_weight=None, num_txt_tokens=0, seq_len=None, out=None):
+            q_add_weight=None, k_add_weight=None, num_txt_tokens=0, seq_len=None, sumsq=None, norm_width=None,
+            rope_offset=None, out=None):
     q_out, k_out = out if out is not None else (None, None)
-    api.run(True, (q, k, q_out, k_out, q_weight, k_weight, q_add_weight, k_add_weight, cos, sin),
-            (_heads(num_heads), eps, interleave, num_txt_tokens, seq_len), None)
+    api.run(True, (q, k, q_out, k_out, q_weight, k_weight, q_add_weight, k_add_weight, cos, sin, sumsq),
+            _options(num_heads, eps, interleave, num_txt_tokens, seq_len, sumsq, norm_width, rope_offset), None)
 
 
 def _split(q, k, *args):
@@ -83,20 +101,41 @@ def _split(q, k, *args):
     return out
 
 
+def _sums_shape(x) -> tuple:
+    """qk_sumsq's output for data x: [T, 2] for 2-D data, [B, S, 2] for 3-D and 4-D."""
+    return (*x.shape[:-1], 2) if x.dim() <= 3 else (*x.shape[:2], 2)
+
+
+def _sumsq(qkv, num_heads, seq_len=None):
+    sums = torch.empty(_sums_shape(qkv), dtype=torch.float32, device=qkv.device)
+    api.run(False, (qkv,) + (None,) * 9 + (sums,), (_heads(num_heads), 1e-6, True, 0, seq_len, None, None, "sumsq"),
+            None)
+    return sums
+
+
+def _sumsq_split(q, k, num_heads=None, seq_len=None):
+    sums = torch.empty(_sums_shape(q), dtype=torch.float32, device=q.device)
+    api.run(True, (q, k) + (None,) * 8 + (sums,), (_heads(num_heads), 1e-6, True, 0, seq_len, None, None, "sumsq"),
+            None)
+    return sums
+
+
 # CPU too: a host tensor then fails with cudit.PlanError naming it, not a dispatcher error.
 for _name, _fn in (("qk_norm_rope_", _packed_), ("qk_norm_rope", _packed),
-                   ("qk_norm_rope_split_", _split_), ("qk_norm_rope_split", _split)):
+                   ("qk_norm_rope_split_", _split_), ("qk_norm_rope_split", _split),
+                   ("qk_sumsq", _sumsq), ("qk_sumsq_split", _sumsq_split)):
     _lib.impl(_name, _fn, "CUDA")
     _lib.impl(_name, _fn, "CPU")
 
-_TENSOR_ARGS = ("q_weight", "k_weight", "cos", "sin")   # after the data, in schema order
-_ADD_ARGS = ("q_add_weight", "k_add_weight")            # schema positions 4 and 5 after num_heads
+# Tensor arguments after the data, by schema position after it (num_heads sits at 4).
+_TENSOR_ARGS = ((0, "q_weight"), (1, "k_weight"), (2, "cos"), (3, "sin"), (7, "q_add_weight"),
+                (8, "k_add_weight"), (11, "sumsq"))
 
 
 def _no_autograd(data_roles, args) -> None:
     """Tracing sees what eager sees: no tensor autograd would track (torch.compile's training graphs)."""
     n = len(data_roles)
-    named = list(zip(data_roles + _TENSOR_ARGS, args[:n + 4])) + list(zip(_ADD_ARGS, args[n + 7:n + 9]))
+    named = list(zip(data_roles, args)) + [(role, args[n + i]) for i, role in _TENSOR_ARGS if n + i < len(args)]
     for role, t in named:
         check_no_autograd(role, t)
 
@@ -123,17 +162,41 @@ def _split_fake(*args):
     return torch.empty_like(args[0]), torch.empty_like(args[1])
 
 
+@torch.library.register_fake("cudit::qk_sumsq", lib=_lib)
+def _sumsq_fake(qkv, *args):
+    return qkv.new_empty(_sums_shape(qkv), dtype=torch.float32)
+
+
+@torch.library.register_fake("cudit::qk_sumsq_split", lib=_lib)
+def _sumsq_split_fake(q, k, *args):
+    return q.new_empty(_sums_shape(q), dtype=torch.float32)
+
+
+def _int_list(x):
+    return None if x is None else ([x] if isinstance(x, int) else list(x))
+
+
 def qk_norm_rope(qkv, q_weight, k_weight, cos=None, sin=None, *, num_heads=None, eps=1e-6,
                  interleave=True, q_add_weight=None, k_add_weight=None, num_txt_tokens=0,
-                 seq_len=None, inplace=True):
+                 seq_len=None, inplace=True, sumsq=None, norm_width=None, rope_offset=None, tp_group=None):
     """cudit.qk_norm_rope through the torch operators (same arguments minus out= and stream=;
     docs/api.md).
 
+    tp_group: tensor parallelism over a torch.distributed process group (NCCL): Q and K hold
+    this rank's heads, q_weight and k_weight this rank's slices of full-dim weights. The sums
+    of squares are computed here and all-reduced over the group; norm_width defaults to the
+    weights' lengths times the group's size (heads split evenly).
+
     In place (the default) returns qkv; otherwise new tensor(s) of the same shapes.
     """
-    heads = None if num_heads is None else ([num_heads] if isinstance(num_heads, int) else list(num_heads))
+    heads = _int_list(num_heads)
+    if tp_group is not None:
+        sumsq = all_reduced_sumsq(qkv, tp_group, num_heads=num_heads, seq_len=seq_len)
+        if norm_width is None:
+            size = torch.distributed.get_world_size(tp_group)
+            norm_width = (q_weight.numel() * size, k_weight.numel() * size)
     rest = (q_weight, k_weight, cos, sin, heads, eps, interleave, q_add_weight, k_add_weight,
-            num_txt_tokens, seq_len)
+            num_txt_tokens, seq_len, sumsq, _int_list(norm_width), rope_offset)
     if isinstance(qkv, (tuple, list)):
         q, k = qkv
         if not inplace:
@@ -148,8 +211,27 @@ def qk_norm_rope(qkv, q_weight, k_weight, cos=None, sin=None, *, num_heads=None,
     return qkv
 
 
+def qk_sumsq(qkv, *, num_heads=None, seq_len=None):
+    """cudit.qk_sumsq into a new float32 tensor: [T, 2] for 2-D data, else [B, S, 2]."""
+    heads = _int_list(num_heads)
+    if isinstance(qkv, (tuple, list)):
+        return _SUMSQ_SPLIT_OP(qkv[0], qkv[1], heads, seq_len)
+    if heads is None:
+        raise TypeError("num_heads: expected an int or (Hq, Hk, Hv) for a packed qkv, got None")
+    return _SUMSQ_OP(qkv, heads, seq_len)
+
+
+def all_reduced_sumsq(qkv, group, *, num_heads=None, seq_len=None):
+    """This rank's sums of squares, summed over the process group by one functional all-reduce
+    (traced by torch.compile; in eager mode it waits before the sums are used)."""
+    sums = qk_sumsq(qkv, num_heads=num_heads, seq_len=seq_len)
+    return funcol.wait_tensor(funcol.all_reduce(sums, "sum", group))
+
+
 # The overloads themselves: looking them up through torch.ops costs about a microsecond a call.
 _PACKED_OP_ = torch.ops.cudit.qk_norm_rope_.default
 _PACKED_OP = torch.ops.cudit.qk_norm_rope.default
 _SPLIT_OP_ = torch.ops.cudit.qk_norm_rope_split_.default
 _SPLIT_OP = torch.ops.cudit.qk_norm_rope_split.default
+_SUMSQ_OP = torch.ops.cudit.qk_sumsq.default
+_SUMSQ_SPLIT_OP = torch.ops.cudit.qk_sumsq_split.default

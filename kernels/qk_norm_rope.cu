@@ -308,6 +308,30 @@ __device__ __forceinline__ float team_sum(float v, u32 team, u32 row_in_block, u
     return s;
 }
 
+// Tensor parallelism (StatsMode): a row's all-reduced sum of squares, requested before the data
+// loads so that its latency overlaps theirs.
+template <int STATS, int SIDE>
+__device__ __forceinline__ float given_sumsq(const Params& p, u32 tok) {
+    if (STATS != STATS_READ || tok >= (p.total_rows >> 1)) return 0.f;
+    return p.stats[2 * (i64)tok + SIDE];
+}
+
+// A full-dim row's 1 / rms from its sum of squares over this thread's heads (ss): summed by the
+// team, or the all-reduced sum (given). False under STATS_WRITE: the team's sum is stored for
+// the collective and the row is done.
+template <int STATS, int SIDE>
+__device__ __forceinline__ bool full_row_scale(const Params& p, float ss, float given, u32 tok, u32 row_in_block,
+                                               u32 parity, float inv_n, float& r) {
+    const float total = STATS == STATS_READ ? given : team_sum(ss, p.team, row_in_block, parity);
+    if (STATS == STATS_WRITE) {
+        if (threadIdx.x == 0 && tok < (p.total_rows >> 1)) p.stats[2 * (i64)tok + SIDE] = total;
+        return false;
+    }
+    // Once per row: the correctly rounded form costs nothing here (rsqrtf is for per-head).
+    r = 1.f / sqrtf(total * inv_n + p.eps);
+    return true;
+}
+
 // f(h) for each of this thread's heads hl, hl + th, ... below `heads`, at most N of them.
 template <int N, typename F>
 __device__ __forceinline__ void for_thread_heads(int hl, int th, int heads, F f) {
@@ -376,11 +400,10 @@ __device__ __forceinline__ u32 row_ahead(const Params& p, u32 tok) {
     return p.ahead && tok < tokens && p.ahead < tokens - tok ? tok + p.ahead : NO_ROW;
 }
 
-template <typename T, typename C, int ROPE, int NORM, int K, int PARTS, int TABLE, int SIDE>
+template <typename T, typename C, int ROPE, int NORM, int K, int PARTS, int TABLE, int STATS, int SIDE>
 __device__ __forceinline__ void process_row(const Params& p, u32 tok, u32 row_in_block, u32 parity, u32 far_row) {
     constexpr int VEC = Item<T, PARTS>::VEC;
     typedef Item<T, PARTS> It;
-    const u32 team = p.team;
     const TeamLane tl = team_lane<NORM>(p);
     const u32 j = tl.j;
     const int hl = tl.hl;
@@ -394,6 +417,8 @@ __device__ __forceinline__ void process_row(const Params& p, u32 tok, u32 row_in
     // Under PDL the parameters and the index math above overlap the previous kernel's tail; the
     // first global access waits (perf-notes v9).
     wait_for_producer();
+    const float given = given_sumsq<STATS, SIDE>(p, tok);
+    constexpr bool summed = NORM == NORM_FULL && STATS != STATS_READ;   // the row's own sum is needed
     const bool shared_table = ROPE != ROPE_NONE && (TABLE == TABLE_SHARED || (row.cos_hs == 0 && row.sin_hs == 0));
     // Per-head rows of two vectors an item, or of four 16-bit heads a thread, and TABLE_SHARED
     // variants: the shared table slice is requested into L1 early and read per head after the
@@ -450,10 +475,9 @@ __device__ __forceinline__ void process_row(const Params& p, u32 tok, u32 row_in
 #pragma unroll
             for (int k = 0; k < K; ++k) {
                 const int h = hl + k * th;
-                if (active && h < row.heads) ss += item_sumsq(it[k]);
+                if (summed && active && h < row.heads) ss += item_sumsq(it[k]);
             }
-            // Once per row: the correctly rounded form costs nothing here (rsqrtf is for per-head).
-            r[0] = 1.f / sqrtf(team_sum(ss, team, row_in_block, parity) * row.inv_n + p.eps);
+            if (!full_row_scale<STATS, SIDE>(p, ss, given, tok, row_in_block, parity, row.inv_n, r[0])) return;
         }
 #pragma unroll
         for (int k = 0; k < K; ++k) {
@@ -469,12 +493,12 @@ __device__ __forceinline__ void process_row(const Params& p, u32 tok, u32 row_in
         float r = 1.f;
         if (NORM == NORM_FULL) {
             float ss = 0.f;
-            for (int h = hl; active && h < row.heads; h += th) {
+            for (int h = hl; summed && active && h < row.heads; h += th) {
                 It it;
                 load_item(row, stride, h, it);
                 ss += item_sumsq(it);
             }
-            r = 1.f / sqrtf(team_sum(ss, team, row_in_block, parity) * row.inv_n + p.eps);
+            if (!full_row_scale<STATS, SIDE>(p, ss, given, tok, row_in_block, parity, row.inv_n, r)) return;
         }
         release_dependents();
         for (int base = 0; base < row.heads; base += th) {   // one side a block: uniform
@@ -493,7 +517,7 @@ __device__ __forceinline__ void process_row(const Params& p, u32 tok, u32 row_in
 // Blocks alternate sides (even: Q, odd: K); a block's rows are consecutive tokens of its side,
 // and it takes p.iters of them a row, a grid's worth of tokens apart. AHEAD == 0: variants for
 // blocks that never ask for rows ahead (Params.ahead is 0 for them), built without that code.
-template <typename T, typename C, int ROPE, int NORM, int K, int PARTS, int TABLE, int AHEAD, int SIDE>
+template <typename T, typename C, int ROPE, int NORM, int K, int PARTS, int TABLE, int AHEAD, int STATS, int SIDE>
 __device__ __forceinline__ void side_body(const Params& p) {
     const u32 rows_per_block = blockDim.y;   // blockDim.x is the team
     const u32 row_in_block = threadIdx.y;
@@ -510,7 +534,7 @@ __device__ __forceinline__ void side_body(const Params& p) {
             prefetch_row<T, C, PARTS, K, SIDE>(p, next, d, tl.hl, (int)p.th, part_stride<PARTS>(p));
         }
         const u32 far_row = AHEAD && ahead_in_row<NORM, PARTS>() && i == 0 ? row_ahead(p, tok) : NO_ROW;
-        process_row<T, C, ROPE, NORM, K, PARTS, TABLE, SIDE>(p, tok, row_in_block, i & 1u, far_row);
+        process_row<T, C, ROPE, NORM, K, PARTS, TABLE, STATS, SIDE>(p, tok, row_in_block, i & 1u, far_row);
     }
     if (AHEAD && !ahead_in_row<NORM, PARTS>()) {
         const u32 far_row = row_ahead(p, first);
@@ -519,21 +543,22 @@ __device__ __forceinline__ void side_body(const Params& p) {
     }
 }
 
-template <typename T, typename C, int ROPE, int NORM, int K, int PARTS, int TABLE, int AHEAD>
+template <typename T, typename C, int ROPE, int NORM, int K, int PARTS, int TABLE, int AHEAD, int STATS>
 __device__ __forceinline__ void qk_norm_rope_body(const Params& p) {
-    if (blockIdx.x & 1u) side_body<T, C, ROPE, NORM, K, PARTS, TABLE, AHEAD, 1>(p);
-    else side_body<T, C, ROPE, NORM, K, PARTS, TABLE, AHEAD, 0>(p);
+    static_assert(STATS == STATS_NONE || NORM == NORM_FULL, "sums of squares are full-dim rows'");
+    if (blockIdx.x & 1u) side_body<T, C, ROPE, NORM, K, PARTS, TABLE, AHEAD, STATS, 1>(p);
+    else side_body<T, C, ROPE, NORM, K, PARTS, TABLE, AHEAD, STATS, 0>(p);
 }
 
 }  // namespace cudit
 
 // build_cubins.py appends one line per variant:
-//   CUDIT_QKNR(name, T, C, ROPE, NORM, K, PARTS, TABLE, AHEAD, MAX_THREADS)
+//   CUDIT_QKNR(name, T, C, ROPE, NORM, K, PARTS, TABLE, AHEAD, STATS, MAX_THREADS)
 // (C: cos/sin storage, float or Bits16, any when ROPE is none; TABLE: TableKind; AHEAD: 0 or 1,
-// rows-ahead code)
-#define CUDIT_QKNR(NAME, T, C, ROPE, NORM, K, PARTS, TABLE, AHEAD, MAX_THREADS)                \
+// rows-ahead code; STATS: StatsMode)
+#define CUDIT_QKNR(NAME, T, C, ROPE, NORM, K, PARTS, TABLE, AHEAD, STATS, MAX_THREADS)         \
     extern "C" __global__ void __launch_bounds__(MAX_THREADS, 1) NAME(const cudit::Params p) { \
-        cudit::qk_norm_rope_body<T, C, ROPE, NORM, K, PARTS, TABLE, AHEAD>(p);                \
+        cudit::qk_norm_rope_body<T, C, ROPE, NORM, K, PARTS, TABLE, AHEAD, STATS>(p);         \
     }
 
 // The benchmark's baseline for launch-bound shapes and host overhead: a launch that does nothing.

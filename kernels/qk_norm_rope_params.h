@@ -16,6 +16,10 @@ typedef struct FastDiv { cudit_u32 d, m, s; } FastDiv;
 #endif
 
 enum RopeMode { ROPE_NONE = 0, ROPE_INTERLEAVED = 1, ROPE_HALF = 2 };
+// Full-dim rows under tensor parallelism (Params.stats, [tokens, 2] fp32: Q's and K's sums of
+// squares), a variant's template argument: STATS_WRITE stores each row's sum over this rank's
+// heads and writes no output; STATS_READ normalises by the all-reduced sums instead of summing.
+enum StatsMode { STATS_NONE = 0, STATS_WRITE = 1, STATS_READ = 2 };
 
 typedef struct SideParams {
     cudit_i64 in_sb, in_ss, in_hs;    // batch, sequence, head strides of the input
@@ -25,7 +29,7 @@ typedef struct SideParams {
     float inv_n;                // 1 / values normalised together (D or H*D)
 } SideParams;
 
-// The pointers come first and together: the host writes all ten with one store per call.
+// The pointers come first and together: the host writes all eleven with one store per call.
 typedef struct Params {
     const void* in[2];          // 0 = Q, 1 = K: head 0 of token 0
     void* out[2];
@@ -33,6 +37,7 @@ typedef struct Params {
     const void* w_txt[2];       // norm weight of the first num_txt tokens (dual-stream)
     const void* cos;
     const void* sin;
+    float* stats;               // [tokens, 2] sums of squares (StatsMode variants), else null
     SideParams side[2];         // 0 = Q, 1 = K
     cudit_i64 cos_rb, cos_rs, cos_hs; // table strides: outer row, inner row, head (0: shared by heads)
     cudit_i64 sin_rb, sin_rs, sin_hs;

@@ -1,5 +1,6 @@
 """Shared fixtures. GPU tests carry the `gpu` marker and skip, with the reason, when no
-usable GPU (or not the one CUDIT_ARCH names) is attached."""
+usable GPU (or not the one CUDIT_ARCH names) is attached; multi-GPU tests also carry
+`multi_gpu` and skip with fewer than two GPUs."""
 from __future__ import annotations
 
 import functools
@@ -29,6 +30,14 @@ def gpu_arch():
     return tuple(Device(0).compute_capability)
 
 
+def gpu_count() -> int:
+    if isinstance(gpu_arch(), str):
+        return 0
+    from cuda.bindings import driver
+
+    return driver.cuDeviceGetCount()[1]
+
+
 def wanted_arch():
     """CUDIT_ARCH=sm_90 (set by the per-arch tox envs) -> (9, 0); None when unset."""
     name = os.environ.get("CUDIT_ARCH")
@@ -46,6 +55,11 @@ def pytest_collection_modifyitems(config, items):
     elif want is not None and arch != want:
         reason = f"the attached GPU is sm_{arch[0]}{arch[1]}, this run is for sm_{want[0]}{want[1]}"
     else:
+        if gpu_count() < 2:
+            skip = pytest.mark.skip(reason=f"multi-GPU test skipped: {gpu_count()} GPU attached")
+            for item in items:
+                if "multi_gpu" in item.keywords:
+                    item.add_marker(skip)
         return
     skip = pytest.mark.skip(reason=f"GPU test skipped: {reason}")
     for item in items:

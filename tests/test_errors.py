@@ -46,7 +46,34 @@ BAD = {
     "k missing": (lambda i: cudit.qk_norm_rope((i[0], None), *i[1:], num_heads=4), r"^qkv: expected one packed"),
     "pair out for packed": (lambda i: cudit.qk_norm_rope(*i, num_heads=4, out=(i[0], i[0])),
                             r"^out: expected one array for packed input"),
+    # tensor and sequence parallelism
+    "sumsq shape": (lambda i: cudit.qk_sumsq(i[0], np.zeros((16, 2), np.float32), num_heads=4), r"^sumsq: expected shape"),
+    "sumsq dtype": (lambda i: cudit.qk_sumsq(i[0], np.zeros((2, 16, 2)), num_heads=4), r"^sumsq: expected dtype f32"),
+    "sumsq strides": (lambda i: cudit.qk_sumsq(i[0], np.zeros((2, 16, 4), np.float32)[..., ::2], num_heads=4),
+                      r"^sumsq: expected a contiguous array"),
+    "norm_width alone": (lambda i: cudit.qk_norm_rope(*i, num_heads=4, norm_width=1024), r"^norm_width: expected None"),
+    "norm_width missing": (lambda i: cudit.qk_norm_rope(i[0], *full_weights(), *i[3:], num_heads=4, sumsq=sums()),
+                           r"^norm_width: expected the values"),
+    "norm_width small": (lambda i: cudit.qk_norm_rope(i[0], *full_weights(), *i[3:], num_heads=4, sumsq=sums(),
+                                                      norm_width=2 * D), r"^norm_width: expected multiples"),
+    "per-head weight with sumsq": (lambda i: cudit.qk_norm_rope(*i, num_heads=4, sumsq=sums(), norm_width=8 * D),
+                                   r"^q_weight: expected this rank's full-dim weight"),
+    "rope_offset past the table": (lambda i: cudit.qk_norm_rope(*i, num_heads=4, rope_offset=1),
+                                   r"^cos: expected at least rope_offset \+ S = 1 \+ 16 rows"),
+    "rope_offset negative": (lambda i: cudit.qk_norm_rope(*i, num_heads=4, rope_offset=-1),
+                             r"^rope_offset: expected None or a non-negative int"),
+    "rope_offset without a table": (lambda i: cudit.qk_norm_rope(*i[:3], num_heads=4, rope_offset=0),
+                                    r"^rope_offset: expected None without cos/sin"),
 }
+
+
+def full_weights(heads=4):
+    w = np.ones(heads * D, np.float32)
+    return w, w.copy()
+
+
+def sums():
+    return np.zeros((2, 16, 2), np.float32)
 
 
 @pytest.mark.parametrize("case", BAD)

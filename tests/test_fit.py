@@ -33,8 +33,14 @@ def all_plans(device):
         wl = {"head": d, "full": h * d}.get(norm)
         w = arr((wl,), "bf16", ptr=BASE + 0x100000) if wl else None
         c = arr((tokens, h * d if per_head else d), tdtype, ptr=BASE + 0x200000) if rope != "none" else None
-        yield make_plan(Request(arr((1, tokens, 3 * h * d), dtype), w, w, c, c, num_heads=h,
-                                interleave=rope == "interleaved"), device, tuning)
+        qkv = arr((1, tokens, 3 * h * d), dtype)
+        yield make_plan(Request(qkv, w, w, c, c, num_heads=h, interleave=rope == "interleaved"), device, tuning)
+        if norm == "full":   # tensor parallelism: the given-sums variants, and the sums themselves
+            sums = arr((tokens, 2), "f32", ptr=BASE + 0x300000)
+            yield make_plan(Request(qkv, w, w, c, c, num_heads=h, interleave=rope == "interleaved", sumsq=sums,
+                                    stats="given", norm_width=2 * h * d), device, tuning)
+            if rope == "none":
+                yield make_plan(Request(qkv, num_heads=h, sumsq=sums, stats="sumsq"), device, tuning)
 
 
 def archs():

@@ -28,7 +28,7 @@ def bind(p, req) -> Params:
     """The parameters a launch of p would pass for req's arrays."""
     prm = Params.from_buffer_copy(p.template)
     for i, a in enumerate(p.addresses(req.arrays())):
-        ptrs = ("in_", "out", "w", "w_txt")[i // 2] if i < 8 else ("cos", "sin")[i - 8]
+        ptrs = ("in_", "out", "w", "w_txt")[i // 2] if i < 8 else ("cos", "sin", "stats")[i - 8]
         if i < 8:
             getattr(prm, ptrs)[i % 2] = a
         else:
@@ -110,14 +110,22 @@ def test_full_dim_rows(heads, dtype):
     assert prm.lanes_d == D * {"bf16": 2, "f16": 2, "f32": 4}[dtype] // 16
 
 
-@pytest.mark.parametrize("heads,norm", [(12, "full"), (24, "head")])
-def test_launch_bound_grids_take_two_heads_a_thread_per_the_tuning(heads, norm):
-    qw, kw = weights(D if norm == "head" else heads * D)
+def test_launch_bound_grids_take_two_heads_a_thread_per_the_tuning():
+    qw, kw = weights(D)
     c, s = table((256, D))
-    req = Request(packed(b=1, s=256, h=heads), qw, kw, c, s, num_heads=heads)
+    req = Request(packed(b=1, s=256, h=24), qw, kw, c, s, num_heads=24)
     assert cfg(make_plan(req, Tuning(small_grid_threads=0))).variant.heads_per_thread == 4
     assert cfg(make_plan(req, Tuning(small_grid_threads=10**9))).variant.heads_per_thread == 2
     assert cfg(make_plan(req, Tuning(heads_per_thread=1))).variant.heads_per_thread == 1   # the sweep knob
+
+
+def test_full_dim_rows_split_heads_alike_for_any_token_count():
+    # A token's heads are summed in the order of the head split: sequence shards must match.
+    qw, kw = weights(12 * D)
+    c, s = table((256, D))
+    ks = {cfg(make_plan(Request(packed(b=1, s=n, h=12), qw, kw, c, s, num_heads=12, rope_offset=0),
+                        Tuning(small_grid_threads=10**9))).variant.heads_per_thread for n in (1, 16, 256)}
+    assert len(ks) == 1
 
 
 def test_geometry_rounds_teams_to_aligned_lanes():
@@ -449,3 +457,54 @@ def test_tables_of_another_16_bit_type_take_the_looping_variant_and_pass_their_k
     assert v.table == (tdtype if fast else "x16") and (v.heads_per_thread != 0) == fast
     assert params(p).tab_dtype == {"f32": 0, "f16": 1, "bf16": 2}[tdtype]
     covers(p, 2 * 2 * 64, 4)
+
+
+# ------------------------------------------------------------ tensor and sequence parallelism
+
+
+def sums(shape=(2, 64, 2), **kw):
+    return arr(shape, "f32", ptr=BASE + 0x500000, **kw)
+
+
+def test_sums_of_squares_plan_writes_only_the_sums():
+    req = Request(packed(h=12), num_heads=12, sumsq=sums(), stats="sumsq")
+    p = make_plan(req)
+    v = cfg(p).variant
+    assert (v.norm, v.rope, v.stats) == ("full", "none", "sumsq") and v.name.endswith("_sumsq")
+    prm = bind(p, req)
+    assert prm.stats == BASE + 0x500000 and not prm.w[0] and not prm.w[1]
+    covers(p, 2 * 2 * 64, 12)
+
+
+@pytest.mark.parametrize("shape", [(128, 2), (2, 64, 2)])
+def test_given_sums_normalise_over_the_width_of_all_ranks(shape):
+    qw, kw = weights(6 * D)
+    c, s = table((64, D))
+    req = Request(packed(h=6), qw, kw, c, s, num_heads=6, sumsq=sums(shape), stats="given", norm_width=(12 * D, 24 * D))
+    p = make_plan(req)
+    prm = bind(p, req)
+    assert cfg(p).variant.stats == "given" and prm.stats == BASE + 0x500000
+    assert abs(prm.side[0].inv_n * 12 * D - 1) < 1e-7 and abs(prm.side[1].inv_n * 24 * D - 1) < 1e-7
+
+
+def test_one_head_a_rank_is_still_a_full_dim_row():
+    qw, kw = weights(D)
+    req = Request(packed(h=1), qw, kw, num_heads=1, sumsq=sums(), stats="given", norm_width=8 * D)
+    v = cfg(make_plan(req)).variant
+    assert v.norm == "full" and v.heads_per_thread >= 2   # full-dim variants hold two heads or more
+
+
+def test_sums_are_read_only_for_the_kernel_that_writes_them():
+    with pytest.raises(PlanError, match="^sumsq: expected a writable array"):
+        make_plan(Request(packed(h=12), num_heads=12, sumsq=sums(readonly=True), stats="sumsq"))
+
+
+@pytest.mark.parametrize("ndim", [2, 3, 4])
+def test_rope_offset_reads_the_table_from_that_sequence_row(ndim):
+    S, rows, start = 64, 256, 80
+    shape = {2: (rows, D), 3: (1, rows, D), 4: (1, rows, 1, D)}[ndim]
+    c, s = table(shape)
+    req = Request(packed(s=S), None, None, c, s, num_heads=4, rope_offset=start)
+    prm = bind(make_plan(req), req)
+    assert prm.cos == BASE + 0x300000 + start * D * 4 and prm.sin == BASE + 0x400000 + start * D * 4
+    assert prm.tab_rows.d == S and prm.tab_inner.d == S   # the batch's rows repeat the same S rows

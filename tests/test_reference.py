@@ -5,7 +5,7 @@ import zlib
 import numpy as np
 import pytest
 
-from cudit.reference import qk_norm_rope_ref, qk_norm_rope_ref_vjp
+from cudit.reference import qk_norm_rope_ref, qk_norm_rope_ref_vjp, qk_sumsq_ref
 
 R = 1 / math.sqrt(12.5)   # RMS of (3, 4) is sqrt(12.5)
 
@@ -173,3 +173,34 @@ def test_gradient_of_v_passes_through_and_tables_get_none():
     dx, *dws = qk_norm_rope_ref_vjp(x, dout, None, None, c, s, num_heads=1)
     np.testing.assert_array_equal(dx[..., 16:], dout[..., 16:])
     assert dws == [None] * 4
+
+
+def _wan_like(rng, heads=6, d=8, b=2, s=5):
+    qkv = rng.standard_normal((b, s, 3 * heads * d))
+    qw, kw = rng.uniform(0.5, 1.5, heads * d), rng.uniform(0.5, 1.5, heads * d)
+    ang = rng.uniform(0, 6, (s, d // 2)).repeat(2, axis=-1)
+    return qkv, qw, kw, np.cos(ang), np.sin(ang)
+
+
+def test_tensor_parallel_ranks_recompose_the_whole():
+    heads, d = 6, 8
+    qkv, qw, kw, cos, sin = _wan_like(np.random.default_rng(1), heads, d)
+    whole = qk_norm_rope_ref(qkv, qw, kw, cos, sin, num_heads=heads).reshape(2, 5, 3, heads, d)
+    x = qkv.reshape(2, 5, 3, heads, d)
+    groups = ([0, 1, 2], [3, 4], [5])   # uneven ranks
+    local = [x[:, :, :, g].reshape(2, 5, -1) for g in groups]
+    total = sum(qk_sumsq_ref(t, num_heads=len(g)) for t, g in zip(local, groups))
+    np.testing.assert_allclose(total, qk_sumsq_ref(qkv, num_heads=heads))
+    for t, g in zip(local, groups):
+        cols = slice(g[0] * d, (g[-1] + 1) * d)
+        got = qk_norm_rope_ref(t, qw[cols], kw[cols], cos, sin, num_heads=len(g), sumsq=total,
+                               norm_width=heads * d).reshape(2, 5, 3, len(g), d)
+        np.testing.assert_allclose(got, whole[:, :, :, g], rtol=1e-12)
+
+
+def test_rope_offset_reads_the_rows_a_slice_would():
+    qkv, qw, kw, cos, sin = _wan_like(np.random.default_rng(2), s=6)
+    whole = qk_norm_rope_ref(qkv, qw, kw, cos, sin, num_heads=6)
+    for start in (0, 3):
+        part = qk_norm_rope_ref(qkv[:, start:start + 3], qw, kw, cos, sin, num_heads=6, rope_offset=start)
+        np.testing.assert_array_equal(part, whole[:, start:start + 3])

@@ -1,0 +1,56 @@
+"""Inputs split as tensor- and sequence-parallel ranks hold them, and the checks on their
+results: shared by the single-GPU emulation (test_gpu_parallel.py) and the multi-GPU tests."""
+from __future__ import annotations
+
+import numpy as np
+
+MANTISSA = {"bf16": 7, "f16": 10, "f32": 23}
+
+
+def torch_dtype(name):
+    import torch
+
+    return {"bf16": torch.bfloat16, "f16": torch.float16, "f32": torch.float32}[name]
+
+
+def head_groups(heads: int, ranks: int) -> list:
+    """The heads of each rank: contiguous, as even as they go (10 over 4: 3, 3, 2, 2)."""
+    return [g.tolist() for g in np.array_split(np.arange(heads), ranks)]
+
+
+def wan_like(heads: int, dtype: str, B=1, S=200, D=128, seed=0, device="cuda"):
+    """A packed [B, S, 3H*D] qkv, full-dim weights and a 4-D [1, S, 1, D] interleaved table."""
+    import torch
+
+    g = torch.Generator(device="cpu").manual_seed(seed)
+    qkv = (torch.randn(B, S, 3 * heads * D, generator=g) * 2).to(device=device, dtype=torch_dtype(dtype))
+    qw = (torch.rand(heads * D, generator=g) + 0.5).to(device)
+    kw = (torch.rand(heads * D, generator=g) + 0.5).to(device)
+    angle = torch.arange(S)[:, None] * torch.rand(D // 2, generator=g)[None]
+    cos = angle.cos().repeat_interleave(2, -1).reshape(1, S, 1, D).to(device)
+    sin = angle.sin().repeat_interleave(2, -1).reshape(1, S, 1, D).to(device)
+    return qkv, qw, kw, cos, sin
+
+
+def rank_slice(qkv, qw, kw, heads: int, group: list, D=128):
+    """What one tensor-parallel rank holds: its Q, K and V heads packed [B, S, 3h*D] (a copy, as
+    a column-parallel projection would produce), and its slices of the full-dim weights."""
+    x = qkv.unflatten(-1, (3, heads, D))[:, :, :, group[0]:group[-1] + 1]
+    cols = slice(group[0] * D, (group[-1] + 1) * D)
+    return x.flatten(-3).contiguous(), qw[cols], kw[cols]
+
+
+def rank_heads(full, heads: int, group: list, D=128):
+    """A rank's Q, K and V heads of a packed [B, S, 3H*D] result, as [B, S, 3, h, D]."""
+    return full.unflatten(-1, (3, heads, D))[:, :, :, group[0]:group[-1] + 1]
+
+
+def within_one_ulp(got, want, dtype: str) -> tuple:
+    """(worst |got - want| in units of the output dtype's ulp at want, count over 1)."""
+    import torch
+
+    g, w = got.double(), want.double()
+    assert torch.isfinite(g).all(), "non-finite outputs (unwritten?)"
+    exp = torch.floor(torch.log2(w.abs().clamp_min(2.0**-14)))
+    ulps = (g - w).abs() / torch.exp2(exp - MANTISSA[dtype])
+    return float(ulps.max()), int((ulps > 1).sum())

@@ -1,0 +1,150 @@
+"""Tensor and sequence parallelism on two GPUs of one host, through each framework's
+collectives: torch.distributed (NCCL, eager and torch.compile), JAX (psum in shard_map) and
+CuPy (NCCL). Every rank checks its result against the one-GPU call on the whole tensors."""
+import socket
+
+import numpy as np
+import pytest
+
+from parallel_cases import head_groups, rank_heads, rank_slice, wan_like, within_one_ulp
+
+pytestmark = [pytest.mark.gpu, pytest.mark.multi_gpu]
+WORLD, D = 2, 128
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _check_rank(got, whole, heads, group, what):
+    """A rank's packed [B, S, 3h*D] result against its heads of the one-GPU result."""
+    import torch
+
+    h = len(group)
+    got, want = got.unflatten(-1, (3, h, D)), rank_heads(whole, heads, group)
+    worst, over = within_one_ulp(got[:, :, :2], want[:, :, :2], "bf16")
+    assert over == 0, f"{what}: {over} Q/K elements over 1 ulp of one GPU (worst {worst:.2f})"
+    assert torch.equal(got[:, :, 2], want[:, :, 2]), f"{what}: V changed"
+
+
+def _torch_rank(rank, port):
+    import torch
+    import torch.distributed as dist
+
+    import cudit.torch
+
+    torch.cuda.set_device(rank)
+    dist.init_process_group("nccl", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=WORLD,
+                            device_id=torch.device("cuda", rank))
+    group = dist.group.WORLD
+    try:
+        for heads in (12, 40):   # WAN-1.3B and WAN-14B
+            qkv, qw, kw, cos, sin = wan_like(heads, "bf16", B=1, S=300, seed=heads)   # alike on every rank
+            whole = cudit.torch.qk_norm_rope(qkv, qw, kw, cos, sin, num_heads=heads, inplace=False)
+            mine = head_groups(heads, WORLD)[rank]
+            local, lq, lk = rank_slice(qkv, qw, kw, heads, mine)
+            h = (len(mine),) * 3
+
+            def step(x):
+                return cudit.torch.qk_norm_rope(x, lq, lk, cos, sin, num_heads=h, inplace=False, tp_group=group)
+
+            _check_rank(step(local), whole, heads, mine, f"rank {rank} eager, {heads} heads")
+            compiled = torch.compile(step, fullgraph=True)
+            _check_rank(compiled(local), whole, heads, mine, f"rank {rank} compiled, {heads} heads")
+            # Sequence parallelism: this rank's half of the tokens, with the table's offset.
+            s = qkv.shape[1] // WORLD
+            seq = cudit.torch.qk_norm_rope(qkv[:, rank * s:(rank + 1) * s], qw, kw, cos, sin, num_heads=heads,
+                                           inplace=False, rope_offset=rank * s)
+            assert torch.equal(seq.view(torch.int16), whole[:, rank * s:(rank + 1) * s].view(torch.int16))
+    finally:
+        dist.destroy_process_group()
+
+
+def test_torch_distributed_nccl_eager_and_compiled():
+    import torch.multiprocessing as mp
+
+    mp.spawn(_torch_rank, args=(_free_port(),), nprocs=WORLD)
+
+
+def _shard_map(fn, mesh, in_specs, out_specs):
+    import jax
+
+    smap = getattr(jax, "shard_map", None)
+    if smap is None:
+        from jax.experimental.shard_map import shard_map as smap
+    for off in ({"check_vma": False}, {"check_rep": False}):
+        try:
+            return smap(fn, mesh=mesh, in_specs=in_specs, out_specs=out_specs, **off)
+        except TypeError:
+            continue
+    raise RuntimeError("shard_map takes neither check_vma nor check_rep")
+
+
+def test_jax_psum_in_shard_map():
+    import jax
+    import jax.numpy as jnp
+    import torch
+    from jax.sharding import Mesh
+    from jax.sharding import PartitionSpec as P
+
+    import cudit.jax
+
+    heads = 12
+    qkv, qw, kw, cos, sin = wan_like(heads, "bf16", B=1, S=300, seed=3, device="cpu")
+    j = lambda t: jnp.asarray(t.float().numpy()).astype(jnp.bfloat16 if t.dtype == torch.bfloat16 else jnp.float32)  # noqa: E731
+    x, jqw, jkw, jcos, jsin = map(j, (qkv, qw, kw, cos, sin))
+    whole = cudit.jax.qk_norm_rope(x, jqw, jkw, jcos, jsin, num_heads=heads)
+    h = heads // WORLD
+    mesh = Mesh(np.array(jax.devices()[:WORLD]), ("tp",))
+
+    def rank_step(x5, wq, wk, c, s):   # x5: this device's heads, [B, S, 3, h, D]
+        local = x5.reshape(*x5.shape[:2], -1)
+        out = cudit.jax.qk_norm_rope(local, wq.reshape(-1), wk.reshape(-1), c, s, num_heads=(h, h, h), tp_axis="tp")
+        return out.reshape(x5.shape)
+
+    heads_axis = P(None, None, None, "tp")
+    step = jax.jit(_shard_map(rank_step, mesh, (heads_axis, P("tp"), P("tp"), P(), P()), heads_axis))
+    got = step(x.reshape(1, 300, 3, heads, D), jqw.reshape(heads, D), jkw.reshape(heads, D), jcos, jsin)
+    got = torch.from_numpy(np.asarray(got.astype(jnp.float32)))
+    want = torch.from_numpy(np.asarray(whole.astype(jnp.float32))).reshape(1, 300, 3, heads, D)
+    worst, over = within_one_ulp(got[:, :, :2], want[:, :, :2], "bf16")
+    assert over == 0, f"{over} Q/K elements over 1 ulp of one GPU (worst {worst:.2f})"
+    assert torch.equal(got[:, :, 2], want[:, :, 2])
+
+
+def _cupy_rank(rank, uid):
+    import cupy
+    import torch
+    from cupy.cuda import nccl
+
+    import cudit
+    import cudit.cupy
+
+    torch.cuda.set_device(rank)
+    cupy.cuda.Device(rank).use()
+    comm = nccl.NcclCommunicator(WORLD, uid, rank)
+    heads = 40
+    qkv, qw, kw, cos, sin = wan_like(heads, "bf16", B=1, S=300, seed=5)
+    whole = cudit.qk_norm_rope(qkv, qw, kw, cos, sin, num_heads=heads, out=torch.empty_like(qkv))
+    mine = head_groups(heads, WORLD)[rank]
+    local, lq, lk = rank_slice(qkv, qw, kw, heads, mine)
+    h = (len(mine),) * 3
+    c = cupy.from_dlpack
+    out = cupy.empty_like(c(local))
+    torch.cuda.synchronize()   # CuPy's stream next
+    cudit.cupy.qk_norm_rope(c(local), c(lq), c(lk), c(cos), c(sin), num_heads=h, tp_comm=comm, out=out)
+    cupy.cuda.get_current_stream().synchronize()
+    _check_rank(torch.from_dlpack(out), whole, heads, mine, f"cupy rank {rank}")
+
+
+def test_cupy_nccl():
+    cupy = pytest.importorskip("cupy")
+    from cupy.cuda import nccl
+
+    if not nccl.available:
+        pytest.skip("CuPy was built without NCCL")
+    import torch.multiprocessing as mp
+
+    mp.spawn(_cupy_rank, args=(nccl.get_unique_id(),), nprocs=WORLD)
