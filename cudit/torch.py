@@ -13,10 +13,13 @@ dispatch per call), each with a fake implementation for tracing:
     cudit::qk_norm_rope_split(q, k)    separate Q and K, functional   -> (Tensor, Tensor)
     cudit::qk_sumsq(qkv)               tensor parallelism's sums      -> Tensor [.., 2] float32
     cudit::qk_sumsq_split(q, k)        the same for separate Q and K  -> Tensor
+    cudit::qk_sumsq_all_reduced(q, k?) the sums, all-reduced over a group -> Tensor
 
 Tensor parallelism (heads over the ranks of a process group, full-dim norm): pass
-tp_group= to qk_norm_rope; the sums go through one functional all-reduce, which
-torch.compile traces without a graph break (docs/parallel.md).
+tp_group= to qk_norm_rope. The sums go through one all-reduce: by default inside
+cudit::qk_sumsq_all_reduced, a one-shot all-reduce over symmetric memory where torch supports
+it on the group, else NCCL; with collective="nccl", a functional all-reduce that torch.compile
+traces. Neither breaks a graph (docs/parallel.md).
 
 They run on the current stream of PyTorch. There is no autograd formula yet: with grad mode
 on, a tensor that requires grad raises cudit.PlanError naming it (eager and under
@@ -44,6 +47,7 @@ _lib.define(f"qk_norm_rope_split_(Tensor(a!) q, Tensor(b!) k, {_SPLIT}) -> ()")
 _lib.define(f"qk_norm_rope_split(Tensor q, Tensor k, {_SPLIT}) -> (Tensor, Tensor)")
 _lib.define("qk_sumsq(Tensor qkv, int[] num_heads, int? seq_len=None) -> Tensor")
 _lib.define("qk_sumsq_split(Tensor q, Tensor k, int[]? num_heads=None, int? seq_len=None) -> Tensor")
+_lib.define("qk_sumsq_all_reduced(Tensor q, Tensor? k, int[]? num_heads, int? seq_len, str group_name) -> Tensor")
 
 
 def _heads(num_heads):
@@ -172,26 +176,34 @@ def _sumsq_split_fake(q, k, *args):
     return q.new_empty(_sums_shape(q), dtype=torch.float32)
 
 
+@torch.library.register_fake("cudit::qk_sumsq_all_reduced", lib=_lib)
+def _all_reduced_fake(q, k, *args):
+    return q.new_empty(_sums_shape(q), dtype=torch.float32)
+
+
 def _int_list(x):
     return None if x is None else ([x] if isinstance(x, int) else list(x))
 
 
 def qk_norm_rope(qkv, q_weight, k_weight, cos=None, sin=None, *, num_heads=None, eps=1e-6,
                  interleave=True, q_add_weight=None, k_add_weight=None, num_txt_tokens=0,
-                 seq_len=None, inplace=True, sumsq=None, norm_width=None, rope_offset=None, tp_group=None):
+                 seq_len=None, inplace=True, sumsq=None, norm_width=None, rope_offset=None, tp_group=None,
+                 collective="auto"):
     """cudit.qk_norm_rope through the torch operators (same arguments minus out= and stream=;
     docs/api.md).
 
     tp_group: tensor parallelism over a torch.distributed process group (NCCL): Q and K hold
     this rank's heads, q_weight and k_weight this rank's slices of full-dim weights. The sums
     of squares are computed here and all-reduced over the group; norm_width defaults to the
-    weights' lengths times the group's size (heads split evenly).
+    weights' lengths times the group's size (heads split evenly). collective: "auto" (one-shot
+    over symmetric memory where torch has it for the group, else NCCL) or "nccl" (a functional
+    all-reduce, visible to torch.compile).
 
     In place (the default) returns qkv; otherwise new tensor(s) of the same shapes.
     """
     heads = _int_list(num_heads)
     if tp_group is not None:
-        sumsq = all_reduced_sumsq(qkv, tp_group, num_heads=num_heads, seq_len=seq_len)
+        sumsq = all_reduced_sumsq(qkv, tp_group, num_heads=num_heads, seq_len=seq_len, collective=collective)
         if norm_width is None:
             size = torch.distributed.get_world_size(tp_group)
             norm_width = (q_weight.numel() * size, k_weight.numel() * size)
@@ -221,11 +233,61 @@ def qk_sumsq(qkv, *, num_heads=None, seq_len=None):
     return _SUMSQ_OP(qkv, heads, seq_len)
 
 
-def all_reduced_sumsq(qkv, group, *, num_heads=None, seq_len=None):
-    """This rank's sums of squares, summed over the process group by one functional all-reduce
-    (traced by torch.compile; in eager mode it waits before the sums are used)."""
+def all_reduced_sumsq(qkv, group, *, num_heads=None, seq_len=None, collective="auto"):
+    """This rank's sums of squares, summed over the process group (the collective as in
+    qk_norm_rope), ordered before their use on the current stream."""
+    if collective not in ("auto", "nccl"):
+        raise ValueError(f"collective: expected 'auto' or 'nccl', got {collective!r}")
+    if collective == "auto":
+        q, k = qkv if isinstance(qkv, (tuple, list)) else (qkv, None)
+        return _ALL_REDUCED_OP(q, k, _int_list(num_heads), seq_len, group.group_name)
     sums = qk_sumsq(qkv, num_heads=num_heads, seq_len=seq_len)
     return funcol.wait_tensor(funcol.all_reduce(sums, "sum", group))
+
+
+# (group, sums shape, device) -> [two symmetric buffers, the next one's index], or None where
+# symmetric memory is unavailable. Two alternate: a one-shot all-reduce starts with a barrier, so
+# no rank writes a buffer a peer may still read (that peer has entered the next all-reduce).
+_SYMMETRIC: dict = {}
+
+
+def _all_reduced(q, k, num_heads, seq_len, group_name):
+    """The sums of squares into a symmetric buffer, then a one-shot all-reduce; NCCL where the
+    group has no symmetric memory."""
+    key = (group_name, _sums_shape(q), q.device)
+    if key not in _SYMMETRIC:
+        _SYMMETRIC[key] = _symmetric_pair(group_name, key[1], q.device)
+    slot = _SYMMETRIC[key]
+    data = q if k is None else (q, k)
+    if slot is None:
+        sums = qk_sumsq(data, num_heads=num_heads, seq_len=seq_len)
+        torch.distributed.all_reduce(sums, group=_resolve_group(group_name))
+        return sums
+    buf = slot[0][slot[1]]
+    slot[1] ^= 1
+    api.qk_sumsq(data, buf, num_heads=_heads(num_heads), seq_len=seq_len)
+    return torch.ops.symm_mem.one_shot_all_reduce(buf, "sum", group_name)
+
+
+_lib.impl("qk_sumsq_all_reduced", _all_reduced, "CUDA")
+
+
+def _resolve_group(group_name):
+    from torch.distributed.distributed_c10d import _resolve_process_group
+
+    return _resolve_process_group(group_name)
+
+
+def _symmetric_pair(group_name, shape, device):
+    try:
+        import torch.distributed._symmetric_memory as symm_mem
+
+        bufs = [symm_mem.empty(shape, dtype=torch.float32, device=device) for _ in range(2)]
+        for b in bufs:
+            symm_mem.rendezvous(b, group_name)
+        return [bufs, 0]
+    except (ImportError, RuntimeError, AttributeError):
+        return None
 
 
 # The overloads themselves: looking them up through torch.ops costs about a microsecond a call.
@@ -235,3 +297,4 @@ _SPLIT_OP_ = torch.ops.cudit.qk_norm_rope_split_.default
 _SPLIT_OP = torch.ops.cudit.qk_norm_rope_split.default
 _SUMSQ_OP = torch.ops.cudit.qk_sumsq.default
 _SUMSQ_SPLIT_OP = torch.ops.cudit.qk_sumsq_split.default
+_ALL_REDUCED_OP = torch.ops.cudit.qk_sumsq_all_reduced.default

@@ -45,12 +45,20 @@ def rank_heads(full, heads: int, group: list, D=128):
     return full.unflatten(-1, (3, heads, D))[:, :, :, group[0]:group[-1] + 1]
 
 
-def within_one_ulp(got, want, dtype: str) -> tuple:
-    """(worst |got - want| in units of the output dtype's ulp at want, count over 1)."""
+def within_one_ulp(got, want, dtype: str, half=False) -> tuple:
+    """(worst |got - want| in ulps of the output dtype, count over 1). The ulp is taken at the
+    magnitude of each element's rotation pair (2i, 2i+1), or (i, i+D/2) with half=True: a
+    rotation keeps the pair's norm, and one element of it may cancel to near zero, where a
+    last-bit change of the norm's scale is many of its own ulps."""
     import torch
 
     g, w = got.double(), want.double()
     assert torch.isfinite(g).all(), "non-finite outputs (unwritten?)"
-    exp = torch.floor(torch.log2(w.abs().clamp_min(2.0**-14)))
+    if half:
+        a, b = w.chunk(2, dim=-1)
+        pair = torch.cat([torch.hypot(a, b)] * 2, dim=-1)
+    else:
+        pair = torch.hypot(w[..., 0::2], w[..., 1::2]).repeat_interleave(2, dim=-1)
+    exp = torch.floor(torch.log2(pair.clamp_min(2.0**-14)))
     ulps = (g - w).abs() / torch.exp2(exp - MANTISSA[dtype])
     return float(ulps.max()), int((ulps > 1).sum())

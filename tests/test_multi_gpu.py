@@ -47,10 +47,14 @@ def _torch_rank(rank, port):
             local, lq, lk = rank_slice(qkv, qw, kw, heads, mine)
             h = (len(mine),) * 3
 
-            def step(x):
-                return cudit.torch.qk_norm_rope(x, lq, lk, cos, sin, num_heads=h, inplace=False, tp_group=group)
+            def step(x, collective="auto"):
+                return cudit.torch.qk_norm_rope(x, lq, lk, cos, sin, num_heads=h, inplace=False, tp_group=group,
+                                                collective=collective)
 
-            _check_rank(step(local), whole, heads, mine, f"rank {rank} eager, {heads} heads")
+            for collective in ("auto", "nccl"):   # one-shot over symmetric memory (where torch has it), NCCL
+                results = [step(local, collective) for _ in range(6)]   # back to back: buffers reused
+                for got in results:
+                    _check_rank(got, whole, heads, mine, f"rank {rank} eager {collective}, {heads} heads")
             compiled = torch.compile(step, fullgraph=True)
             _check_rank(compiled(local), whole, heads, mine, f"rank {rank} compiled, {heads} heads")
             # Sequence parallelism: this rank's half of the tokens, with the table's offset.
