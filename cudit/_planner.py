@@ -655,7 +655,8 @@ def launch_config(w: Work, device: DeviceSpec, tuning: Tuning) -> LaunchConfig:
     parts = item_parts(w.rope, w.norm, w.head_dim // vec)
     lanes_d = w.head_dim // (vec * parts)
     per_head = w.norm != "full"
-    target = tuning.block_target_for(w.norm, parts)
+    kind = "sumsq" if w.stats == "sumsq" else w.norm   # the tuning tables' kind of row
+    target = tuning.block_target_for(kind, parts)
     shared_k = _shared_table_k(w.rope, w.norm) if w.shared_table else None
     table = table_class(w.table, w.dtype)
     forced = 0 if table == "x16" else tuning.heads_per_thread   # rare table pairings: the looping variant
@@ -675,7 +676,7 @@ def launch_config(w: Work, device: DeviceSpec, tuning: Tuning) -> LaunchConfig:
         geo = dataclasses.replace(geo, block=geo.team)
     rows_per_block = geo.block // geo.team
     groups = -(-w.rows // rows_per_block)
-    most, single_below = tuning.row_iters_for(w.norm, natural_parts(w.rope))
+    most, single_below = tuning.row_iters_for(kind, natural_parts(w.rope))
     if one_row:
         most = 1
     if tuning.fixed_row_iters is not None:

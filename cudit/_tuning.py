@@ -35,11 +35,12 @@ class Tuning:
     # Threads a block when several rows share one, by "norm/vectors an item holds"; per-head
     # items of several vectors hold 96 registers: smaller blocks keep more warps resident.
     block_targets: tuple = (("head/1", 256), ("head/2", 192), ("head/3", 192), ("full/1", 256), ("full/2", 256),
-                            ("none/1", 256), ("none/2", 256))
+                            ("none/1", 256), ("none/2", 256), ("sumsq/1", 256))
     # Row groups a block takes in turn, by (norm, vectors the rope needs): (most, grid size in
     # groups below which a block takes one). Blocks of one group ask L2 for rows ahead instead.
+    # "sumsq": tensor parallelism's sums of squares (reads only).
     row_iters: tuple = (("full/1", (2, 48 * 1024)), ("full/2", (1, 0)), ("head/1", (1, 0)), ("none/1", (4, 0)),
-                        ("head/2", (8, 0)), ("none/2", (8, 0)))
+                        ("head/2", (8, 0)), ("none/2", (8, 0)), ("sumsq/1", (2, 0)))
     full_grid: int = 1024               # row groups a block take only once the grid keeps this many blocks
     # Rows ahead, in waves of resident blocks: asked after a row's loads, after its stores, and by
     # three-vector items (which request the next vector's constants early).
@@ -54,10 +55,15 @@ class Tuning:
     name: str = "analytic default"
 
     def row_iters_for(self, norm: str, rope_parts: int) -> tuple:
-        return dict(self.row_iters)[f"{norm}/{rope_parts}"]
+        return self._entry("row_iters", f"{norm}/{rope_parts}")
 
     def block_target_for(self, norm: str, parts: int) -> int:
-        return dict(self.block_targets)[f"{norm}/{parts}"]
+        return self._entry("block_targets", f"{norm}/{parts}")
+
+    def _entry(self, field: str, kind: str):
+        """A kind's entry; the default's where a table predates that kind."""
+        found = dict(getattr(self, field)).get(kind)
+        return dict(getattr(Tuning, field))[kind] if found is None else found
 
     def with_kind(self, field: str, kind: str, value) -> "Tuning":
         """This table with one kind's entry ("norm/parts") of a per-kind field set to value."""

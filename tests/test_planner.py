@@ -508,3 +508,12 @@ def test_rope_offset_reads_the_table_from_that_sequence_row(ndim):
     prm = bind(make_plan(req), req)
     assert prm.cos == BASE + 0x300000 + start * D * 4 and prm.sin == BASE + 0x400000 + start * D * 4
     assert prm.tab_rows.d == S and prm.tab_inner.d == S   # the batch's rows repeat the same S rows
+
+
+def test_sums_of_squares_take_their_own_tuning_entry():
+    req = Request(packed(b=1, s=32760, h=20), num_heads=20, sumsq=sums((32760, 2)), stats="sumsq")
+    four = Tuning(full_grid=1).with_kind("row_iters", "sumsq/1", (4, 0))
+    assert cfg(make_plan(req, four)).iters == 4
+    assert cfg(make_plan(req, four.with_kind("row_iters", "full/1", (8, 0)))).iters == 4
+    older = Tuning(full_grid=1, row_iters=(("full/1", (8, 0)),))   # a table written before the kind existed
+    assert cfg(make_plan(req, older)).iters == dict(Tuning.row_iters)["sumsq/1"][0]
