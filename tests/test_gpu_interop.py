@@ -69,6 +69,30 @@ def test_torch_ops_match_direct_call_and_pass_opcheck():
     torch.library.opcheck(ops.qk_norm_rope_split_, (q.clone(), k.clone(), *split_rest))
 
 
+def test_tensor_parallel_torch_ops_pass_opcheck():
+    import torch
+
+    import cudit.torch as ct
+
+    qkv, _, _, cos, sin = _inputs(torch)
+    fw = torch.rand(H * D, device="cuda") + 0.5
+    sums = ct.qk_sumsq(qkv, num_heads=H)
+    q, k = qkv[..., :H * D].clone(), qkv[..., H * D:2 * H * D].clone()
+    torch.cuda.synchronize()
+    assert torch.equal(ct.qk_sumsq((q, k), num_heads=H), sums)
+    # Given all of the heads' sums, the second phase is the one-GPU full-dim norm, to the bit.
+    given = ct.qk_norm_rope(qkv, fw, fw, cos, sin, num_heads=H, sumsq=sums, norm_width=H * D, inplace=False)
+    whole = ct.qk_norm_rope(qkv, fw, fw, cos, sin, num_heads=H, inplace=False)
+    torch.cuda.synchronize()
+    assert torch.equal(given, whole)
+    ops = torch.ops.cudit
+    torch.library.opcheck(ops.qk_sumsq, (qkv, [H], None))
+    torch.library.opcheck(ops.qk_sumsq_split, (q, k, [H, H], None))
+    rest = (fw, fw, cos, sin, [H], 1e-6, True, None, None, 0, None, sums, [H * D], None)
+    torch.library.opcheck(ops.qk_norm_rope, (qkv, *rest))
+    torch.library.opcheck(ops.qk_norm_rope_, (qkv.clone(), *rest))
+
+
 class WanStyleAttention:
     """A WAN-style self-attention block: packed QKV projection, cudit, SDPA, output projection."""
 

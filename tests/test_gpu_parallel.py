@@ -121,3 +121,32 @@ def test_sequence_shards_equal_the_whole_bit_for_bit(norm, table, interleave, ra
     assert torch.equal(sharded.view(torch.int16), whole.view(torch.int16))
     qk = slice(0, 2 * heads * D)
     assert torch.equal(out[..., qk].view(torch.int16), whole[:, s:2 * s, qk].view(torch.int16))
+
+
+@pytest.mark.gpu
+def test_tensor_parallel_per_head_table_as_a_view():
+    """LTX-2-like: full-dim norm, rotate_half, one bf16 table per head; each rank passes its
+    heads' columns of the table as a strided view."""
+    import torch
+
+    import cudit
+
+    g = torch.Generator().manual_seed(11)
+    heads, ranks, S = 8, 2, 45
+    qkv = (torch.randn(1, S, 3 * heads * D, generator=g) * 2).to("cuda", torch.bfloat16)
+    qw, kw = (torch.rand(heads * D, generator=g) + 0.5).cuda(), (torch.rand(heads * D, generator=g) + 0.5).cuda()
+    cos, sin = ((torch.rand(S, heads * D, generator=g) * 2 - 1).to("cuda", torch.bfloat16) for _ in range(2))
+    whole = cudit.qk_norm_rope(qkv, qw, kw, cos, sin, num_heads=heads, interleave=False,
+                               out=torch.full_like(qkv, math.nan))
+    groups = head_groups(heads, ranks)
+    ranks_data = [rank_slice(qkv, qw, kw, heads, grp) for grp in groups]
+    total = sum(_sumsq(cudit, torch, local, len(grp)) for (local, _, _), grp in zip(ranks_data, groups))
+    for (local, lq, lk), grp in zip(ranks_data, groups):
+        h, cols = len(grp), slice(grp[0] * D, (grp[-1] + 1) * D)
+        out = torch.full_like(local, math.nan)
+        cudit.qk_norm_rope(local, lq, lk, cos[:, cols], sin[:, cols], num_heads=h, interleave=False, sumsq=total,
+                           norm_width=heads * D, out=out)
+        torch.cuda.synchronize()
+        got, want = out.unflatten(-1, (3, h, D)), rank_heads(whole, heads, grp)
+        worst, over = within_one_ulp(got[:, :, :2], want[:, :, :2], "bf16", half=True)
+        assert over == 0, f"{over} Q/K elements over 1 ulp of the one-GPU result (worst {worst:.2f})"
