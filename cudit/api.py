@@ -106,6 +106,11 @@ def qk_sumsq(qkv, sumsq, *, num_heads=None, seq_len=None, stream=None):
     return sumsq
 
 
+def sumsq_shape(shape) -> tuple:
+    """qk_sumsq's output for data of this shape: [T, 2] for 2-D data, [B, S, 2] for 3-D and 4-D."""
+    return (*shape[:-1], 2) if len(shape) <= 3 else (*shape[:2], 2)
+
+
 def run(split: bool, objs: tuple, options: tuple, stream) -> None:
     """Launch for arrays in ROLES[split] order and (num_heads, eps, interleave, num_txt_tokens,
     seq_len, norm_width, rope_offset, stats)."""

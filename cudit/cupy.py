@@ -24,10 +24,12 @@ def qk_norm_rope(qkv, q_weight, k_weight, cos=None, sin=None, *, tp_comm, norm_w
     handle). norm_width defaults to the weights' lengths times the communicator's size
     (required with a callable). Other arguments: as cudit.qk_norm_rope.
     """
-    split = isinstance(qkv, (tuple, list))
-    x = qkv[0] if split else qkv
+    if callable(tp_comm) and norm_width is None:
+        raise PlanError("norm_width: expected the width a token's norm runs over on all ranks, with a "
+                        "callable tp_comm, got None")
+    x = qkv[0] if isinstance(qkv, (tuple, list)) else qkv
     handle = cupy.cuda.get_current_stream().ptr if stream is None else _launch.resolve_stream(stream, x)
-    sums = cupy.empty((*x.shape[:-1], 2) if x.ndim <= 3 else (*x.shape[:2], 2), dtype=cupy.float32)
+    sums = cupy.empty(api.sumsq_shape(x.shape), dtype=cupy.float32)
     api.qk_sumsq(qkv, sums, num_heads=num_heads, seq_len=seq_len, stream=handle)
     if callable(tp_comm):
         tp_comm(sums, handle)
@@ -37,8 +39,5 @@ def qk_norm_rope(qkv, q_weight, k_weight, cos=None, sin=None, *, tp_comm, norm_w
         tp_comm.allReduce(sums.data.ptr, sums.data.ptr, sums.size, nccl.NCCL_FLOAT32, nccl.NCCL_SUM, handle)
         if norm_width is None:
             norm_width = (q_weight.size * tp_comm.size(), k_weight.size * tp_comm.size())
-    if norm_width is None:
-        raise PlanError("norm_width: expected the width a token's norm runs over on all ranks, with a "
-                            "callable tp_comm, got None")
     return api.qk_norm_rope(qkv, q_weight, k_weight, cos, sin, num_heads=num_heads, seq_len=seq_len, stream=handle,
                             sumsq=sums, norm_width=norm_width, **options)

@@ -63,8 +63,7 @@ def qk_sumsq(qkv, *, num_heads=None, seq_len=None):
     """cudit.qk_sumsq as a JAX function: a new float32 array, [T, 2] for 2-D data, else [B, S, 2]."""
     split = isinstance(qkv, (tuple, list))
     data = list(qkv) if split else [qkv]
-    x = data[0]
-    shape = (*x.shape[:-1], 2) if x.ndim <= 3 else (*x.shape[:2], 2)
+    shape = api.sumsq_shape(data[0].shape)
 
     def run(ctx, outs, *ins):
         api.qk_sumsq(tuple(ins) if split else ins[0], outs[0], num_heads=num_heads, seq_len=seq_len,

@@ -4,7 +4,7 @@
     cudit.torch.qk_norm_rope(qkv, q_weight, k_weight, cos, sin, num_heads=24)   # in place
     q2, k2 = cudit.torch.qk_norm_rope((q, k), qw, kw, cos, sin, inplace=False)
 
-Six operators, registered with torch.library.Library (define / impl: the cheapest
+Seven operators, registered with torch.library.Library (define / impl: the cheapest
 dispatch per call), each with a fake implementation for tracing:
 
     cudit::qk_norm_rope_(qkv!)         packed, in place               -> ()
@@ -106,22 +106,18 @@ def _split(q, k, *args):
 
 
 def _sums_shape(x) -> tuple:
-    """qk_sumsq's output for data x: [T, 2] for 2-D data, [B, S, 2] for 3-D and 4-D."""
-    return (*x.shape[:-1], 2) if x.dim() <= 3 else (*x.shape[:2], 2)
+    return api.sumsq_shape(tuple(x.shape))
 
 
 def _sumsq(qkv, num_heads, seq_len=None):
-    sums = torch.empty(_sums_shape(qkv), dtype=torch.float32, device=qkv.device)
-    api.run(False, (qkv,) + (None,) * 9 + (sums,), (_heads(num_heads), 1e-6, True, 0, seq_len, None, None, "sumsq"),
-            None)
-    return sums
+    """qkv: a tensor, or a (q, k) pair."""
+    x = qkv[0] if isinstance(qkv, tuple) else qkv
+    sums = torch.empty(_sums_shape(x), dtype=torch.float32, device=x.device)
+    return api.qk_sumsq(qkv, sums, num_heads=_heads(num_heads), seq_len=seq_len)
 
 
 def _sumsq_split(q, k, num_heads=None, seq_len=None):
-    sums = torch.empty(_sums_shape(q), dtype=torch.float32, device=q.device)
-    api.run(True, (q, k) + (None,) * 8 + (sums,), (_heads(num_heads), 1e-6, True, 0, seq_len, None, None, "sumsq"),
-            None)
-    return sums
+    return _sumsq((q, k), num_heads, seq_len)
 
 
 # CPU too: a host tensor then fails with cudit.PlanError naming it, not a dispatcher error.
