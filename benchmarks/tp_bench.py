@@ -73,7 +73,7 @@ def one_shot(group):
 
 
 def sweep_sumsq(run, floor, rank):
-    """The sums kernel's % of copy under the table's plan and other full-dim block targets and
+    """The sums kernel's % of copy under the table's plan and other block targets and
     row groups a block (rank 0 prints)."""
     from cudit import _launch
 
@@ -81,7 +81,7 @@ def sweep_sumsq(run, floor, rank):
     out = []
     for block in (128, 256, 512, 1024):
         for iters in (None, 1, 2, 4, 8):
-            t = base.with_kind("block_targets", "full/1", block).with_knobs(fixed_row_iters=iters)
+            t = base.with_kind("block_targets", "sumsq/1", block).with_knobs(fixed_row_iters=iters)
             _launch.set_tuning(t, rank)
             out.append((block, iters, 100 * floor / timed(run)))
     _launch.set_tuning(None, rank)

@@ -629,6 +629,14 @@ def _geometry(tj: int, heads: int, parts: int, k, block_target: int) -> Geometry
     return Geometry(0, tj, th, tj * th)
 
 
+def _summing_geometry(lanes_d: int, block_target: int) -> Geometry:
+    """The sums of squares hold nothing for a second pass: a row's team is one warp (or the
+    lanes along D, where they are more), looping over the heads, summed by shuffles alone."""
+    tj = _next_pow2(lanes_d)
+    team = max(32, tj)
+    return Geometry(0, tj, team // tj, max(1, block_target // team) * team)
+
+
 def _idle_slots_key(g: Geometry):
     # The looping variant (K = 0: too many heads for registers) only when no K fits.
     return g.team * g.heads_per_thread if g.heads_per_thread else float("inf")
@@ -664,6 +672,8 @@ def launch_config(w: Work, device: DeviceSpec, tuning: Tuning) -> LaunchConfig:
         forced = 2   # one head a rank under tensor parallelism: full-dim variants hold two
     forced = None if forced is None else default_heads_per_thread(w.heads, parts, forced)
     geo = geometry(lanes_d, w.heads, parts, k=forced, per_head=per_head, block_target=target)
+    if w.stats == "sumsq":
+        geo = _summing_geometry(lanes_d, target)
     # Full-dim rows keep one head split whatever the token count, so that a sequence shard sums a
     # token's heads in the order the whole sequence does (bit-equal shards).
     if forced is None and per_head and geo.heads_per_thread > 2:

@@ -138,9 +138,9 @@ def all_variants() -> tuple:
         for table in tables:
             base = Variant(dt, rope, norm, k, parts, table)
             out.append(base)
-            if norm == "full":
+            if norm == "full":   # the sums kernel loops over heads (k0): it holds nothing for a second pass
                 out += [Variant(dt, rope, norm, k, parts, table, stats=s) for s in ("sumsq", "given")
-                        if s == "given" or rope == "none"]
+                        if s == "given" or (rope == "none" and k == 0)]
             if (rope, norm, k) in SHARED_TABLE_BOUNDS:
                 out.append(Variant(dt, rope, norm, k, parts, table, shared_table=True))
             if (rope, norm, k) in NO_AHEAD_VARIANTS:

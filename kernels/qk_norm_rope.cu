@@ -493,10 +493,20 @@ __device__ __forceinline__ void process_row(const Params& p, u32 tok, u32 row_in
         float r = 1.f;
         if (NORM == NORM_FULL) {
             float ss = 0.f;
-            for (int h = hl; summed && active && h < row.heads; h += th) {
-                It it;
-                load_item(row, stride, h, it);
-                ss += item_sumsq(it);
+            if (STATS == STATS_WRITE) {
+                // The sums alone: a row's team is one warp looping over many heads, four loads in flight.
+#pragma unroll 4
+                for (int h = hl; active && h < row.heads; h += th) {
+                    It it;
+                    load_item(row, stride, h, it);
+                    ss += item_sumsq(it);
+                }
+            } else {
+                for (int h = hl; summed && active && h < row.heads; h += th) {
+                    It it;
+                    load_item(row, stride, h, it);
+                    ss += item_sumsq(it);
+                }
             }
             if (!full_row_scale<STATS, SIDE>(p, ss, given, tok, row_in_block, parity, row.inv_n, r)) return;
         }
