@@ -629,12 +629,19 @@ def _geometry(tj: int, heads: int, parts: int, k, block_target: int) -> Geometry
     return Geometry(0, tj, th, tj * th)
 
 
-def _summing_geometry(lanes_d: int, block_target: int) -> Geometry:
-    """The sums of squares hold nothing for a second pass: a row's team is one warp (or the
-    lanes along D, where they are more), looping over the heads, summed by shuffles alone."""
+SUMMED_HEADS = 8   # heads a lane of the sums kernel loops over, at least, where a row has them
+
+
+def _summing_geometry(lanes_d: int, heads: int, block_target: int) -> Geometry:
+    """The sums of squares hold nothing for a second pass: a row's team is at most a warp (or
+    the lanes along D, where they are more), each lane looping over several heads, summed by
+    shuffles alone. Few heads take fewer head lanes, so that a lane still has loads to overlap."""
     tj = _next_pow2(lanes_d)
-    team = max(32, tj)
-    return Geometry(0, tj, team // tj, max(1, block_target // team) * team)
+    th = 1
+    while tj * th * 2 <= 32 and heads // (th * 2) >= SUMMED_HEADS:
+        th *= 2
+    team = tj * th
+    return Geometry(0, tj, th, max(1, block_target // team, 32 // team) * team)
 
 
 def _idle_slots_key(g: Geometry):
@@ -673,7 +680,7 @@ def launch_config(w: Work, device: DeviceSpec, tuning: Tuning) -> LaunchConfig:
     forced = None if forced is None else default_heads_per_thread(w.heads, parts, forced)
     geo = geometry(lanes_d, w.heads, parts, k=forced, per_head=per_head, block_target=target)
     if w.stats == "sumsq":
-        geo = _summing_geometry(lanes_d, target)
+        geo = _summing_geometry(lanes_d, w.heads, target)
     # Full-dim rows keep one head split whatever the token count, so that a sequence shard sums a
     # token's heads in the order the whole sequence does (bit-equal shards).
     if forced is None and per_head and geo.heads_per_thread > 2:
