@@ -35,6 +35,7 @@ class Shape:
     kv_heads: int = 0
     n_txt: int = 0
     compile: bool = True   # also time torch.compile (each distinct layout costs a compilation)
+    layer: bool = False    # LayerNorm with biases (CogVideoX) instead of RMSNorm
 
     @property
     def hk(self) -> int:
@@ -54,6 +55,7 @@ def production_shapes(quick: bool = False) -> list:
         Shape("HunyuanVideo", 24, 128, 118800, norm="head"),
         Shape("Cosmos", 32, 128, 28000, norm="head", rope="half", kv_heads=8),
         Shape("Lumina-2", 24, 96, 4096, norm="head"),
+        Shape("CogVideoX-5B", 48, 64, 17550 + 226, norm="head", layer=True),
     ]
     if quick:
         return [base[0], base[6]]
@@ -90,7 +92,7 @@ def bytes_moved(s: Shape) -> int:
     width = s.heads * s.d if s.table == "perhead" else s.d
     tables = 2 * rows * width * titem
     wlen = s.d if s.norm == "head" else (s.heads + s.hk) * s.d // 2
-    weights = 2 * wlen * 4 * (2 if s.n_txt else 1)
+    weights = 2 * wlen * 4 * (2 if s.n_txt else 1) * (2 if s.layer else 1)
     return qk + tables + weights
 
 
@@ -119,6 +121,8 @@ def make_inputs(s: Shape, torch, device="cuda"):
     if s.n_txt:
         extra = dict(q_add_weight=torch.rand_like(qw) + 0.5, k_add_weight=torch.rand_like(kw) + 0.5,
                      num_txt_tokens=s.n_txt)
+    if s.layer:
+        extra.update(norm="layer", q_bias=torch.rand_like(qw) - 0.5, k_bias=torch.rand_like(kw) - 0.5)
     return qkv, qw, kw, cos, sin, extra
 
 
@@ -139,8 +143,10 @@ def eager_fn(s: Shape, torch):
     """Diffusers-style unfused code: norm in fp32, back to dtype, RoPE in fp32, back to dtype."""
     eps = 1e-6
 
-    def rms(x, w):
+    def rms(x, w, b=None):
         xf = x.float()
+        if b is not None:   # LayerNorm
+            return torch.nn.functional.layer_norm(xf, xf.shape[-1:], w.float(), b.float(), eps).to(x.dtype)
         return (xf * torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + eps) * w.float()).to(x.dtype)
 
     def rope(x, cos, sin):
@@ -153,16 +159,16 @@ def eager_fn(s: Shape, torch):
             rot = torch.cat((-b, a), dim=-1)
         return (xf * cos + rot * sin).to(x.dtype)
 
-    def side(x, w, heads, cos, sin, w_txt):
+    def side(x, w, heads, cos, sin, w_txt, bias=None):
         b, t = x.shape[0], x.shape[1]
         if s.norm == "full":
-            y = rms(x, w)
+            y = rms(x, w, bias)
             if w_txt is not None:
                 y = torch.cat((rms(x[:, :s.n_txt], w_txt), y[:, s.n_txt:]), dim=1)
             y = y.unflatten(-1, (heads, s.d))
         else:
             xh = x.unflatten(-1, (heads, s.d))
-            y = rms(xh, w)
+            y = rms(xh, w, bias)
             if w_txt is not None:
                 y = torch.cat((rms(xh[:, :s.n_txt], w_txt), y[:, s.n_txt:]), dim=1)
         if s.table == "perhead":
@@ -171,12 +177,14 @@ def eager_fn(s: Shape, torch):
             c, sn = cos.view(1, t, 1, s.d), sin.view(1, t, 1, s.d)
         return rope(y, c.float(), sn.float())
 
-    def fn(qkv, qw, kw, cos, sin, q_add_weight=None, k_add_weight=None, num_txt_tokens=0):
+    def fn(qkv, qw, kw, cos, sin, q_add_weight=None, k_add_weight=None, num_txt_tokens=0, norm="rms", q_bias=None,
+           k_bias=None):
         if isinstance(qkv, tuple):
             q, k = qkv
         else:
             q, k, _ = qkv.split((s.heads * s.d, s.hk * s.d, s.hk * s.d), dim=-1)
-        return side(q, qw, s.heads, cos, sin, q_add_weight), side(k, kw, s.hk, cos, sin, k_add_weight)
+        return (side(q, qw, s.heads, cos, sin, q_add_weight, q_bias),
+                side(k, kw, s.hk, cos, sin, k_add_weight, k_bias))
     return fn
 
 

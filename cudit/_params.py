@@ -25,16 +25,16 @@ class SideParams(ctypes.Structure):
     _fields_ = [
         ("in_sb", i64), ("in_ss", i64), ("in_hs", i64),
         ("out_sb", i64), ("out_ss", i64), ("out_hs", i64),
-        ("heads", ctypes.c_int), ("w_dtype", ctypes.c_int), ("inv_n", ctypes.c_float),
+        ("heads", ctypes.c_int), ("w_dtype", ctypes.c_int), ("b_dtype", ctypes.c_int), ("inv_n", ctypes.c_float),
     ]
 
 
-POINTERS = 11   # the pointer block at the start of Params: in[2], out[2], w[2], w_txt[2], cos, sin, stats
+POINTERS = 15   # the pointer block at the start of Params: in[2], out[2], w[2], w_txt[2], b[2], b_txt[2], cos, sin, stats
 
 
 class Params(ctypes.Structure):
     _fields_ = [
-        ("in_", ptr * 2), ("out", ptr * 2), ("w", ptr * 2), ("w_txt", ptr * 2),
+        ("in_", ptr * 2), ("out", ptr * 2), ("w", ptr * 2), ("w_txt", ptr * 2), ("b", ptr * 2), ("b_txt", ptr * 2),
         ("cos", ptr), ("sin", ptr), ("stats", ptr),
         ("side", SideParams * 2),
         ("cos_rb", i64), ("cos_rs", i64), ("cos_hs", i64),

@@ -45,6 +45,12 @@ class Request:
     stats: str = ""
     norm_width: object = None        # int, or (Q's, K's)
     rope_offset: int | None = None   # sequence parallelism: the table's sequence row of token 0
+    # LayerNorm ("layer": mean subtracted, then weight and bias) instead of RMSNorm ("rms")
+    norm_type: str = "rms"
+    q_bias: ArrayInfo | None = None
+    k_bias: ArrayInfo | None = None
+    q_add_bias: ArrayInfo | None = None
+    k_add_bias: ArrayInfo | None = None
 
     @property
     def split(self) -> bool:
@@ -61,7 +67,7 @@ class Request:
             roles.update((r, a) for r, a in zip(("q_out", "k_out"), self.out) if a is not None)
         elif self.out is not None:
             roles["out"] = self.out
-        for name in ("q_weight", "k_weight", "q_add_weight", "k_add_weight", "cos", "sin", "sumsq"):
+        for name in ("q_weight", "k_weight", "q_add_weight", "k_add_weight", "cos", "sin", "sumsq") + BIASES:
             if getattr(self, name) is not None:
                 roles[name] = getattr(self, name)
         return roles
@@ -346,8 +352,11 @@ def _norm_kind(req: Request, d: int, q: Side, k: Side) -> str:
     return "head" if "head" in both else "full"
 
 
+BIASES = ("q_bias", "k_bias", "q_add_bias", "k_add_bias")   # beside the weights of the same position
+
+
 def _check_weights(req: Request, vec: int) -> None:
-    for role in ("q_weight", "k_weight", "q_add_weight", "k_add_weight"):
+    for role in ("q_weight", "k_weight", "q_add_weight", "k_add_weight") + BIASES:
         w = getattr(req, role)
         if w is None:
             continue
@@ -362,6 +371,38 @@ def _check_weights(req: Request, vec: int) -> None:
             continue
         if a.shape != m.shape or a.dtype != m.dtype:
             raise _fail(add, f"shape {m.shape} and dtype {m.dtype} like {main}", f"{a.shape}, {a.dtype}")
+    for bias, weight in zip(BIASES, ("q_weight", "k_weight", "q_add_weight", "k_add_weight")):
+        b, w = getattr(req, bias), getattr(req, weight)
+        if b is not None and (w is None or b.shape != w.shape):
+            raise _fail(bias, f"a bias shaped like {weight}" + ("" if w is None else f" {w.shape}"),
+                        f"shape {b.shape}")
+
+
+NORM_TYPES = ("rms", "layer")
+
+
+def _check_norm_type(req: Request, norm: str, dual: bool) -> bool:
+    """True for LayerNorm; its biases checked against the call."""
+    if req.norm_type not in NORM_TYPES:
+        raise _fail("norm", " or ".join(map(repr, NORM_TYPES)), req.norm_type)
+    biases = [r for r in BIASES if getattr(req, r) is not None]
+    if req.norm_type == "rms":
+        if biases:
+            raise _fail(biases[0], "None with norm='rms' (a bias belongs to LayerNorm: norm='layer')", "a bias")
+        return False
+    if norm == "none":
+        raise _fail("norm", "'rms' without weights ('layer' takes q_weight and k_weight)", req.norm_type)
+    if req.stats:
+        raise _fail("norm", "'rms' with sumsq (tensor parallelism is for RMSNorm)", req.norm_type)
+    if req.q_bias is None and (req.q_add_bias is not None or req.k_add_bias is not None):
+        raise _fail("q_add_bias" if req.q_add_bias is not None else "k_add_bias",
+                    "None without q_bias and k_bias", "a text-stream bias")
+    if (req.q_bias is None) != (req.k_bias is None):
+        raise _fail("k_bias" if req.k_bias is None else "q_bias", "biases for Q and K together, or neither", None)
+    if dual and req.q_bias is not None and (req.q_add_bias is None or req.k_add_bias is None):
+        missing = "q_add_bias" if req.q_add_bias is None else "k_add_bias"
+        raise _fail(missing, f"the text-stream bias for num_txt_tokens={req.num_txt_tokens}", None)
+    return True
 
 
 def _check_dual_stream(req: Request, tokens: Tokens, norm: str) -> bool:
@@ -600,7 +641,7 @@ def _rows_per_block(team: int, target: int, bound: int) -> int | None:
 
 
 def geometry(lanes_d: int, heads: int, parts: int = 1, k: int | None = None, per_head: bool = False,
-             block_target: int = 256) -> Geometry:
+             block_target: int = 256, layer: bool = False) -> Geometry:
     """Threads for rows of `heads` heads of lanes_d items (of `parts` vectors) each.
 
     Rows take the K, and full-dim rows the lanes along D (all lanes_d, or the next power of
@@ -612,17 +653,18 @@ def geometry(lanes_d: int, heads: int, parts: int = 1, k: int | None = None, per
     ks = ((4, 2) if per_head else (4, 3)) if k is None and parts == 1 and heads > 4 else (k,)
     pow2 = _next_pow2(lanes_d)
     tjs = (pow2,) if per_head or pow2 == lanes_d else (pow2, lanes_d)   # the power of two first: it wins ties
-    return min((_geometry(tj, heads, parts, kk, block_target) for kk in ks for tj in tjs), key=_idle_slots_key)
+    return min((_geometry(tj, heads, parts, kk, block_target, layer) for kk in ks for tj in tjs),
+               key=_idle_slots_key)
 
 
-def _geometry(tj: int, heads: int, parts: int, k, block_target: int) -> Geometry:
+def _geometry(tj: int, heads: int, parts: int, k, block_target: int, layer: bool) -> Geometry:
     k = default_heads_per_thread(heads, parts) if k is None else k
     if k > 0:
         th = _head_lanes(tj, -(-heads // k))
-        rows = _rows_per_block(tj * th, block_target, _variants.planner_bound(parts, k))
+        rows = _rows_per_block(tj * th, block_target, _variants.planner_bound(parts, k, layer))
         if rows is not None:
             return Geometry(k, tj, th, rows * tj * th)
-    bound = _variants.planner_bound(parts, 0)
+    bound = _variants.planner_bound(parts, 0, layer)
     th = max(1, min(512, bound) // tj)
     while not (_team_ok(tj * th) and tj * th % 32 == 0):
         th -= 1
@@ -641,7 +683,8 @@ def _summing_geometry(lanes_d: int, heads: int, block_target: int) -> Geometry:
     while tj * th * 2 <= 32 and heads // (th * 2) >= SUMMED_HEADS:
         th *= 2
     team = tj * th
-    return Geometry(0, tj, th, max(1, block_target // team, 32 // team) * team)
+    rows = min(max(1, block_target // team, 32 // team), _variants.planner_bound(1, 0) // team)
+    return Geometry(0, tj, th, rows * team)
 
 
 def _idle_slots_key(g: Geometry):
@@ -662,6 +705,7 @@ class Work:
     heads: int               # the larger of Hq and Hk
     rows: int                # 2 x tokens: a row is one side of one token
     stats: str = ""          # tensor parallelism's sums of squares (STATS_KINDS)
+    layer: bool = False      # LayerNorm
 
 
 def launch_config(w: Work, device: DeviceSpec, tuning: Tuning) -> LaunchConfig:
@@ -678,14 +722,14 @@ def launch_config(w: Work, device: DeviceSpec, tuning: Tuning) -> LaunchConfig:
     if forced is None and w.norm == "full" and w.heads == 1:
         forced = 2   # one head a rank under tensor parallelism: full-dim variants hold two
     forced = None if forced is None else default_heads_per_thread(w.heads, parts, forced)
-    geo = geometry(lanes_d, w.heads, parts, k=forced, per_head=per_head, block_target=target)
+    geo = geometry(lanes_d, w.heads, parts, k=forced, per_head=per_head, block_target=target, layer=w.layer)
     if w.stats == "sumsq":
         geo = _summing_geometry(lanes_d, w.heads, target)
     # Full-dim rows keep one head split whatever the token count, so that a sequence shard sums a
     # token's heads in the order the whole sequence does (bit-equal shards).
     if forced is None and per_head and geo.heads_per_thread > 2:
         # Launch-bound grids: a thread's chain of loads sets the time, and two heads a thread win.
-        small = geometry(lanes_d, w.heads, parts, k=2, per_head=per_head, block_target=target)
+        small = geometry(lanes_d, w.heads, parts, k=2, per_head=per_head, block_target=target, layer=w.layer)
         if w.rows * small.team <= tuning.small_grid_threads:
             geo = small
     one_row = w.rows <= tuning.one_row_blocks_up_to and geo.team % 32 == 0
@@ -705,8 +749,9 @@ def launch_config(w: Work, device: DeviceSpec, tuning: Tuning) -> LaunchConfig:
     k = geo.heads_per_thread
     waves = _ahead_waves(iters, w.norm, parts, tuning)
     variant = Variant(
-        w.dtype, w.rope, w.norm, k, parts, table, shared_table=k == shared_k and not w.stats,
-        ahead=waves > 0 or (w.rope, w.norm, k) not in _variants.NO_AHEAD_VARIANTS, stats=w.stats)
+        w.dtype, w.rope, w.norm, k, parts, table, shared_table=k == shared_k and not (w.stats or w.layer),
+        ahead=waves > 0 or w.layer or (w.rope, w.norm, k) not in _variants.NO_AHEAD_VARIANTS, stats=w.stats,
+        layer=w.layer)
     return LaunchConfig(variant, lanes_d, geo.tj, geo.th, geo.block, iters, grid, waves)
 
 
@@ -755,6 +800,7 @@ def make_plan(req: Request, device: DeviceSpec, tuning: Tuning) -> Plan:
     _check_weights(req, vec)
     dual = _check_dual_stream(req, tokens, norm)
     widths = _check_stats(req, tokens, d, q, k)
+    layer = _check_norm_type(req, norm, dual)
     cos_t, sin_t = _rope_tables(req, d, q, k, tokens, vec)
     _check_head_offsets(d, (q, k, oq, ok), (cos_t, sin_t))
     rope = "none" if cos_t is None else ("interleaved" if req.interleave else "half")
@@ -770,7 +816,7 @@ def make_plan(req: Request, device: DeviceSpec, tuning: Tuning) -> Plan:
 
     shared = cos_t is not None and cos_t.hs == 0 and sin_t.hs == 0
     work = Work(data.dtype, rope, norm, req.cos.dtype if cos_t else None, shared, d, max(q.heads, k.heads),
-                2 * tokens.count, req.stats)
+                2 * tokens.count, req.stats, layer)
     cfg = launch_config(work, device, tuning)
     widths = widths or tuple((side.heads if norm == "full" else 1) * d for side in (q, k))
     return Plan(cfg, bytes(_params(req, cfg, tokens, d, q, k, oq, ok, widths, dual, cos_t, sin_t)),
@@ -786,9 +832,11 @@ def _params(req, cfg: LaunchConfig, tokens, d, q, k, oq, ok, widths, dual, cos_t
         sp.out_sb, sp.out_ss, sp.out_hs = out.sb, out.ss, out.hs
         sp.heads = side.heads
         sp.inv_n = 1.0 / widths[i]
-        weight = getattr(req, "qk"[i] + "_weight")
+        weight, bias = getattr(req, "qk"[i] + "_weight"), getattr(req, "qk"[i] + "_bias")
         if weight is not None:
             sp.w_dtype = DTYPE_CODES[weight.dtype]
+        if bias is not None:
+            sp.b_dtype = DTYPE_CODES[bias.dtype]
     if cos_t is not None:
         p.cos_rb, p.cos_rs, p.cos_hs = cos_t.rb, cos_t.rs, cos_t.hs
         p.sin_rb, p.sin_rs, p.sin_hs = sin_t.rb, sin_t.rs, sin_t.hs
@@ -817,6 +865,10 @@ def _slots(req, dual: bool, cos_t, sin_t, q, k, oq, ok) -> tuple:
         if getattr(req, w_role) is not None:
             slots[_slot("w", i)] = (w_role, 0)
             slots[_slot("w_txt", i)] = ("qk"[i] + "_add_weight" if dual else w_role, 0)
+        b_role = "qk"[i] + "_bias"
+        if getattr(req, b_role) is not None:
+            slots[_slot("b", i)] = (b_role, 0)
+            slots[_slot("b_txt", i)] = ("qk"[i] + "_add_bias" if dual else b_role, 0)
     if cos_t is not None:
         slots[_slot("cos")] = ("cos", cos_t.offset * req.cos.itemsize)
         slots[_slot("sin")] = ("sin", sin_t.offset * req.sin.itemsize)

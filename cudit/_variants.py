@@ -7,6 +7,7 @@ the measurements: docs/dev/perf-notes.md.
 """
 from __future__ import annotations
 
+import dataclasses
 import functools
 import itertools
 from dataclasses import dataclass
@@ -54,6 +55,8 @@ ARCH_MAX_THREADS = {("sm_100", 1, "full", 4): 512, ("sm_100", 1, "full", 3): 640
 # by (rope, norm, K): their bound, and per architecture where that one spilled.
 SHARED_TABLE_BOUNDS = {("half", "full", 2): 640, ("interleaved", "head", 4): 768}
 SHARED_TABLE_ARCH_BOUNDS = {("sm_100", "half", "full", 2): 512, ("sm_120", "half", "full", 2): 512}
+# LayerNorm variants hold a mean a head and add a bias: at the RMS bounds they spill.
+LAYER_MAX_THREADS = 512
 # Variants built a second time without the rows-ahead code (suffix _na), for plans of several
 # row groups a block, which never ask for rows ahead, by (rope, norm, K).
 NO_AHEAD_VARIANTS = {("half", "head", 2)}
@@ -89,16 +92,22 @@ class Variant:
     shared_table: bool = False   # one slice for all heads (cos_hs == sin_hs == 0)
     ahead: bool = True           # carries the rows-ahead code
     stats: str = ""              # STATS_CODES: full-dim rows' sums of squares, for tensor parallelism
+    layer: bool = False          # LayerNorm (mean subtracted, bias added) instead of RMSNorm
 
     @property
     def name(self) -> str:
         suffix = (f"_p{self.parts}" if self.parts != natural_parts(self.rope) else "") + \
-            ("_st" if self.shared_table else "") + ("" if self.ahead else "_na") + (f"_{self.stats}" if self.stats else "")
+            ("_st" if self.shared_table else "") + ("" if self.ahead else "_na") + (f"_{self.stats}" if self.stats else "") + \
+            ("_ln" if self.layer else "")
         table = f"_{self.table}" if self.table else ""
         return f"qknr_{self.dtype}_{self.rope}{table}_{self.norm}_k{self.heads_per_thread}{suffix}"
 
     def bound(self, arch: str = "") -> int:
         """The launch bound this variant is compiled with for an architecture ('' for the PTX)."""
+        rms = self._rms_bound(arch)
+        return min(rms, LAYER_MAX_THREADS) if self.layer else rms
+
+    def _rms_bound(self, arch: str) -> int:
         key = (self.rope, self.norm, self.heads_per_thread)
         if self.shared_table:
             return SHARED_TABLE_ARCH_BOUNDS.get((arch, *key), SHARED_TABLE_BOUNDS[key])
@@ -112,7 +121,7 @@ class Variant:
         """The line kernels/qk_norm_rope.cu expands into this variant (CUDIT_QKNR)."""
         args = (self.name, C_TYPES[self.dtype], TABLE_CLASSES[self.table or "f32"], ROPE_CODES[self.rope],
                 NORM_CODES[self.norm], self.heads_per_thread, self.parts, int(self.shared_table), int(self.ahead),
-                STATS_CODES[self.stats], self.bound(arch))
+                STATS_CODES[self.stats], int(self.layer), self.bound(arch))
         return f"CUDIT_QKNR({', '.join(str(a) for a in args)})"
 
 
@@ -148,6 +157,10 @@ def all_variants() -> tuple:
             if norm == "head" and rope != "half":
                 out += [Variant(dt, rope, norm, k, more, table) for more, (dts, most) in EXTRA_PARTS.items()
                         if dt in dts and k <= most]
+    # LayerNorm: a copy of every plain normalising variant (the planner gives it neither the
+    # shared-table nor the no-ahead forms, nor the tensor-parallel sums).
+    out += [dataclasses.replace(v, layer=True) for v in list(out)
+            if v.norm != "none" and not (v.shared_table or not v.ahead or v.stats)]
     return tuple(out)
 
 
@@ -156,10 +169,10 @@ EXTRA_KERNELS = ("cudit_empty",)   # outside the table: the benchmark's empty-la
 
 
 @functools.lru_cache(maxsize=None)
-def planner_bound(parts: int, k: int) -> int:
-    """Most threads a block of (parts, K) may have: the least bound any such variant has on any
-    architecture, so that every plan fits every variant it may pick."""
-    return min(v.bound(arch) for v in all_variants() if (v.parts, v.heads_per_thread) == (parts, k)
+def planner_bound(parts: int, k: int, layer: bool = False) -> int:
+    """Most threads a block of (parts, K) may have: the least bound any such variant (RMS or
+    LayerNorm) has on any architecture, so that every plan fits every variant it may pick."""
+    return min(v.bound(arch) for v in all_variants() if (v.parts, v.heads_per_thread, v.layer) == (parts, k, layer)
                for arch in ARCHS + ("",))
 
 

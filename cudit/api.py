@@ -9,7 +9,8 @@ from ._tuning import DeviceSpec, tuning_for
 
 # A call's arrays in a fixed order, each named by its role (packed, split): the planner's
 # names, which its errors use. Packed calls leave "k" empty, and "k_out" unless out is a pair.
-_WEIGHTS_TABLES = ("q_weight", "k_weight", "q_add_weight", "k_add_weight", "cos", "sin", "sumsq")
+_WEIGHTS_TABLES = ("q_weight", "k_weight", "q_add_weight", "k_add_weight", "cos", "sin", "sumsq", "q_bias", "k_bias",
+                   "q_add_bias", "k_add_bias")
 ROLES = (("qkv", "k", "out", "k_out") + _WEIGHTS_TABLES, ("q", "k", "q_out", "k_out") + _WEIGHTS_TABLES)
 _UNUSED = len(ROLES[0])   # index of a constant 0 appended to a call's pointers
 
@@ -19,12 +20,14 @@ _PAIR = (tuple, list)
 
 def qk_norm_rope(qkv, q_weight, k_weight, cos=None, sin=None, *, num_heads=None, eps=1e-6,
                  interleave=True, q_add_weight=None, k_add_weight=None, num_txt_tokens=0,
-                 seq_len=None, out=None, stream=None, sumsq=None, norm_width=None, rope_offset=None):
+                 seq_len=None, out=None, stream=None, sumsq=None, norm_width=None, rope_offset=None, norm="rms",
+                 q_bias=None, k_bias=None, q_add_bias=None, k_add_bias=None):
     """RMS-normalise Q and K (per head or across heads), then apply RoPE, in one pass on the GPU.
 
     For each token, on Q and on K: ``y = x * rsqrt(mean(x^2) + eps) * w`` (the mean over one head,
     or over all heads for full-dim weights), then ``out = y * cos + rotate(y) * sin``; fp32 math,
-    one rounding to the output dtype. V is never touched.
+    one rounding to the output dtype. V is never touched. With norm="layer", LayerNorm instead:
+    ``y = (x - mean(x)) * rsqrt(var(x) + eps) * w + b``.
 
     Args:
         qkv: packed ``[T, (Hq+Hk+Hv)*D]``, ``[B, S, (Hq+Hk+Hv)*D]`` or ``[B, S, Hq+Hk+Hv, D]``;
@@ -57,6 +60,10 @@ def qk_norm_rope(qkv, q_weight, k_weight, cos=None, sin=None, *, num_heads=None,
         rope_offset: sequence parallelism: token s of this call reads the table's sequence row
             ``rope_offset + s`` (row of a 2-D table, axis 1 of a 3-D or 4-D one), as if the
             table were sliced ``[rope_offset : rope_offset + S]``; None keeps the broadcast rule.
+        norm: "rms" (RMSNorm) or "layer" (LayerNorm: the mean subtracted, then the weight and
+            the bias; the weights are required, the biases optional).
+        q_bias, k_bias, q_add_bias, k_add_bias: LayerNorm biases, shaped like the weights of the
+            same names (the add ones for the text tokens of dual-stream calls).
 
     Returns:
         qkv (in place) or out.
@@ -82,9 +89,10 @@ def qk_norm_rope(qkv, q_weight, k_weight, cos=None, sin=None, *, num_heads=None,
         num_heads = tuple(num_heads)
     if isinstance(norm_width, _PAIR):
         norm_width = tuple(norm_width)
-    run(split, (q, k, o, k_out, q_weight, k_weight, q_add_weight, k_add_weight, cos, sin, sumsq),
-        (num_heads, eps, interleave, num_txt_tokens, seq_len, norm_width, rope_offset, "" if sumsq is None else "given"),
-        stream)
+    run(split, (q, k, o, k_out, q_weight, k_weight, q_add_weight, k_add_weight, cos, sin, sumsq, q_bias, k_bias,
+                q_add_bias, k_add_bias),
+        (num_heads, eps, interleave, num_txt_tokens, seq_len, norm_width, rope_offset, "" if sumsq is None else "given",
+         norm), stream)
     return qkv if out is None else out
 
 
@@ -102,7 +110,8 @@ def qk_sumsq(qkv, sumsq, *, num_heads=None, seq_len=None, stream=None):
     q, k = qkv if split else (qkv, None)
     if isinstance(num_heads, _PAIR):
         num_heads = tuple(num_heads)
-    run(split, (q, k) + (None,) * 8 + (sumsq,), (num_heads, 1e-6, True, 0, seq_len, None, None, "sumsq"), stream)
+    run(split, (q, k) + (None,) * 8 + (sumsq,) + (None,) * 4, (num_heads, 1e-6, True, 0, seq_len, None, None, "sumsq", "rms"),
+        stream)
     return sumsq
 
 
@@ -113,7 +122,7 @@ def sumsq_shape(shape) -> tuple:
 
 def run(split: bool, objs: tuple, options: tuple, stream) -> None:
     """Launch for arrays in ROLES[split] order and (num_heads, eps, interleave, num_txt_tokens,
-    seq_len, norm_width, rope_offset, stats)."""
+    seq_len, norm_width, rope_offset, stats, norm type)."""
     first = type(objs[0])
     framework, keys_of = _ADAPTERS.get(first) or adapter(first)
     try:
@@ -179,7 +188,7 @@ def _remember(key: tuple, entry) -> None:
 def _request(split: bool, objs, options, view) -> Request:
     """The planner's Request, each array given through view(role, obj)."""
     v = {role: None if x is None else view(role, x) for role, x in zip(ROLES[split], objs)}
-    num_heads, eps, interleave, num_txt_tokens, seq_len, norm_width, rope_offset, stats = options
+    num_heads, eps, interleave, num_txt_tokens, seq_len, norm_width, rope_offset, stats, norm_type = options
     if split:
         qkv, out = (v["q"], v["k"]), (v["q_out"], v["k_out"])
         out = None if out == (None, None) else out
@@ -188,7 +197,8 @@ def _request(split: bool, objs, options, view) -> Request:
     return Request(qkv=qkv, q_weight=v["q_weight"], k_weight=v["k_weight"], cos=v["cos"], sin=v["sin"],
                    num_heads=num_heads, eps=eps, interleave=bool(interleave), q_add_weight=v["q_add_weight"],
                    k_add_weight=v["k_add_weight"], num_txt_tokens=num_txt_tokens, seq_len=seq_len, out=out,
-                   sumsq=v["sumsq"], stats=stats, norm_width=norm_width, rope_offset=rope_offset)
+                   sumsq=v["sumsq"], stats=stats, norm_width=norm_width, rope_offset=rope_offset, norm_type=norm_type,
+                   q_bias=v["q_bias"], k_bias=v["k_bias"], q_add_bias=v["q_add_bias"], k_add_bias=v["k_add_bias"])
 
 
 _NO_DEVICE = DeviceSpec(arch=(0, 0))   # for requests that fail before a device matters

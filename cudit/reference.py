@@ -30,19 +30,29 @@ def _to_bshd(x: np.ndarray, heads, seq_len):
     return x.reshape(b, s, heads, w // heads).copy()
 
 
-def _rms_norm(x, w, w_txt, n_txt, full: bool, eps: float, mean_sq=None):
+def _per_token(v, v_txt, n_txt, shape, b, s, h, d):
+    """A weight or bias of length D or H*D, broadcast to [B, S, H, D] (text tokens: v_txt)."""
+    out = np.broadcast_to(_f64(v).reshape(shape), (b, s, h, d)).copy()
+    if n_txt and v_txt is not None:
+        out[:, :n_txt] = _f64(v_txt).reshape(shape)
+    return out
+
+
+def _rms_norm(x, w, w_txt, n_txt, full: bool, eps: float, mean_sq=None, layer=None):
     """x [B, S, H, D]; w of length D (per-head) or H*D (full-dim); mean_sq [B, S, 1, 1]: the
-    full-dim mean square taken over all ranks (tensor parallelism), else x's own."""
+    full-dim mean square taken over all ranks (tensor parallelism), else x's own. layer:
+    LayerNorm's (bias, text-token bias), either None: the mean is subtracted first."""
     b, s, h, d = x.shape
     axes = (2, 3) if full else (3,)
+    shape = (h, d) if full else (d,)
+    if layer is not None:
+        x = x - np.mean(x, axis=axes, keepdims=True)
     if mean_sq is None:
         mean_sq = np.mean(x * x, axis=axes, keepdims=True)
-    r = 1.0 / np.sqrt(mean_sq + eps)
-    shape = (h, d) if full else (d,)
-    weight = np.broadcast_to(_f64(w).reshape(shape), (b, s, h, d)).copy()
-    if n_txt and w_txt is not None:
-        weight[:, :n_txt] = _f64(w_txt).reshape(shape)
-    return x * r * weight
+    y = x / np.sqrt(mean_sq + eps) * _per_token(w, w_txt, n_txt, shape, b, s, h, d)
+    if layer is not None and layer[0] is not None:
+        y = y + _per_token(layer[0], layer[1], n_txt, shape, b, s, h, d)
+    return y
 
 
 def _table_rows(t: np.ndarray, d: int) -> np.ndarray:
@@ -83,11 +93,11 @@ def _sequence_rows(t, start, s):
     return t[start:start + s] if t.ndim == 2 else t[:, start:start + s]
 
 
-def _side(x, w, w_add, cos, sin, *, n_txt, eps, interleave, mean_sq=None, rope_offset=None):
+def _side(x, w, w_add, cos, sin, *, n_txt, eps, interleave, mean_sq=None, rope_offset=None, layer=None):
     b, s, h, d = x.shape
     if w is not None:
         full = mean_sq is not None or (np.asarray(w).size == h * d and h > 1)
-        x = _rms_norm(x, w, w_add, n_txt, full, eps, mean_sq)
+        x = _rms_norm(x, w, w_add, n_txt, full, eps, mean_sq, layer)
     if cos is not None:
         if rope_offset is not None:
             cos, sin = _sequence_rows(cos, rope_offset, s), _sequence_rows(sin, rope_offset, s)
@@ -106,28 +116,33 @@ def _mean_squares(sumsq, norm_width, b: int, s: int):
 
 def qk_norm_rope_ref(qkv, q_weight, k_weight, cos=None, sin=None, *, num_heads=None, eps=1e-6,
                      interleave=True, q_add_weight=None, k_add_weight=None, num_txt_tokens=0,
-                     seq_len=None, sumsq=None, norm_width=None, rope_offset=None):
+                     seq_len=None, sumsq=None, norm_width=None, rope_offset=None, norm="rms", q_bias=None,
+                     k_bias=None, q_add_bias=None, k_add_bias=None):
     """float64 result: an array shaped like qkv (V copied unchanged), or a (q, k) tuple.
 
     sumsq, norm_width: tensor parallelism's all-reduced sums of squares ([T, 2] or [B, S, 2])
-    and the widths they cover; rope_offset: the table's sequence row of token 0 (docs/api.md)."""
+    and the widths they cover; rope_offset: the table's sequence row of token 0; norm="layer":
+    LayerNorm with the biases (docs/api.md)."""
     common = dict(n_txt=num_txt_tokens, eps=eps, interleave=interleave, rope_offset=rope_offset)
+    q_layer = (q_bias, q_add_bias) if norm == "layer" else None
+    k_layer = (k_bias, k_add_bias) if norm == "layer" else None
     if isinstance(qkv, (tuple, list)):
         q, k = (_f64(a) for a in qkv)
         hs = _heads(num_heads, 2) or (None, None)
         q4 = _to_bshd(q, hs[0], seq_len)
         k4 = _to_bshd(k, hs[1], seq_len)
         mq, mk = _mean_squares(sumsq, norm_width, *q4.shape[:2])
-        qo = _side(q4, q_weight, q_add_weight, cos, sin, mean_sq=mq, **common)
-        ko = _side(k4, k_weight, k_add_weight, cos, sin, mean_sq=mk, **common)
+        qo = _side(q4, q_weight, q_add_weight, cos, sin, mean_sq=mq, layer=q_layer, **common)
+        ko = _side(k4, k_weight, k_add_weight, cos, sin, mean_sq=mk, layer=k_layer, **common)
         return qo.reshape(q.shape), ko.reshape(k.shape)
     x = _f64(qkv)
     hq, hk, hv = _heads(num_heads, 3)
     x4 = _to_bshd(x, hq + hk + hv, seq_len)
     mq, mk = _mean_squares(sumsq, norm_width, *x4.shape[:2])
     out = x4.copy()
-    out[:, :, :hq] = _side(x4[:, :, :hq], q_weight, q_add_weight, cos, sin, mean_sq=mq, **common)
-    out[:, :, hq:hq + hk] = _side(x4[:, :, hq:hq + hk], k_weight, k_add_weight, cos, sin, mean_sq=mk, **common)
+    out[:, :, :hq] = _side(x4[:, :, :hq], q_weight, q_add_weight, cos, sin, mean_sq=mq, layer=q_layer, **common)
+    out[:, :, hq:hq + hk] = _side(x4[:, :, hq:hq + hk], k_weight, k_add_weight, cos, sin, mean_sq=mk,
+                                  layer=k_layer, **common)
     return out.reshape(x.shape)
 
 

@@ -36,7 +36,8 @@ from ._arrays import check_no_autograd
 _COMMON = ("Tensor? q_weight, Tensor? k_weight, Tensor? cos, Tensor? sin, {heads}, float eps=1e-06, "
            "bool interleave=True, Tensor? q_add_weight=None, Tensor? k_add_weight=None, "
            "int num_txt_tokens=0, int? seq_len=None, Tensor? sumsq=None, int[]? norm_width=None, "
-           "int? rope_offset=None")
+           "int? rope_offset=None, Tensor? q_bias=None, Tensor? k_bias=None, Tensor? q_add_bias=None, "
+           "Tensor? k_add_bias=None, str norm=\"rms\"")
 _PACKED = _COMMON.format(heads="int[] num_heads")
 _SPLIT = _COMMON.format(heads="int[]? num_heads=None")
 
@@ -57,9 +58,9 @@ def _heads(num_heads):
     return num_heads[0] if len(num_heads) == 1 else tuple(num_heads)
 
 
-def _options(num_heads, eps, interleave, num_txt_tokens, seq_len, sumsq, norm_width, rope_offset):
+def _options(num_heads, eps, interleave, num_txt_tokens, seq_len, sumsq, norm_width, rope_offset, norm):
     return (_heads(num_heads), eps, interleave, num_txt_tokens, seq_len, _heads(norm_width), rope_offset,
-            "" if sumsq is None else "given")
+            "" if sumsq is None else "given", norm)
 
 
 # The kernels call cudit's launch path directly (arrays in api.ROLES order), skipping the
@@ -67,9 +68,10 @@ def _options(num_heads, eps, interleave, num_txt_tokens, seq_len, sumsq, norm_wi
 # to the schema's defaults, hence the defaults here.
 def _packed_(qkv, q_weight, k_weight, cos, sin, num_heads, eps=1e-6, interleave=True, q_add_weight=None,
              k_add_weight=None, num_txt_tokens=0, seq_len=None, sumsq=None, norm_width=None, rope_offset=None,
-             out=None):
-    api.run(False, (qkv, None, out, None, q_weight, k_weight, q_add_weight, k_add_weight, cos, sin, sumsq),
-            _options(num_heads, eps, interleave, num_txt_tokens, seq_len, sumsq, norm_width, rope_offset), None)
+             q_bias=None, k_bias=None, q_add_bias=None, k_add_bias=None, norm="rms", out=None):
+    api.run(False, (qkv, None, out, None, q_weight, k_weight, q_add_weight, k_add_weight, cos, sin, sumsq, q_bias,
+                    k_bias, q_add_bias, k_add_bias),
+            _options(num_heads, eps, interleave, num_txt_tokens, seq_len, sumsq, norm_width, rope_offset, norm), None)
 
 
 def _packed(qkv, q_weight, k_weight, cos, sin, num_heads, *args):
@@ -93,10 +95,11 @@ def _copy_v(qkv, out, num_heads):
 
 def _split_(q, k, q_weight, k_weight, cos, sin, num_heads=None, eps=1e-6, interleave=True,
             q_add_weight=None, k_add_weight=None, num_txt_tokens=0, seq_len=None, sumsq=None, norm_width=None,
-            rope_offset=None, out=None):
+            rope_offset=None, q_bias=None, k_bias=None, q_add_bias=None, k_add_bias=None, norm="rms", out=None):
     q_out, k_out = out if out is not None else (None, None)
-    api.run(True, (q, k, q_out, k_out, q_weight, k_weight, q_add_weight, k_add_weight, cos, sin, sumsq),
-            _options(num_heads, eps, interleave, num_txt_tokens, seq_len, sumsq, norm_width, rope_offset), None)
+    api.run(True, (q, k, q_out, k_out, q_weight, k_weight, q_add_weight, k_add_weight, cos, sin, sumsq, q_bias, k_bias,
+                   q_add_bias, k_add_bias),
+            _options(num_heads, eps, interleave, num_txt_tokens, seq_len, sumsq, norm_width, rope_offset, norm), None)
 
 
 def _split(q, k, *args):
@@ -129,7 +132,8 @@ for _name, _fn in (("qk_norm_rope_", _packed_), ("qk_norm_rope", _packed),
 
 # Tensor arguments after the data, by schema position after it (num_heads sits at 4).
 _TENSOR_ARGS = ((0, "q_weight"), (1, "k_weight"), (2, "cos"), (3, "sin"), (7, "q_add_weight"),
-                (8, "k_add_weight"), (11, "sumsq"))
+                (8, "k_add_weight"), (11, "sumsq"), (14, "q_bias"), (15, "k_bias"), (16, "q_add_bias"),
+                (17, "k_add_bias"))
 
 
 def _no_autograd(data_roles, args) -> None:
@@ -184,7 +188,7 @@ def _int_list(x):
 def qk_norm_rope(qkv, q_weight, k_weight, cos=None, sin=None, *, num_heads=None, eps=1e-6,
                  interleave=True, q_add_weight=None, k_add_weight=None, num_txt_tokens=0,
                  seq_len=None, inplace=True, sumsq=None, norm_width=None, rope_offset=None, tp_group=None,
-                 collective="auto"):
+                 collective="auto", norm="rms", q_bias=None, k_bias=None, q_add_bias=None, k_add_bias=None):
     """cudit.qk_norm_rope through the torch operators (same arguments minus out= and stream=;
     docs/api.md).
 
@@ -204,7 +208,8 @@ def qk_norm_rope(qkv, q_weight, k_weight, cos=None, sin=None, *, num_heads=None,
             size = torch.distributed.get_world_size(tp_group)
             norm_width = (q_weight.numel() * size, k_weight.numel() * size)
     rest = (q_weight, k_weight, cos, sin, heads, eps, interleave, q_add_weight, k_add_weight,
-            num_txt_tokens, seq_len, sumsq, _int_list(norm_width), rope_offset)
+            num_txt_tokens, seq_len, sumsq, _int_list(norm_width), rope_offset, q_bias, k_bias, q_add_bias,
+            k_add_bias, norm)
     if isinstance(qkv, (tuple, list)):
         q, k = qkv
         if not inplace:

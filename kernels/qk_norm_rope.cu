@@ -15,6 +15,8 @@
 //           once per thread and reused for all its heads.
 //   K     = heads a thread holds in registers (K == 0: loop over heads; a full-dim row is
 //           then read twice, the second time from L2).
+// LayerNorm (template LN) subtracts the mean and adds a bias: each reduction carries (sum, sum
+// of squares) instead of the sum of squares.
 // Per-head norm reduces over the tj lanes of a head (shuffles; tj a power of two <= 32);
 // full-dim norm over the team (shuffles, plus shared memory when the team is not a power of two
 // inside a warp: then it is whole 16- or 32-lane segments, and tj may be any count, e.g. 12 for
@@ -40,6 +42,8 @@ template <typename T, typename C> struct Row {
     T* out;
     int in_hs, out_hs;   // head strides fit 32 bits (the planner checks): one multiply a head
     const void* w;
+    const void* b;  // LayerNorm bias (null: none)
+    int b_dtype;
     const C* cos;   // this token's table rows, at head 0 and this thread's d
     const C* sin;
     int cos_hs, sin_hs;
@@ -63,6 +67,8 @@ __device__ __forceinline__ Row<T, C> locate_row(const Params& p, u32 tok, int d)
     out.out = static_cast<T*>(p.out[SIDE]) + (i64)b * sp.out_sb + (i64)s * sp.out_ss + d;
     out.w = s < p.num_txt ? p.w_txt[SIDE] : p.w[SIDE];
     out.w_dtype = sp.w_dtype;
+    out.b = s < p.num_txt ? p.b_txt[SIDE] : p.b[SIDE];
+    out.b_dtype = sp.b_dtype;
     out.heads = sp.heads;
     out.inv_n = sp.inv_n;
 
@@ -95,6 +101,67 @@ __device__ __forceinline__ float item_sumsq(const Item<T, PARTS>& it) {
         for (int e = 0; e < VEC; ++e) s += x[e] * x[e];
     }
     return s;
+}
+
+template <typename T, int PARTS>
+__device__ __forceinline__ float item_sum(const Item<T, PARTS>& it) {
+    constexpr int VEC = Item<T, PARTS>::VEC;
+    float s = 0.f;
+#pragma unroll
+    for (int q = 0; q < PARTS; ++q) {
+        float x[VEC];
+        it.part[q].to_floats(x);
+#pragma unroll
+        for (int e = 0; e < VEC; ++e) s += x[e];
+    }
+    return s;
+}
+
+// A row's or head's reduction: the sum of squares (RMS), or (sum, sum of squares) (LayerNorm).
+template <int LN> struct Moments;
+// Plain aggregates (shared-memory arrays of them take no constructor): value-initialise, m{}.
+template <> struct Moments<0> {
+    float sq;
+    template <typename T, int PARTS>
+    __device__ __forceinline__ void add(const Item<T, PARTS>& it) { sq += item_sumsq(it); }
+};
+template <> struct Moments<1> {
+    float sum, sq;
+    template <typename T, int PARTS>
+    __device__ __forceinline__ void add(const Item<T, PARTS>& it) {
+        sum += item_sum(it);
+        sq += item_sumsq(it);
+    }
+};
+
+__device__ __forceinline__ Moments<0> team_sum_warp(Moments<0> m, u32 team) {
+    m.sq = team_sum_warp(m.sq, team);
+    return m;
+}
+__device__ __forceinline__ Moments<1> team_sum_warp(Moments<1> m, u32 team) {
+    m.sum = team_sum_warp(m.sum, team);
+    m.sq = team_sum_warp(m.sq, team);
+    return m;
+}
+__device__ __forceinline__ void accumulate(Moments<0>& a, const Moments<0>& b) { a.sq += b.sq; }
+__device__ __forceinline__ void accumulate(Moments<1>& a, const Moments<1>& b) {
+    a.sum += b.sum;
+    a.sq += b.sq;
+}
+
+// The norm's scale (1 / rms or 1 / std) and the mean it subtracts (0 for RMS) from a reduction
+// over inv_n = 1 / values. `exact`: the correctly rounded root, where it is taken once a row.
+struct Scale {
+    float r, mean;
+};
+__device__ __forceinline__ Scale norm_scale(const Moments<0>& m, float inv_n, float eps, bool exact) {
+    const float v = m.sq * inv_n + eps;
+    return {exact ? 1.f / sqrtf(v) : rsqrtf(v), 0.f};
+}
+__device__ __forceinline__ Scale norm_scale(const Moments<1>& m, float inv_n, float eps, bool exact) {
+    const float mean = m.sum * inv_n;
+    const float v = fmaxf(m.sq * inv_n - mean * mean, 0.f) + eps;
+    return {exact ? 1.f / sqrtf(v) : rsqrtf(v), mean};
 }
 
 template <int N>
@@ -140,14 +207,29 @@ template <typename C, int VEC> struct TableAt {
     }
 };
 
-// A per-head weight is the same for all of a thread's heads: loaded once (HeadWeights).
-template <int VEC, int PARTS> struct HeadWeights {
+// The LayerNorm bias of element idx (zeros without one).
+template <int VEC, typename T, typename C>
+__device__ __forceinline__ void load_bias(const Row<T, C>& row, i64 idx, float (&out)[VEC]) {
+    if (row.b) {
+        load_floats<VEC>(row.b, row.b_dtype, idx, out);
+        return;
+    }
+#pragma unroll
+    for (int e = 0; e < VEC; ++e) out[e] = 0.f;
+}
+
+// A per-head weight (and LayerNorm bias) is the same for all of a thread's heads: loaded once.
+template <int VEC, int PARTS, int LN = 0> struct HeadWeights {
     float w[PARTS][VEC];
+    float b[LN ? PARTS : 1][VEC];
 
     template <typename T, typename C>
     __device__ __forceinline__ void load(const Row<T, C>& row, int stride, int d) {
 #pragma unroll
-        for (int q = 0; q < PARTS; ++q) load_floats<VEC>(row.w, row.w_dtype, (i64)d + q * stride, w[q]);
+        for (int q = 0; q < PARTS; ++q) {
+            load_floats<VEC>(row.w, row.w_dtype, (i64)d + q * stride, w[q]);
+            if (LN) load_bias(row, (i64)d + q * stride, b[q]);
+        }
     }
     __device__ __forceinline__ void get(int q, float (&out)[VEC]) const {
 #pragma unroll
@@ -173,6 +255,25 @@ __device__ __forceinline__ void scale_by(float (&x)[VEC], float r, const float (
     for (int e = 0; e < VEC; ++e) x[e] *= r * w[e];
 }
 
+// One vector normalised: x * r * w (RMS), or (x - mean) * r * w + b (LayerNorm).
+template <int LN, int VEC>
+__device__ __forceinline__ void norm_vec(float (&x)[VEC], Scale sc, const float (&w)[VEC], const float (&b)[VEC]) {
+    if (!LN) {
+        scale_by(x, sc.r, w);
+        return;
+    }
+#pragma unroll
+    for (int e = 0; e < VEC; ++e) x[e] = (x[e] - sc.mean) * (sc.r * w[e]) + b[e];
+}
+
+// The same with the bias of element idx read where used, as full-dim weights are.
+template <int LN, int VEC, typename T, typename C>
+__device__ __forceinline__ void norm_vec(float (&x)[VEC], Scale sc, const float (&w)[VEC], const Row<T, C>& row, i64 idx) {
+    float b[VEC];
+    if (LN) load_bias(row, idx, b);
+    norm_vec<LN>(x, sc, w, b);
+}
+
 // One vector's norm weights and cos/sin as floats (three-vector items read them vector by vector).
 template <int VEC> struct VecConsts {
     float w[VEC], c[VEC], s[VEC];
@@ -196,9 +297,9 @@ constexpr bool THREE_VECTOR_LOOKAHEAD = true;
 // before the next is converted, so one vector is held as floats, not three; with the lookahead
 // the next vector's constants are requested early, overlapping the L1 round trips after the
 // reduction (docs/dev/perf-notes.md v10, v11). The other items keep finish_item.
-template <typename T, typename C, int ROPE, int NORM, typename Tab, typename HW>
-__device__ __forceinline__ void finish_three(const Row<T, C>& row, int stride, int h, const Item<T, 3>& it, float r,
-                                             const Tab& tab, const HW& hw) {
+template <typename T, typename C, int ROPE, int NORM, int LN, typename Tab, typename HW>
+__device__ __forceinline__ void finish_three(const Row<T, C>& row, int stride, int h, int d, const Item<T, 3>& it,
+                                             Scale sc, const Tab& tab, const HW& hw) {
     constexpr int VEC = Item<T, 3>::VEC;
     constexpr bool ahead = THREE_VECTOR_LOOKAHEAD;
     static_assert(NORM != NORM_FULL && ROPE != ROPE_HALF, "three-vector items are per-head, no rotate_half");
@@ -212,7 +313,7 @@ __device__ __forceinline__ void finish_three(const Row<T, C>& row, int stride, i
         it.part[q].to_floats(x);
         if (NORM == NORM_HEAD) {
             if (!ahead) hw.get(q, cur.w);
-            scale_by(x, r, cur.w);
+            norm_vec<LN>(x, sc, cur.w, row, (i64)d + q * stride);
         }
         if (ROPE == ROPE_INTERLEAVED) {
             if (!ahead) tab.get(q, cur.c, cur.s);
@@ -226,9 +327,9 @@ __device__ __forceinline__ void finish_three(const Row<T, C>& row, int stride, i
 }
 
 // Normalise (scale r, weight w), rotate, round once, store.
-template <typename T, typename C, int ROPE, int NORM, int PARTS, typename Tab, typename HW>
+template <typename T, typename C, int ROPE, int NORM, int PARTS, int LN, typename Tab, typename HW>
 __device__ __forceinline__ void finish_item(const Row<T, C>& row, int stride, int h, int d, const Item<T, PARTS>& it,
-                                            float r, const Tab& tab, const HW& hw) {
+                                            Scale sc, const Tab& tab, const HW& hw) {
     constexpr int VEC = Item<T, PARTS>::VEC;
     float x[PARTS][VEC];
 #pragma unroll
@@ -238,7 +339,7 @@ __device__ __forceinline__ void finish_item(const Row<T, C>& row, int stride, in
         for (int q = 0; q < PARTS; ++q) {
             float w[VEC];
             hw.get(q, w);
-            scale_by(x[q], r, w);
+            norm_vec<LN>(x[q], sc, w, hw.b[LN ? q : 0]);
         }
     } else if (NORM == NORM_FULL) {
         // Full-dim weights run across the heads: this head's slice.
@@ -247,7 +348,7 @@ __device__ __forceinline__ void finish_item(const Row<T, C>& row, int stride, in
         for (int q = 0; q < PARTS; ++q) {
             float w[VEC];
             load_floats<VEC>(row.w, row.w_dtype, widx + q * stride, w);
-            scale_by(x[q], r, w);
+            norm_vec<LN>(x[q], sc, w, row, widx + q * stride);
         }
     }
     Item<T, PARTS> o;
@@ -284,9 +385,10 @@ __device__ __forceinline__ void finish_item(const Row<T, C>& row, int stride, in
 // segments. `parity` alternates between rows a block processes in turn: with two buffers, the
 // barrier of the next row separates this row's reads from the writes of the row after.
 constexpr u32 MAX_SEGMENTS = 64;
-__device__ __forceinline__ float team_sum(float v, u32 team, u32 row_in_block, u32 parity) {
+template <typename V>
+__device__ __forceinline__ V team_sum(V v, u32 team, u32 row_in_block, u32 parity) {
     if (team <= 32u && (team & (team - 1u)) == 0) return team_sum_warp(v, team);
-    __shared__ float partial[2][MAX_SEGMENTS];
+    __shared__ V partial[2][MAX_SEGMENTS];
     const u32 shift = team & 31u ? 4u : 5u;
     // Constant widths: the shuffles unroll (a loop over a runtime width cost WAN-1.3B 5%).
     v = shift == 5u ? team_sum_warp(v, 32u) : team_sum_warp(v, 16u);
@@ -294,17 +396,17 @@ __device__ __forceinline__ float team_sum(float v, u32 team, u32 row_in_block, u
     if ((tid & ((1u << shift) - 1u)) == 0) partial[parity][tid >> shift] = v;
     __syncthreads();
     const u32 n = team >> shift;
-    const float* seg = partial[parity] + row_in_block * n;
+    const V* seg = partial[parity] + row_in_block * n;
     // Up to 8 segments (every model's rows) by constant offsets from one address; the same order
     // of additions as the loop.
-    float s = 0.f;
+    V s = V();
     if (n <= 8u) {
 #pragma unroll
         for (u32 i = 0; i < 8u; ++i)
-            if (i < n) s += seg[i];
+            if (i < n) accumulate(s, seg[i]);
         return s;
     }
-    for (u32 i = 0; i < n; ++i) s += seg[i];
+    for (u32 i = 0; i < n; ++i) accumulate(s, seg[i]);
     return s;
 }
 
@@ -316,19 +418,20 @@ __device__ __forceinline__ float given_sumsq(const Params& p, u32 tok) {
     return p.stats[2 * (i64)tok + SIDE];
 }
 
-// A full-dim row's 1 / rms from its sum of squares over this thread's heads (ss): summed by the
-// team, or the all-reduced sum (given). False under STATS_WRITE: the team's sum is stored for
+// A full-dim row's scale from its moments over this thread's heads (m): summed by the team, or
+// the all-reduced sum of squares (given). False under STATS_WRITE: the team's sum is stored for
 // the collective and the row is done.
-template <int STATS, int SIDE>
-__device__ __forceinline__ bool full_row_scale(const Params& p, float ss, float given, u32 tok, u32 row_in_block,
-                                               u32 parity, float inv_n, float& r) {
-    const float total = STATS == STATS_READ ? given : team_sum(ss, p.team, row_in_block, parity);
+template <int STATS, int SIDE, int LN>
+__device__ __forceinline__ bool full_row_scale(const Params& p, Moments<LN> m, float given, u32 tok, u32 row_in_block,
+                                               u32 parity, float inv_n, Scale& sc) {
+    if (STATS == STATS_READ) m.sq = given;
+    else m = team_sum(m, p.team, row_in_block, parity);
     if (STATS == STATS_WRITE) {
-        if (threadIdx.x == 0 && tok < (p.total_rows >> 1)) p.stats[2 * (i64)tok + SIDE] = total;
+        if (threadIdx.x == 0 && tok < (p.total_rows >> 1)) p.stats[2 * (i64)tok + SIDE] = m.sq;
         return false;
     }
-    // Once per row: the correctly rounded form costs nothing here (rsqrtf is for per-head).
-    r = 1.f / sqrtf(total * inv_n + p.eps);
+    // Once per row: the correctly rounded root costs nothing here (rsqrtf is for per-head).
+    sc = norm_scale(m, inv_n, p.eps, true);
     return true;
 }
 
@@ -400,7 +503,7 @@ __device__ __forceinline__ u32 row_ahead(const Params& p, u32 tok) {
     return p.ahead && tok < tokens && p.ahead < tokens - tok ? tok + p.ahead : NO_ROW;
 }
 
-template <typename T, typename C, int ROPE, int NORM, int K, int PARTS, int TABLE, int STATS, int SIDE>
+template <typename T, typename C, int ROPE, int NORM, int K, int PARTS, int TABLE, int STATS, int LN, int SIDE>
 __device__ __forceinline__ void process_row(const Params& p, u32 tok, u32 row_in_block, u32 parity, u32 far_row) {
     constexpr int VEC = Item<T, PARTS>::VEC;
     typedef Item<T, PARTS> It;
@@ -428,19 +531,21 @@ __device__ __forceinline__ void process_row(const Params& p, u32 tok, u32 row_in
     const bool early_table = shared_table && !late_table;
     TableSlice<C, VEC, PARTS> tab;
     tab.dtype = p.tab_dtype;
-    HeadWeights<VEC, PARTS> hw;
+    HeadWeights<VEC, PARTS, LN> hw;
     // Three-vector items read table and weights vector by vector where used: held, they would
     // take 48 and 24 registers.
     constexpr bool at_use = PARTS == 3;
     if (NORM == NORM_HEAD && active && !at_use) hw.load(row, stride, d);
-    auto finish = [&](int h, const It& item, float r_h) {
+    auto finish = [&](int h, const It& item, Scale sc) {
         if constexpr (at_use) {
             const TableAt<C, VEC> at{row.cos + h * row.cos_hs, row.sin + h * row.sin_hs, stride, p.tab_dtype};
-            finish_three<T, C, ROPE, NORM>(row, stride, h, item, r_h, at, HeadWeightsAt<VEC>{row.w, row.w_dtype, (i64)d, stride});
+            finish_three<T, C, ROPE, NORM, LN>(row, stride, h, d, item, sc, at,
+                                                HeadWeightsAt<VEC>{row.w, row.w_dtype, (i64)d, stride});
         } else if constexpr (TABLE == TABLE_SHARED) {
-            finish_item<T, C, ROPE, NORM, PARTS>(row, stride, h, d, item, r_h, TableAt<C, VEC>{row.cos, row.sin, stride, p.tab_dtype}, hw);
+            finish_item<T, C, ROPE, NORM, PARTS, LN>(row, stride, h, d, item, sc,
+                                                      TableAt<C, VEC>{row.cos, row.sin, stride, p.tab_dtype}, hw);
         } else {
-            finish_item<T, C, ROPE, NORM, PARTS>(row, stride, h, d, item, r_h, tab, hw);
+            finish_item<T, C, ROPE, NORM, PARTS, LN>(row, stride, h, d, item, sc, tab, hw);
         }
     };
 
@@ -462,22 +567,23 @@ __device__ __forceinline__ void process_row(const Params& p, u32 tok, u32 row_in
         }
         release_dependents();
 
-        float r[K > 0 ? K : 1];
+        Scale sc[K > 0 ? K : 1];
         if (NORM == NORM_HEAD) {
 #pragma unroll
             for (int k = 0; k < K; ++k) {
                 const int h = hl + k * th;
-                const float ss = active && h < row.heads ? item_sumsq(it[k]) : 0.f;
-                r[k] = rsqrtf(team_sum_warp(ss, p.tj) * row.inv_n + p.eps);
+                Moments<LN> m{};
+                if (active && h < row.heads) m.add(it[k]);
+                sc[k] = norm_scale(team_sum_warp(m, p.tj), row.inv_n, p.eps, false);
             }
         } else if (NORM == NORM_FULL) {
-            float ss = 0.f;
+            Moments<LN> m{};
 #pragma unroll
             for (int k = 0; k < K; ++k) {
                 const int h = hl + k * th;
-                if (summed && active && h < row.heads) ss += item_sumsq(it[k]);
+                if (summed && active && h < row.heads) m.add(it[k]);
             }
-            if (!full_row_scale<STATS, SIDE>(p, ss, given, tok, row_in_block, parity, row.inv_n, r[0])) return;
+            if (!full_row_scale<STATS, SIDE>(p, m, given, tok, row_in_block, parity, row.inv_n, sc[0])) return;
         }
 #pragma unroll
         for (int k = 0; k < K; ++k) {
@@ -485,30 +591,30 @@ __device__ __forceinline__ void process_row(const Params& p, u32 tok, u32 row_in
             if (!(active && h < row.heads)) continue;
             if (ROPE != ROPE_NONE && !early_table && TABLE != TABLE_SHARED && !at_use)
                 tab.load(row.cos + h * row.cos_hs, row.sin + h * row.sin_hs, stride);
-            finish(h, it[k], NORM == NORM_HEAD ? r[k] : r[0]);
+            finish(h, it[k], NORM == NORM_HEAD ? sc[k] : sc[0]);
         }
     } else {
         // Heads beyond registers: loop. The trip count is uniform across the team (shuffles).
         if (active && shared_table && !at_use) tab.load(row.cos, row.sin, stride);
-        float r = 1.f;
+        Scale sc{1.f, 0.f};
         if (NORM == NORM_FULL) {
-            float ss = 0.f;
+            Moments<LN> m{};
             if (STATS == STATS_WRITE) {
                 // The sums alone: a row's team is one warp looping over many heads, four loads in flight.
 #pragma unroll 4
                 for (int h = hl; active && h < row.heads; h += th) {
                     It it;
                     load_item(row, stride, h, it);
-                    ss += item_sumsq(it);
+                    m.add(it);
                 }
             } else {
                 for (int h = hl; summed && active && h < row.heads; h += th) {
                     It it;
                     load_item(row, stride, h, it);
-                    ss += item_sumsq(it);
+                    m.add(it);
                 }
             }
-            if (!full_row_scale<STATS, SIDE>(p, ss, given, tok, row_in_block, parity, row.inv_n, r)) return;
+            if (!full_row_scale<STATS, SIDE>(p, m, given, tok, row_in_block, parity, row.inv_n, sc)) return;
         }
         release_dependents();
         for (int base = 0; base < row.heads; base += th) {   // one side a block: uniform
@@ -516,10 +622,14 @@ __device__ __forceinline__ void process_row(const Params& p, u32 tok, u32 row_in
             const bool ok = active && h < row.heads;
             It it;
             if (ok) load_item(row, stride, h, it);
-            if (NORM == NORM_HEAD) r = rsqrtf(team_sum_warp(ok ? item_sumsq(it) : 0.f, p.tj) * row.inv_n + p.eps);
+            if (NORM == NORM_HEAD) {
+                Moments<LN> m{};
+                if (ok) m.add(it);
+                sc = norm_scale(team_sum_warp(m, p.tj), row.inv_n, p.eps, false);
+            }
             if (!ok) continue;
             if (ROPE != ROPE_NONE && !shared_table && !at_use) tab.load(row.cos + h * row.cos_hs, row.sin + h * row.sin_hs, stride);
-            finish(h, it, r);
+            finish(h, it, sc);
         }
     }
 }
@@ -527,7 +637,8 @@ __device__ __forceinline__ void process_row(const Params& p, u32 tok, u32 row_in
 // Blocks alternate sides (even: Q, odd: K); a block's rows are consecutive tokens of its side,
 // and it takes p.iters of them a row, a grid's worth of tokens apart. AHEAD == 0: variants for
 // blocks that never ask for rows ahead (Params.ahead is 0 for them), built without that code.
-template <typename T, typename C, int ROPE, int NORM, int K, int PARTS, int TABLE, int AHEAD, int STATS, int SIDE>
+template <typename T, typename C, int ROPE, int NORM, int K, int PARTS, int TABLE, int AHEAD, int STATS, int LN,
+          int SIDE>
 __device__ __forceinline__ void side_body(const Params& p) {
     const u32 rows_per_block = blockDim.y;   // blockDim.x is the team
     const u32 row_in_block = threadIdx.y;
@@ -544,7 +655,7 @@ __device__ __forceinline__ void side_body(const Params& p) {
             prefetch_row<T, C, PARTS, K, SIDE>(p, next, d, tl.hl, (int)p.th, part_stride<PARTS>(p));
         }
         const u32 far_row = AHEAD && ahead_in_row<NORM, PARTS>() && i == 0 ? row_ahead(p, tok) : NO_ROW;
-        process_row<T, C, ROPE, NORM, K, PARTS, TABLE, STATS, SIDE>(p, tok, row_in_block, i & 1u, far_row);
+        process_row<T, C, ROPE, NORM, K, PARTS, TABLE, STATS, LN, SIDE>(p, tok, row_in_block, i & 1u, far_row);
     }
     if (AHEAD && !ahead_in_row<NORM, PARTS>()) {
         const u32 far_row = row_ahead(p, first);
@@ -553,22 +664,22 @@ __device__ __forceinline__ void side_body(const Params& p) {
     }
 }
 
-template <typename T, typename C, int ROPE, int NORM, int K, int PARTS, int TABLE, int AHEAD, int STATS>
+template <typename T, typename C, int ROPE, int NORM, int K, int PARTS, int TABLE, int AHEAD, int STATS, int LN>
 __device__ __forceinline__ void qk_norm_rope_body(const Params& p) {
-    static_assert(STATS == STATS_NONE || NORM == NORM_FULL, "sums of squares are full-dim rows'");
-    if (blockIdx.x & 1u) side_body<T, C, ROPE, NORM, K, PARTS, TABLE, AHEAD, STATS, 1>(p);
-    else side_body<T, C, ROPE, NORM, K, PARTS, TABLE, AHEAD, STATS, 0>(p);
+    static_assert(STATS == STATS_NONE || (NORM == NORM_FULL && !LN), "sums of squares are full-dim RMS rows'");
+    if (blockIdx.x & 1u) side_body<T, C, ROPE, NORM, K, PARTS, TABLE, AHEAD, STATS, LN, 1>(p);
+    else side_body<T, C, ROPE, NORM, K, PARTS, TABLE, AHEAD, STATS, LN, 0>(p);
 }
 
 }  // namespace cudit
 
 // build_cubins.py appends one line per variant:
-//   CUDIT_QKNR(name, T, C, ROPE, NORM, K, PARTS, TABLE, AHEAD, STATS, MAX_THREADS)
+//   CUDIT_QKNR(name, T, C, ROPE, NORM, K, PARTS, TABLE, AHEAD, STATS, LN, MAX_THREADS)
 // (C: cos/sin storage, float or Bits16, any when ROPE is none; TABLE: TableKind; AHEAD: 0 or 1,
-// rows-ahead code; STATS: StatsMode)
-#define CUDIT_QKNR(NAME, T, C, ROPE, NORM, K, PARTS, TABLE, AHEAD, STATS, MAX_THREADS)         \
+// rows-ahead code; STATS: StatsMode; LN: 1 for LayerNorm)
+#define CUDIT_QKNR(NAME, T, C, ROPE, NORM, K, PARTS, TABLE, AHEAD, STATS, LN, MAX_THREADS)     \
     extern "C" __global__ void __launch_bounds__(MAX_THREADS, 1) NAME(const cudit::Params p) { \
-        cudit::qk_norm_rope_body<T, C, ROPE, NORM, K, PARTS, TABLE, AHEAD, STATS>(p);         \
+        cudit::qk_norm_rope_body<T, C, ROPE, NORM, K, PARTS, TABLE, AHEAD, STATS, LN>(p);     \
     }
 
 // The benchmark's baseline for launch-bound shapes and host overhead: a launch that does nothing.

@@ -26,15 +26,18 @@ typedef struct SideParams {
     cudit_i64 out_sb, out_ss, out_hs; // same for the output (equal to the input's in place)
     int heads;                  // heads on this side
     int w_dtype;                // DTypeCode of both weights
+    int b_dtype;                // DTypeCode of both LayerNorm biases
     float inv_n;                // 1 / values normalised together (D or H*D)
 } SideParams;
 
-// The pointers come first and together: the host writes all eleven with one store per call.
+// The pointers come first and together: the host writes all fifteen with one store per call.
 typedef struct Params {
     const void* in[2];          // 0 = Q, 1 = K: head 0 of token 0
     void* out[2];
     const void* w[2];           // norm weight (image stream), length D or H*D
     const void* w_txt[2];       // norm weight of the first num_txt tokens (dual-stream)
+    const void* b[2];           // LayerNorm bias (image stream), like w; null: none
+    const void* b_txt[2];       // LayerNorm bias of the first num_txt tokens
     const void* cos;
     const void* sin;
     float* stats;               // [tokens, 2] sums of squares (StatsMode variants), else null

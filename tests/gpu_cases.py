@@ -50,6 +50,8 @@ class Case:
     pad: int = 0                  # extra elements per token row (strided views)
     bshd5: bool = False           # split q, k as [B, S, H, D] views of a [B, S, 3, H, D] buffer
     eps: float = 1e-6
+    layer: bool = False           # LayerNorm (norm="layer")
+    bias: bool = True             # with LayerNorm: biases given
     seed: int = field(default=0, compare=False)
 
     def __str__(self):
@@ -168,11 +170,17 @@ def run_case(c: Case, qk_norm_rope, backend="torch"):
     qa = ka = None
     if c.n_txt:
         qa, ka = _weights(c, rng, hq), _weights(c, rng, hk)
+    biases = {}
+    if c.layer and c.bias:   # LayerNorm biases, shaped like the weights (centred on 0)
+        biases = {role: w - 1.0 for role, w in (("q_bias", qw), ("k_bias", kw), ("q_add_bias", qa), ("k_add_bias", ka))
+                  if w is not None}
     cos, sin = _tables(c, rng)
     heads = (hq, hk) if c.split else c.heads
     kwargs = dict(num_heads=heads if (c.ndim != 4 or not c.split) else None, eps=c.eps,
                   interleave=c.rope != "half", q_add_weight=qa, k_add_weight=ka, num_txt_tokens=c.n_txt,
                   seq_len=c.S if c.seq_len_arg else None)
+    if c.layer:
+        kwargs.update(norm="layer", **biases)
     out_buf = out_view = None
     if c.out:
         out_lay = _layouts(replace(c, pad=c.pad + 8))   # the output has its own strides
@@ -186,7 +194,7 @@ def run_case(c: Case, qk_norm_rope, backend="torch"):
         conv = (lambda t: None if t is None else
                 (tuple(cupy.from_dlpack(y) for y in t) if isinstance(t, tuple) else cupy.from_dlpack(t)))
         args = [conv(a) for a in (x, qw, kw, cos, sin)]
-        kwargs.update(q_add_weight=conv(qa), k_add_weight=conv(ka))
+        kwargs.update(q_add_weight=conv(qa), k_add_weight=conv(ka), **{r: conv(b) for r, b in biases.items()})
         ret = qk_norm_rope(*args, out=conv(out_view), **kwargs)
         cupy.cuda.get_current_stream().synchronize()
     else:
@@ -201,7 +209,8 @@ def run_case(c: Case, qk_norm_rope, backend="torch"):
     h = lambda t: None if t is None else t.double().cpu().numpy()  # noqa: E731
     ref = qk_norm_rope_ref(np_x, h(qw), h(kw), h(cos), h(sin), num_heads=heads if c.ndim != 4 or not c.split else None,
                            eps=c.eps, interleave=c.rope != "half", q_add_weight=h(qa), k_add_weight=h(ka),
-                           num_txt_tokens=c.n_txt, seq_len=c.S if c.seq_len_arg else None)
+                           num_txt_tokens=c.n_txt, seq_len=c.S if c.seq_len_arg else None,
+                           norm="layer" if c.layer else "rms", **{r: h(b) for r, b in biases.items()})
 
     if c.out:
         expected = poison.double().cpu()        # NaN outside the region, as the kernel must leave it

@@ -64,6 +64,16 @@ BAD = {
                              r"^rope_offset: expected None or a non-negative int"),
     "rope_offset without a table": (lambda i: cudit.qk_norm_rope(*i[:3], num_heads=4, rope_offset=0),
                                     r"^rope_offset: expected None without cos/sin"),
+    # LayerNorm
+    "norm name": (lambda i: cudit.qk_norm_rope(*i, num_heads=4, norm="batch"), r"^norm: expected 'rms' or 'layer'"),
+    "bias with rms": (lambda i: cudit.qk_norm_rope(*i, num_heads=4, q_bias=i[1], k_bias=i[2]),
+                      r"^q_bias: expected None with norm='rms'"),
+    "layer without weights": (lambda i: cudit.qk_norm_rope(i[0], None, None, *i[3:], num_heads=4, norm="layer"),
+                              r"^norm: expected 'rms' without weights"),
+    "bias length": (lambda i: cudit.qk_norm_rope(*i, num_heads=4, norm="layer", q_bias=i[1][:64], k_bias=i[2]),
+                    r"^q_bias: expected a bias shaped like q_weight"),
+    "one bias": (lambda i: cudit.qk_norm_rope(*i, num_heads=4, norm="layer", q_bias=i[1]),
+                 r"^k_bias: expected biases for Q and K together"),
 }
 
 

@@ -35,6 +35,9 @@ def all_plans(device):
         c = arr((tokens, h * d if per_head else d), tdtype, ptr=BASE + 0x200000) if rope != "none" else None
         qkv = arr((1, tokens, 3 * h * d), dtype)
         yield make_plan(Request(qkv, w, w, c, c, num_heads=h, interleave=rope == "interleaved"), device, tuning)
+        if w is not None:   # LayerNorm
+            yield make_plan(Request(qkv, w, w, c, c, num_heads=h, interleave=rope == "interleaved", norm_type="layer",
+                                    q_bias=w, k_bias=w), device, tuning)
         if norm == "full":   # tensor parallelism: the given-sums variants, and the sums themselves
             sums = arr((tokens, 2), "f32", ptr=BASE + 0x300000)
             yield make_plan(Request(qkv, w, w, c, c, num_heads=h, interleave=rope == "interleaved", sumsq=sums,

@@ -98,6 +98,21 @@ def cases():
                      pad=8))
     add(Case("out-f32-4d", out=True, ndim=4, dtype="f32", S=9))
     add(Case("eps-large", eps=0.5, S=9))
+    # LayerNorm: both norm kinds x rope modes, dtypes, no bias, dual-stream, the several-vector
+    # and looping variants, split and out-of-place
+    for norm in ("head", "full"):
+        for rope in ("interleaved", "half", "none"):
+            add(Case(f"layer-{norm}-rope-{rope}", layer=True, norm=norm, rope=rope, B=2, S=13))
+        add(Case(f"layer-{norm}-dual", layer=True, norm=norm, n_txt=5, B=2, S=19))
+        add(Case(f"layer-{norm}-no-bias", layer=True, bias=False, norm=norm, S=9))
+        add(Case(f"layer-{norm}-split-out-f16", layer=True, norm=norm, split=True, out=True, dtype="f16", S=11))
+    add(Case("layer-head-d96-three-vectors", layer=True, D=96, S=9))
+    add(Case("layer-head-f32-d256-two-vectors", layer=True, D=256, dtype="f32", S=9))
+    add(Case("layer-head-many-heads-loop", layer=True, heads=(200, 200, 0), D=224, dtype="f32", S=2))
+    add(Case("layer-full-128heads-loop", layer=True, heads=(128, 128, 128), norm="full", dtype="f32", S=3))
+    add(Case("layer-full-d96-16heads", layer=True, heads=(16, 16, 16), D=96, norm="full", B=2, S=7))
+    add(Case("layer-gqa-full", layer=True, heads=(8, 2, 2), norm="full", split=True, rope="half", S=21))
+    add(Case("layer-perhead-table", layer=True, table="perhead", table_dtype="bf16", rope="half", S=9))
     return out
 
 
@@ -118,6 +133,7 @@ MODELS = [
     Case("HunyuanVideo", heads=(24, 24, 24), B=1, S=301),
     Case("Cosmos-GQA", split=True, ndim=4, heads=(32, 8, 8), rope="half", B=1, S=181),
     Case("Lumina-Image-2", heads=(24, 24, 24), D=96, B=1, S=257),
+    Case("CogVideoX-5B", heads=(48, 48, 48), D=64, layer=True, B=1, S=226 + 101),
 ]
 
 CASES = cases()

@@ -4,7 +4,7 @@ import re
 
 import pytest
 
-from cudit import _planner
+from cudit import _planner, _variants
 from cudit._params import Params, fast_div
 from cudit._planner import Geometry, PlanError, Request, geometry, plan
 from cudit._tuning import DeviceSpec, Tuning
@@ -28,8 +28,8 @@ def bind(p, req) -> Params:
     """The parameters a launch of p would pass for req's arrays."""
     prm = Params.from_buffer_copy(p.template)
     for i, a in enumerate(p.addresses(req.arrays())):
-        ptrs = ("in_", "out", "w", "w_txt")[i // 2] if i < 8 else ("cos", "sin", "stats")[i - 8]
-        if i < 8:
+        ptrs = ("in_", "out", "w", "w_txt", "b", "b_txt")[i // 2] if i < 12 else ("cos", "sin", "stats")[i - 12]
+        if i < 12:
             getattr(prm, ptrs)[i % 2] = a
         else:
             setattr(prm, ptrs, a)
@@ -517,3 +517,26 @@ def test_sums_of_squares_take_their_own_tuning_entry():
     assert cfg(make_plan(req, four.with_kind("row_iters", "full/1", (8, 0)))).iters == 4
     older = Tuning(full_grid=1, row_iters=(("full/1", (8, 0)),))   # a table written before the kind existed
     assert cfg(make_plan(req, older)).iters == dict(Tuning.row_iters)["sumsq/1"][0]
+
+
+# ------------------------------------------------------------------------------- LayerNorm
+
+
+@pytest.mark.parametrize("n", [D, 12 * D])
+def test_layer_norm_plans_bind_the_biases(n):
+    qw, kw = weights(n)
+    qb, kb = arr((n,), "bf16", ptr=BASE + 0x600000), arr((n,), "bf16", ptr=BASE + 0x700000)
+    req = Request(packed(h=12), qw, kw, num_heads=12, norm_type="layer", q_bias=qb, k_bias=kb)
+    p = make_plan(req)
+    prm = bind(p, req)
+    assert cfg(p).variant.layer and cfg(p).variant.name.endswith("_ln")
+    assert (prm.b[0], prm.b[1]) == (BASE + 0x600000, BASE + 0x700000) and prm.b_txt[0] == prm.b[0]
+    assert prm.side[0].b_dtype == 2   # bf16
+    rms = make_plan(Request(packed(h=12), qw, kw, num_heads=12))
+    assert not cfg(rms).variant.layer and not bind(rms, req).b[0]
+
+
+def test_sums_blocks_stay_within_the_looping_variants_bound():
+    req = Request(packed(b=1, s=4096, h=20), num_heads=20, sumsq=sums((4096, 2)), stats="sumsq")
+    c = cfg(make_plan(req, Tuning().with_kind("block_targets", "sumsq/1", 4096)))
+    assert c.variant.heads_per_thread == 0 and c.team <= 32 and c.block <= _variants.planner_bound(1, 0)

@@ -204,3 +204,22 @@ def test_rope_offset_reads_the_rows_a_slice_would():
     for start in (0, 3):
         part = qk_norm_rope_ref(qkv[:, start:start + 3], qw, kw, cos, sin, num_heads=6, rope_offset=start)
         np.testing.assert_array_equal(part, whole[:, start:start + 3])
+
+
+def test_layer_norm_subtracts_the_mean_and_adds_the_bias():
+    x = np.array([[1.0, 3.0]])                    # one token, one head, D=2: mean 2, var 1
+    w, b = np.array([2.0, 3.0]), np.array([0.5, -0.5])
+    qo, _ = qk_norm_rope_ref((x, x), w, w, num_heads=1, eps=0.0, norm="layer", q_bias=b, k_bias=b)
+    np.testing.assert_allclose(qo, [[-2.0 + 0.5, 3.0 - 0.5]])
+
+
+def test_layer_norm_full_dim_and_text_tokens_use_their_own_bias():
+    rng = np.random.default_rng(3)
+    x = rng.standard_normal((1, 3, 2 * 4))          # 3 tokens, 2 heads of D=4, full-dim
+    w, wa = rng.uniform(0.5, 1.5, 8), rng.uniform(0.5, 1.5, 8)
+    b, ba = rng.standard_normal(8), rng.standard_normal(8)
+    qo, _ = qk_norm_rope_ref((x, x), w, w, num_heads=2, norm="layer", q_bias=b, k_bias=b, q_add_weight=wa,
+                             k_add_weight=wa, q_add_bias=ba, k_add_bias=ba, num_txt_tokens=1)
+    z = (x - x.mean(-1, keepdims=True)) / np.sqrt(x.var(-1, keepdims=True) + 1e-6)
+    np.testing.assert_allclose(qo[0, 0], z[0, 0] * wa + ba)
+    np.testing.assert_allclose(qo[0, 1:], z[0, 1:] * w + b)
