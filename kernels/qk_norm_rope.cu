@@ -89,31 +89,23 @@ __device__ __forceinline__ void load_item(const Row<T, C>& row, int stride, int 
     for (int q = 0; q < PARTS; ++q) it.part[q].load(src + q * stride);
 }
 
-template <typename T, int PARTS>
-__device__ __forceinline__ float item_sumsq(const Item<T, PARTS>& it) {
+// f(v) for each value of an item, each converted to fp32 once.
+template <typename T, int PARTS, typename F>
+__device__ __forceinline__ void for_item_values(const Item<T, PARTS>& it, F f) {
     constexpr int VEC = Item<T, PARTS>::VEC;
-    float s = 0.f;
 #pragma unroll
     for (int q = 0; q < PARTS; ++q) {
         float x[VEC];
         it.part[q].to_floats(x);
 #pragma unroll
-        for (int e = 0; e < VEC; ++e) s += x[e] * x[e];
+        for (int e = 0; e < VEC; ++e) f(x[e]);
     }
-    return s;
 }
 
 template <typename T, int PARTS>
-__device__ __forceinline__ float item_sum(const Item<T, PARTS>& it) {
-    constexpr int VEC = Item<T, PARTS>::VEC;
+__device__ __forceinline__ float item_sumsq(const Item<T, PARTS>& it) {
     float s = 0.f;
-#pragma unroll
-    for (int q = 0; q < PARTS; ++q) {
-        float x[VEC];
-        it.part[q].to_floats(x);
-#pragma unroll
-        for (int e = 0; e < VEC; ++e) s += x[e];
-    }
+    for_item_values(it, [&](float v) { s += v * v; });
     return s;
 }
 
@@ -129,8 +121,13 @@ template <> struct Moments<1> {
     float sum, sq;
     template <typename T, int PARTS>
     __device__ __forceinline__ void add(const Item<T, PARTS>& it) {
-        sum += item_sum(it);
-        sq += item_sumsq(it);
+        float s = 0.f, s2 = 0.f;   // the item's own sums first: the order of the RMS path
+        for_item_values(it, [&](float v) {
+            s += v;
+            s2 += v * v;
+        });
+        sum += s;
+        sq += s2;
     }
 };
 
