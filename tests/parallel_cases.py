@@ -4,13 +4,9 @@ from __future__ import annotations
 
 import numpy as np
 
+from gpu_cases import torch_dtype
+
 MANTISSA = {"bf16": 7, "f16": 10, "f32": 23}
-
-
-def torch_dtype(name):
-    import torch
-
-    return {"bf16": torch.bfloat16, "f16": torch.float16, "f32": torch.float32}[name]
 
 
 def head_groups(heads: int, ranks: int) -> list:
