@@ -1,6 +1,7 @@
-"""Tensor and sequence parallelism on two GPUs of one host, through each framework's
-collectives: torch.distributed (NCCL, eager and torch.compile), JAX (psum in shard_map) and
-CuPy (NCCL). Every rank checks its result against the one-GPU call on the whole tensors."""
+"""Tensor and sequence parallelism on the GPUs of one host (two, or four where there are), through
+each framework's collectives: torch.distributed (NCCL, eager and torch.compile), JAX (psum in
+shard_map) and CuPy (NCCL). Every rank checks its result against the one-GPU call on the whole
+tensors."""
 import socket
 
 import numpy as np
@@ -9,7 +10,14 @@ import pytest
 from parallel_cases import head_groups, rank_heads, rank_slice, wan_like, within_one_ulp
 
 pytestmark = [pytest.mark.gpu, pytest.mark.multi_gpu]
-WORLD, D = 2, 128
+D = 128
+
+
+def _world() -> int:
+    """Ranks: four where the host has them (TP=4), else two."""
+    from conftest import gpu_count
+
+    return 4 if gpu_count() >= 4 else 2
 
 
 def _free_port() -> int:
@@ -29,21 +37,21 @@ def _check_rank(got, whole, heads, group, what):
     assert torch.equal(got[:, :, 2], want[:, :, 2]), f"{what}: V changed"
 
 
-def _torch_rank(rank, port):
+def _torch_rank(rank, world, port):
     import torch
     import torch.distributed as dist
 
     import cudit.torch
 
     torch.cuda.set_device(rank)
-    dist.init_process_group("nccl", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=WORLD,
+    dist.init_process_group("nccl", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=world,
                             device_id=torch.device("cuda", rank))
     group = dist.group.WORLD
     try:
         for heads in (12, 40):   # WAN-1.3B and WAN-14B
             qkv, qw, kw, cos, sin = wan_like(heads, "bf16", B=1, S=300, seed=heads)   # alike on every rank
             whole = cudit.torch.qk_norm_rope(qkv, qw, kw, cos, sin, num_heads=heads, inplace=False)
-            mine = head_groups(heads, WORLD)[rank]
+            mine = head_groups(heads, world)[rank]
             local, lq, lk = rank_slice(qkv, qw, kw, heads, mine)
             h = (len(mine),) * 3
 
@@ -58,7 +66,7 @@ def _torch_rank(rank, port):
             compiled = torch.compile(step, fullgraph=True)
             _check_rank(compiled(local), whole, heads, mine, f"rank {rank} compiled, {heads} heads")
             # Sequence parallelism: this rank's half of the tokens, with the table's offset.
-            s = qkv.shape[1] // WORLD
+            s = qkv.shape[1] // world
             seq = cudit.torch.qk_norm_rope(qkv[:, rank * s:(rank + 1) * s], qw, kw, cos, sin, num_heads=heads,
                                            inplace=False, rope_offset=rank * s)
             assert torch.equal(seq.view(torch.int16), whole[:, rank * s:(rank + 1) * s].view(torch.int16))
@@ -69,7 +77,7 @@ def _torch_rank(rank, port):
 def test_torch_distributed_nccl_eager_and_compiled():
     import torch.multiprocessing as mp
 
-    mp.spawn(_torch_rank, args=(_free_port(),), nprocs=WORLD)
+    mp.spawn(_torch_rank, args=(_world(), _free_port()), nprocs=_world())
 
 
 def _shard_map(fn, mesh, in_specs, out_specs):
@@ -100,8 +108,9 @@ def test_jax_psum_in_shard_map():
     j = lambda t: jnp.asarray(t.float().numpy()).astype(jnp.bfloat16 if t.dtype == torch.bfloat16 else jnp.float32)  # noqa: E731
     x, jqw, jkw, jcos, jsin = map(j, (qkv, qw, kw, cos, sin))
     whole = cudit.jax.qk_norm_rope(x, jqw, jkw, jcos, jsin, num_heads=heads)
-    h = heads // WORLD
-    mesh = Mesh(np.array(jax.devices()[:WORLD]), ("tp",))
+    world = _world()
+    h = heads // world
+    mesh = Mesh(np.array(jax.devices()[:world]), ("tp",))
 
     def rank_step(x5, wq, wk, c, s):   # x5: this device's heads, [B, S, 3, h, D]
         local = x5.reshape(*x5.shape[:2], -1)
@@ -118,7 +127,7 @@ def test_jax_psum_in_shard_map():
     assert torch.equal(got[:, :, 2], want[:, :, 2])
 
 
-def _cupy_rank(rank, uid):
+def _cupy_rank(rank, world, uid):
     import cupy
     import torch
     from cupy.cuda import nccl
@@ -128,11 +137,11 @@ def _cupy_rank(rank, uid):
 
     torch.cuda.set_device(rank)
     cupy.cuda.Device(rank).use()
-    comm = nccl.NcclCommunicator(WORLD, uid, rank)
+    comm = nccl.NcclCommunicator(world, uid, rank)
     heads = 40
     qkv, qw, kw, cos, sin = wan_like(heads, "bf16", B=1, S=300, seed=5)
     whole = cudit.qk_norm_rope(qkv, qw, kw, cos, sin, num_heads=heads, out=torch.empty_like(qkv))
-    mine = head_groups(heads, WORLD)[rank]
+    mine = head_groups(heads, world)[rank]
     local, lq, lk = rank_slice(qkv, qw, kw, heads, mine)
     h = (len(mine),) * 3
     c = cupy.from_dlpack
@@ -151,4 +160,4 @@ def test_cupy_nccl():
         pytest.skip("CuPy was built without NCCL")
     import torch.multiprocessing as mp
 
-    mp.spawn(_cupy_rank, args=(nccl.get_unique_id(),), nprocs=WORLD)
+    mp.spawn(_cupy_rank, args=(_world(), nccl.get_unique_id()), nprocs=_world())
