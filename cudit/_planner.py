@@ -722,9 +722,10 @@ def launch_config(w: Work, device: DeviceSpec, tuning: Tuning) -> LaunchConfig:
     if forced is None and w.norm == "full" and w.heads == 1:
         forced = 2   # one head a rank under tensor parallelism: full-dim variants hold two
     forced = None if forced is None else default_heads_per_thread(w.heads, parts, forced)
-    geo = geometry(lanes_d, w.heads, parts, k=forced, per_head=per_head, block_target=target, layer=w.layer)
     if w.stats == "sumsq":
         geo = _summing_geometry(lanes_d, w.heads, target)
+    else:
+        geo = geometry(lanes_d, w.heads, parts, k=forced, per_head=per_head, block_target=target, layer=w.layer)
     # Full-dim rows keep one head split whatever the token count, so that a sequence shard sums a
     # token's heads in the order the whole sequence does (bit-equal shards).
     if forced is None and per_head and geo.heads_per_thread > 2:
