@@ -36,6 +36,10 @@ class Shape:
     n_txt: int = 0
     compile: bool = True   # also time torch.compile (each distinct layout costs a compilation)
     layer: bool = False    # LayerNorm with biases (CogVideoX) instead of RMSNorm
+    source: str = "table"  # cudit's rotation: "table", "pos" (position ids into it) or "grid" (3-D RoPE, no table)
+    grid: tuple = ()       # with "grid": (F, H, W), axes_dim, theta (the baselines keep the table)
+    axes: tuple = ()
+    theta: float = 10000.0
 
     @property
     def hk(self) -> int:
@@ -74,6 +78,12 @@ def production_shapes(quick: bool = False) -> list:
         out.append(Shape(s.name + "-fp32", **{**_fields(s), "dtype": "f32"}))
     for d in (64, 96, 256):
         out.append(Shape(f"WAN-like-D{d}", 1536 // d, d, 32760, compile=False))
+    # The same models with 3-D RoPE computed in the kernel (no table read), and by position ids
+    wan, hunyuan = ((21, 30, 52), (44, 42, 42), 10000.0), ((33, 45, 80), (16, 56, 56), 256.0)
+    for s, (grid, axes, theta) in ((base[0], wan), (base[2], wan), (base[7], hunyuan)):
+        out.append(Shape(s.name + "-rope3d", **{**_fields(s), "source": "grid", "grid": grid, "axes": axes,
+                                                "theta": theta}))
+    out.append(Shape("WAN-1.3B-positions", **{**_fields(base[0]), "source": "pos"}))
     return out
 
 
@@ -90,10 +100,11 @@ def bytes_moved(s: Shape) -> int:
     qk = t * (s.heads + s.hk) * s.d * item * 2
     rows = t if s.table == "perhead" else s.tokens
     width = s.heads * s.d if s.table == "perhead" else s.d
-    tables = 2 * rows * width * titem
+    tables = 0 if s.source == "grid" else 2 * rows * width * titem
+    ids = 4 * t if s.source == "pos" else 0
     wlen = s.d if s.norm == "head" else (s.heads + s.hk) * s.d // 2
     weights = 2 * wlen * 4 * (2 if s.n_txt else 1) * (2 if s.layer else 1)
-    return qk + tables + weights
+    return qk + tables + weights + ids
 
 
 # --------------------------------------------------------------------------- inputs
@@ -132,10 +143,20 @@ def cudit_call(s: Shape, cudit=None):
         import cudit
 
     heads = (s.heads, s.hk) if s.split else (s.heads, s.hk, s.hk)
+    source = {}
+    if s.source == "grid":
+        source = {"rope": cudit.Rope3D(s.grid, s.axes, theta=s.theta)}
+    elif s.source == "pos":
+        import torch
+
+        source = {"positions": torch.arange(s.tokens, device="cuda", dtype=torch.int32).expand(s.batch, s.tokens)}
 
     def run(inp):
         qkv, qw, kw, cos, sin, extra = inp
-        cudit.qk_norm_rope(qkv, qw, kw, cos, sin, num_heads=heads, interleave=s.rope == "interleaved", **extra)
+        if s.source == "grid":
+            cos = sin = None
+        cudit.qk_norm_rope(qkv, qw, kw, cos, sin, num_heads=heads, interleave=s.rope == "interleaved", **extra,
+                           **source)
     return run
 
 

@@ -12,7 +12,7 @@ from ._errors import PlanError, driver_module
 
 # numpy dtype name -> cudit's short name (ml_dtypes names bfloat16 "bfloat16").
 _DTYPE_NAMES = {"float32": "f32", "float16": "f16", "bfloat16": "bf16"}
-ITEMSIZE = {"f32": 4, "f16": 2, "bf16": 2}
+ITEMSIZE = {"f32": 4, "f16": 2, "bf16": 2, "int32": 4, "int64": 8}
 
 
 class ArrayInfo(NamedTuple):

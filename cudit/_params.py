@@ -29,13 +29,14 @@ class SideParams(ctypes.Structure):
     ]
 
 
-POINTERS = 15   # the pointer block at the start of Params: in[2], out[2], w[2], w_txt[2], b[2], b_txt[2], cos, sin, stats
+POINTERS = 16   # the pointer block at the start of Params: in[2], out[2], w[2], w_txt[2], b[2], b_txt[2], cos, sin, stats, pos
+MAX_PAIRS = 128   # Params.freq: D / 2 for the largest head_dim
 
 
 class Params(ctypes.Structure):
     _fields_ = [
         ("in_", ptr * 2), ("out", ptr * 2), ("w", ptr * 2), ("w_txt", ptr * 2), ("b", ptr * 2), ("b_txt", ptr * 2),
-        ("cos", ptr), ("sin", ptr), ("stats", ptr),
+        ("cos", ptr), ("sin", ptr), ("stats", ptr), ("pos", ptr),
         ("side", SideParams * 2),
         ("cos_rb", i64), ("cos_rs", i64), ("cos_hs", i64),
         ("sin_rb", i64), ("sin_rs", i64), ("sin_hs", i64),
@@ -43,4 +44,9 @@ class Params(ctypes.Structure):
         ("num_txt", u32),
         ("total_rows", u32), ("team", u32), ("tj", u32), ("th", u32), ("iters", u32), ("ahead", u32),
         ("head_dim", ctypes.c_int), ("lanes_d", ctypes.c_int), ("eps", ctypes.c_float), ("tab_dtype", ctypes.c_int),
+        ("pos_sb", i64), ("pos_ss", i64), ("pos_wide", ctypes.c_int), ("max_pos", u32), ("rotary_dim", ctypes.c_int),
+        ("grid_hw", FastDiv), ("grid_w", FastDiv),
+        ("grid_first", u32), ("grid_count", u32), ("grid_shift", u32), ("band1", u32), ("band2", u32),
+        ("grid_origin", ctypes.c_float * 3), ("grid_scale", ctypes.c_float * 3), ("txt_pos", ctypes.c_float * 3),
+        ("freq", ctypes.c_float * MAX_PAIRS),
     ]

@@ -13,7 +13,8 @@ from dataclasses import dataclass
 from . import _variants
 from ._arrays import ITEMSIZE, ArrayInfo, contiguous_strides
 from ._errors import PlanError
-from ._params import POINTERS, Params, fast_div
+from ._params import MAX_PAIRS, POINTERS, Params, fast_div
+from ._rope3d import Rope3D
 from ._tuning import DeviceSpec, Tuning
 from ._variants import ACT_DTYPES, DTYPE_CODES, MAX_K, Variant, natural_parts, table_class
 
@@ -51,6 +52,12 @@ class Request:
     k_bias: ArrayInfo | None = None
     q_add_bias: ArrayInfo | None = None
     k_add_bias: ArrayInfo | None = None
+    # Other rope sources: position ids ([T] or [B, S] ints: each token's table row), the values of
+    # a head that rotate (partial rotary: the table's width), or 3-D RoPE computed in the kernel
+    # (a Rope3D, no table).
+    positions: ArrayInfo | None = None
+    rotary_dim: int | None = None
+    rope3d: object = None
 
     @property
     def split(self) -> bool:
@@ -67,7 +74,7 @@ class Request:
             roles.update((r, a) for r, a in zip(("q_out", "k_out"), self.out) if a is not None)
         elif self.out is not None:
             roles["out"] = self.out
-        for name in ("q_weight", "k_weight", "q_add_weight", "k_add_weight", "cos", "sin", "sumsq") + BIASES:
+        for name in ("q_weight", "k_weight", "q_add_weight", "k_add_weight", "cos", "sin", "sumsq", "positions") + BIASES:
             if getattr(self, name) is not None:
                 roles[name] = getattr(self, name)
         return roles
@@ -469,7 +476,21 @@ class Table:
     offset: int = 0  # elements from the array's pointer to the first row read
 
 
-def _table_layout(role: str, t: ArrayInfo, d: int, q: Side, k: Side, tokens: Tokens, start) -> Table:
+def _table_layout(role: str, t: ArrayInfo, d: int, q: Side, k: Side, tokens: Tokens, start, rotary: int,
+                  by_position: bool) -> Table:
+    if rotary < d or by_position:   # one [rows, rotary_dim] table for all heads
+        if t.ndim != 2 or t.shape[1] != rotary:
+            why = "position ids" if by_position else f"rotary_dim {rotary} < head_dim {d}"
+            raise _fail(role, f"a 2-D [rows, {rotary}] table with {why}", f"shape {t.shape}")
+        if by_position:
+            if not 0 < t.shape[0] < 2**31:
+                raise _fail(role, "from 1 to 2^31 - 1 rows for position ids", f"shape {t.shape}")
+            return Table(t.shape[0], t.shape[0], 0, _stride(t, 0), 0)
+        return _full_table_layout(role, t, rotary, q, k, tokens, start)   # rows by token, as a [rows, D] table's
+    return _full_table_layout(role, t, d, q, k, tokens, start)
+
+
+def _full_table_layout(role: str, t: ArrayInfo, d: int, q: Side, k: Side, tokens: Tokens, start) -> Table:
     def heads_stride(width_heads: int, hs: int) -> int:
         if width_heads == 1:
             return 0
@@ -513,15 +534,37 @@ def _rope_offset(req: Request):
     start = req.rope_offset
     if start is not None and not (_is_int(start) and start >= 0):
         raise _fail("rope_offset", "None or a non-negative int", start)
-    if start is not None and req.cos is None:
-        raise _fail("rope_offset", "None without cos/sin", start)
+    if start is not None and req.cos is None and req.rope3d is None:
+        raise _fail("rope_offset", "None without cos/sin or rope", start)
+    if start is not None and req.positions is not None:
+        raise _fail("rope_offset", "None with positions (the ids say each token's row)", start)
     return start
 
 
-def _rope_tables(req: Request, d: int, q: Side, k: Side, tokens: Tokens, vec: int):
+def _rotary_dim(req: Request, d: int, vec: int) -> int:
+    """The values of a head that rotate: rotary_dim, else a 2-D table's width where it is narrower
+    than head_dim, else all of them."""
+    r, t = req.rotary_dim, req.cos
+    if r is None:
+        r = t.shape[-1] if t is not None and t.ndim == 2 and 0 < t.shape[-1] < d else d
+    if not (_is_int(r) and 2 <= r <= d and r % 2 == 0):
+        raise _fail("rotary_dim", f"None or an even int from 2 to head_dim {d}", r)
+    if r < d and t is None:
+        raise _fail("rotary_dim", "None without cos/sin", r)
+    if r < d and not req.interleave and r % (2 * vec):
+        raise _fail("rotary_dim", f"a multiple of {2 * vec} for rotate_half (interleave=False) with "
+                                  f"{16 // vec}-byte values", r)
+    return r
+
+
+def _rope_tables(req: Request, d: int, q: Side, k: Side, tokens: Tokens, vec: int, rotary: int):
     start = _rope_offset(req)
     if req.cos is None and req.sin is None:
+        if req.positions is not None:
+            raise _fail("positions", "None without cos/sin (the table its ids index)", "an array")
         return None, None
+    if req.rope3d is not None:
+        raise _fail("rope", "None with cos/sin (a Rope3D replaces the table)", req.rope3d)
     if req.cos is None or req.sin is None:
         raise _fail("cos" if req.cos is None else "sin", "cos and sin given together", None)
     c, s = req.cos, req.sin
@@ -533,11 +576,64 @@ def _rope_tables(req: Request, d: int, q: Side, k: Side, tokens: Tokens, vec: in
     tables = []
     for role, t in (("cos", c), ("sin", s)):
         _check_last_contiguous(role, t)
-        lay = _table_layout(role, t, d, q, k, tokens, start)
+        lay = _table_layout(role, t, d, q, k, tokens, start, rotary, req.positions is not None)
         _check_aligned(role, t.ptr + lay.offset * t.itemsize, (lay.rb, lay.rs, lay.hs), t.itemsize,
                        min(16, vec * t.itemsize))
         tables.append(lay)
     return tables[0], tables[1]
+
+
+@dataclass(frozen=True)
+class PositionIds:
+    sb: int        # element strides: batch, sequence
+    ss: int
+    wide: bool     # int64
+
+
+def _positions(req: Request, tokens: Tokens):
+    a = req.positions
+    if a is None:
+        return None
+    _check_dtype("positions", a, ("int32", "int64"))
+    if a.shape == (tokens.count,):
+        st = _stride(a, 0)
+        return PositionIds(st * tokens.seq, st, a.dtype == "int64")
+    if a.shape == (tokens.batch, tokens.seq):
+        return PositionIds(_stride(a, 0), _stride(a, 1), a.dtype == "int64")
+    raise _fail("positions", f"shape ({tokens.count},) or ({tokens.batch}, {tokens.seq}): one id a token",
+                f"shape {a.shape}")
+
+
+@dataclass(frozen=True)
+class GridPlace:
+    first: int     # sequence index of the grid's first cell
+    shift: int     # rope_offset: the sequence index of this call's token 0
+    bands: tuple   # pairs turning with frames, and with frames or height
+    rope: Rope3D
+
+
+def _grid(req: Request, d: int, tokens: Tokens) -> GridPlace | None:
+    r = req.rope3d
+    if r is None:
+        return None
+    if not isinstance(r, Rope3D):
+        raise _fail("rope", "None or a cudit.Rope3D", type(r).__name__)
+    if req.rotary_dim not in (None, d):
+        raise _fail("rotary_dim", f"None or head_dim {d} with rope (its axes_dim cover the head)", req.rotary_dim)
+    if sum(r.axes_dim) != d:
+        raise _fail("rope", f"axes_dim summing to head_dim {d}", f"axes_dim {r.axes_dim}")
+    start = req.rope_offset or 0
+    if (start + tokens.seq > r.sequence_length) if req.rope_offset is not None else tokens.seq != r.sequence_length:
+        raise _fail("rope", f"a grid whose {r.cells} cells and {r.text_tokens} text tokens hold "
+                            f"{'rope_offset + ' if start else ''}S = {start + tokens.seq} tokens",
+                    f"grid {r.grid} (sequence length {r.sequence_length})")
+    if r.largest_angle() >= MAX_ANGLE:
+        raise _fail("rope", f"angles below {MAX_ANGLE:g} radians (positions x frequencies)", r)
+    band1 = r.axes_dim[0] // 2
+    return GridPlace(r.text_tokens if r.text_first else 0, start, (band1, band1 + r.axes_dim[1] // 2), r)
+
+
+MAX_ANGLE = 1e5   # the kernels' range reduction is exact below this (kernels/qk_norm_rope.cu rope_sincos)
 
 
 # -------------------------------------------------------------------------- the plan
@@ -641,7 +737,7 @@ def _rows_per_block(team: int, target: int, bound: int) -> int | None:
 
 
 def geometry(lanes_d: int, heads: int, parts: int = 1, k: int | None = None, per_head: bool = False,
-             block_target: int = 256, layer: bool = False) -> Geometry:
+             block_target: int = 256, layer: bool = False, source: str = "table") -> Geometry:
     """Threads for rows of `heads` heads of lanes_d items (of `parts` vectors) each.
 
     Rows take the K, and full-dim rows the lanes along D (all lanes_d, or the next power of
@@ -653,18 +749,18 @@ def geometry(lanes_d: int, heads: int, parts: int = 1, k: int | None = None, per
     ks = ((4, 2) if per_head else (4, 3)) if k is None and parts == 1 and heads > 4 else (k,)
     pow2 = _next_pow2(lanes_d)
     tjs = (pow2,) if per_head or pow2 == lanes_d else (pow2, lanes_d)   # the power of two first: it wins ties
-    return min((_geometry(tj, heads, parts, kk, block_target, layer) for kk in ks for tj in tjs),
+    return min((_geometry(tj, heads, parts, kk, block_target, layer, source) for kk in ks for tj in tjs),
                key=_idle_slots_key)
 
 
-def _geometry(tj: int, heads: int, parts: int, k, block_target: int, layer: bool) -> Geometry:
+def _geometry(tj: int, heads: int, parts: int, k, block_target: int, layer: bool, source: str) -> Geometry:
     k = default_heads_per_thread(heads, parts) if k is None else k
     if k > 0:
         th = _head_lanes(tj, -(-heads // k))
-        rows = _rows_per_block(tj * th, block_target, _variants.planner_bound(parts, k, layer))
+        rows = _rows_per_block(tj * th, block_target, _variants.planner_bound(parts, k, layer, source))
         if rows is not None:
             return Geometry(k, tj, th, rows * tj * th)
-    bound = _variants.planner_bound(parts, 0, layer)
+    bound = _variants.planner_bound(parts, 0, layer, source)
     th = max(1, min(512, bound) // tj)
     while not (_team_ok(tj * th) and tj * th % 32 == 0):
         th -= 1
@@ -706,6 +802,7 @@ class Work:
     rows: int                # 2 x tokens: a row is one side of one token
     stats: str = ""          # tensor parallelism's sums of squares (STATS_KINDS)
     layer: bool = False      # LayerNorm
+    source: str = "table"    # where the rotation comes from (_variants.ROPE_SOURCES)
 
 
 def launch_config(w: Work, device: DeviceSpec, tuning: Tuning) -> LaunchConfig:
@@ -716,21 +813,23 @@ def launch_config(w: Work, device: DeviceSpec, tuning: Tuning) -> LaunchConfig:
     per_head = w.norm != "full"
     kind = "sumsq" if w.stats == "sumsq" else w.norm   # the tuning tables' kind of row
     target = tuning.block_target_for(kind, parts)
-    shared_k = _shared_table_k(w.rope, w.norm) if w.shared_table else None
-    table = table_class(w.table, w.dtype)
-    forced = 0 if table == "x16" else tuning.heads_per_thread   # rare table pairings: the looping variant
+    shared_k = _shared_table_k(w.rope, w.norm) if w.shared_table and w.source == "table" else None
+    table = table_class(w.table, w.dtype, w.source)
+    forced = 0 if table == "x16" and w.source == "table" else tuning.heads_per_thread   # rare table pairings: the looping variant
     if forced is None and w.norm == "full" and w.heads == 1:
         forced = 2   # one head a rank under tensor parallelism: full-dim variants hold two
     forced = None if forced is None else default_heads_per_thread(w.heads, parts, forced)
     if w.stats == "sumsq":
         geo = _summing_geometry(lanes_d, w.heads, target)
     else:
-        geo = geometry(lanes_d, w.heads, parts, k=forced, per_head=per_head, block_target=target, layer=w.layer)
+        geo = geometry(lanes_d, w.heads, parts, k=forced, per_head=per_head, block_target=target, layer=w.layer,
+                       source=w.source)
     # Full-dim rows keep one head split whatever the token count, so that a sequence shard sums a
     # token's heads in the order the whole sequence does (bit-equal shards).
     if forced is None and per_head and geo.heads_per_thread > 2:
         # Launch-bound grids: a thread's chain of loads sets the time, and two heads a thread win.
-        small = geometry(lanes_d, w.heads, parts, k=2, per_head=per_head, block_target=target, layer=w.layer)
+        small = geometry(lanes_d, w.heads, parts, k=2, per_head=per_head, block_target=target, layer=w.layer,
+                         source=w.source)
         if w.rows * small.team <= tuning.small_grid_threads:
             geo = small
     one_row = w.rows <= tuning.one_row_blocks_up_to and geo.team % 32 == 0
@@ -751,8 +850,8 @@ def launch_config(w: Work, device: DeviceSpec, tuning: Tuning) -> LaunchConfig:
     waves = _ahead_waves(iters, w.norm, parts, tuning)
     variant = Variant(
         w.dtype, w.rope, w.norm, k, parts, table, shared_table=k == shared_k and not (w.stats or w.layer),
-        ahead=waves > 0 or w.layer or (w.rope, w.norm, k) not in _variants.NO_AHEAD_VARIANTS, stats=w.stats,
-        layer=w.layer)
+        ahead=waves > 0 or w.layer or w.source != "table" or (w.rope, w.norm, k) not in _variants.NO_AHEAD_VARIANTS,
+        stats=w.stats, layer=w.layer, source=w.source)
     return LaunchConfig(variant, lanes_d, geo.tj, geo.th, geo.block, iters, grid, waves)
 
 
@@ -802,9 +901,16 @@ def make_plan(req: Request, device: DeviceSpec, tuning: Tuning) -> Plan:
     dual = _check_dual_stream(req, tokens, norm)
     widths = _check_stats(req, tokens, d, q, k)
     layer = _check_norm_type(req, norm, dual)
-    cos_t, sin_t = _rope_tables(req, d, q, k, tokens, vec)
+    rotary = _rotary_dim(req, d, vec)
+    cos_t, sin_t = _rope_tables(req, d, q, k, tokens, vec, rotary)
     _check_head_offsets(d, (q, k, oq, ok), (cos_t, sin_t))
-    rope = "none" if cos_t is None else ("interleaved" if req.interleave else "half")
+    pos = _positions(req, tokens)
+    grid = _grid(req, d, tokens)
+    source = "grid" if grid else ("pos" if pos or rotary < d else "table")
+    if source != "table" and req.stats:
+        raise _fail("rope" if grid else ("positions" if pos else "rotary_dim"),
+                    "None with sumsq (tensor parallelism takes full cos/sin tables by token)", "given")
+    rope = "none" if cos_t is None and grid is None else ("interleaved" if req.interleave else "half")
     if req.stats == "sumsq" and (req.q_weight is not None or req.k_weight is not None or rope != "none"):
         raise PlanError("qk_sumsq: takes no weights or cos/sin")
     if norm == "none" and rope == "none":
@@ -817,11 +923,32 @@ def make_plan(req: Request, device: DeviceSpec, tuning: Tuning) -> Plan:
 
     shared = cos_t is not None and cos_t.hs == 0 and sin_t.hs == 0
     work = Work(data.dtype, rope, norm, req.cos.dtype if cos_t else None, shared, d, max(q.heads, k.heads),
-                2 * tokens.count, req.stats, layer)
+                2 * tokens.count, req.stats, layer, source)
     cfg = launch_config(work, device, tuning)
     widths = widths or tuple((side.heads if norm == "full" else 1) * d for side in (q, k))
-    return Plan(cfg, bytes(_params(req, cfg, tokens, d, q, k, oq, ok, widths, dual, cos_t, sin_t)),
-                _slots(req, dual, cos_t, sin_t, q, k, oq, ok))
+    prm = _params(req, cfg, tokens, d, q, k, oq, ok, widths, dual, cos_t, sin_t)
+    _source_params(prm, rotary, pos, cos_t, grid)
+    return Plan(cfg, bytes(prm), _slots(req, dual, cos_t, sin_t, q, k, oq, ok))
+
+
+def _source_params(p: Params, rotary: int, pos: PositionIds | None, cos_t: Table | None, grid: GridPlace | None):
+    """The fields of the position-id and grid sources."""
+    p.rotary_dim = rotary
+    if pos is not None:
+        p.pos_sb, p.pos_ss, p.pos_wide, p.max_pos = pos.sb, pos.ss, int(pos.wide), cos_t.rows
+    p.grid_hw = p.grid_w = fast_div(1)
+    if grid is None:
+        return
+    r = grid.rope
+    f, h, w = r.grid
+    p.grid_hw, p.grid_w = fast_div(h * w), fast_div(w)
+    p.grid_first, p.grid_count, p.grid_shift = grid.first, r.cells, grid.shift
+    p.band1, p.band2 = grid.bands
+    p.grid_origin[:] = [float(o) for o in r.offset]
+    p.grid_scale[:] = [float(x) for x in r.scale]
+    p.txt_pos[:] = [float(t) for t in r.text_pos]
+    freq = r.frequencies()
+    p.freq[:len(freq)] = freq
 
 
 def _params(req, cfg: LaunchConfig, tokens, d, q, k, oq, ok, widths, dual, cos_t, sin_t) -> Params:
@@ -875,6 +1002,8 @@ def _slots(req, dual: bool, cos_t, sin_t, q, k, oq, ok) -> tuple:
         slots[_slot("sin")] = ("sin", sin_t.offset * req.sin.itemsize)
     if req.stats:
         slots[_slot("stats")] = ("sumsq", 0)
+    if req.positions is not None:
+        slots[_slot("pos")] = ("positions", 0)
     return tuple(slots)
 
 

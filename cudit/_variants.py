@@ -24,6 +24,11 @@ NORM_CODES = {"none": 0, "head": 1, "full": 2}
 # Tensor-parallel full-dim rows (StatsMode): "sumsq" writes each row's sum of squares over the
 # local heads and no output; "given" normalises by all-reduced sums. Suffixes of their variants.
 STATS_CODES = {"": 0, "sumsq": 1, "given": 2}
+# Where the rotation comes from (RopeSource): cos/sin rows by token; the same tables, or rows
+# picked by position ids, rotating only the table's width (partial rotary); or 3-D RoPE angles
+# computed from each token's place on a video grid (no table). Suffixes of the last two.
+ROPE_SOURCES = {"table": 0, "pos": 1, "grid": 2}
+POS_TABLES = ("f32", "x16")
 C_TYPES = {"f32": "float", "f16": "__half", "bf16": "__nv_bfloat16"}
 # cos/sin storage: fp32, the activations' own 16-bit type, or (x16) 16 bits whose kind is a
 # launch parameter, for the pairings no model uses (a bf16 table with f16 data, say): those get
@@ -57,6 +62,9 @@ SHARED_TABLE_BOUNDS = {("half", "full", 2): 640, ("interleaved", "head", 4): 768
 SHARED_TABLE_ARCH_BOUNDS = {("sm_100", "half", "full", 2): 512, ("sm_120", "half", "full", 2): 512}
 # LayerNorm variants hold a mean a head and add a bias: at the RMS bounds they spill.
 LAYER_MAX_THREADS = 512
+# Position-id variants read partial table vectors value by value: at the table bounds they spill.
+# By (source, LayerNorm).
+SOURCE_MAX_THREADS = {("pos", False): 512, ("pos", True): 384}
 # Variants built a second time without the rows-ahead code (suffix _na), for plans of several
 # row groups a block, which never ask for rows ahead, by (rope, norm, K).
 NO_AHEAD_VARIANTS = {("half", "head", 2)}
@@ -71,9 +79,11 @@ def natural_parts(rope: str) -> int:
     return 2 if rope == "half" else 1
 
 
-def table_class(table: str | None, dtype: str) -> str | None:
+def table_class(table: str | None, dtype: str, source: str = "table") -> str | None:
     """The compiled cos/sin storage for a table dtype beside activations of another."""
-    return None if table is None else (table if table in ("f32", dtype) else "x16")
+    if table is None or source == "grid":
+        return None
+    return table if table == "f32" or (table == dtype and source == "table") else "x16"
 
 
 def table_classes(dtype: str) -> tuple:
@@ -93,19 +103,22 @@ class Variant:
     ahead: bool = True           # carries the rows-ahead code
     stats: str = ""              # STATS_CODES: full-dim rows' sums of squares, for tensor parallelism
     layer: bool = False          # LayerNorm (mean subtracted, bias added) instead of RMSNorm
+    source: str = "table"        # ROPE_SOURCES
 
     @property
     def name(self) -> str:
         suffix = (f"_p{self.parts}" if self.parts != natural_parts(self.rope) else "") + \
             ("_st" if self.shared_table else "") + ("" if self.ahead else "_na") + (f"_{self.stats}" if self.stats else "") + \
-            ("_ln" if self.layer else "")
+            ("_ln" if self.layer else "") + ("" if self.source == "table" else f"_{self.source}")
         table = f"_{self.table}" if self.table else ""
         return f"qknr_{self.dtype}_{self.rope}{table}_{self.norm}_k{self.heads_per_thread}{suffix}"
 
     def bound(self, arch: str = "") -> int:
         """The launch bound this variant is compiled with for an architecture ('' for the PTX)."""
-        rms = self._rms_bound(arch)
-        return min(rms, LAYER_MAX_THREADS) if self.layer else rms
+        bound = self._rms_bound(arch)
+        if self.layer:
+            bound = min(bound, LAYER_MAX_THREADS)
+        return min(bound, SOURCE_MAX_THREADS.get((self.source, self.layer), bound))
 
     def _rms_bound(self, arch: str) -> int:
         key = (self.rope, self.norm, self.heads_per_thread)
@@ -121,7 +134,7 @@ class Variant:
         """The line kernels/qk_norm_rope.cu expands into this variant (CUDIT_QKNR)."""
         args = (self.name, C_TYPES[self.dtype], TABLE_CLASSES[self.table or "f32"], ROPE_CODES[self.rope],
                 NORM_CODES[self.norm], self.heads_per_thread, self.parts, int(self.shared_table), int(self.ahead),
-                STATS_CODES[self.stats], int(self.layer), self.bound(arch))
+                STATS_CODES[self.stats], int(self.layer), ROPE_SOURCES[self.source], self.bound(arch))
         return f"CUDIT_QKNR({', '.join(str(a) for a in args)})"
 
 
@@ -157,8 +170,13 @@ def all_variants() -> tuple:
             if norm == "head" and rope != "half":
                 out += [Variant(dt, rope, norm, k, more, table) for more, (dts, most) in EXTRA_PARTS.items()
                         if dt in dts and k <= most]
-    # LayerNorm: a copy of every plain normalising variant (the planner gives it neither the
-    # shared-table nor the no-ahead forms, nor the tensor-parallel sums).
+    # The other rope sources: a copy of every plain rotating variant's shape, for position ids
+    # with fp32 tables and 16-bit ones of either kind (read where used, so the run-time kind
+    # costs little), and for the grid with none (no shared-table, no-ahead or tensor-parallel forms).
+    shapes = [v for v in out if v.rope != "none" and v.table == "f32" and v.ahead and not (v.shared_table or v.stats)]
+    out += [dataclasses.replace(v, source="pos", table=t) for v in shapes for t in POS_TABLES]
+    out += [dataclasses.replace(v, source="grid", table=None) for v in shapes]
+    # LayerNorm: a copy of every plain normalising variant, of each source.
     out += [dataclasses.replace(v, layer=True) for v in list(out)
             if v.norm != "none" and not (v.shared_table or not v.ahead or v.stats)]
     return tuple(out)
@@ -169,10 +187,12 @@ EXTRA_KERNELS = ("cudit_empty",)   # outside the table: the benchmark's empty-la
 
 
 @functools.lru_cache(maxsize=None)
-def planner_bound(parts: int, k: int, layer: bool = False) -> int:
+def planner_bound(parts: int, k: int, layer: bool = False, source: str = "table") -> int:
     """Most threads a block of (parts, K) may have: the least bound any such variant (RMS or
-    LayerNorm) has on any architecture, so that every plan fits every variant it may pick."""
-    return min(v.bound(arch) for v in all_variants() if (v.parts, v.heads_per_thread, v.layer) == (parts, k, layer)
+    LayerNorm, of one rope source) has on any architecture, so that every plan fits every variant
+    it may pick."""
+    key = (parts, k, layer, source)
+    return min(v.bound(arch) for v in all_variants() if (v.parts, v.heads_per_thread, v.layer, v.source) == key
                for arch in ARCHS + ("",))
 
 

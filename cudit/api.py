@@ -10,7 +10,7 @@ from ._tuning import DeviceSpec, tuning_for
 # A call's arrays in a fixed order, each named by its role (packed, split): the planner's
 # names, which its errors use. Packed calls leave "k" empty, and "k_out" unless out is a pair.
 _WEIGHTS_TABLES = ("q_weight", "k_weight", "q_add_weight", "k_add_weight", "cos", "sin", "sumsq", "q_bias", "k_bias",
-                   "q_add_bias", "k_add_bias")
+                   "q_add_bias", "k_add_bias", "positions")
 ROLES = (("qkv", "k", "out", "k_out") + _WEIGHTS_TABLES, ("q", "k", "q_out", "k_out") + _WEIGHTS_TABLES)
 _UNUSED = len(ROLES[0])   # index of a constant 0 appended to a call's pointers
 
@@ -21,7 +21,8 @@ _PAIR = (tuple, list)
 def qk_norm_rope(qkv, q_weight, k_weight, cos=None, sin=None, *, num_heads=None, eps=1e-6,
                  interleave=True, q_add_weight=None, k_add_weight=None, num_txt_tokens=0,
                  seq_len=None, out=None, stream=None, sumsq=None, norm_width=None, rope_offset=None, norm="rms",
-                 q_bias=None, k_bias=None, q_add_bias=None, k_add_bias=None):
+                 q_bias=None, k_bias=None, q_add_bias=None, k_add_bias=None, positions=None, rotary_dim=None,
+                 rope=None):
     """RMS-normalise Q and K (per head or across heads), then apply RoPE, in one pass on the GPU.
 
     For each token, on Q and on K: ``y = x * rsqrt(mean(x^2) + eps) * w`` (the mean over one head,
@@ -64,6 +65,14 @@ def qk_norm_rope(qkv, q_weight, k_weight, cos=None, sin=None, *, num_heads=None,
             the bias; the weights are required, the biases optional).
         q_bias, k_bias, q_add_bias, k_add_bias: LayerNorm biases, shaped like the weights of the
             same names (the add ones for the text tokens of dual-stream calls).
+        positions: int32 or int64 position ids, ``[T]`` or ``[B, S]``: token t reads row
+            ``positions[t]`` of a 2-D ``[max_pos, rotary_dim]`` cos/sin table. Ids outside
+            ``[0, max_pos)`` are clamped to the nearest row.
+        rotary_dim: partial rotary: only the first rotary_dim values of each head rotate, the rest
+            are normalised and written unrotated. None: the width of a 2-D table narrower than
+            head_dim, else head_dim. Even; for interleave=False a multiple of 16 (fp32: 8) values.
+        rope: a ``cudit.Rope3D``: 3-D RoPE angles computed in the kernel from each token's place
+            on a video grid, instead of cos/sin tables (which must then be None).
 
     Returns:
         qkv (in place) or out.
@@ -90,9 +99,9 @@ def qk_norm_rope(qkv, q_weight, k_weight, cos=None, sin=None, *, num_heads=None,
     if isinstance(norm_width, _PAIR):
         norm_width = tuple(norm_width)
     run(split, (q, k, o, k_out, q_weight, k_weight, q_add_weight, k_add_weight, cos, sin, sumsq, q_bias, k_bias,
-                q_add_bias, k_add_bias),
+                q_add_bias, k_add_bias, positions),
         (num_heads, eps, interleave, num_txt_tokens, seq_len, norm_width, rope_offset, "" if sumsq is None else "given",
-         norm), stream)
+         norm, rotary_dim, rope), stream)
     return qkv if out is None else out
 
 
@@ -110,8 +119,8 @@ def qk_sumsq(qkv, sumsq, *, num_heads=None, seq_len=None, stream=None):
     q, k = qkv if split else (qkv, None)
     if isinstance(num_heads, _PAIR):
         num_heads = tuple(num_heads)
-    run(split, (q, k) + (None,) * 8 + (sumsq,) + (None,) * 4, (num_heads, 1e-6, True, 0, seq_len, None, None, "sumsq", "rms"),
-        stream)
+    run(split, (q, k) + (None,) * 8 + (sumsq,) + (None,) * 5,
+        (num_heads, 1e-6, True, 0, seq_len, None, None, "sumsq", "rms", None, None), stream)
     return sumsq
 
 
@@ -122,7 +131,7 @@ def sumsq_shape(shape) -> tuple:
 
 def run(split: bool, objs: tuple, options: tuple, stream) -> None:
     """Launch for arrays in ROLES[split] order and (num_heads, eps, interleave, num_txt_tokens,
-    seq_len, norm_width, rope_offset, stats, norm type)."""
+    seq_len, norm_width, rope_offset, stats, norm type, rotary_dim, Rope3D)."""
     first = type(objs[0])
     framework, keys_of = _ADAPTERS.get(first) or adapter(first)
     try:
@@ -188,7 +197,8 @@ def _remember(key: tuple, entry) -> None:
 def _request(split: bool, objs, options, view) -> Request:
     """The planner's Request, each array given through view(role, obj)."""
     v = {role: None if x is None else view(role, x) for role, x in zip(ROLES[split], objs)}
-    num_heads, eps, interleave, num_txt_tokens, seq_len, norm_width, rope_offset, stats, norm_type = options
+    num_heads, eps, interleave, num_txt_tokens, seq_len, norm_width, rope_offset, stats, norm_type, rotary_dim, rope3d = \
+        options
     if split:
         qkv, out = (v["q"], v["k"]), (v["q_out"], v["k_out"])
         out = None if out == (None, None) else out
@@ -198,7 +208,8 @@ def _request(split: bool, objs, options, view) -> Request:
                    num_heads=num_heads, eps=eps, interleave=bool(interleave), q_add_weight=v["q_add_weight"],
                    k_add_weight=v["k_add_weight"], num_txt_tokens=num_txt_tokens, seq_len=seq_len, out=out,
                    sumsq=v["sumsq"], stats=stats, norm_width=norm_width, rope_offset=rope_offset, norm_type=norm_type,
-                   q_bias=v["q_bias"], k_bias=v["k_bias"], q_add_bias=v["q_add_bias"], k_add_bias=v["k_add_bias"])
+                   q_bias=v["q_bias"], k_bias=v["k_bias"], q_add_bias=v["q_add_bias"], k_add_bias=v["k_add_bias"],
+                   positions=v["positions"], rotary_dim=rotary_dim, rope3d=rope3d)
 
 
 _NO_DEVICE = DeviceSpec(arch=(0, 0))   # for requests that fail before a device matters

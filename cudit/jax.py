@@ -20,14 +20,15 @@ from jax.experimental.buffer_callback import buffer_callback
 
 from . import api
 
-_OPTIONAL = ("q_weight", "k_weight", "q_add_weight", "k_add_weight", "cos", "sin", "sumsq", "q_bias", "k_bias",
-             "q_add_bias", "k_add_bias")
+_OPTIONAL = ("q_weight", "k_weight", "q_add_weight", "k_add_weight", "cos", "sin", "sumsq", "positions", "q_bias",
+             "k_bias", "q_add_bias", "k_add_bias")
 
 
 def qk_norm_rope(qkv, q_weight, k_weight, cos=None, sin=None, *, num_heads=None, eps=1e-6,
                  interleave=True, q_add_weight=None, k_add_weight=None, num_txt_tokens=0,
                  seq_len=None, sumsq=None, norm_width=None, rope_offset=None, tp_axis=None, norm="rms",
-                 q_bias=None, k_bias=None, q_add_bias=None, k_add_bias=None):
+                 q_bias=None, k_bias=None, q_add_bias=None, k_add_bias=None, positions=None, rotary_dim=None,
+                 rope=None):
     """cudit.qk_norm_rope as a JAX function (jit included): the same arguments minus out= and
     stream=; returns new arrays (docs/api.md).
 
@@ -42,7 +43,7 @@ def qk_norm_rope(qkv, q_weight, k_weight, cos=None, sin=None, *, num_heads=None,
     split = isinstance(qkv, (tuple, list))
     data = list(qkv) if split else [qkv]
     given = {name: x for name, x in zip(_OPTIONAL, (q_weight, k_weight, q_add_weight, k_add_weight, cos, sin, sumsq,
-                                                    q_bias, k_bias, q_add_bias, k_add_bias)) if x is not None}
+                                                    positions, q_bias, k_bias, q_add_bias, k_add_bias)) if x is not None}
     names = tuple(given)
 
     def run(ctx, outs, *ins):
@@ -54,6 +55,7 @@ def qk_norm_rope(qkv, q_weight, k_weight, cos=None, sin=None, *, num_heads=None,
                          q_add_weight=extra.get("q_add_weight"), k_add_weight=extra.get("k_add_weight"),
                          num_txt_tokens=num_txt_tokens, seq_len=seq_len, stream=int(ctx.stream),
                          sumsq=extra.get("sumsq"), norm_width=norm_width, rope_offset=rope_offset, norm=norm,
+                         positions=extra.get("positions"), rotary_dim=rotary_dim, rope=rope,
                          **{b: extra.get(b) for b in _OPTIONAL[-4:]})
 
     shapes = [jax.ShapeDtypeStruct(x.shape, x.dtype) for x in data]

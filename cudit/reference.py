@@ -73,7 +73,11 @@ def _token_tables(cos, sin, b: int, s: int, d: int):
 
 
 def _rope(x, cos, sin, interleave: bool):
-    """x [B, S, H, D]; cos/sin already expanded to broadcast against x."""
+    """x [B, S, H, D]; cos/sin already expanded to broadcast against x. A table narrower than D
+    rotates the first values only (partial rotary), pairing i with i + width/2 for rotate_half."""
+    width = cos.shape[-1]
+    if width < x.shape[-1]:
+        return np.concatenate([_rope(x[..., :width], cos, sin, interleave), x[..., width:]], axis=-1)
     out = np.empty_like(x)
     if interleave:
         a, b = x[..., 0::2], x[..., 1::2]
@@ -93,16 +97,44 @@ def _sequence_rows(t, start, s):
     return t[start:start + s] if t.ndim == 2 else t[:, start:start + s]
 
 
-def _side(x, w, w_add, cos, sin, *, n_txt, eps, interleave, mean_sq=None, rope_offset=None, layer=None):
+def _by_position(t, positions, b: int, s: int):
+    """Rows positions[b, s] (clamped to the table) of a 2-D [max_pos, R] table, [B, S, 1, R]."""
+    t = _f64(t)
+    ids = np.clip(np.asarray(positions).astype(np.int64).reshape(b, s), 0, t.shape[0] - 1)
+    return t[ids][:, :, None, :]
+
+
+def grid_tables(rope, seq: int, d: int, interleave: bool, rope_offset=None):
+    """A cudit.Rope3D as [S, D] cos/sin tables: the kernel's fp32 angles, cos and sin in float64."""
+    pos = np.asarray(rope.positions(rope_offset or 0, seq), dtype=np.float32)          # [S, 3]
+    freq = np.asarray(rope.frequencies(), dtype=np.float32)                               # [D/2]
+    axis = np.repeat(np.arange(3), np.asarray(rope.axes_dim) // 2)                        # each pair's axis
+    angle = (pos[:, axis] * freq[None, :]).astype(np.float64)                             # fp32 products
+    dup = (lambda a: np.repeat(a, 2, axis=-1)) if interleave else (lambda a: np.concatenate([a, a], axis=-1))
+    return dup(np.cos(angle)), dup(np.sin(angle))
+
+
+def _side(x, w, w_add, cos, sin, *, n_txt, eps, interleave, mean_sq=None, rope_offset=None, layer=None,
+          positions=None, rotary_dim=None, rope=None):
     b, s, h, d = x.shape
     if w is not None:
         full = mean_sq is not None or (np.asarray(w).size == h * d and h > 1)
         x = _rms_norm(x, w, w_add, n_txt, full, eps, mean_sq, layer)
-    if cos is not None:
+    if rope is not None:
+        cos, sin = grid_tables(rope, s, d, interleave, rope_offset)
+        rope_offset = None
+    if cos is None:
+        return x
+    if positions is not None:
+        tables = _by_position(cos, positions, b, s), _by_position(sin, positions, b, s)
+    else:
         if rope_offset is not None:
             cos, sin = _sequence_rows(cos, rope_offset, s), _sequence_rows(sin, rope_offset, s)
-        x = _rope(x, *_token_tables(cos, sin, b, s, d), interleave)
-    return x
+        width = np.shape(cos)[-1]
+        tables = _token_tables(cos, sin, b, s, width if width < d else d)
+    if rotary_dim is not None and rotary_dim < tables[0].shape[-1]:
+        tables = tuple(t[..., :rotary_dim] for t in tables)
+    return _rope(x, *tables, interleave)
 
 
 def _mean_squares(sumsq, norm_width, b: int, s: int):
@@ -117,13 +149,15 @@ def _mean_squares(sumsq, norm_width, b: int, s: int):
 def qk_norm_rope_ref(qkv, q_weight, k_weight, cos=None, sin=None, *, num_heads=None, eps=1e-6,
                      interleave=True, q_add_weight=None, k_add_weight=None, num_txt_tokens=0,
                      seq_len=None, sumsq=None, norm_width=None, rope_offset=None, norm="rms", q_bias=None,
-                     k_bias=None, q_add_bias=None, k_add_bias=None):
+                     k_bias=None, q_add_bias=None, k_add_bias=None, positions=None, rotary_dim=None, rope=None):
     """float64 result: an array shaped like qkv (V copied unchanged), or a (q, k) tuple.
 
     sumsq, norm_width: tensor parallelism's all-reduced sums of squares ([T, 2] or [B, S, 2])
     and the widths they cover; rope_offset: the table's sequence row of token 0; norm="layer":
-    LayerNorm with the biases (docs/api.md)."""
-    common = dict(n_txt=num_txt_tokens, eps=eps, interleave=interleave, rope_offset=rope_offset)
+    LayerNorm with the biases; positions, rotary_dim, rope (a Rope3D): the other rotation
+    sources (docs/api.md)."""
+    common = dict(n_txt=num_txt_tokens, eps=eps, interleave=interleave, rope_offset=rope_offset, positions=positions,
+                  rotary_dim=rotary_dim, rope=rope)
     q_layer = (q_bias, q_add_bias) if norm == "layer" else None
     k_layer = (k_bias, k_add_bias) if norm == "layer" else None
     if isinstance(qkv, (tuple, list)):

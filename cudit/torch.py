@@ -32,12 +32,14 @@ import torch.distributed._functional_collectives as funcol
 
 from . import api
 from ._arrays import check_no_autograd
+from ._rope3d import Rope3D
 
 _COMMON = ("Tensor? q_weight, Tensor? k_weight, Tensor? cos, Tensor? sin, {heads}, float eps=1e-06, "
            "bool interleave=True, Tensor? q_add_weight=None, Tensor? k_add_weight=None, "
            "int num_txt_tokens=0, int? seq_len=None, Tensor? sumsq=None, int[]? norm_width=None, "
            "int? rope_offset=None, Tensor? q_bias=None, Tensor? k_bias=None, Tensor? q_add_bias=None, "
-           "Tensor? k_add_bias=None, str norm=\"rms\"")
+           "Tensor? k_add_bias=None, str norm=\"rms\", Tensor? positions=None, int? rotary_dim=None, "
+           "float[]? rope3d=None")
 _PACKED = _COMMON.format(heads="int[] num_heads")
 _SPLIT = _COMMON.format(heads="int[]? num_heads=None")
 
@@ -58,9 +60,10 @@ def _heads(num_heads):
     return num_heads[0] if len(num_heads) == 1 else tuple(num_heads)
 
 
-def _options(num_heads, eps, interleave, num_txt_tokens, seq_len, sumsq, norm_width, rope_offset, norm):
+def _options(num_heads, eps, interleave, num_txt_tokens, seq_len, sumsq, norm_width, rope_offset, norm, rotary_dim,
+             rope3d):
     return (_heads(num_heads), eps, interleave, num_txt_tokens, seq_len, _heads(norm_width), rope_offset,
-            "" if sumsq is None else "given", norm)
+            "" if sumsq is None else "given", norm, rotary_dim, None if rope3d is None else Rope3D.from_fields(rope3d))
 
 
 # The kernels call cudit's launch path directly (arrays in api.ROLES order), skipping the
@@ -68,10 +71,12 @@ def _options(num_heads, eps, interleave, num_txt_tokens, seq_len, sumsq, norm_wi
 # to the schema's defaults, hence the defaults here.
 def _packed_(qkv, q_weight, k_weight, cos, sin, num_heads, eps=1e-6, interleave=True, q_add_weight=None,
              k_add_weight=None, num_txt_tokens=0, seq_len=None, sumsq=None, norm_width=None, rope_offset=None,
-             q_bias=None, k_bias=None, q_add_bias=None, k_add_bias=None, norm="rms", out=None):
+             q_bias=None, k_bias=None, q_add_bias=None, k_add_bias=None, norm="rms", positions=None, rotary_dim=None,
+             rope3d=None, out=None):
     api.run(False, (qkv, None, out, None, q_weight, k_weight, q_add_weight, k_add_weight, cos, sin, sumsq, q_bias,
-                    k_bias, q_add_bias, k_add_bias),
-            _options(num_heads, eps, interleave, num_txt_tokens, seq_len, sumsq, norm_width, rope_offset, norm), None)
+                    k_bias, q_add_bias, k_add_bias, positions),
+            _options(num_heads, eps, interleave, num_txt_tokens, seq_len, sumsq, norm_width, rope_offset, norm,
+                     rotary_dim, rope3d), None)
 
 
 def _packed(qkv, q_weight, k_weight, cos, sin, num_heads, *args):
@@ -95,11 +100,13 @@ def _copy_v(qkv, out, num_heads):
 
 def _split_(q, k, q_weight, k_weight, cos, sin, num_heads=None, eps=1e-6, interleave=True,
             q_add_weight=None, k_add_weight=None, num_txt_tokens=0, seq_len=None, sumsq=None, norm_width=None,
-            rope_offset=None, q_bias=None, k_bias=None, q_add_bias=None, k_add_bias=None, norm="rms", out=None):
+            rope_offset=None, q_bias=None, k_bias=None, q_add_bias=None, k_add_bias=None, norm="rms", positions=None,
+            rotary_dim=None, rope3d=None, out=None):
     q_out, k_out = out if out is not None else (None, None)
     api.run(True, (q, k, q_out, k_out, q_weight, k_weight, q_add_weight, k_add_weight, cos, sin, sumsq, q_bias, k_bias,
-                   q_add_bias, k_add_bias),
-            _options(num_heads, eps, interleave, num_txt_tokens, seq_len, sumsq, norm_width, rope_offset, norm), None)
+                   q_add_bias, k_add_bias, positions),
+            _options(num_heads, eps, interleave, num_txt_tokens, seq_len, sumsq, norm_width, rope_offset, norm,
+                     rotary_dim, rope3d), None)
 
 
 def _split(q, k, *args):
@@ -188,7 +195,8 @@ def _int_list(x):
 def qk_norm_rope(qkv, q_weight, k_weight, cos=None, sin=None, *, num_heads=None, eps=1e-6,
                  interleave=True, q_add_weight=None, k_add_weight=None, num_txt_tokens=0,
                  seq_len=None, inplace=True, sumsq=None, norm_width=None, rope_offset=None, tp_group=None,
-                 collective="auto", norm="rms", q_bias=None, k_bias=None, q_add_bias=None, k_add_bias=None):
+                 collective="auto", norm="rms", q_bias=None, k_bias=None, q_add_bias=None, k_add_bias=None,
+                 positions=None, rotary_dim=None, rope=None):
     """cudit.qk_norm_rope through the torch operators (same arguments minus out= and stream=;
     docs/api.md).
 
@@ -209,7 +217,7 @@ def qk_norm_rope(qkv, q_weight, k_weight, cos=None, sin=None, *, num_heads=None,
             norm_width = (q_weight.numel() * size, k_weight.numel() * size)
     rest = (q_weight, k_weight, cos, sin, heads, eps, interleave, q_add_weight, k_add_weight,
             num_txt_tokens, seq_len, sumsq, _int_list(norm_width), rope_offset, q_bias, k_bias, q_add_bias,
-            k_add_bias, norm)
+            k_add_bias, norm, positions, rotary_dim, None if rope is None else list(rope.fields()))
     if isinstance(qkv, (tuple, list)):
         q, k = qkv
         if not inplace:

@@ -50,11 +50,22 @@ template <typename T, typename C> struct Row {
     int heads;
     int w_dtype;
     float inv_n;
+    float gpos[3];  // SRC_GRID: the token's position along frames, height, width
 };
 
 // SIDE (0 = Q, 1 = K) is a template argument: a block holds rows of one side (its parity), so
 // every per-side field is a constant-bank operand instead of a selected register.
-template <typename T, typename C, int SIDE>
+// Token tok's cos/sin rows (token t reads row t mod R of the table), at head 0 and element d.
+template <typename T, typename C>
+__device__ __forceinline__ void table_rows(const Params& p, u32 tok, int d, Row<T, C>& row) {
+    const u32 trow = tok - div(tok, p.tab_rows) * p.tab_rows.d;
+    const u32 tb = div(trow, p.tab_inner);
+    const u32 ts = trow - tb * p.tab_inner.d;
+    row.cos = static_cast<const C*>(p.cos) + (i64)tb * p.cos_rb + (i64)ts * p.cos_rs + d;
+    row.sin = static_cast<const C*>(p.sin) + (i64)tb * p.sin_rb + (i64)ts * p.sin_rs + d;
+}
+
+template <typename T, typename C, int SIDE, int SRC = SRC_TABLE>
 __device__ __forceinline__ Row<T, C> locate_row(const Params& p, u32 tok, int d) {
     const SideParams& sp = p.side[SIDE];
     const u32 b = div(tok, p.seq);
@@ -71,15 +82,42 @@ __device__ __forceinline__ Row<T, C> locate_row(const Params& p, u32 tok, int d)
     out.b_dtype = sp.b_dtype;
     out.heads = sp.heads;
     out.inv_n = sp.inv_n;
-
-    const u32 trow = tok - div(tok, p.tab_rows) * p.tab_rows.d;
-    const u32 tb = div(trow, p.tab_inner);
-    const u32 ts = trow - tb * p.tab_inner.d;
-    out.cos = static_cast<const C*>(p.cos) + (i64)tb * p.cos_rb + (i64)ts * p.cos_rs + d;
-    out.sin = static_cast<const C*>(p.sin) + (i64)tb * p.sin_rb + (i64)ts * p.sin_rs + d;
     out.cos_hs = (int)p.cos_hs;
     out.sin_hs = (int)p.sin_hs;
+    if (SRC == SRC_TABLE) table_rows(p, tok, d, out);   // the others wait for the producer first (locate_rope)
     return out;
+}
+
+// Position ids and grid places are data a previous kernel may write: read after wait_for_producer.
+template <int SRC, typename T, typename C>
+__device__ __forceinline__ void locate_rope(const Params& p, u32 tok, int d, Row<T, C>& row) {
+    if (SRC == SRC_TABLE) return;
+    const u32 b = div(tok, p.seq);
+    const u32 s = tok - b * p.seq.d;
+    if (SRC == SRC_POS) {
+        if (!p.pos) {
+            table_rows(p, tok, d, row);
+            return;
+        }
+        const i64 at = (i64)b * p.pos_sb + (i64)s * p.pos_ss;
+        long long id = p.pos_wide ? static_cast<const long long*>(p.pos)[at] : static_cast<const int*>(p.pos)[at];
+        id = id < 0 ? 0 : (id >= (long long)p.max_pos ? (long long)p.max_pos - 1 : id);   // never out of bounds
+        row.cos = static_cast<const C*>(p.cos) + id * p.cos_rs + d;
+        row.sin = static_cast<const C*>(p.sin) + id * p.sin_rs + d;
+        return;
+    }
+    const u32 cell = s + p.grid_shift - p.grid_first;   // wraps past grid_count for text before the grid
+    if (cell < p.grid_count) {
+        const u32 f = div(cell, p.grid_hw);
+        const u32 r = cell - f * p.grid_hw.d;
+        const u32 h = div(r, p.grid_w);
+        row.gpos[0] = ((float)f + p.grid_origin[0]) * p.grid_scale[0];
+        row.gpos[1] = ((float)h + p.grid_origin[1]) * p.grid_scale[1];
+        row.gpos[2] = ((float)(r - h * p.grid_w.d) + p.grid_origin[2]) * p.grid_scale[2];
+    } else {
+#pragma unroll
+        for (int a = 0; a < 3; ++a) row.gpos[a] = p.txt_pos[a];
+    }
 }
 
 template <typename T, typename C, int PARTS>
@@ -201,6 +239,114 @@ template <typename C, int VEC> struct TableAt {
         s.load_ro(sin + q * stride);
         packet_floats(c, dtype, cf);
         packet_floats(s, dtype, sf);
+    }
+};
+
+// One table value of a dtype known at run time (Bits16) or at compile time.
+template <typename C>
+__device__ __forceinline__ float table_value(const C* p, int) { return to_float(__ldg(p)); }
+__device__ __forceinline__ float table_value(const cudit::Bits16* p, int dtype) {
+    const unsigned short v = __ldg(reinterpret_cast<const unsigned short*>(p));
+    return dtype == DT_BF16 ? __uint_as_float((unsigned int)v << 16) : __half2float(__ushort_as_half(v));
+}
+
+// SRC_POS tables, read vector by vector where used: the first `valid - q * stride` values of
+// vector q rotate (partial rotary), the rest get cos 1, sin 0, which leaves them as they are.
+template <typename C, int VEC> struct PartialTable {
+    const C* cos;
+    const C* sin;
+    int stride;
+    int dtype;
+    int valid;
+    __device__ __forceinline__ void get(int q, float (&cf)[VEC], float (&sf)[VEC]) const {
+        const int n = valid - q * stride;
+        if (n >= VEC) {
+            TableAt<C, VEC>{cos, sin, stride, dtype}.get(q, cf, sf);
+            return;
+        }
+#pragma unroll
+        for (int e = 0; e < VEC; ++e) {   // only the row's last, partly rotated vector reads values one by one
+            const bool in = e < n;
+            cf[e] = in ? table_value(cos + q * stride + e, dtype) : 1.f;
+            sf[e] = in ? table_value(sin + q * stride + e, dtype) : 0.f;
+        }
+    }
+};
+
+// The same, read once a row and held as floats for all of a thread's heads.
+template <typename C, int VEC, int PARTS> struct PartialSlice {
+    float c[PARTS][VEC], s[PARTS][VEC];
+    __device__ __forceinline__ void load(const PartialTable<C, VEC>& t) {
+#pragma unroll
+        for (int q = 0; q < PARTS; ++q) t.get(q, c[q], s[q]);
+    }
+    __device__ __forceinline__ void get(int q, float (&cf)[VEC], float (&sf)[VEC]) const {
+#pragma unroll
+        for (int e = 0; e < VEC; ++e) {
+            cf[e] = c[q][e];
+            sf[e] = s[q][e];
+        }
+    }
+};
+
+// sin and cos of an fp32 angle, exact in its range reduction for the |angle| < 1e5 the planner
+// allows. ACCURATE (fp32 outputs): reduced by multiples of pi/2 (three parts), then polynomials on
+// [-pi/4, pi/4], about 1 ulp. Else by multiples of 2 pi (two parts), then the hardware's
+// approximations on [-pi, pi], within 2^-21 absolute: far below a 16-bit output's rounding.
+template <bool ACCURATE>
+__device__ __forceinline__ void rope_sincos(float a, float& s, float& c) {
+    if (!ACCURATE) {
+        const float turns = rintf(a * 0.159154943f);   // 1 / (2 pi)
+        float r = fmaf(turns, -6.28318548f, a);
+        r = fmaf(turns, 1.74845553e-07f, r);
+        __sincosf(r, &s, &c);
+        return;
+    }
+    const float k = rintf(a * 0.636619772f);        // 2 / pi
+    float r = fmaf(k, -1.57079637f, a);
+    r = fmaf(k, 4.37113883e-08f, r);
+    r = fmaf(k, 1.71512451e-15f, r);
+    const float r2 = r * r;   // Taylor series to r^11 and r^12: truncation below 1e-11 on [-pi/4, pi/4]
+    float ps = fmaf(r2, -2.50521084e-08f, 2.75573192e-06f);
+    ps = fmaf(r2, ps, -1.98412698e-04f);
+    ps = fmaf(r2, ps, 8.33333333e-03f);
+    ps = fmaf(r2, ps, -1.66666667e-01f);
+    const float sr = fmaf(r * r2, ps, r);
+    float pc = fmaf(r2, 2.08767570e-09f, -2.75573192e-07f);
+    pc = fmaf(r2, pc, 2.48015873e-05f);
+    pc = fmaf(r2, pc, -1.38888889e-03f);
+    pc = fmaf(r2, pc, 4.16666667e-02f);
+    pc = fmaf(r2, pc, -0.5f);
+    const float cr = fmaf(r2, pc, 1.f);
+    const int quadrant = (int)k & 3;   // a = r + quadrant * pi / 2
+    const float s1 = quadrant & 1 ? cr : sr, c1 = quadrant & 1 ? sr : cr;
+    s = quadrant & 2 ? -s1 : s1;
+    c = (quadrant + 1) & 2 ? -c1 : c1;
+}
+
+// SRC_GRID: the cos/sin of this thread's pairs for one token, computed once and held for all its
+// heads. Pair i of a head turns with the frame (i < band1), the height (i < band2) or the width,
+// at angle position * freq[i]; interleaved pairs are (2i, 2i + 1), rotate_half ones (i, i + D/2).
+template <typename T, int ROPE, int VEC, int PARTS> struct GridAngles {
+    static constexpr int N = ROPE == ROPE_HALF ? VEC : PARTS * VEC / 2;
+    float c[N], s[N];
+    int dtype;   // unused: the table interface
+
+    __device__ __forceinline__ void compute(const Params& p, const float (&pos)[3], int d, int stride) {
+#pragma unroll
+        for (int n = 0; n < N; ++n) {
+            const u32 pair = ROPE == ROPE_HALF ? (u32)(d + n) : (u32)(d + (n / (VEC / 2)) * stride) / 2u + n % (VEC / 2);
+            const float x = pair < p.band1 ? pos[0] : (pair < p.band2 ? pos[1] : pos[2]);
+            rope_sincos<sizeof(T) == 4>(x * p.freq[pair], s[n], c[n]);
+        }
+    }
+    __device__ __forceinline__ void get(int q, float (&cf)[VEC], float (&sf)[VEC]) const {
+#pragma unroll
+        for (int e = 0; e < VEC; ++e) {
+            const int n = ROPE == ROPE_HALF ? e : q * (VEC / 2) + e / 2;
+            cf[e] = c[n];
+            sf[e] = s[n];
+        }
     }
 };
 
@@ -326,7 +472,7 @@ __device__ __forceinline__ void finish_three(const Row<T, C>& row, int stride, i
 // Normalise (scale r, weight w), rotate, round once, store.
 template <typename T, typename C, int ROPE, int NORM, int PARTS, int LN, typename Tab, typename HW>
 __device__ __forceinline__ void finish_item(const Row<T, C>& row, int stride, int h, int d, const Item<T, PARTS>& it,
-                                            Scale sc, const Tab& tab, const HW& hw) {
+                                            Scale sc, const Tab& tab, const HW& hw, int head_elems) {
     constexpr int VEC = Item<T, PARTS>::VEC;
     float x[PARTS][VEC];
 #pragma unroll
@@ -340,7 +486,7 @@ __device__ __forceinline__ void finish_item(const Row<T, C>& row, int stride, in
         }
     } else if (NORM == NORM_FULL) {
         // Full-dim weights run across the heads: this head's slice.
-        const i64 widx = (i64)h * (PARTS * stride) + d;
+        const i64 widx = (i64)h * head_elems + d;
 #pragma unroll
         for (int q = 0; q < PARTS; ++q) {
             float w[VEC];
@@ -470,6 +616,25 @@ __device__ __forceinline__ void prefetch_head_tables(const Row<T, C>& row, int h
 template <int PARTS>
 __device__ __forceinline__ int part_stride(const Params& p) { return (int)((u32)p.head_dim / (u32)PARTS); }
 
+// Where a lane's item sits in a head: vector q at d + q * stride; with partial rotary (SRC_POS),
+// its first `valid - q * stride` values rotate. Partial rotate_half pairs i with i + R/2 (R =
+// rotary_dim): lanes below R / (2 VEC) take such a pair of vectors, the others two adjacent
+// vectors past R that stay as they are.
+struct Place {
+    int d, stride, valid;
+};
+template <typename T, int ROPE, int SRC, int PARTS>
+__device__ __forceinline__ Place lane_place(const Params& p, u32 j) {
+    constexpr int VEC = Item<T, PARTS>::VEC;
+    const int d = (int)j * VEC;
+    if (SRC != SRC_POS) return {d, part_stride<PARTS>(p), 0};
+    if (ROPE != ROPE_HALF) return {d, part_stride<PARTS>(p), p.rotary_dim - d};
+    const int half = p.rotary_dim >> 1;
+    const int rotating = half / VEC;
+    if ((int)j < rotating) return {d, half, p.rotary_dim - d};
+    return {p.rotary_dim + 2 * ((int)j - rotating) * VEC, VEC, 0};
+}
+
 // This thread's place in its row's team (threadIdx.x): lane j along the head dim, head lane hl.
 // Full-dim rows may have any tj (D = 96: 12 lanes) and divide by the host's magic numbers (an
 // integer division made the K = 4 variants spill); otherwise tj is a power of two and shifts do.
@@ -500,7 +665,7 @@ __device__ __forceinline__ u32 row_ahead(const Params& p, u32 tok) {
     return p.ahead && tok < tokens && p.ahead < tokens - tok ? tok + p.ahead : NO_ROW;
 }
 
-template <typename T, typename C, int ROPE, int NORM, int K, int PARTS, int TABLE, int STATS, int LN, int SIDE>
+template <typename T, typename C, int ROPE, int NORM, int K, int PARTS, int TABLE, int STATS, int LN, int SRC, int SIDE>
 __device__ __forceinline__ void process_row(const Params& p, u32 tok, u32 row_in_block, u32 parity, u32 far_row) {
     constexpr int VEC = Item<T, PARTS>::VEC;
     typedef Item<T, PARTS> It;
@@ -508,15 +673,21 @@ __device__ __forceinline__ void process_row(const Params& p, u32 tok, u32 row_in
     const u32 j = tl.j;
     const int hl = tl.hl;
     const int th = (int)p.th;
-    const int stride = part_stride<PARTS>(p);
-    const int d = (int)j * VEC;
+    const Place place = lane_place<T, ROPE, SRC, PARTS>(p, j);
+    const int stride = place.stride;
+    const int d = place.d;
+    const int head_elems = SRC == SRC_POS ? p.head_dim : PARTS * stride;
     // Threads of a missing row or past the head dim still take part in shuffles and barriers.
     const bool active = tok < (p.total_rows >> 1) && (int)j < p.lanes_d;
 
-    const Row<T, C> row = locate_row<T, C, SIDE>(p, active ? tok : 0u, d);
+    Row<T, C> row = locate_row<T, C, SIDE, SRC>(p, active ? tok : 0u, d);
     // Under PDL the parameters and the index math above overlap the previous kernel's tail; the
     // first global access waits (perf-notes v9).
     wait_for_producer();
+    locate_rope<SRC>(p, active ? tok : 0u, d, row);
+    GridAngles<T, ROPE, VEC, PARTS> grid;
+    PartialSlice<C, VEC, PARTS> pos_slice;
+    const PartialTable<C, VEC> pos_table{row.cos, row.sin, stride, p.tab_dtype, place.valid};
     const float given = given_sumsq<STATS, SIDE>(p, tok);
     constexpr bool summed = NORM == NORM_FULL && STATS != STATS_READ;   // the row's own sum is needed
     const bool shared_table = ROPE != ROPE_NONE && (TABLE == TABLE_SHARED || (row.cos_hs == 0 && row.sin_hs == 0));
@@ -525,7 +696,7 @@ __device__ __forceinline__ void process_row(const Params& p, u32 tok, u32 row_in
     // reduction, not held through the loads, so these variants fit 96 and 80 registers
     // (cudit/_variants.py bounds; perf-notes v7-v9).
     constexpr bool late_table = TABLE == TABLE_SHARED || (NORM == NORM_HEAD && (PARTS > 1 || (K == 4 && sizeof(T) == 2)));
-    const bool early_table = shared_table && !late_table;
+    const bool early_table = SRC == SRC_TABLE && shared_table && !late_table;
     TableSlice<C, VEC, PARTS> tab;
     tab.dtype = p.tab_dtype;
     HeadWeights<VEC, PARTS, LN> hw;
@@ -534,15 +705,29 @@ __device__ __forceinline__ void process_row(const Params& p, u32 tok, u32 row_in
     constexpr bool at_use = PARTS == 3;
     if (NORM == NORM_HEAD && active && !at_use) hw.load(row, stride, d);
     auto finish = [&](int h, const It& item, Scale sc) {
-        if constexpr (at_use) {
+        auto finish_with = [&](const auto& rot) {
+            if constexpr (at_use)
+                finish_three<T, C, ROPE, NORM, LN>(row, stride, h, d, item, sc, rot,
+                                                    HeadWeightsAt<VEC>{row.w, row.w_dtype, (i64)d, stride});
+            else
+                finish_item<T, C, ROPE, NORM, PARTS, LN>(row, stride, h, d, item, sc, rot, hw, head_elems);
+        };
+        if constexpr (SRC == SRC_GRID) {
+            finish_with(grid);
+        } else if constexpr (SRC == SRC_POS && at_use) {
+            finish_with(pos_table);
+        } else if constexpr (SRC == SRC_POS) {
+            finish_with(pos_slice);
+        } else if constexpr (at_use) {
             const TableAt<C, VEC> at{row.cos + h * row.cos_hs, row.sin + h * row.sin_hs, stride, p.tab_dtype};
             finish_three<T, C, ROPE, NORM, LN>(row, stride, h, d, item, sc, at,
                                                 HeadWeightsAt<VEC>{row.w, row.w_dtype, (i64)d, stride});
         } else if constexpr (TABLE == TABLE_SHARED) {
             finish_item<T, C, ROPE, NORM, PARTS, LN>(row, stride, h, d, item, sc,
-                                                      TableAt<C, VEC>{row.cos, row.sin, stride, p.tab_dtype}, hw);
+                                                      TableAt<C, VEC>{row.cos, row.sin, stride, p.tab_dtype}, hw,
+                                                      head_elems);
         } else {
-            finish_item<T, C, ROPE, NORM, PARTS, LN>(row, stride, h, d, item, sc, tab, hw);
+            finish_item<T, C, ROPE, NORM, PARTS, LN>(row, stride, h, d, item, sc, tab, hw, head_elems);
         }
     };
 
@@ -554,11 +739,13 @@ __device__ __forceinline__ void process_row(const Params& p, u32 tok, u32 row_in
             if (active && h < row.heads) load_item(row, stride, h, it[k]);
         }
         if (active && early_table) tab.load(row.cos, row.sin, stride);
+        if (SRC == SRC_GRID && active) grid.compute(p, row.gpos, d, stride);   // while the loads are in flight
+        if (SRC == SRC_POS && !at_use && active) pos_slice.load(pos_table);
         if (ahead_in_row<NORM, PARTS>() && far_row != NO_ROW && (int)j < p.lanes_d)
             prefetch_row<T, C, PARTS, K, SIDE>(p, far_row, d, hl, th, stride);
         // Per-head tables (LTX-2) into L1 in several-vector items only: in the one-vector variants the
         // extra addressing made ptxas spill. A late shared slice: one request serves all heads.
-        if (ROPE != ROPE_NONE && active) {
+        if (SRC == SRC_TABLE && ROPE != ROPE_NONE && active) {
             if (PARTS > 1 && !shared_table) prefetch_head_tables<T, C, PARTS, K>(row, hl, th, stride);
             else if (late_table && shared_table) prefetch_head_tables<T, C, PARTS, 1>(row, hl, th, stride);
         }
@@ -586,13 +773,15 @@ __device__ __forceinline__ void process_row(const Params& p, u32 tok, u32 row_in
         for (int k = 0; k < K; ++k) {
             const int h = hl + k * th;
             if (!(active && h < row.heads)) continue;
-            if (ROPE != ROPE_NONE && !early_table && TABLE != TABLE_SHARED && !at_use)
+            if (SRC == SRC_TABLE && ROPE != ROPE_NONE && !early_table && TABLE != TABLE_SHARED && !at_use)
                 tab.load(row.cos + h * row.cos_hs, row.sin + h * row.sin_hs, stride);
             finish(h, it[k], NORM == NORM_HEAD ? sc[k] : sc[0]);
         }
     } else {
         // Heads beyond registers: loop. The trip count is uniform across the team (shuffles).
-        if (active && shared_table && !at_use) tab.load(row.cos, row.sin, stride);
+        if (SRC == SRC_TABLE && active && shared_table && !at_use) tab.load(row.cos, row.sin, stride);
+        if (SRC == SRC_GRID && active) grid.compute(p, row.gpos, d, stride);
+        if (SRC == SRC_POS && !at_use && active) pos_slice.load(pos_table);
         Scale sc{1.f, 0.f};
         if (NORM == NORM_FULL) {
             Moments<LN> m{};
@@ -625,7 +814,7 @@ __device__ __forceinline__ void process_row(const Params& p, u32 tok, u32 row_in
                 sc = norm_scale(team_sum_warp(m, p.tj), row.inv_n, p.eps, false);
             }
             if (!ok) continue;
-            if (ROPE != ROPE_NONE && !shared_table && !at_use) tab.load(row.cos + h * row.cos_hs, row.sin + h * row.sin_hs, stride);
+            if (SRC == SRC_TABLE && ROPE != ROPE_NONE && !shared_table && !at_use) tab.load(row.cos + h * row.cos_hs, row.sin + h * row.sin_hs, stride);
             finish(h, it, sc);
         }
     }
@@ -635,12 +824,13 @@ __device__ __forceinline__ void process_row(const Params& p, u32 tok, u32 row_in
 // and it takes p.iters of them a row, a grid's worth of tokens apart. AHEAD == 0: variants for
 // blocks that never ask for rows ahead (Params.ahead is 0 for them), built without that code.
 template <typename T, typename C, int ROPE, int NORM, int K, int PARTS, int TABLE, int AHEAD, int STATS, int LN,
-          int SIDE>
+          int SRC, int SIDE>
 __device__ __forceinline__ void side_body(const Params& p) {
     const u32 rows_per_block = blockDim.y;   // blockDim.x is the team
     const u32 row_in_block = threadIdx.y;
     const TeamLane tl = team_lane<NORM>(p);
-    const int d = (int)tl.j * Item<T, PARTS>::VEC;
+    const Place place = lane_place<T, ROPE, SRC, PARTS>(p, tl.j);
+    const int d = place.d;
     const u32 tokens = p.total_rows >> 1;
     const u32 step = (gridDim.x >> 1) * rows_per_block;
     const u32 first = (blockIdx.x >> 1) * rows_per_block + row_in_block;
@@ -649,34 +839,37 @@ __device__ __forceinline__ void side_body(const Params& p) {
         const u32 next = tok + step;
         if (i + 1 < p.iters && next < tokens && (int)tl.j < p.lanes_d) {
             wait_for_producer();   // a global access (process_row waits too: a no-op the second time)
-            prefetch_row<T, C, PARTS, K, SIDE>(p, next, d, tl.hl, (int)p.th, part_stride<PARTS>(p));
+            prefetch_row<T, C, PARTS, K, SIDE>(p, next, d, tl.hl, (int)p.th, place.stride);
         }
         const u32 far_row = AHEAD && ahead_in_row<NORM, PARTS>() && i == 0 ? row_ahead(p, tok) : NO_ROW;
-        process_row<T, C, ROPE, NORM, K, PARTS, TABLE, STATS, LN, SIDE>(p, tok, row_in_block, i & 1u, far_row);
+        process_row<T, C, ROPE, NORM, K, PARTS, TABLE, STATS, LN, SRC, SIDE>(p, tok, row_in_block, i & 1u, far_row);
     }
     if (AHEAD && !ahead_in_row<NORM, PARTS>()) {
         const u32 far_row = row_ahead(p, first);
         if (far_row != NO_ROW && (int)tl.j < p.lanes_d)
-            prefetch_row<T, C, PARTS, K, SIDE>(p, far_row, d, tl.hl, (int)p.th, part_stride<PARTS>(p));
+            prefetch_row<T, C, PARTS, K, SIDE>(p, far_row, d, tl.hl, (int)p.th, place.stride);
     }
 }
 
-template <typename T, typename C, int ROPE, int NORM, int K, int PARTS, int TABLE, int AHEAD, int STATS, int LN>
+template <typename T, typename C, int ROPE, int NORM, int K, int PARTS, int TABLE, int AHEAD, int STATS, int LN,
+          int SRC>
 __device__ __forceinline__ void qk_norm_rope_body(const Params& p) {
     static_assert(STATS == STATS_NONE || (NORM == NORM_FULL && !LN), "sums of squares are full-dim RMS rows'");
-    if (blockIdx.x & 1u) side_body<T, C, ROPE, NORM, K, PARTS, TABLE, AHEAD, STATS, LN, 1>(p);
-    else side_body<T, C, ROPE, NORM, K, PARTS, TABLE, AHEAD, STATS, LN, 0>(p);
+    static_assert(SRC == SRC_TABLE || (ROPE != ROPE_NONE && TABLE == TABLE_ANY && STATS == STATS_NONE),
+                  "position ids and grids are the plain variants' other rope sources");
+    if (blockIdx.x & 1u) side_body<T, C, ROPE, NORM, K, PARTS, TABLE, AHEAD, STATS, LN, SRC, 1>(p);
+    else side_body<T, C, ROPE, NORM, K, PARTS, TABLE, AHEAD, STATS, LN, SRC, 0>(p);
 }
 
 }  // namespace cudit
 
 // build_cubins.py appends one line per variant:
-//   CUDIT_QKNR(name, T, C, ROPE, NORM, K, PARTS, TABLE, AHEAD, STATS, LN, MAX_THREADS)
-// (C: cos/sin storage, float or Bits16, any when ROPE is none; TABLE: TableKind; AHEAD: 0 or 1,
-// rows-ahead code; STATS: StatsMode; LN: 1 for LayerNorm)
-#define CUDIT_QKNR(NAME, T, C, ROPE, NORM, K, PARTS, TABLE, AHEAD, STATS, LN, MAX_THREADS)     \
-    extern "C" __global__ void __launch_bounds__(MAX_THREADS, 1) NAME(const cudit::Params p) { \
-        cudit::qk_norm_rope_body<T, C, ROPE, NORM, K, PARTS, TABLE, AHEAD, STATS, LN>(p);     \
+//   CUDIT_QKNR(name, T, C, ROPE, NORM, K, PARTS, TABLE, AHEAD, STATS, LN, SRC, MAX_THREADS)
+// (C: cos/sin storage, float or Bits16, any when ROPE is none or SRC is the grid; TABLE:
+// TableKind; AHEAD: 0 or 1, rows-ahead code; STATS: StatsMode; LN: 1 for LayerNorm; SRC: RopeSource)
+#define CUDIT_QKNR(NAME, T, C, ROPE, NORM, K, PARTS, TABLE, AHEAD, STATS, LN, SRC, MAX_THREADS)    \
+    extern "C" __global__ void __launch_bounds__(MAX_THREADS, 1) NAME(const cudit::Params p) {    \
+        cudit::qk_norm_rope_body<T, C, ROPE, NORM, K, PARTS, TABLE, AHEAD, STATS, LN, SRC>(p);   \
     }
 
 // The benchmark's baseline for launch-bound shapes and host overhead: a launch that does nothing.

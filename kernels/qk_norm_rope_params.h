@@ -20,6 +20,12 @@ enum RopeMode { ROPE_NONE = 0, ROPE_INTERLEAVED = 1, ROPE_HALF = 2 };
 // squares), a variant's template argument: STATS_WRITE stores each row's sum over this rank's
 // heads and writes no output; STATS_READ normalises by the all-reduced sums instead of summing.
 enum StatsMode { STATS_NONE = 0, STATS_WRITE = 1, STATS_READ = 2 };
+// Where a token's rotation comes from, a variant's template argument: SRC_TABLE, cos/sin rows by
+// token; SRC_POS, the same tables, or rows picked by position ids (Params.pos), and rotating the
+// first rotary_dim values only; SRC_GRID, no table: 3-D RoPE angles computed from the token's
+// place on a (frames, height, width) grid.
+enum RopeSource { SRC_TABLE = 0, SRC_POS = 1, SRC_GRID = 2 };
+enum { MAX_PAIRS = 128 };   // D / 2 for the largest head_dim
 
 typedef struct SideParams {
     cudit_i64 in_sb, in_ss, in_hs;    // batch, sequence, head strides of the input
@@ -30,7 +36,7 @@ typedef struct SideParams {
     float inv_n;                // 1 / values normalised together (D or H*D)
 } SideParams;
 
-// The pointers come first and together: the host writes all fifteen with one store per call.
+// The pointers come first and together: the host writes all sixteen with one store per call.
 typedef struct Params {
     const void* in[2];          // 0 = Q, 1 = K: head 0 of token 0
     void* out[2];
@@ -41,6 +47,7 @@ typedef struct Params {
     const void* cos;
     const void* sin;
     float* stats;               // [tokens, 2] sums of squares (StatsMode variants), else null
+    const void* pos;            // position ids, int32 or int64 (SRC_POS), else null
     SideParams side[2];         // 0 = Q, 1 = K
     cudit_i64 cos_rb, cos_rs, cos_hs; // table strides: outer row, inner row, head (0: shared by heads)
     cudit_i64 sin_rb, sin_rs, sin_hs;
@@ -59,6 +66,20 @@ typedef struct Params {
     int lanes_d;                // items along the head dim: D / (2 * VEC) for rotate_half, else D / VEC
     float eps;
     int tab_dtype;              // DTypeCode of cos/sin (kernels built for 16-bit tables serve f16 and bf16)
+    // SRC_POS: token (b, s) reads table row pos[b * pos_sb + s * pos_ss], clamped to [0, max_pos).
+    cudit_i64 pos_sb, pos_ss;
+    int pos_wide;               // 1: int64 ids, 0: int32
+    cudit_u32 max_pos;
+    int rotary_dim;             // values of a head that rotate, from its start (SRC_POS; D otherwise)
+    // SRC_GRID: token s is grid cell g = s + grid_shift - grid_first when that is below grid_count
+    // (cell g = (f * H + h) * W + w), else a text token at txt_pos.
+    FastDiv grid_hw, grid_w;    // H * W and W
+    cudit_u32 grid_first, grid_count, grid_shift;
+    cudit_u32 band1, band2;     // pairs [0, band1) turn with the frame, [band1, band2) the height, the rest the width
+    float grid_origin[3];       // positions of cell (0, 0, 0) along frames, height, width
+    float grid_scale[3];        // a position is (index + origin) * scale along each axis
+    float txt_pos[3];
+    float freq[MAX_PAIRS];      // each pair's angular frequency, radians per position
 } Params;
 
 #ifdef __cplusplus

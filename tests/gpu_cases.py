@@ -52,6 +52,14 @@ class Case:
     eps: float = 1e-6
     layer: bool = False           # LayerNorm (norm="layer")
     bias: bool = True             # with LayerNorm: biases given
+    rotary: int = 0               # partial rotary: a 2-D [rows, rotary] table (0: the whole head)
+    positions: str = ""           # "int32" / "int64": position ids into a [max_pos, width] table,
+    pos_2d: bool = False          #   [B, S] (else [T]), some out of range (clamped)
+    grid: tuple = ()              # 3-D RoPE in the kernel over an (F, H, W) grid: no table
+    axes: tuple = ()              #   its axes_dim (default: a WAN-like split of D)
+    grid_text: int = 0            #   text tokens outside the grid, before it unless text_last
+    text_last: bool = False
+    rope_offset: int | None = None  # with grid: this call's tokens start at this sequence token
     seed: int = field(default=0, compare=False)
 
     def __str__(self):
@@ -156,6 +164,31 @@ def _tables(c: Case, rng):
     return out
 
 
+def _rope_source(c: Case, rng, torch_cuda=True):
+    """Keyword arguments for the case's rotation source beyond plain tables (and its tables)."""
+    import torch
+
+    import cudit
+
+    if c.grid:
+        hw = 2 * (c.D // 6)   # WAN's split: height and width a third each, frames the rest
+        axes = c.axes or (c.D - 2 * hw, hw, hw)
+        rope = cudit.Rope3D(c.grid, axes, theta=(10000.0, 10000.0, 256.0), offset=(0, 1, 2),
+                            text_tokens=c.grid_text, text_first=not c.text_last, text_pos=(0, 0, 0),
+                            scale=(1.5, 1.0, 1.0))
+        return {"rope": rope, "rope_offset": c.rope_offset}, None, None
+    width = c.rotary or c.D
+    rows = c.S + 7 if c.positions else (c.S if c.table_rows == "S" else c.B * c.S)
+    tabs = [_to(fn(rng.uniform(-math.pi, math.pi, (rows, width))), c.table_dtype) for fn in (np.cos, np.sin)]
+    extra = {}
+    if c.positions:
+        ids = rng.integers(-3, rows + 3, c.B * c.S)          # a few out of range: clamped
+        shape = (c.B, c.S) if c.pos_2d else (c.B * c.S,)
+        extra["positions"] = torch.from_numpy(ids.reshape(shape)).to(
+            device="cuda", dtype=torch.int32 if c.positions == "int32" else torch.int64)
+    return extra, tabs[0], tabs[1]
+
+
 def run_case(c: Case, qk_norm_rope, backend="torch"):
     """Run one case through qk_norm_rope and check it; returns the worst error / tolerance."""
     import torch
@@ -174,13 +207,17 @@ def run_case(c: Case, qk_norm_rope, backend="torch"):
     if c.layer and c.bias:   # LayerNorm biases, shaped like the weights (centred on 0)
         biases = {role: w - 1.0 for role, w in (("q_bias", qw), ("k_bias", kw), ("q_add_bias", qa), ("k_add_bias", ka))
                   if w is not None}
-    cos, sin = _tables(c, rng)
+    if c.rotary or c.positions or c.grid:
+        source, cos, sin = _rope_source(c, rng)
+    else:
+        source, (cos, sin) = {}, _tables(c, rng)
     heads = (hq, hk) if c.split else c.heads
     kwargs = dict(num_heads=heads if (c.ndim != 4 or not c.split) else None, eps=c.eps,
                   interleave=c.rope != "half", q_add_weight=qa, k_add_weight=ka, num_txt_tokens=c.n_txt,
                   seq_len=c.S if c.seq_len_arg else None)
     if c.layer:
         kwargs.update(norm="layer", **biases)
+    kwargs.update(source)
     out_buf = out_view = None
     if c.out:
         out_lay = _layouts(replace(c, pad=c.pad + 8))   # the output has its own strides
@@ -195,6 +232,8 @@ def run_case(c: Case, qk_norm_rope, backend="torch"):
                 (tuple(cupy.from_dlpack(y) for y in t) if isinstance(t, tuple) else cupy.from_dlpack(t)))
         args = [conv(a) for a in (x, qw, kw, cos, sin)]
         kwargs.update(q_add_weight=conv(qa), k_add_weight=conv(ka), **{r: conv(b) for r, b in biases.items()})
+        if "positions" in source:
+            kwargs["positions"] = conv(source["positions"])
         ret = qk_norm_rope(*args, out=conv(out_view), **kwargs)
         cupy.cuda.get_current_stream().synchronize()
     else:
@@ -210,7 +249,8 @@ def run_case(c: Case, qk_norm_rope, backend="torch"):
     ref = qk_norm_rope_ref(np_x, h(qw), h(kw), h(cos), h(sin), num_heads=heads if c.ndim != 4 or not c.split else None,
                            eps=c.eps, interleave=c.rope != "half", q_add_weight=h(qa), k_add_weight=h(ka),
                            num_txt_tokens=c.n_txt, seq_len=c.S if c.seq_len_arg else None,
-                           norm="layer" if c.layer else "rms", **{r: h(b) for r, b in biases.items()})
+                           norm="layer" if c.layer else "rms", **{r: h(b) for r, b in biases.items()},
+                           **{r: (v.cpu().numpy() if r == "positions" else v) for r, v in source.items()})
 
     if c.out:
         expected = poison.double().cpu()        # NaN outside the region, as the kernel must leave it

@@ -1,4 +1,7 @@
 """Every mode of docs/api.md on the GPU against the float64 reference (torch arrays)."""
+import math
+
+import numpy as np
 import pytest
 
 from gpu_cases import Case, run_case
@@ -113,6 +116,37 @@ def cases():
     add(Case("layer-full-d96-16heads", layer=True, heads=(16, 16, 16), D=96, norm="full", B=2, S=7))
     add(Case("layer-gqa-full", layer=True, heads=(8, 2, 2), norm="full", split=True, rope="half", S=21))
     add(Case("layer-perhead-table", layer=True, table="perhead", table_dtype="bf16", rope="half", S=9))
+    # Position ids (clamped where out of range) and partial rotary: both rope modes and norm kinds,
+    # id dtypes and shapes, table dtypes, widths cutting a vector (20) or not
+    for rope, widths in (("interleaved", (128, 64, 20)), ("half", (128, 64, 32))):
+        for norm in ("head", "full"):
+            for width in widths:
+                add(Case(f"positions-{rope}-{norm}-r{width}", rope=rope, norm=norm, positions="int64", rotary=width,
+                         B=2, S=13))
+    add(Case("positions-int32-2d-bf16-table", positions="int32", pos_2d=True, table_dtype="bf16", B=2, S=9))
+    add(Case("positions-f16-table-f16", positions="int32", dtype="f16", table_dtype="f16", rope="half", S=9))
+    add(Case("positions-f32-half-r24", positions="int64", dtype="f32", rope="half", rotary=24, S=9))
+    add(Case("positions-d96-three-vectors-r40", positions="int64", D=96, rotary=40, S=9))
+    add(Case("positions-loop-many-heads", positions="int64", heads=(200, 200, 0), D=224, dtype="f32", rotary=100, S=2))
+    add(Case("positions-dual-split-out", positions="int64", n_txt=4, split=True, out=True, norm="full", S=11))
+    add(Case("positions-layer", positions="int64", layer=True, rotary=64, rope="half", S=9))
+    for rope in ("interleaved", "half"):
+        add(Case(f"partial-table-{rope}", rotary=64, rope=rope, B=2, S=9))
+        add(Case(f"partial-table-T-rows-{rope}-full", rotary=32, rope=rope, norm="full", table_rows="T", B=2, S=7))
+    # 3-D RoPE computed in the kernel: both rope modes and norm kinds, dtypes, text before and
+    # after the grid, sequence shards, LayerNorm, split and out-of-place
+    for rope in ("interleaved", "half"):
+        for norm in ("head", "full", "none"):
+            add(Case(f"grid-{rope}-{norm}", grid=(3, 4, 5), S=60, rope=rope, norm=norm, B=2))
+    for dt in ("f16", "f32"):
+        add(Case(f"grid-{dt}", grid=(2, 5, 6), S=60, dtype=dt))
+    add(Case("grid-text-first-dual", grid=(1, 6, 8), grid_text=7, n_txt=7, S=55, heads=(24, 24, 24)))
+    add(Case("grid-text-last", grid=(2, 4, 4), grid_text=5, text_last=True, S=37))
+    add(Case("grid-shard", grid=(4, 6, 6), rope_offset=61, S=50, norm="full", heads=(12, 12, 12)))
+    add(Case("grid-d64-layer", grid=(2, 3, 5), D=64, layer=True, S=30, heads=(48, 48, 48)))
+    add(Case("grid-d96-three-vectors", grid=(2, 3, 3), D=96, S=18))
+    add(Case("grid-split-out-4d", grid=(2, 3, 4), split=True, ndim=4, out=True, S=24, axes=(16, 56, 56)))
+    add(Case("grid-loop-many-heads", grid=(1, 2, 3), heads=(200, 200, 0), D=224, dtype="f32", S=6))
     return out
 
 
@@ -134,6 +168,12 @@ MODELS = [
     Case("Cosmos-GQA", split=True, ndim=4, heads=(32, 8, 8), rope="half", B=1, S=181),
     Case("Lumina-Image-2", heads=(24, 24, 24), D=96, B=1, S=257),
     Case("CogVideoX-5B", heads=(48, 48, 48), D=64, layer=True, B=1, S=226 + 101),
+    Case("WAN2.1-14B-rope3d", heads=(40, 40, 40), norm="full", grid=(3, 6, 8), B=2, S=144),
+    Case("HunyuanVideo-rope3d", heads=(24, 24, 24), grid=(3, 8, 10), axes=(16, 56, 56), grid_text=13,
+         text_last=True, B=1, S=253),
+    Case("FLUX.1-rope3d", heads=(24, 24, 24), n_txt=64, grid=(1, 12, 16), axes=(16, 56, 56), grid_text=64, B=1,
+         S=64 + 192),
+    Case("Cosmos-GQA-rope3d", split=True, ndim=4, heads=(32, 8, 8), rope="half", grid=(3, 6, 10), B=1, S=180),
 ]
 
 CASES = cases()
@@ -227,9 +267,55 @@ def test_model_several_row_groups_a_block(case, several_groups):
 
     (plan,) = launched_plans(case)
     assert Params.from_buffer_copy(plan.template).iters == 3
-    assert plan.kernel.endswith("_na") == (case.rope == "half" and case.norm == "head")
+    assert plan.kernel.endswith("_na") == (case.rope == "half" and case.norm == "head" and not case.grid)
 
 
 def test_case_names_are_unique():
-    names = [c.name for c in CASES + MODELS]
+    names = [c.name for c in CASES + MODELS + RANDOM_SOURCES]
     assert len(names) == len(set(names))
+
+
+def random_source_cases(n: int, seed: int = 7) -> list:
+    """Position ids, partial rotary and 3-D RoPE combined at random with every layout, norm kind
+    and type, dtype, dual-stream mode and out=."""
+    rng = np.random.default_rng(seed)
+    pick = lambda xs: xs[int(rng.integers(len(xs)))]  # noqa: E731
+    out = []
+    for i in range(n):
+        dtype, rope, norm = pick(("bf16", "f16", "f32")), pick(("interleaved", "half")), pick(("head", "full"))
+        d = pick((64, 96, 128, 256)) if rope == "interleaved" or norm == "full" else pick((64, 128, 256))
+        split, ndim = bool(rng.integers(2)), pick((2, 3, 4))
+        hq = pick((1, 2, 5, 12, 24))
+        heads = (hq, hq if rng.integers(2) else max(1, hq // 2), 0 if split else hq)
+        b, s = pick((1, 2)), int(rng.integers(4, 40))
+        vec = 16 // (4 if dtype == "f32" else 2)
+        kw = dict(dtype=dtype, rope=rope, norm=norm, D=d, split=split, ndim=ndim, heads=heads, B=b, S=s,
+                  out=bool(rng.integers(2)), layer=bool(rng.integers(4) == 0), n_txt=int(rng.integers(0, 3)),
+                  pad=pick((0, 0, 8)), seq_len_arg=ndim == 2 and b > 1)
+        source = pick(("positions", "partial", "grid"))
+        if source == "grid":
+            grid = (int(rng.integers(1, 4)), int(rng.integers(1, 5)), int(rng.integers(1, 6)))
+            text = int(rng.integers(0, 4))
+            kw.update(grid=grid, grid_text=text, text_last=bool(rng.integers(2)), S=grid[0] * grid[1] * grid[2] + text)
+        else:
+            table = pick(("f32", "bf16", "f16"))
+            aligned = 4 if "f32" in (table, dtype) else 8    # table rows stay 16-byte aligned (vector loads)
+            step = math.lcm(2 * vec if rope == "half" else 2, aligned)
+            kw.update(rotary=int(rng.integers(1, d // step + 1)) * step, table_dtype=table)
+            if source == "positions":
+                kw.update(positions=pick(("int32", "int64")), pos_2d=bool(rng.integers(2)))
+        if kw["n_txt"] > kw["S"]:
+            kw["n_txt"] = 0
+        out.append(Case(f"random-{source}-{i}", **kw))
+    return out
+
+
+RANDOM_SOURCES = random_source_cases(240)
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("case", RANDOM_SOURCES, ids=str)
+def test_random_rope_source(case):
+    import cudit
+
+    run_case(case, cudit.qk_norm_rope)

@@ -28,7 +28,7 @@ def bind(p, req) -> Params:
     """The parameters a launch of p would pass for req's arrays."""
     prm = Params.from_buffer_copy(p.template)
     for i, a in enumerate(p.addresses(req.arrays())):
-        ptrs = ("in_", "out", "w", "w_txt", "b", "b_txt")[i // 2] if i < 12 else ("cos", "sin", "stats")[i - 12]
+        ptrs = ("in_", "out", "w", "w_txt", "b", "b_txt")[i // 2] if i < 12 else ("cos", "sin", "stats", "pos")[i - 12]
         if i < 12:
             getattr(prm, ptrs)[i % 2] = a
         else:
@@ -268,7 +268,9 @@ def test_weight_length_and_norm_kinds():
 
 
 def test_cos_shapes_that_fit_no_rule_and_rows_that_do_not_divide():
-    bad(r"cos: expected a last axis of 128", cos=arr((64, 100), "f32"), sin=arr((64, 100), "f32"))
+    bad(r"cos: expected a last axis of 128", cos=arr((64, 130), "f32"), sin=arr((64, 130), "f32"))
+    bad(r"cos: expected a 2-D \[rows, 64\] table with rotary_dim 64", cos=arr((2, 64, 64), "f32"),
+        sin=arr((2, 64, 64), "f32"), rotary_dim=64)
     bad(r"cos: expected a row count that equals or divides the 128 tokens",
         cos=arr((48, D), "f32"), sin=arr((48, D), "f32"))
     bad(r"sin: expected the shape of cos", sin=arr((32, D), "f32"))
@@ -540,3 +542,52 @@ def test_sums_blocks_stay_within_the_looping_variants_bound():
     req = Request(packed(b=1, s=4096, h=20), num_heads=20, sumsq=sums((4096, 2)), stats="sumsq")
     c = cfg(make_plan(req, Tuning().with_kind("block_targets", "sumsq/1", 4096)))
     assert c.variant.heads_per_thread == 0 and c.team <= 32 and c.block <= _variants.planner_bound(1, 0)
+
+
+def grid_rope(grid=(1, 8, 8), axes=(44, 42, 42), **kw):
+    import cudit
+
+    return cudit.Rope3D(grid, axes, **kw)
+
+
+def test_bad_rope_sources_name_their_argument():
+    bad(r"rotary_dim: expected None or an even int from 2 to head_dim 128, got 3", rotary_dim=3)
+    bad(r"rotary_dim: expected None or an even int .* got 130", rotary_dim=130)
+    bad(r"rotary_dim: expected a multiple of 16 for rotate_half", interleave=False, cos=arr((64, 40), "f32"),
+        sin=arr((64, 40), "f32"))
+    bad(r"rotary_dim: expected None without cos/sin", rotary_dim=64, cos=None, sin=None)
+    bad(r"positions: expected dtype int32 / int64, got f32", positions=arr((128,), "f32"))
+    bad(r"positions: expected shape \(128,\) or \(2, 64\)", positions=arr((64,), "int32"))
+    bad(r"positions: expected None without cos/sin", positions=arr((128,), "int32"), cos=None, sin=None)
+    bad(r"rope_offset: expected None with positions", positions=arr((128,), "int64"), rope_offset=3)
+    bad(r"rope: expected axes_dim summing to head_dim 128", cos=None, sin=None,
+        rope3d=grid_rope(axes=(44, 42, 40)))
+    bad(r"rope: expected a grid whose 63 cells and 0 text tokens hold S = 64 tokens", cos=None, sin=None,
+        rope3d=grid_rope(grid=(1, 7, 9)))
+    bad(r"rope: expected None with cos/sin", rope3d=grid_rope())
+    bad(r"rope: expected None or a cudit.Rope3D", cos=None, sin=None, rope3d=(1, 8, 8))
+    bad(r"rope: expected angles below", cos=None, sin=None, rope3d=grid_rope(offset=(0, 0, 200000)))
+    bad(r"positions: expected None without cos/sin", cos=None, sin=None, rope3d=grid_rope(),
+        positions=arr((128,), "int64"))
+
+
+def test_rope_sources_pick_their_variants():
+    qw, kw = weights(D)
+    base = dict(qkv=packed(), q_weight=qw, k_weight=kw, num_heads=4)
+    grid = make_plan(Request(**base, rope3d=grid_rope()))
+    assert grid.config.variant.source == "grid" and grid.config.variant.table is None
+    c, s = table((1000, 64))
+    pos = make_plan(Request(**base, cos=c, sin=s, positions=arr((2, 64), "int32")))
+    assert pos.config.variant.source == "pos"
+    part = make_plan(Request(**base, cos=arr((64, 64), "bf16"), sin=arr((64, 64), "bf16")))
+    assert (part.config.variant.source, part.config.variant.table) == ("pos", "x16")
+    full = make_plan(Request(**base, cos=arr((64, D), "f32"), sin=arr((64, D), "f32")))
+    assert full.config.variant.source == "table"
+
+
+def test_grid_shard_may_cover_part_of_the_sequence():
+    qw, kw = weights(D)
+    base = dict(qkv=packed(s=32), q_weight=qw, k_weight=kw, num_heads=4)
+    make_plan(Request(**base, rope3d=grid_rope(), rope_offset=32))
+    with pytest.raises(PlanError, match="rope: expected a grid"):
+        make_plan(Request(**base, rope3d=grid_rope(), rope_offset=33))

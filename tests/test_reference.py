@@ -223,3 +223,39 @@ def test_layer_norm_full_dim_and_text_tokens_use_their_own_bias():
     z = (x - x.mean(-1, keepdims=True)) / np.sqrt(x.var(-1, keepdims=True) + 1e-6)
     np.testing.assert_allclose(qo[0, 0], z[0, 0] * wa + ba)
     np.testing.assert_allclose(qo[0, 1:], z[0, 1:] * w + b)
+
+
+def test_partial_rotary_rotates_the_first_values_only():
+    q = np.array([[1.0, 2.0, 3.0, 4.0, 5.0, 6.0]])        # 1 head, D=6; rotary_dim 4
+    cos = np.array([[0.0, 0.0, 0.0, 0.0]])                # 90 degrees
+    sin = np.array([[1.0, 1.0, 1.0, 1.0]])
+    qi, _ = qk_norm_rope_ref((q, q), None, None, cos, sin, num_heads=1)
+    np.testing.assert_allclose(qi, [[-2.0, 1.0, -4.0, 3.0, 5.0, 6.0]])
+    qh, _ = qk_norm_rope_ref((q, q), None, None, cos, sin, num_heads=1, interleave=False)
+    np.testing.assert_allclose(qh, [[-3.0, -4.0, 1.0, 2.0, 5.0, 6.0]])   # pairs (0, 2), (1, 3)
+
+
+def test_positions_pick_table_rows_and_clamp():
+    q = np.ones((4, 2))                                   # 4 tokens, 1 head, D=2
+    ang = np.array([0.1, 0.2, 0.3])                       # max_pos 3
+    cos, sin = np.repeat(np.cos(ang)[:, None], 2, 1), np.repeat(np.sin(ang)[:, None], 2, 1)
+    qo, _ = qk_norm_rope_ref((q, q), None, None, cos, sin, num_heads=1, positions=np.array([2, 0, -5, 9]))
+    want = [ang[2], ang[0], ang[0], ang[2]]               # -5 -> row 0, 9 -> row 2
+    np.testing.assert_allclose(qo[:, 0], [math.cos(a) - math.sin(a) for a in want])
+
+
+def test_rope3d_turns_each_band_by_its_axis_position():
+    import cudit
+
+    rope = cudit.Rope3D((2, 2, 3), (2, 2, 4), theta=(10.0, 100.0, 1000.0), offset=(0, 0, 5), text_tokens=1)
+    d, seq = 8, 13                                        # text token first, then 12 cells
+    x = np.tile(np.array([1.0, 0.0]), d // 2)[None, :].repeat(seq, 0)   # every pair (1, 0): out = (cos, sin)
+    qo, _ = qk_norm_rope_ref((x, x), None, None, num_heads=1, rope=rope)
+    np.testing.assert_allclose(qo[0], x[0])              # the text token, at position 0: unchanged
+    f, h, w = 1, 0, 2                                     # token 1 + 8 = cell 8 of a 2 x 2 x 3 grid
+    assert (f * 2 + h) * 3 + w == 8
+    freqs = [1.0, 1.0, 1.0, 1000.0 ** -0.5]               # pair 0: frames, pair 1: height, pairs 2-3: width
+    pos = [f, h, w + 5, w + 5]
+    angle = [np.float32(np.float32(p) * np.float32(fr)) for p, fr in zip(pos, freqs)]
+    assert np.allclose(rope.frequencies(), freqs)
+    np.testing.assert_allclose(qo[9], np.ravel([[math.cos(a), math.sin(a)] for a in angle]), rtol=1e-12)
