@@ -14,6 +14,7 @@ import argparse
 import json
 import math
 import statistics
+import time
 from dataclasses import asdict, dataclass
 
 import numpy as np
@@ -212,6 +213,11 @@ def eager_fn(s: Shape, torch):
 # --------------------------------------------------------------------------- timing
 
 
+# Replays before timing: a shape's first 50 replays ran 6-20% slower than later ones on an H200
+# (docs/dev/perf-notes.md v17).
+SETTLE_S = 0.3
+
+
 def time_call(fn, inputs, torch, warmup=20, reps=50, graph=True, per_graph=None) -> float:
     """Median milliseconds of fn over rotating input sets, timed with device events.
 
@@ -232,8 +238,10 @@ def time_call(fn, inputs, torch, warmup=20, reps=50, graph=True, per_graph=None)
     with torch.cuda.graph(graph):
         for i in range(per_graph):
             fn(inputs[i % len(inputs)])
-    for _ in range(3):
+    settle = time.perf_counter() + SETTLE_S
+    while time.perf_counter() < settle:   # until the card's clocks settle under this load
         graph.replay()
+        torch.cuda.synchronize()
     return _median_event_ms(lambda i: graph.replay(), reps, torch) / per_graph
 
 

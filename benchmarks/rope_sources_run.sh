@@ -1,18 +1,23 @@
-# Position ids, partial rotary and in-kernel 3-D RoPE on one GPU: their tests, the whole GPU suite,
-# a memory check of the new variants, and bench rows beside the table path.
+# Position ids, partial rotary and in-kernel 3-D RoPE on one GPU: their tests (FULL=1: the whole
+# GPU suite), a memory check of the new variants, and bench rows beside the table path.
 export PYTHONPATH=. PYTHONUNBUFFERED=1
 OUT=${OUT:-out}; mkdir -p "$OUT"
-python3 -m pytest -q -p no:cacheprovider -m gpu tests/test_gpu_qk_norm_rope.py \
-  -k "positions or partial or grid or random or rope3d" > "$OUT/pytest-sources.log" 2>&1
-tail -3 "$OUT/pytest-sources.log"
+if [ -n "$FULL" ]; then
+  # the diffusers tests too, from a wheel carried in .whl/ (the device has no package registry)
+  python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --target /tmp/site .whl/*.whl &&
+    export PYTHONPATH=/tmp/site:.
+  python3 -m pytest -q -rs -p no:cacheprovider -m gpu tests/ > "$OUT/pytest-gpu.log" 2>&1
+  tail -3 "$OUT/pytest-gpu.log"
+else
+  python3 -m pytest -q -p no:cacheprovider -m gpu tests/test_gpu_qk_norm_rope.py tests/test_gpu_frameworks.py \
+    -k "positions or partial or grid or random or rope3d or rope_sources" > "$OUT/pytest-sources.log" 2>&1
+  tail -3 "$OUT/pytest-sources.log"
+fi
 compute-sanitizer --tool memcheck --report-api-errors no python3 -m pytest -q -p no:cacheprovider -m gpu \
   tests/test_gpu_qk_norm_rope.py -k "positions or partial or (grid and not random)" > "$OUT/memcheck-sources.log" 2>&1
 grep -E "ERROR SUMMARY|passed|failed" "$OUT/memcheck-sources.log" | tail -2
-timeout ${BENCH_TIMEOUT:-240} python3 benchmarks/bench.py --no-compile --json "$OUT/bench-sources.json" --png "$OUT/bench-sources.png" \
-  --only WAN-1.3B,WAN-14B,HunyuanVideo,WAN-1.3B-rope3d,WAN-14B-rope3d,HunyuanVideo-rope3d,WAN-1.3B-positions \
+ROWS=${ROWS:-WAN-1.3B,WAN-14B,HunyuanVideo}
+timeout ${BENCH_TIMEOUT:-240} python3 benchmarks/bench.py $([ -n "$COMPILE" ] || echo --no-compile) --json "$OUT/bench-sources.json" \
+  --png "$OUT/bench-sources.png" --only $ROWS,WAN-1.3B-rope3d,WAN-14B-rope3d,HunyuanVideo-rope3d,WAN-1.3B-positions \
   > "$OUT/bench-sources.txt" 2>&1
-grep -A12 "copy bandwidth" "$OUT/bench-sources.txt"
-if [ -n "$FULL" ]; then
-  python3 -m pytest -q -p no:cacheprovider -m gpu tests/ > "$OUT/pytest-gpu.log" 2>&1
-  tail -3 "$OUT/pytest-gpu.log"
-fi
+grep -A24 "copy bandwidth" "$OUT/bench-sources.txt"

@@ -837,7 +837,8 @@ def launch_config(w: Work, device: DeviceSpec, tuning: Tuning) -> LaunchConfig:
         geo = dataclasses.replace(geo, block=geo.team)
     rows_per_block = geo.block // geo.team
     groups = -(-w.rows // rows_per_block)
-    most, single_below = tuning.row_iters_for(kind, natural_parts(w.rope))
+    paced = f"{kind}-grid" if w.source == "grid" else kind   # no table read: paced on their own
+    most, single_below = tuning.row_iters_for(paced, natural_parts(w.rope))
     if one_row:
         most = 1
     if tuning.fixed_row_iters is not None:

@@ -38,9 +38,12 @@ class Tuning:
                             ("none/1", 256), ("none/2", 256), ("sumsq/1", 256))
     # Row groups a block takes in turn, by (norm, vectors the rope needs): (most, grid size in
     # groups below which a block takes one). Blocks of one group ask L2 for rows ahead instead.
-    # "sumsq": tensor parallelism's sums of squares (reads only).
+    # "sumsq": tensor parallelism's sums of squares (reads only); "-grid": 3-D RoPE computed in the
+    # kernel, which reads no table.
     row_iters: tuple = (("full/1", (2, 48 * 1024)), ("full/2", (1, 0)), ("head/1", (1, 0)), ("none/1", (4, 0)),
-                        ("head/2", (8, 0)), ("none/2", (8, 0)), ("sumsq/1", (1, 0)))
+                        ("head/2", (8, 0)), ("none/2", (8, 0)), ("sumsq/1", (1, 0)), ("full-grid/1", (1, 0)),
+                        ("full-grid/2", (1, 0)), ("head-grid/1", (1, 0)), ("head-grid/2", (1, 0)),
+                        ("none-grid/1", (1, 0)), ("none-grid/2", (1, 0)))
     full_grid: int = 1024               # row groups a block take only once the grid keeps this many blocks
     # Rows ahead, in waves of resident blocks: asked after a row's loads, after its stores, and by
     # three-vector items (which request the next vector's constants early).

@@ -55,7 +55,9 @@ MAX_THREADS_BY_DTYPE = {("f32", 1, "head", 4): 512}
 ARCH_MAX_THREADS = {("sm_100", 1, "full", 4): 512, ("sm_100", 1, "full", 3): 640, ("sm_100", 1, "full", 2): 640,
                     ("sm_100", 1, "head", 4): 640,
                     ("sm_120", 1, "full", 4): 512, ("sm_120", 1, "full", 3): 640, ("sm_120", 1, "full", 2): 640,
-                    ("sm_120", 2, "head", 2): 512, ("sm_100", 3, "head", 0): 512, ("sm_120", 3, "head", 0): 512}
+                    ("sm_120", 2, "head", 2): 512, ("sm_100", 3, "head", 0): 512, ("sm_120", 3, "head", 0): 512,
+                    ("sm_86", 3, "head", 1): 640, ("sm_89", 3, "head", 1): 640,
+                    ("sm_80", 3, "head", 0): 384, ("sm_86", 3, "head", 0): 384, ("sm_89", 3, "head", 0): 384}
 # Variants built a second time for one [S, D] cos/sin slice shared by all heads (suffix _st),
 # by (rope, norm, K): their bound, and per architecture where that one spilled.
 SHARED_TABLE_BOUNDS = {("half", "full", 2): 640, ("interleaved", "head", 4): 768}

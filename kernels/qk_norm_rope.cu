@@ -82,9 +82,9 @@ __device__ __forceinline__ Row<T, C> locate_row(const Params& p, u32 tok, int d)
     out.b_dtype = sp.b_dtype;
     out.heads = sp.heads;
     out.inv_n = sp.inv_n;
+    if (SRC == SRC_TABLE) table_rows(p, tok, d, out);   // the others wait for the producer first (locate_rope)
     out.cos_hs = (int)p.cos_hs;
     out.sin_hs = (int)p.sin_hs;
-    if (SRC == SRC_TABLE) table_rows(p, tok, d, out);   // the others wait for the producer first (locate_rope)
     return out;
 }
 
@@ -470,9 +470,10 @@ __device__ __forceinline__ void finish_three(const Row<T, C>& row, int stride, i
 }
 
 // Normalise (scale r, weight w), rotate, round once, store.
+// head_elems: a head's values where items do not tile it evenly (partial rotate_half), else 0.
 template <typename T, typename C, int ROPE, int NORM, int PARTS, int LN, typename Tab, typename HW>
 __device__ __forceinline__ void finish_item(const Row<T, C>& row, int stride, int h, int d, const Item<T, PARTS>& it,
-                                            Scale sc, const Tab& tab, const HW& hw, int head_elems) {
+                                            Scale sc, const Tab& tab, const HW& hw, int head_elems = 0) {
     constexpr int VEC = Item<T, PARTS>::VEC;
     float x[PARTS][VEC];
 #pragma unroll
@@ -486,7 +487,7 @@ __device__ __forceinline__ void finish_item(const Row<T, C>& row, int stride, in
         }
     } else if (NORM == NORM_FULL) {
         // Full-dim weights run across the heads: this head's slice.
-        const i64 widx = (i64)h * head_elems + d;
+        const i64 widx = (i64)h * (head_elems ? head_elems : PARTS * stride) + d;
 #pragma unroll
         for (int q = 0; q < PARTS; ++q) {
             float w[VEC];
@@ -676,7 +677,7 @@ __device__ __forceinline__ void process_row(const Params& p, u32 tok, u32 row_in
     const Place place = lane_place<T, ROPE, SRC, PARTS>(p, j);
     const int stride = place.stride;
     const int d = place.d;
-    const int head_elems = SRC == SRC_POS ? p.head_dim : PARTS * stride;
+    const int head_elems = SRC == SRC_POS ? p.head_dim : 0;
     // Threads of a missing row or past the head dim still take part in shuffles and barriers.
     const bool active = tok < (p.total_rows >> 1) && (int)j < p.lanes_d;
 
@@ -724,10 +725,9 @@ __device__ __forceinline__ void process_row(const Params& p, u32 tok, u32 row_in
                                                 HeadWeightsAt<VEC>{row.w, row.w_dtype, (i64)d, stride});
         } else if constexpr (TABLE == TABLE_SHARED) {
             finish_item<T, C, ROPE, NORM, PARTS, LN>(row, stride, h, d, item, sc,
-                                                      TableAt<C, VEC>{row.cos, row.sin, stride, p.tab_dtype}, hw,
-                                                      head_elems);
+                                                      TableAt<C, VEC>{row.cos, row.sin, stride, p.tab_dtype}, hw);
         } else {
-            finish_item<T, C, ROPE, NORM, PARTS, LN>(row, stride, h, d, item, sc, tab, hw, head_elems);
+            finish_item<T, C, ROPE, NORM, PARTS, LN>(row, stride, h, d, item, sc, tab, hw);
         }
     };
 

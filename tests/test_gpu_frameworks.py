@@ -95,7 +95,18 @@ BAD = {
     "host weight": lambda t, a: dict(k_weight=a["kw"].cpu()),
     "misaligned view": lambda t, a: dict(qkv=t.empty(2 * 33 * 1536 + 8, dtype=t.bfloat16, device="cuda")[1:1 + 2 * 33 * 1536].view(2, 33, 1536)),
     "odd head_dim": lambda t, a: dict(num_heads=(4, 4, 4), qkv=a["qkv"][..., :3 * 4 * 127].contiguous()),
+    "odd rotary_dim": lambda t, a: dict(rotary_dim=63),
+    "rotary_dim over head_dim": lambda t, a: dict(rotary_dim=130),
+    "float positions": lambda t, a: dict(positions=t.zeros(2, 33, device="cuda")),
+    "axes_dim not summing to D": lambda t, a: dict(cos=None, sin=None, rope=_rope3d((1, 3, 11), (44, 42, 40))),
+    "grid not matching the tokens": lambda t, a: dict(cos=None, sin=None, rope=_rope3d((1, 4, 8), (44, 42, 42))),
 }
+
+
+def _rope3d(grid, axes):
+    import cudit
+
+    return cudit.Rope3D(grid, axes)
 
 
 @pytest.mark.parametrize("what", list(BAD))
@@ -145,3 +156,62 @@ def test_offsets_beyond_2_31_elements():
         got = qkv[:, e].double().cpu().numpy()
         assert np.all(np.abs(got - ref) <= 1e-5 + 2.0**-8 * np.abs(ref)), e
         np.testing.assert_array_equal(got[..., 2 * H * D:], x[..., 2 * H * D:])
+
+
+def _source_inputs(torch, S=24, H=4, D=128):
+    """qkv, weights, a [max_pos, 64] table with position ids, and a Rope3D over 2 x 3 x 4 cells."""
+    import cudit
+
+    qkv, qw, kw, _, _ = _inputs(torch, S=S, H=H, D=D)
+    g = torch.Generator(device="cuda").manual_seed(1)
+    ang = torch.rand(40, 64, device="cuda", generator=g) * 6.2831853
+    pos = torch.randint(0, 40, (qkv.shape[0], S), device="cuda", generator=g)
+    rope = cudit.Rope3D((2, 3, 4), (44, 42, 42), theta=(10000.0, 10000.0, 256.0))
+    return qkv, qw, kw, ang.cos(), ang.sin(), pos, rope
+
+
+def test_rope_sources_through_torch_ops_compile_and_opcheck():
+    import torch
+
+    import cudit
+    import cudit.torch as ct
+
+    qkv, qw, kw, cos, sin, pos, rope = _source_inputs(torch)
+    for extra in (dict(cos=cos, sin=sin, positions=pos), dict(rope=rope)):
+        want = qkv.clone()
+        cudit.qk_norm_rope(want, qw, kw, num_heads=4, **extra)
+        got = ct.qk_norm_rope(qkv, qw, kw, num_heads=4, inplace=False, **extra)
+        compiled = torch.compile(lambda x: ct.qk_norm_rope(x, qw, kw, num_heads=4, inplace=False, **extra),
+                                 fullgraph=True)
+        torch.cuda.synchronize()
+        assert not torch.equal(want, qkv)
+        assert torch.equal(got, want) and torch.equal(compiled(qkv), want)
+    rest = (qw, kw, cos, sin, [4], 1e-6, True, None, None, 0, None, None, None, None, None, None, None, None, "rms")
+    torch.library.opcheck(torch.ops.cudit.qk_norm_rope, (qkv, *rest, pos, 64, None))
+    grid = (qw, kw, None, None, *rest[4:])
+    torch.library.opcheck(torch.ops.cudit.qk_norm_rope_, (qkv.clone(), *grid, None, None, list(rope.fields())))
+
+
+def test_rope_sources_through_jax_jit_and_cupy():
+    os.environ.setdefault("XLA_PYTHON_CLIENT_PREALLOCATE", "false")
+    jax = pytest.importorskip("jax")
+    import cupy
+    import torch
+
+    import cudit
+    import cudit.jax as cj
+
+    qkv, qw, kw, cos, sin, pos, rope = _source_inputs(torch)
+    for extra in (dict(cos=cos, sin=sin, positions=pos.to(torch.int32)), dict(rope=rope)):
+        want = qkv.clone()
+        cudit.qk_norm_rope(want, qw, kw, num_heads=4, **extra)
+        torch.cuda.synchronize()
+        as_jax = {k: jax.dlpack.from_dlpack(v) if isinstance(v, torch.Tensor) else v for k, v in extra.items()}
+        x, jqw, jkw = (jax.dlpack.from_dlpack(t) for t in (qkv, qw, kw))
+        run = jax.jit(lambda a: cj.qk_norm_rope(a, jqw, jkw, num_heads=4, **as_jax))
+        assert torch.equal(torch.from_dlpack(run(x)), want)
+        as_cupy = {k: cupy.from_dlpack(v) if isinstance(v, torch.Tensor) else v for k, v in extra.items()}
+        c = cupy.from_dlpack(qkv.clone())
+        cudit.qk_norm_rope(c, cupy.from_dlpack(qw), cupy.from_dlpack(kw), num_heads=4, **as_cupy)
+        cupy.cuda.get_current_stream().synchronize()
+        assert torch.equal(torch.from_dlpack(c), want)

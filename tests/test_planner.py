@@ -583,6 +583,9 @@ def test_rope_sources_pick_their_variants():
     assert (part.config.variant.source, part.config.variant.table) == ("pos", "x16")
     full = make_plan(Request(**base, cos=arr((64, D), "f32"), sin=arr((64, D), "f32")))
     assert full.config.variant.source == "table"
+    for interleave in (True, False):   # RoPE alone, each rope mode
+        alone = make_plan(Request(qkv=packed(), num_heads=4, rope3d=grid_rope(), interleave=interleave))
+        assert (alone.config.variant.norm, alone.config.variant.source) == ("none", "grid")
 
 
 def test_grid_shard_may_cover_part_of_the_sequence():
