@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from . import _variants
 from ._arrays import ITEMSIZE, ArrayInfo, contiguous_strides
 from ._errors import PlanError
-from ._params import MAX_PAIRS, POINTERS, Params, fast_div
+from ._params import POINTERS, Params, fast_div
 from ._rope3d import Rope3D
 from ._tuning import DeviceSpec, Tuning
 from ._variants import ACT_DTYPES, DTYPE_CODES, MAX_K, Variant, natural_parts, table_class

@@ -7,6 +7,7 @@ import itertools
 
 import pytest
 
+import cudit
 from cudit import _modules, _variants
 from cudit._planner import Request, check_fits, make_plan
 from cudit._tuning import DeviceSpec, tuning_for
@@ -34,10 +35,17 @@ def all_plans(device):
         w = arr((wl,), "bf16", ptr=BASE + 0x100000) if wl else None
         c = arr((tokens, h * d if per_head else d), tdtype, ptr=BASE + 0x200000) if rope != "none" else None
         qkv = arr((1, tokens, 3 * h * d), dtype)
-        yield make_plan(Request(qkv, w, w, c, c, num_heads=h, interleave=rope == "interleaved"), device, tuning)
-        if w is not None:   # LayerNorm
-            yield make_plan(Request(qkv, w, w, c, c, num_heads=h, interleave=rope == "interleaved", norm_type="layer",
-                                    q_bias=w, k_bias=w), device, tuning)
+        sources = [dict(cos=c, sin=c)]
+        if rope != "none" and not per_head:   # position ids into the table, and 3-D RoPE with no table
+            ids = arr((1, tokens), "int32", ptr=BASE + 0x400000)
+            side = int(tokens ** 0.5)
+            grid = cudit.Rope3D((1, side, tokens // side), (d - 4 * (d // 6), 2 * (d // 6), 2 * (d // 6)))
+            sources += [dict(cos=c, sin=c, positions=ids), dict(rope3d=grid)]
+        for src in sources:
+            yield make_plan(Request(qkv, w, w, num_heads=h, interleave=rope == "interleaved", **src), device, tuning)
+            if w is not None:   # LayerNorm
+                yield make_plan(Request(qkv, w, w, num_heads=h, interleave=rope == "interleaved", norm_type="layer",
+                                        q_bias=w, k_bias=w, **src), device, tuning)
         if norm == "full":   # tensor parallelism: the given-sums variants, and the sums themselves
             sums = arr((tokens, 2), "f32", ptr=BASE + 0x300000)
             yield make_plan(Request(qkv, w, w, c, c, num_heads=h, interleave=rope == "interleaved", sumsq=sums,
