@@ -27,6 +27,8 @@ torch.compile alike), rather than letting backward() compute a wrong gradient.
 """
 from __future__ import annotations
 
+import functools
+
 import torch
 import torch.distributed._functional_collectives as funcol
 
@@ -63,7 +65,13 @@ def _heads(num_heads):
 def _options(num_heads, eps, interleave, num_txt_tokens, seq_len, sumsq, norm_width, rope_offset, norm, rotary_dim,
              rope3d):
     return (_heads(num_heads), eps, interleave, num_txt_tokens, seq_len, _heads(norm_width), rope_offset,
-            "" if sumsq is None else "given", norm, rotary_dim, None if rope3d is None else Rope3D.from_fields(rope3d))
+            "" if sumsq is None else "given", norm, rotary_dim, None if rope3d is None else _rope3d(tuple(rope3d)))
+
+
+@functools.lru_cache(maxsize=64)
+def _rope3d(fields: tuple) -> Rope3D:
+    """A schema's float[] back into its Rope3D, once per value: warm calls skip the checks."""
+    return Rope3D.from_fields(fields)
 
 
 # The kernels call cudit's launch path directly (arrays in api.ROLES order), skipping the
