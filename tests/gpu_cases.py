@@ -164,7 +164,7 @@ def _tables(c: Case, rng):
     return out
 
 
-def _rope_source(c: Case, rng, torch_cuda=True):
+def _rope_source(c: Case, rng):
     """Keyword arguments for the case's rotation source beyond plain tables (and its tables)."""
     import torch
 
