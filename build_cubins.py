@@ -152,7 +152,7 @@ def build_arch(arch: str, tools: dict, out: Path) -> dict:
     if res.returncode != 0:
         raise SystemExit(f"build_cubins: ptxas failed for {arch}:\n{res.stderr}")
     kernels = parse_ptxas_report(res.stderr)
-    missing = (set(variants.BY_NAME) | set(variants.EXTRA_KERNELS)) - set(kernels)
+    missing = variants.KERNEL_NAMES - set(kernels)
     if missing:
         raise SystemExit(f"build_cubins: ptxas report for {arch} lacks {sorted(missing)}")
     return {"file": cubin.name, "kernels": kernels}

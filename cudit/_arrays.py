@@ -12,7 +12,7 @@ from ._errors import PlanError, driver_module
 
 # numpy dtype name -> cudit's short name (ml_dtypes names bfloat16 "bfloat16").
 _DTYPE_NAMES = {"float32": "f32", "float16": "f16", "bfloat16": "bf16"}
-ITEMSIZE = {"f32": 4, "f16": 2, "bf16": 2, "int32": 4, "int64": 8}
+ITEMSIZE = {"f32": 4, "f16": 2, "bf16": 2, "int32": 4, "int64": 8, "uint8": 1}
 
 
 class ArrayInfo(NamedTuple):
@@ -91,12 +91,14 @@ def is_array(obj) -> bool:
 
 
 def check_no_autograd(role: str, obj) -> None:
-    """cudit has no backward yet: a tensor autograd would track must not pass silently."""
+    """Only cudit.torch's functional operators record a gradient: a tensor autograd would track
+    must not pass silently through any other entry point."""
     if getattr(obj, "requires_grad", False) is True and _grad_enabled():
         raise PlanError(
             f"{role}: expected a tensor autograd does not track, got one with requires_grad=True while grad "
-            f"mode is on; cudit computes no gradient, so the backward pass would be wrong. Call it under "
-            f"torch.no_grad() / torch.inference_mode(), or pass {role}.detach() if no gradient should flow")
+            f"mode is on; this call records no gradient (in place, or outside torch's operators), so the "
+            f"backward pass would be wrong. For training call cudit.torch.qk_norm_rope(..., inplace=False); "
+            f"else call it under torch.no_grad() / torch.inference_mode(), or pass {role}.detach()")
 
 
 def _grad_enabled() -> bool:

@@ -261,3 +261,83 @@ def consumer_stream(stream, handle: int, like, obj, capturing: bool) -> int:
     if same or (capturing and framework_of(obj) != "jax"):
         return -1
     return 1 if handle == 0 else handle
+
+
+class BackwardLauncher:
+    """A backward plan on one device: each segment's kernel and grid (as many blocks as the GPU
+    holds at once, at most one a row group), then the weight gradients' reductions."""
+
+    def __init__(self, device_id: int, plan, pdl: bool):
+        from ._variants import BACKWARD_REDUCE
+
+        st = device_state(device_id)
+        man = _modules.manifest()
+        self.steps = []
+        for seg in plan.segments:
+            threads = seg.block[0] * seg.block[1]
+            smem = 4 * threads * seg.variant.sums
+            meta = _modules.kernel_meta(man, st.image, seg.variant)
+            _check_block(seg.variant.name, threads, smem, st.spec, meta)
+            kernel = _modules.load_kernel(st.image, seg.variant.name)
+            resident = kernel.occupancy.max_active_blocks_per_multiprocessor(threads, smem) * st.spec.sms
+            grid = min(seg.row_groups, max(1, resident))
+            self.steps.append((seg, kernel.handle, smem, grid))
+        self.reduce = _modules.load_kernel(st.image, BACKWARD_REDUCE).handle
+        self.pdl = pdl and st.spec.arch >= (9, 0)
+        self.workspace_bytes = 4 * plan.workspace_floats([g for *_, g in self.steps])
+        self.context = st.context
+
+    def launch(self, pointers: dict, workspace: int, stream: int) -> None:
+        """pointers: role -> address (the plan's roles, and each wanted weight gradient's)."""
+        from ._backward import reduce_params
+        from ._params import BwdParams
+
+        driver = driver_module()
+        pushed = int(_check(driver.cuCtxGetCurrent())) != self.context
+        if pushed:
+            _check(driver.cuCtxPushCurrent(driver.CUcontext(self.context)))
+        try:
+            for seg, kernel, smem, grid in self.steps:
+                if grid:
+                    prm = BwdParams.from_buffer_copy(seg.template)
+                    for i, slot in enumerate(seg.slots):
+                        if slot is not None:
+                            base = workspace if slot[0] == "workspace" else pointers[slot[0]]
+                            struct.pack_into("<Q", prm, 8 * i, base + slot[1])
+                    _launch_struct(launch_config(grid, seg.block, smem, self.pdl), kernel, bytes(prm), stream)
+                if seg.grad:   # no rows (every token text, say): the sum over no slots, zeros
+                    blob = reduce_params(workspace, pointers[seg.grad], grid, seg.width, seg.grad_dtype)
+                    _launch_struct(launch_config(-(-seg.width // 32), (32, 32), 0, self.pdl), self.reduce, blob, stream)
+        finally:
+            if pushed:
+                _check(driver.cuCtxPopCurrent())
+
+
+def _check_block(name: str, threads: int, smem: int, spec: DeviceSpec, meta: dict) -> None:
+    if threads > meta["max_threads"] or meta["registers"] * threads > spec.max_regs_per_block or \
+            smem + meta.get("static_smem", 0) > spec.max_smem_per_block:
+        from ._errors import PlanError
+
+        raise PlanError(f"{name} does not fit sm_{spec.arch[0]}{spec.arch[1]}: {threads} threads, "
+                        f"{meta['registers']} registers, {smem} bytes of shared memory")
+
+
+def _launch_struct(config, kernel, params: bytes, stream: int) -> None:
+    """Launch with one struct argument, on a stream given as a handle."""
+    blob = ctypes.create_string_buffer(params, len(params))
+    argv = (ctypes.c_void_p * 1)(ctypes.addressof(blob))
+    config.hStream = driver_module().CUstream(stream)   # a config of this launch's own
+    _check((driver_module().cuLaunchKernelEx(config, kernel, ctypes.addressof(argv), 0)[0],))
+
+
+_BACKWARD: dict = {}
+
+
+def backward_launcher(device_id: int, plan) -> BackwardLauncher:
+    key = (device_id, plan, PDL)
+    hit = _BACKWARD.get(key)
+    if hit is None:
+        if len(_BACKWARD) > 1024:
+            _BACKWARD.clear()
+        hit = _BACKWARD[key] = BackwardLauncher(device_id, plan, PDL)
+    return hit

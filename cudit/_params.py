@@ -50,3 +50,27 @@ class Params(ctypes.Structure):
         ("grid_origin", ctypes.c_float * 3), ("grid_scale", ctypes.c_float * 3), ("txt_pos", ctypes.c_float * 3),
         ("freq", ctypes.c_float * MAX_PAIRS),
     ]
+
+
+class BwdParams(ctypes.Structure):
+    """kernels/qk_norm_rope_params.h BwdParams: one side and one weight's rows of the backward."""
+    _fields_ = [
+        ("x", ptr), ("dy", ptr), ("dx", ptr), ("w", ptr), ("cos", ptr), ("sin", ptr), ("part", ptr),
+        ("x_sb", i64), ("x_ss", i64), ("x_hs", i64), ("dy_sb", i64), ("dy_ss", i64), ("dy_hs", i64),
+        ("dx_sb", i64), ("dx_ss", i64), ("dx_hs", i64),
+        ("cos_rb", i64), ("cos_rs", i64), ("cos_hs", i64), ("sin_rb", i64), ("sin_rs", i64), ("sin_hs", i64),
+        ("tab_rows", FastDiv), ("tab_inner", FastDiv), ("span", FastDiv),
+        ("s_begin", u32), ("seq", u32), ("rows", u32),
+        ("heads", ctypes.c_int), ("tj", ctypes.c_int), ("th", ctypes.c_int), ("chunks", ctypes.c_int),
+        ("lanes_d", ctypes.c_int),
+        ("head_dim", ctypes.c_int), ("width", ctypes.c_int), ("w_dtype", ctypes.c_int), ("tab_dtype", ctypes.c_int),
+        ("inv_n", ctypes.c_float), ("eps", ctypes.c_float),
+    ]
+
+
+BWD_POINTERS = 7   # x, dy, dx, w, cos, sin, part
+
+
+class ReduceParams(ctypes.Structure):
+    _fields_ = [("part", ptr), ("out", ptr), ("slots", ctypes.c_int), ("width", ctypes.c_int),
+                ("out_dtype", ctypes.c_int)]

@@ -52,6 +52,8 @@ class Tuning:
     ahead_waves_three_vector: float = 0.875
     small_grid_threads: int = 128 * 1024  # launch-bound grids up to this many threads take K = 2
     one_row_blocks_up_to: int = 16 * 1024  # grids of at most this many rows give each row a block
+    # The backward's heads a thread holds (sweeps; None: the planner's choice).
+    backward_items: int | None = None
     # Knobs for sweeps (the benchmark's options): force heads a thread, or row groups a block.
     heads_per_thread: int | None = None
     fixed_row_iters: int | None = None
@@ -76,7 +78,7 @@ class Tuning:
         return replace(self, **knobs)
 
     def to_json(self) -> dict:
-        out = {k: v for k, v in asdict(self).items() if k not in ("heads_per_thread", "fixed_row_iters")}
+        out = {k: v for k, v in asdict(self).items() if k not in ("heads_per_thread", "fixed_row_iters", "backward_items")}
         out["row_iters"] = {kind: f"{most} below {below}" for kind, (most, below) in self.row_iters}
         out["block_targets"] = dict(self.block_targets)
         return out

@@ -185,7 +185,65 @@ def all_variants() -> tuple:
 
 
 BY_NAME = {v.name: v for v in all_variants()}
-EXTRA_KERNELS = ("cudit_empty",)   # outside the table: the benchmark's empty-launch baseline
+
+
+# The backward (kernels/qk_norm_rope_bwd.cu): heads a thread holds between its two halves, and
+# the launch bound by (values of x that makes a thread hold, vectors an item): the most threads
+# whose registers hold them with no spill on any architecture.
+BACKWARD_ITEMS = (1, 2, 4)
+BACKWARD_BOUNDS = {(4, 1): 768, (8, 1): 640, (16, 1): 512, (32, 1): 512, (8, 2): 640, (16, 2): 512, (32, 2): 384}
+BACKWARD_REDUCE = "qknr_bwd_reduce"   # its second pass: the weight gradient's partial sums added
+
+
+@dataclass(frozen=True)
+class BackwardVariant:
+    dtype: str
+    rope: str
+    norm: str
+    items: int                   # heads a thread holds
+
+    @property
+    def name(self) -> str:
+        return f"qknr_bwd_{self.dtype}_{self.rope}_{self.norm}_i{self.items}"
+
+    @property
+    def vec(self) -> int:
+        return 16 // (4 if self.dtype == "f32" else 2)
+
+    @property
+    def held(self) -> int:
+        """Values of x (and as many of dy) a thread holds: items x vectors an item x values a vector."""
+        return self.items * natural_parts(self.rope) * self.vec
+
+    @property
+    def sums(self) -> int:
+        """Weight-gradient sums a thread keeps (in shared memory): a value a head it holds for
+        full-dim rows, one head's worth for per-head rows (its heads share the weight)."""
+        return 0 if self.norm == "none" else (self.items if self.norm == "full" else 1) * natural_parts(self.rope) * self.vec
+
+    @property
+    def shape(self) -> tuple:
+        return self.held, natural_parts(self.rope)
+
+    def bound(self, arch: str = "") -> int:
+        return BACKWARD_BOUNDS[self.shape]
+
+    def instantiation(self, arch: str = "") -> str:
+        args = (self.name, C_TYPES[self.dtype], ROPE_CODES[self.rope], NORM_CODES[self.norm], self.items,
+                self.bound(arch))
+        return f"CUDIT_QKNR_BWD({', '.join(str(a) for a in args)})"
+
+
+@functools.lru_cache(maxsize=None)
+def backward_variants() -> tuple:
+    return tuple(v for v in (BackwardVariant(dt, rope, norm, items) for dt, rope, norm, items in
+                             itertools.product(ACT_DTYPES, ROPE_CODES, NORM_CODES, BACKWARD_ITEMS))
+                 if not (v.rope == "none" and v.norm == "none") and v.shape in BACKWARD_BOUNDS)
+
+
+BACKWARD_BY_NAME = {v.name: v for v in backward_variants()}
+EXTRA_KERNELS = ("cudit_empty", BACKWARD_REDUCE)   # outside the tables: the empty-launch baseline, the reduction
+KERNEL_NAMES = frozenset(BY_NAME) | frozenset(BACKWARD_BY_NAME) | frozenset(EXTRA_KERNELS)   # every kernel a cubin holds
 
 
 @functools.lru_cache(maxsize=None)
@@ -200,4 +258,5 @@ def planner_bound(parts: int, k: int, layer: bool = False, source: str = "table"
 
 def instantiation_source(arch: str = "") -> str:
     """The translation unit the build compiles for one architecture: every variant at its bound."""
-    return "\n".join([f'#include "{FAMILY}.cu"'] + [v.instantiation(arch) for v in all_variants()]) + "\n"
+    return "\n".join([f'#include "{FAMILY}.cu"', f'#include "{FAMILY}_bwd.cu"'] +
+                     [v.instantiation(arch) for v in all_variants() + backward_variants()]) + "\n"

@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 from . import _launch
-from ._arrays import _ADAPTERS, adapter, describe, is_array, on_host
+from ._arrays import _ADAPTERS, adapter, contiguous_strides, describe, is_array, on_host
 from ._errors import PlanError, driver_module
 from ._planner import Request, plan
 from ._tuning import DeviceSpec, tuning_for
@@ -243,3 +243,107 @@ def _binder(slots):
     packed row is the array's pointer plus an offset)."""
     terms = ", ".join(f"p[{i}] + {add}" if add else f"p[{i}]" for i, add in slots)
     return eval(f"lambda p: ({terms},)", {})   # only ints from the plan: nothing of the caller
+
+
+_GRAD_ROLES = ("dq_weight", "dk_weight", "dq_add_weight", "dk_add_weight")
+
+
+def qk_norm_rope_backward(qkv, dout, q_weight, k_weight, cos=None, sin=None, *, num_heads=None, eps=1e-6,
+                          interleave=True, q_add_weight=None, k_add_weight=None, num_txt_tokens=0, seq_len=None,
+                          rope_offset=None, dqkv=None, dq_weight=None, dk_weight=None, dq_add_weight=None,
+                          dk_add_weight=None, workspace=None, stream=None):
+    """Gradients of qk_norm_rope: from the output's gradient `dout`, the input's (into dqkv) and
+    the norm weights' (into the dq_weight, ... arrays given).
+
+    qkv, q_weight, ..., rope_offset: the forward call's arguments, its input unchanged (so a
+    training forward writes its result to out=, not in place). dout: the output's gradient,
+    shaped like qkv (a (dq_out, dk_out) pair for split input). dqkv: where the input's gradient
+    goes, like qkv; None writes it over dout. Only Q's and K's parts are written: V's gradient
+    is V's part of dout. dq_weight, dk_weight, dq_add_weight, dk_add_weight: arrays shaped like
+    the weights, for the weights' gradients (sums over every token, fp32 in a fixed order:
+    the same bits every run); None skips one. cos and sin get no gradient.
+    workspace: fp32 partial sums of the weight gradients: None allocates them on the stream, an
+    array (uint8 or any dtype) of enough bytes is used as is, or a callable nbytes -> array.
+    Modes with no backward (LayerNorm, position ids, Rope3D, partial rotary, tensor
+    parallelism) raise PlanError naming the argument.
+
+    Returns dqkv (dout where it was None).
+    """
+    split = isinstance(qkv, _PAIR)
+    q, k = (qkv[0], qkv[1]) if split else (qkv, None)
+    dx = dout if dqkv is None else dqkv
+    if isinstance(num_heads, _PAIR):
+        num_heads = tuple(num_heads)
+    grads = dict(zip(_GRAD_ROLES, (dq_weight, dk_weight, dq_add_weight, dk_add_weight)))
+    named = {"dout": dout, "dqkv": dx} if not split else \
+        {"dout_q": dout[0], "dout_k": dout[1], "dq": dx[0], "dk": dx[1]}
+    named.update((r, g) for r, g in grads.items() if g is not None)
+    forward = (q, k, None, None, q_weight, k_weight, q_add_weight, k_add_weight, cos, sin, None, None, None, None,
+               None, None)
+    options = (num_heads, eps, interleave, num_txt_tokens, seq_len, None, rope_offset, "", "rms", None, None)
+    everything = [x for x in forward if x is not None] + list(named.values())
+    if any(on_host(x) or not is_array(x) for x in everything):
+        view = lambda role, x: describe(x, -1, role)   # noqa: E731  (named errors, no driver)
+        _plan_backward(split, forward, options, named, view, _NO_DEVICE)
+        raise PlanError("an argument is not a GPU array")
+    driver_module()
+    handle = _launch.resolve_stream(stream, q)
+    capturing = _launch.is_capturing(handle)
+    view = lambda role, x: describe(x, _launch.consumer_stream(stream, handle, q, x, capturing), role)  # noqa: E731
+    device_id = describe(q, -1, "q" if split else "qkv").device_id
+    st = _launch.device_state(device_id)
+    plan_, views = _plan_backward(split, forward, options, named, view, st.spec, st.tuning)
+    launcher = _launch.backward_launcher(device_id, plan_)
+    pointers = {role: a.ptr for role, a in views.items()}
+    buffer = None
+    work = 0
+    if launcher.workspace_bytes:
+        work, buffer = _workspace(workspace, launcher.workspace_bytes, device_id, handle)
+    try:
+        launcher.launch(pointers, work, handle)
+    finally:
+        if buffer is not None:
+            buffer.close(_stream_object(handle))
+    return dx
+
+
+def _plan_backward(split, forward, options, named, view, device, tuning=None):
+    from ._backward import plan_backward
+
+    req = _request(split, forward, options, view)
+    views = {role: view(role, x) for role, x in named.items()}
+    views.update(req.arrays())
+    dout = (views["dout_q"], views["dout_k"]) if split else views["dout"]
+    dx = (views["dq"], views["dk"]) if split else views["dqkv"]
+    grads = {r: views[r] for r in _GRAD_ROLES if r in views}
+    return plan_backward(req, dout, dx, grads, device, tuning or tuning_for(device)), views
+
+
+def _workspace(workspace, nbytes: int, device_id: int, handle: int):
+    """(address, buffer to free after the launch or None) of at least nbytes of device memory."""
+    if workspace is None:
+        from cuda.core import Device
+
+        buf = Device(device_id).allocate(nbytes, stream=_stream_object(handle))
+        return int(buf.handle), buf
+    if callable(workspace):
+        workspace = workspace(nbytes)
+    a = describe(workspace, -1, "workspace")
+    if a.device_id != device_id or a.itemsize * _count(a.shape) < nbytes or a.ptr % 16 or \
+            any(n > 1 and st != c for n, st, c in zip(a.shape, a.strides, contiguous_strides(a.shape))):
+        raise PlanError(f"workspace: expected a contiguous, 16-byte aligned array of at least {nbytes} bytes on GPU "
+                        f"{device_id}, got shape {a.shape} of {a.dtype} on device {a.device_id}")
+    return a.ptr, None
+
+
+def _count(shape) -> int:
+    n = 1
+    for s in shape:
+        n *= s
+    return n
+
+
+def _stream_object(handle: int):
+    from cuda.core import Stream
+
+    return Stream.from_handle(handle)

@@ -7,12 +7,19 @@
 JAX arrays are immutable, so this is the functional form: it returns new arrays (for a packed
 qkv, V carries over unchanged). It goes through jax.experimental.buffer_callback: the
 outputs alias the inputs (XLA donates or copies them), and cudit then works in place on the
-output buffers, on the stream XLA hands the callback. No autodiff rule: inference only.
+output buffers, on the stream XLA hands the callback.
+
+Gradients: jax.grad / jax.vjp go through a custom_vjp whose backward is cudit's backward kernel
+(the input's and the norm weights' gradients; cos and sin get zeros). Modes with no backward
+(LayerNorm, position ids, partial rotary, Rope3D, tensor parallelism) have no rule: JAX raises
+when asked to differentiate them.
 
 Tensor parallelism inside shard_map: qk_norm_rope(..., tp_axis="tp") sums squares over this
 device's heads, psums them over the named mesh axis and normalises by the total.
 """
 from __future__ import annotations
+
+import functools
 
 import jax
 import jax.numpy as jnp
@@ -35,6 +42,23 @@ def qk_norm_rope(qkv, q_weight, k_weight, cos=None, sin=None, *, num_heads=None,
     tp_axis: inside shard_map, the mesh axis the heads are split over: the sums of squares
     are psum-med over it; norm_width defaults to the weights' lengths times the axis size.
     """
+    if tp_axis is None and sumsq is None and norm == "rms" and positions is None and rotary_dim is None and rope is None:
+        static = (num_heads if not isinstance(num_heads, list) else tuple(num_heads), eps, interleave, num_txt_tokens,
+                  seq_len, rope_offset)
+        return _differentiable(static, isinstance(qkv, (tuple, list)))(
+            tuple(qkv) if isinstance(qkv, (tuple, list)) else qkv, q_weight, k_weight, q_add_weight, k_add_weight,
+            cos, sin)
+    return _forward(qkv, q_weight, k_weight, cos, sin, num_heads=num_heads, eps=eps, interleave=interleave,
+                    q_add_weight=q_add_weight, k_add_weight=k_add_weight, num_txt_tokens=num_txt_tokens,
+                    seq_len=seq_len, sumsq=sumsq, norm_width=norm_width, rope_offset=rope_offset, tp_axis=tp_axis,
+                    norm=norm, q_bias=q_bias, k_bias=k_bias, q_add_bias=q_add_bias, k_add_bias=k_add_bias,
+                    positions=positions, rotary_dim=rotary_dim, rope=rope)
+
+
+def _forward(qkv, q_weight, k_weight, cos, sin, *, num_heads, eps, interleave, q_add_weight, k_add_weight,
+             num_txt_tokens, seq_len, sumsq, norm_width, rope_offset, tp_axis, norm, q_bias, k_bias, q_add_bias,
+             k_add_bias, positions, rotary_dim, rope):
+    """The forward through a buffer callback (no autodiff rule of its own)."""
     if tp_axis is not None:
         sumsq = jax.lax.psum(qk_sumsq(qkv, num_heads=num_heads, seq_len=seq_len), tp_axis)
         if norm_width is None:
@@ -62,6 +86,54 @@ def qk_norm_rope(qkv, q_weight, k_weight, cos=None, sin=None, *, num_heads=None,
     call = buffer_callback(run, shapes, input_output_aliases={i: i for i in range(len(data))})
     result = call(*data, *given.values())
     return tuple(result) if split else result[0]
+
+
+@functools.lru_cache(maxsize=256)
+def _differentiable(static: tuple, split: bool):
+    """f(qkv, q_weight, k_weight, q_add_weight, k_add_weight, cos, sin) with cudit's backward as its
+    VJP, for one set of static options."""
+    num_heads, eps, interleave, num_txt_tokens, seq_len, rope_offset = static
+    options = dict(num_heads=num_heads, eps=eps, interleave=interleave, num_txt_tokens=num_txt_tokens,
+                   seq_len=seq_len, rope_offset=rope_offset)
+
+    def forward(qkv, qw, kw, qa, ka, cos, sin):
+        return _forward(qkv, qw, kw, cos, sin, q_add_weight=qa, k_add_weight=ka, sumsq=None, norm_width=None,
+                        tp_axis=None, norm="rms", q_bias=None, k_bias=None, q_add_bias=None, k_add_bias=None,
+                        positions=None, rotary_dim=None, rope=None, **options)
+
+    f = jax.custom_vjp(forward)
+    f.defvjp(lambda *args: (forward(*args), args), lambda res, dout: _backward(res, dout, split, options))
+    return f
+
+
+def _backward(res, dout, split: bool, options: dict):
+    """Cotangents of (qkv, q_weight, k_weight, q_add_weight, k_add_weight, cos, sin)."""
+    qkv, qw, kw, qa, ka, cos, sin = res
+    data = list(qkv) if split else [qkv]
+    grads = list(dout) if split else [dout]
+    weights = {name: w for name, w in zip(("dq_weight", "dk_weight", "dq_add_weight", "dk_add_weight"),
+                                          (qw, kw, qa, ka)) if w is not None}
+    tables = [t for t in (cos, sin) if t is not None]
+
+    def run(ctx, outs, *ins):
+        # outs[:n] alias dout: the input's gradient is written over it (V's part is dout's own).
+        n = len(data)
+        given = dict(zip(weights, ins[2 * n:2 * n + len(weights)]))   # gradient's name -> its weight
+        api.qk_norm_rope_backward(tuple(ins[n:2 * n]) if split else ins[n], tuple(outs[:n]) if split else outs[0],
+                                  given.get("dq_weight"), given.get("dk_weight"),
+                                  *(ins[2 * n + len(weights):] or (None, None)),
+                                  q_add_weight=given.get("dq_add_weight"), k_add_weight=given.get("dk_add_weight"),
+                                  stream=int(ctx.stream), **dict(zip(weights, outs[n:])), **options)
+
+    shapes = [jax.ShapeDtypeStruct(x.shape, x.dtype) for x in data] + \
+        [jax.ShapeDtypeStruct(w.shape, w.dtype) for w in weights.values()]
+    call = buffer_callback(run, shapes, input_output_aliases={i: i for i in range(len(data))})
+    out = call(*grads, *data, *weights.values(), *tables)
+    dx = tuple(out[:len(data)]) if split else out[0]
+    dws = dict(zip(weights, out[len(data):]))
+    zeros = lambda t: None if t is None else jnp.zeros_like(t)   # noqa: E731  (cos and sin: not learned)
+    return (dx, dws.get("dq_weight"), dws.get("dk_weight"), dws.get("dq_add_weight"), dws.get("dk_add_weight"),
+            zeros(cos), zeros(sin))
 
 
 def qk_sumsq(qkv, *, num_heads=None, seq_len=None):

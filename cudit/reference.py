@@ -213,12 +213,14 @@ def _rope_t(dy, cos, sin, interleave: bool):
     return dz
 
 
-def _side_vjp(x, dy, w, w_add, cos, sin, *, n_txt, eps, interleave):
+def _side_vjp(x, dy, w, w_add, cos, sin, *, n_txt, eps, interleave, rope_offset=None):
     """(dx, dw, dw_add) of one side: x, dy [B, S, H, D]; the weights' gradients shaped as the
     weights (None without them; dw_add None unless the text tokens have their own)."""
     b, s, h, d = x.shape
     dz = dy
     if cos is not None:
+        if rope_offset is not None:
+            cos, sin = _sequence_rows(cos, rope_offset, s), _sequence_rows(sin, rope_offset, s)
         dz = _rope_t(dy, *_token_tables(cos, sin, b, s, d), interleave)
     if w is None:
         return dz, None, None
@@ -241,12 +243,13 @@ def _side_vjp(x, dy, w, w_add, cos, sin, *, n_txt, eps, interleave):
 
 
 def qk_norm_rope_ref_vjp(qkv, dout, q_weight, k_weight, cos=None, sin=None, *, num_heads=None, eps=1e-6,
-                         interleave=True, q_add_weight=None, k_add_weight=None, num_txt_tokens=0, seq_len=None):
+                         interleave=True, q_add_weight=None, k_add_weight=None, num_txt_tokens=0, seq_len=None,
+                         rope_offset=None):
     """float64 gradients of sum(dout * qk_norm_rope_ref(...)): (d_qkv, d_q_weight, d_k_weight,
     d_q_add_weight, d_k_add_weight). d_qkv is shaped like qkv (a (dq, dk) tuple for split input;
     V's gradient passes through); a weight's gradient is None where the weight is. cos and sin
     get none: they are inputs of the rotation, not learned."""
-    common = dict(n_txt=num_txt_tokens, eps=eps, interleave=interleave)
+    common = dict(n_txt=num_txt_tokens, eps=eps, interleave=interleave, rope_offset=rope_offset)
     if isinstance(qkv, (tuple, list)):
         hs = _heads(num_heads, 2) or (None, None)
         grads = [_side_vjp(_to_bshd(_f64(a), hh, seq_len), _to_bshd(_f64(g), hh, seq_len), w, wa, cos, sin, **common)

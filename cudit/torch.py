@@ -50,6 +50,12 @@ _lib.define(f"qk_norm_rope_(Tensor(a!) qkv, {_PACKED}) -> ()")
 _lib.define(f"qk_norm_rope(Tensor qkv, {_PACKED}) -> Tensor")
 _lib.define(f"qk_norm_rope_split_(Tensor(a!) q, Tensor(b!) k, {_SPLIT}) -> ()")
 _lib.define(f"qk_norm_rope_split(Tensor q, Tensor k, {_SPLIT}) -> (Tensor, Tensor)")
+_BACKWARD = ("Tensor? q_weight, Tensor? k_weight, Tensor? cos, Tensor? sin, int[]? num_heads, float eps, "
+             "bool interleave, Tensor? q_add_weight, Tensor? k_add_weight, int num_txt_tokens, int? seq_len, "
+             "int? rope_offset, bool[] weight_grads")
+_lib.define(f"qk_norm_rope_backward(Tensor dout, Tensor qkv, {_BACKWARD}) -> (Tensor, Tensor, Tensor, Tensor, Tensor)")
+_lib.define(f"qk_norm_rope_split_backward(Tensor dout_q, Tensor dout_k, Tensor q, Tensor k, {_BACKWARD}) -> "
+            "(Tensor, Tensor, Tensor, Tensor, Tensor, Tensor)")
 _lib.define("qk_sumsq(Tensor qkv, int[] num_heads, int? seq_len=None) -> Tensor")
 _lib.define("qk_sumsq_split(Tensor q, Tensor k, int[]? num_heads=None, int? seq_len=None) -> Tensor")
 _lib.define("qk_sumsq_all_reduced(Tensor q, Tensor? k, int[]? num_heads, int? seq_len, str group_name) -> Tensor")
@@ -138,9 +144,51 @@ def _sumsq_split(q, k, num_heads=None, seq_len=None):
     return _sumsq((q, k), num_heads, seq_len)
 
 
+# ------------------------------------------------------------------ backward
+
+
+def _weight_grads(weights, wanted, like):
+    """A new gradient tensor for each weight whose gradient is wanted, else an empty one (a
+    schema's returns cannot be None)."""
+    return [w.new_empty(w.shape) if w is not None and want else like.new_empty(0) for w, want in zip(weights, wanted)]
+
+
+def _backward_args(dout, x, q_weight, k_weight, cos, sin, num_heads, eps, interleave, q_add_weight, k_add_weight,
+                   num_txt_tokens, seq_len, rope_offset, weight_grads, dx):
+    first = x[0] if isinstance(x, tuple) else x
+    grads = _weight_grads((q_weight, k_weight, q_add_weight, k_add_weight), weight_grads, first)
+    given = [g if g.numel() else None for g in grads]
+    api.qk_norm_rope_backward(x, dout, q_weight, k_weight, cos, sin, num_heads=_heads(num_heads), eps=eps,
+                              interleave=interleave, q_add_weight=q_add_weight, k_add_weight=k_add_weight,
+                              num_txt_tokens=num_txt_tokens, seq_len=seq_len, rope_offset=rope_offset, dqkv=dx,
+                              dq_weight=given[0], dk_weight=given[1], dq_add_weight=given[2], dk_add_weight=given[3],
+                              workspace=lambda n: torch.empty(n, dtype=torch.uint8, device=first.device))
+    return grads
+
+
+def _dense_last(t):
+    """Autograd hands over gradients of any layout (an expanded scalar's, say); the kernel wants
+    a contiguous last axis."""
+    return t if t.stride(-1) == 1 or t.shape[-1] == 1 else t.contiguous()
+
+
+def _packed_backward(dout, qkv, *args):
+    dout = _dense_last(dout)
+    dx = torch.empty_like(qkv)
+    _copy_v(dout, dx, _heads(args[4]))   # V's gradient passes through
+    return (dx, *_backward_args(dout, qkv, *args, dx))
+
+
+def _split_backward(dout_q, dout_k, q, k, *args):
+    dout = (_dense_last(dout_q), _dense_last(dout_k))
+    dx = (torch.empty_like(q), torch.empty_like(k))
+    return (*dx, *_backward_args(dout, (q, k), *args, dx))
+
+
 # CPU too: a host tensor then fails with cudit.PlanError naming it, not a dispatcher error.
 for _name, _fn in (("qk_norm_rope_", _packed_), ("qk_norm_rope", _packed),
                    ("qk_norm_rope_split_", _split_), ("qk_norm_rope_split", _split),
+                   ("qk_norm_rope_backward", _packed_backward), ("qk_norm_rope_split_backward", _split_backward),
                    ("qk_sumsq", _sumsq), ("qk_sumsq_split", _sumsq_split)):
     _lib.impl(_name, _fn, "CUDA")
     _lib.impl(_name, _fn, "CPU")
@@ -166,7 +214,6 @@ def _packed_fake_(*args):
 
 @torch.library.register_fake("cudit::qk_norm_rope", lib=_lib)
 def _packed_fake(*args):
-    _no_autograd(("qkv",), args)
     return torch.empty_like(args[0])
 
 
@@ -177,8 +224,70 @@ def _split_fake_(*args):
 
 @torch.library.register_fake("cudit::qk_norm_rope_split", lib=_lib)
 def _split_fake(*args):
-    _no_autograd(("q", "k"), args)
     return torch.empty_like(args[0]), torch.empty_like(args[1])
+
+
+def _grads_fake(args, data: int):
+    """Fake weight gradients: args are a backward operator's, its weights after `data` tensors."""
+    return _weight_grads((args[data], args[data + 1], args[data + 7], args[data + 8]), args[data + 12], args[data - 1])
+
+
+@torch.library.register_fake("cudit::qk_norm_rope_backward", lib=_lib)
+def _packed_backward_fake(*args):
+    return (torch.empty_like(args[1]), *_grads_fake(args, 2))
+
+
+@torch.library.register_fake("cudit::qk_norm_rope_split_backward", lib=_lib)
+def _split_backward_fake(*args):
+    return (torch.empty_like(args[2]), torch.empty_like(args[3]), *_grads_fake(args, 4))
+
+
+# ------------------------------------------------------------------ autograd
+# The functional operators carry a backward (the in-place ones raise under autograd: their
+# input, which the backward needs, is overwritten). Modes the backward lacks raise at forward.
+
+_NO_BACKWARD = (("sumsq", "tensor parallelism (sumsq)"), ("positions", "position ids"),
+                ("rotary_dim", "partial rotary (rotary_dim)"), ("rope3d", "Rope3D (rope)"))
+_SAVED = ("q_weight", "k_weight", "cos", "sin", "q_add_weight", "k_add_weight")
+_OPTIONS = ("num_heads", "eps", "interleave", "num_txt_tokens", "seq_len", "rope_offset")
+
+
+def _setup(data: tuple, ctx, inputs, output) -> None:
+    names = data + tuple(a.name for a in _PACKED_OP._schema.arguments[1:])
+    given = dict(zip(names, inputs))
+    if any(ctx.needs_input_grad):
+        _check_has_backward(given)
+    ctx.save_for_backward(*(given[n] for n in data + _SAVED))
+    ctx.options = tuple(given[n] for n in _OPTIONS)
+    ctx.data = len(data)
+
+
+def _check_has_backward(given: dict) -> None:
+    from ._errors import PlanError
+
+    if given["norm"] != "rms":
+        raise PlanError(f"norm: expected 'rms' for a call autograd records: LayerNorm has no backward yet "
+                        f"(call it under torch.no_grad(), or detach its inputs), got {given['norm']!r}")
+    for name, what in _NO_BACKWARD:
+        if given[name] is not None:
+            raise PlanError(f"{name}: expected None for a call autograd records: {what} has no backward yet "
+                            f"(call it under torch.no_grad(), or detach its inputs)")
+
+
+def _backward(op, ctx, *grads):
+    saved = ctx.saved_tensors
+    n = ctx.data
+    x, (q_weight, k_weight, cos, sin, q_add_weight, k_add_weight) = saved[:n], saved[n:]
+    num_heads, eps, interleave, num_txt_tokens, seq_len, rope_offset = ctx.options
+    needs = ctx.needs_input_grad   # as many as the call passed: trailing defaults are left out
+    wanted = [n + i < len(needs) and needs[n + i] for i in (0, 1, 7, 8)]   # the weights' places after the data
+    out = op(*grads, *x, q_weight, k_weight, cos, sin, num_heads, eps, interleave, q_add_weight, k_add_weight,
+             num_txt_tokens, seq_len, rope_offset, wanted)
+    dx, (dqw, dkw, dqa, dka) = out[:n], out[n:]
+    keep = lambda g, want: g if want else None   # noqa: E731
+    rest = [None] * max(len(needs) - n, 9)
+    rest[0], rest[1], rest[7], rest[8] = (keep(g, w) for g, w in zip((dqw, dkw, dqa, dka), wanted))
+    return (*(g if needs[i] else None for i, g in enumerate(dx)), *rest[:len(needs) - n])
 
 
 @torch.library.register_fake("cudit::qk_sumsq", lib=_lib)
@@ -218,6 +327,9 @@ def qk_norm_rope(qkv, q_weight, k_weight, cos=None, sin=None, *, num_heads=None,
     In place (the default) returns qkv; otherwise new tensor(s) of the same shapes.
     """
     heads = _int_list(num_heads)
+    if not inplace and torch.is_grad_enabled():   # fail before the forward runs, not after
+        _check_has_backward(dict(norm=norm, sumsq=sumsq if tp_group is None else tp_group, positions=positions,
+                                 rotary_dim=rotary_dim, rope3d=rope))
     if tp_group is not None:
         sumsq = all_reduced_sumsq(qkv, tp_group, num_heads=num_heads, seq_len=seq_len, collective=collective)
         if norm_width is None:
@@ -307,6 +419,13 @@ def _symmetric_pair(group_name, shape, device):
         return None
 
 
+torch.library.register_autograd(
+    "cudit::qk_norm_rope", lambda ctx, g: _backward(_PACKED_BACKWARD_OP, ctx, g),
+    setup_context=lambda ctx, inputs, output: _setup(("qkv",), ctx, inputs, output), lib=_lib)
+torch.library.register_autograd(
+    "cudit::qk_norm_rope_split", lambda ctx, gq, gk: _backward(_SPLIT_BACKWARD_OP, ctx, gq, gk),
+    setup_context=lambda ctx, inputs, output: _setup(("q", "k"), ctx, inputs, output), lib=_lib)
+
 # The overloads themselves: looking them up through torch.ops costs about a microsecond a call.
 _PACKED_OP_ = torch.ops.cudit.qk_norm_rope_.default
 _PACKED_OP = torch.ops.cudit.qk_norm_rope.default
@@ -315,3 +434,5 @@ _SPLIT_OP = torch.ops.cudit.qk_norm_rope_split.default
 _SUMSQ_OP = torch.ops.cudit.qk_sumsq.default
 _SUMSQ_SPLIT_OP = torch.ops.cudit.qk_sumsq_split.default
 _ALL_REDUCED_OP = torch.ops.cudit.qk_sumsq_all_reduced.default
+_PACKED_BACKWARD_OP = torch.ops.cudit.qk_norm_rope_backward.default
+_SPLIT_BACKWARD_OP = torch.ops.cudit.qk_norm_rope_split_backward.default

@@ -82,6 +82,44 @@ typedef struct Params {
     float freq[MAX_PAIRS];      // each pair's angular frequency, radians per position
 } Params;
 
+// The backward kernel (qk_norm_rope_bwd.cu): one side (Q or K) of the tokens (b, s) with s in
+// [s_begin, s_begin + span), all using one weight; rows are those tokens, b-major.
+typedef struct BwdParams {
+    const void* x;              // the forward's input, head 0 of token 0
+    const void* dy;             // gradient of the forward's output
+    void* dx;                   // gradient of the input (may alias dy)
+    const void* w;              // norm weight of these rows (null: RoPE only)
+    const void* cos;
+    const void* sin;
+    float* part;                // [gridDim.x, width] fp32 partial weight gradients (null: none wanted)
+    cudit_i64 x_sb, x_ss, x_hs;
+    cudit_i64 dy_sb, dy_ss, dy_hs;
+    cudit_i64 dx_sb, dx_ss, dx_hs;
+    cudit_i64 cos_rb, cos_rs, cos_hs;
+    cudit_i64 sin_rb, sin_rs, sin_hs;
+    FastDiv tab_rows, tab_inner;      // as in Params
+    FastDiv span;                     // sequence positions a batch element has in this launch
+    cudit_u32 s_begin;                // the first of them
+    cudit_u32 seq;                    // S
+    cudit_u32 rows;                   // batch * span
+    int heads;
+    int tj;                           // lanes along a head: lanes_d, or the next power of two
+    int th;                           // lanes along the heads: a thread takes heads hl, hl + th, ...
+    int chunks;                       // ... ITEMS at a time, `chunks` times (full-dim rows: once)
+    int lanes_d;                      // items along a head (D / VEC, or D / (2 * VEC) for rotate_half)
+    int head_dim;
+    int width;                        // the weight's length: D (per head) or heads * D (full-dim)
+    int w_dtype, tab_dtype;
+    float inv_n, eps;
+} BwdParams;
+
+// The backward's second pass: out[p] = the sum over slots of part[slot * width + p], in order.
+typedef struct ReduceParams {
+    const float* part;
+    void* out;
+    int slots, width, out_dtype;
+} ReduceParams;
+
 #ifdef __cplusplus
 }  // namespace cudit
 #endif

@@ -30,9 +30,9 @@ def test_build_and_runtime_share_one_variant_table():
 
 def test_manifest_covers_every_arch_and_variant(man):
     assert set(man["archs"]) == set(_variants.ARCHS)
-    names = set(_variants.BY_NAME)
+    names = set(_variants.BY_NAME) | set(_variants.BACKWARD_BY_NAME) | set(_variants.EXTRA_KERNELS)
     for arch, entry in man["archs"].items():
-        assert set(entry["kernels"]) == names | set(_variants.EXTRA_KERNELS), arch
+        assert set(entry["kernels"]) == names, arch
     assert man["ptx"]["arch"] == _variants.PTX_ARCH
 
 
@@ -47,7 +47,8 @@ def test_cubin_is_cuda_elf_for_its_arch_with_no_spills(man, arch):
         assert name.encode() in blob
         assert (k["spill_stores"], k["spill_loads"], k["stack_bytes"]) == (0, 0, 0), name
         v = _variants.BY_NAME.get(name)
-        bound = v.bound(arch) if v else 1024
+        bwd = _variants.BACKWARD_BY_NAME.get(name)
+        bound = (v or bwd).bound(arch) if v or bwd else 1024
         assert k["registers"] * bound <= 65536, name
         if v:   # every block the planner may give this variant fits this architecture's bound
             assert bound >= _variants.planner_bound(v.parts, v.heads_per_thread, v.layer, v.source), name
@@ -56,7 +57,7 @@ def test_cubin_is_cuda_elf_for_its_arch_with_no_spills(man, arch):
 def test_ptx_targets_the_oldest_arch(man):
     text = (_modules.CUBIN_DIR / man["ptx"]["file"]).read_text()
     assert ".target sm_80" in text
-    assert all(f".entry {name}(" in text for name in _variants.BY_NAME)
+    assert all(f".entry {name}(" in text for name in _variants.KERNEL_NAMES)
 
 
 FAKE = {"archs": {"sm_80": {"file": "a"}, "sm_86": {"file": "b"}, "sm_90": {"file": "c"},

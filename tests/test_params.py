@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from cudit._params import Params, SideParams
+from cudit._params import BwdParams, Params, ReduceParams, SideParams
 
 HEADER = Path(__file__).resolve().parents[1] / "kernels" / "qk_norm_rope_params.h"
 
@@ -28,7 +28,8 @@ def c_layout(tmp_path, struct: str, fields) -> dict:
     return {k: int(v) for k, v in (line.split() for line in out.splitlines())}
 
 
-@pytest.mark.parametrize("py,c", [(SideParams, "SideParams"), (Params, "Params")])
+@pytest.mark.parametrize("py,c", [(SideParams, "SideParams"), (Params, "Params"), (BwdParams, "BwdParams"),
+                                  (ReduceParams, "ReduceParams")])
 def test_struct_matches_header(tmp_path, py, c):
     names = [name for name, _ in py._fields_]
     c_names = ["in" if n == "in_" else n for n in names]

@@ -1,0 +1,20 @@
+# The backward (#12) on one GPU: its tests (FULL=1: the whole GPU suite), a memory check of its
+# kernels, and its bench rows with their baselines.
+export PYTHONPATH=. PYTHONUNBUFFERED=1
+OUT=${OUT:-out}; mkdir -p "$OUT"
+if [ -n "$FULL" ]; then
+  python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --target /tmp/site .whl/*.whl &&
+    export PYTHONPATH=/tmp/site:.
+  python3 -m pytest -q -rs -p no:cacheprovider -m gpu tests/ > "$OUT/pytest-gpu.log" 2>&1
+  tail -3 "$OUT/pytest-gpu.log"
+else
+  python3 -m pytest -q -x -p no:cacheprovider tests/test_gpu_backward.py tests/test_autograd_guard.py \
+    tests/test_backward_planner.py > "$OUT/pytest-backward.log" 2>&1
+  tail -3 "$OUT/pytest-backward.log"
+fi
+compute-sanitizer --tool memcheck --report-api-errors no python3 -m pytest -q -p no:cacheprovider -m gpu \
+  tests/test_gpu_backward.py -k "backward_mode" > "$OUT/memcheck-backward.log" 2>&1
+grep -E "ERROR SUMMARY|passed|failed" "$OUT/memcheck-backward.log" | tail -2
+[ -n "$NO_BENCH" ] || timeout ${BENCH_TIMEOUT:-300} python3 benchmarks/backward_bench.py --json "$OUT/bench-backward.json" \
+  ${ROWS:+--shapes $ROWS} > "$OUT/bench-backward.txt" 2>&1
+tail -9 "$OUT/bench-backward.txt"

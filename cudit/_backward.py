@@ -1,0 +1,211 @@
+"""The backward pass's planner: a forward call's arrays plus the output's gradient -> the launches
+of kernels/qk_norm_rope_bwd.cu (one a side and weight stream) and of its weight reductions.
+
+Pure Python like the forward planner, whose checks it reuses: bad input raises before anything
+runs, with or without a GPU.
+"""
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+
+from . import _planner
+from ._arrays import ITEMSIZE, ArrayInfo
+from ._params import BwdParams, ReduceParams, fast_div
+from ._planner import Request, _fail
+from ._tuning import DeviceSpec, Tuning
+from ._variants import BACKWARD_BY_NAME, BACKWARD_ITEMS, DTYPE_CODES, BackwardVariant, natural_parts
+
+BLOCK_TARGET = 256   # threads a block when several rows share one
+SMEM_LIMIT = 48 * 1024   # dynamic shared memory a launch gets without opting in: the weight sums
+WEIGHT_GRADS = ("dq_weight", "dk_weight", "dq_add_weight", "dk_add_weight")
+
+
+@dataclass(frozen=True)
+class Segment:
+    """One launch of the backward kernel: one side's rows of one weight stream."""
+
+    variant: BackwardVariant
+    block: tuple             # (team, rows a block)
+    row_groups: int          # blocks it takes to give every row group its own
+    template: bytes          # BwdParams with null pointers
+    slots: tuple             # BwdParams' pointers: (role, byte offset) or None
+    grad: str | None         # the weight gradient its partial sums add up to, if one is wanted
+    grad_dtype: str | None   # its dtype
+    width: int               # that weight's length
+
+
+@dataclass(frozen=True, eq=False)
+class BackwardPlan:
+    segments: tuple          # Segments in launch order; a gradient's reduction follows its segment
+
+    def workspace_floats(self, grids: list) -> int:
+        """fp32 partial sums the largest segment writes, for the grids the launch gives them."""
+        return max([g * s.width for g, s in zip(grids, self.segments) if s.grad] + [0])
+
+
+def _unsupported(req: Request) -> None:
+    """Modes whose backward is not built: named before anything runs."""
+    for arg, given, why in (("norm", req.norm_type != "rms", "'rms' (LayerNorm has no backward yet)"),
+                            ("positions", req.positions is not None, "None (position ids have no backward yet)"),
+                            ("rope", req.rope3d is not None, "None (Rope3D has no backward yet)"),
+                            ("sumsq", req.sumsq is not None, "None (tensor parallelism has no backward yet)")):
+        if given:
+            raise _fail(arg, f"{why}", "a value")
+
+
+def _gradient_sides(req: Request, dout, dx, heads: tuple):
+    """Sides of the output's gradient and of the input's, each checked like the input; and
+    those arrays by role."""
+    x = req.qkv if req.split else (req.qkv,)
+    sides, by_role = [], {}
+    for given, names in ((dout, ("dout_q", "dout_k") if req.split else ("dout",)),
+                         (dx, ("dq", "dk") if req.split else ("dqkv",))):
+        arrays = (given,) if isinstance(given, ArrayInfo) else tuple(given)
+        if len(arrays) != len(names):
+            raise _fail(names[0], "a (q, k) pair of arrays for split input" if req.split else "one array",
+                        type(given).__name__)
+        for role, a, like in zip(names, arrays, x):
+            by_role[role] = a
+            if a.shape != like.shape or a.dtype != like.dtype:
+                raise _fail(role, f"shape {like.shape} and dtype {like.dtype} like the input", f"{a.shape}, {a.dtype}")
+            _planner._check_last_contiguous(role, a)
+            if given is dx and a.readonly:
+                raise _fail(role, "a writable array", "a read-only one")
+        if req.split:
+            _, _, sq, sk = _planner._split_sides(*arrays, heads, req.seq_len, roles=names)
+        else:
+            _, _, sq, sk = _planner._packed_sides(names[0], arrays[0], req.num_heads, req.seq_len)
+        for side, a in ((sq, arrays[0]), (sk, arrays[-1])):
+            _planner._check_aligned(side.role, a.ptr + side.offset, (side.sb, side.ss, side.hs), a.itemsize, 16)
+        sides.append((sq, sk))
+    return sides, by_role
+
+
+def _weight_grads(req: Request, grads: dict) -> None:
+    for grad in WEIGHT_GRADS:
+        g = grads.get(grad)
+        if g is None:
+            continue
+        w = getattr(req, grad[1:])
+        if w is None:
+            raise _fail(grad, f"None without {grad[1:]}", "an array")
+        if g.shape != w.shape or g.dtype != w.dtype:
+            raise _fail(grad, f"shape {w.shape} and dtype {w.dtype} like {grad[1:]}", f"{g.shape}, {g.dtype}")
+        if g.readonly:
+            raise _fail(grad, "a writable array", "a read-only one")
+        _planner._check_last_contiguous(grad, g)
+
+
+def _most_threads(v: BackwardVariant) -> int:
+    """A block's most threads: the variant's bound, and its weight sums within SMEM_LIMIT."""
+    return min(v.bound(), SMEM_LIMIT // (4 * v.sums) if v.sums else v.bound())
+
+
+def _legal_team(tj: int, th: int) -> bool:
+    """A row's team reduces by shuffles (a power of two <= 32 lanes) or over whole warps."""
+    return (tj * th <= 32 and _planner._is_pow2(tj * th)) or tj * th % 32 == 0
+
+
+def _geometry(lanes_d: int, d: int, heads: int, full: bool, dtype: str, rope: str, norm: str, forced=None):
+    """(variant, tj, th, chunks): the most heads a thread (more values in flight for the
+    registers: perf-notes v19) that give each head lane one chunk within the variant's bound;
+    else (per head, no full-dim sum to hold) the most head lanes that fit, looping over chunks."""
+    tj = _planner._next_pow2(lanes_d)
+    built = [v for v in (BackwardVariant(dtype, rope, norm, i) for i in BACKWARD_ITEMS)
+             if v.name in BACKWARD_BY_NAME and forced in (None, v.items)]
+    for v in reversed(built):
+        th = -(-heads // v.items)
+        while not _legal_team(tj, th):
+            th += 1
+        if tj * th <= _most_threads(v):
+            return v, tj, th, 1
+    if full:
+        most = max(v.items * (_most_threads(v) // tj) for v in built)
+        raise _fail("num_heads", f"at most {most} heads of {d} values for the backward of a full-dim norm", heads)
+    v = built[-1]
+    th = min(_most_threads(v), BLOCK_TARGET) // tj
+    while not _legal_team(tj, th):
+        th -= 1
+    return v, tj, th, -(-heads // (v.items * th))
+
+
+def plan_backward(req: Request, dout, dx, grads: dict, device: DeviceSpec, tuning: Tuning) -> BackwardPlan:
+    """Check a backward call and lay out its launches.
+
+    req: the forward call (out ignored); dout: the output's gradient, dx: where the input's goes
+    (ArrayInfo, or pairs for split input); grads: weight-gradient role -> ArrayInfo.
+    """
+    _unsupported(req)
+    if req.split:
+        tokens, d, q, k = _planner._split_sides(*req.qkv, req.num_heads, req.seq_len)
+    else:
+        tokens, d, q, k = _planner._packed_sides("qkv", req.qkv, req.num_heads, req.seq_len)
+    ((gq, gk), (xq, xk)), gradients = _gradient_sides(req, dout, dx, (q.heads, k.heads))
+    _weight_grads(req, grads)
+    # Everything else as the forward checks it, with the input's gradient as its output.
+    fwd = _planner.make_plan(dataclasses.replace(req, out=dx), device, tuning)
+    if fwd.config.variant.source != "table":
+        raise _fail("rotary_dim", f"None or head_dim {d} (partial rotary has no backward yet)", req.rotary_dim)
+    norm = fwd.config.variant.norm
+    rope = fwd.config.variant.rope
+    dtype = fwd.config.variant.dtype
+    vec = 16 // ITEMSIZE[dtype]
+    cos_t = sin_t = None
+    if rope != "none":
+        cos_t, sin_t = _planner._rope_tables(req, d, q, k, tokens, vec, d)
+    dual = bool(req.num_txt_tokens) and norm != "none"
+    segments = []
+    for i, (side, gy, gx) in enumerate(((q, gq, xq), (k, gk, xk))):
+        name = "qk"[i]
+        streams = [(0, req.num_txt_tokens, f"{name}_add_weight"), (req.num_txt_tokens, tokens.seq, f"{name}_weight")] \
+            if dual else [(0, tokens.seq, f"{name}_weight")]
+        for begin, end, w_role in streams:
+            segments.append(_segment(req, tokens, d, side, gy, gx, (begin, end), w_role, norm, rope, dtype,
+                                     (cos_t, sin_t), grads, tuning))
+    _planner._check_device({**req.arrays(), **grads, **gradients})
+    return BackwardPlan(tuple(segments))
+
+
+def _segment(req, tokens, d, side, gy, gx, span, w_role, norm, rope, dtype, tables, grads, tuning) -> Segment:
+    vec = 16 // ITEMSIZE[dtype]
+    lanes_d = d // (vec * natural_parts(rope))
+    variant, tj, th, chunks = _geometry(lanes_d, d, side.heads, norm == "full", dtype, rope, norm, tuning.backward_items)
+    team = tj * th
+    rows_y = max(1, min(_most_threads(variant), BLOCK_TARGET) // team)   # several rows a block where rows are small
+    begin, end = span
+    p = BwdParams()
+    p.x_sb, p.x_ss, p.x_hs = side.sb, side.ss, side.hs
+    p.dy_sb, p.dy_ss, p.dy_hs = gy.sb, gy.ss, gy.hs
+    p.dx_sb, p.dx_ss, p.dx_hs = gx.sb, gx.ss, gx.hs
+    cos_t, sin_t = tables
+    if cos_t is not None:
+        p.cos_rb, p.cos_rs, p.cos_hs = cos_t.rb, cos_t.rs, cos_t.hs
+        p.sin_rb, p.sin_rs, p.sin_hs = sin_t.rb, sin_t.rs, sin_t.hs
+        p.tab_rows, p.tab_inner = fast_div(cos_t.rows), fast_div(cos_t.inner)
+        p.tab_dtype = DTYPE_CODES[req.cos.dtype]
+    else:
+        p.tab_rows = p.tab_inner = fast_div(1)
+    p.span = fast_div(max(1, end - begin))
+    p.s_begin, p.seq, p.rows = begin, tokens.seq, tokens.batch * (end - begin)
+    p.heads, p.tj, p.th, p.chunks, p.lanes_d, p.head_dim = side.heads, tj, th, chunks, lanes_d, d
+    width = (side.heads * d if norm == "full" else d) if norm != "none" else 0
+    p.width = width
+    w = getattr(req, w_role)
+    if w is not None:
+        p.w_dtype = DTYPE_CODES[w.dtype]
+    p.inv_n = 1.0 / (width or d)
+    p.eps = float(req.eps)
+    grad = "d" + w_role if norm != "none" and grads.get("d" + w_role) is not None else None
+    slots = ((side.role, side.offset), (gy.role, gy.offset), (gx.role, gx.offset),
+             (w_role, 0) if w is not None and norm != "none" else None,
+             ("cos", cos_t.offset * req.cos.itemsize) if cos_t is not None else None,
+             ("sin", sin_t.offset * req.sin.itemsize) if cos_t is not None else None,
+             ("workspace", 0) if grad else None)
+    rows = p.rows
+    return Segment(variant, (team, rows_y), -(-rows // rows_y), bytes(p), slots, grad,
+                   grads[grad].dtype if grad else None, width)
+
+
+def reduce_params(part: int, out: int, slots: int, width: int, dtype: str) -> bytes:
+    return bytes(ReduceParams(part, out, slots, width, DTYPE_CODES[dtype]))

@@ -1,0 +1,307 @@
+// Backward of the fused QK RMSNorm + RoPE: dx from x and dy in one pass, and the weight's
+// gradient as fp32 partial sums a block (a second small kernel adds them in a fixed order).
+//
+// Forward, per reduction group (one head, or all heads of a row for full-dim weights):
+//   y = rope(x * r * w),  r = rsqrt(mean(x^2) + eps).
+// Backward: dz = rope^T(dy) (the rotation by -angle), g = w * dz, then
+//   dx = r * g - x * r^3 / n * sum(g * x),   dw += dz * x * r (summed over tokens, and heads).
+//
+// Work decomposition (BwdParams): a row is one side of one token. A row's team is tj x th
+// threads: lane j < tj walks the head dim (items of PARTS vectors, as in the forward), head
+// lane hl takes heads hl, hl + th, ... (ITEMS of them, held in registers between the two
+// halves). blockDim = (team, rows a block); blocks take rows gridDim.x * blockDim.y apart, so
+// each block's weight partials cover a fixed set of rows: two runs give the same bits.
+#include "cudit_common.cuh"
+#include "qk_norm_rope_params.h"
+
+namespace cudit {
+namespace bwd {
+
+enum NormKind : int { NORM_NONE = 0, NORM_HEAD = 1, NORM_FULL = 2 };
+
+// (sum x^2, sum g*x) over `width` consecutive lanes: a power of two <= 32 by shuffles, or whole
+// warps (width a multiple of 32) through shared memory. Every thread of the block calls it.
+__device__ __forceinline__ float2 group_sum(float2 v, u32 width, float2* scratch) {
+#pragma unroll
+    for (u32 off = 16; off > 0; off >>= 1) {
+        const float a = __shfl_xor_sync(0xffffffffu, v.x, off);
+        const float b = __shfl_xor_sync(0xffffffffu, v.y, off);
+        if (off < width) {
+            v.x += a;
+            v.y += b;
+        }
+    }
+    if (width <= 32) return v;
+    const u32 warp = linear_tid() / 32, per = width / 32, first = warp / per * per;
+    if (linear_tid() % 32 == 0) scratch[warp] = v;
+    __syncthreads();
+    float2 s = make_float2(0.f, 0.f);
+    for (u32 w = first; w < first + per; ++w) {
+        s.x += scratch[w].x;
+        s.y += scratch[w].y;
+    }
+    __syncthreads();   // scratch is reused by the next row
+    return s;
+}
+
+// dz = rope^T(dy) on one vector: interleaved pairs (2i, 2i + 1) rotate inside it.
+template <int VEC>
+__device__ __forceinline__ void unrotate_pairs(float (&v)[VEC], const float (&c)[VEC], const float (&s)[VEC]) {
+#pragma unroll
+    for (int e = 0; e < VEC; e += 2) {
+        const float a = v[e], b = v[e + 1];
+        v[e] = a * c[e] + b * s[e + 1];
+        v[e + 1] = b * c[e + 1] - a * s[e];
+    }
+}
+
+// dz = rope^T(dy) for one item (PARTS vectors): the table read where used (L1 holds a token's row
+// for all its heads), so nothing but dy is held between the two halves of a row.
+template <typename T, int ROPE, int PARTS, int VEC>
+__device__ __forceinline__ void item_dz(const BwdParams& p, const Packet<T, VEC> (&py)[PARTS], i64 cos_at,
+                                        i64 sin_at, int stride, float (&dz)[PARTS][VEC]) {
+#pragma unroll
+    for (int q = 0; q < PARTS; ++q) py[q].to_floats(dz[q]);
+    if (ROPE == ROPE_NONE) return;
+    float c[PARTS][VEC], sn[PARTS][VEC];
+#pragma unroll
+    for (int q = 0; q < PARTS; ++q) {
+        load_floats<VEC>(p.cos, p.tab_dtype, cos_at + q * stride, c[q]);
+        load_floats<VEC>(p.sin, p.tab_dtype, sin_at + q * stride, sn[q]);
+    }
+    if (ROPE == ROPE_INTERLEAVED) {
+        unrotate_pairs<VEC>(dz[0], c[0], sn[0]);
+        return;
+    }
+#pragma unroll
+    for (int e = 0; e < VEC; ++e) {   // (lo, hi) = (i, i + D/2)
+        const float lo = dz[0][e], hi = dz[PARTS - 1][e];
+        dz[0][e] = lo * c[0][e] + hi * sn[PARTS - 1][e];
+        dz[PARTS - 1][e] = hi * c[PARTS - 1][e] - lo * sn[0][e];
+    }
+}
+
+// The norm weight of head h at this thread's values (per head: every head's is the same).
+template <int NORM, int PARTS, int VEC>
+__device__ __forceinline__ void item_weight(const BwdParams& p, int h, int d, int stride, float (&w)[PARTS][VEC]) {
+#pragma unroll
+    for (int q = 0; q < PARTS; ++q)
+        load_floats<VEC>(p.w, p.w_dtype, (NORM == NORM_FULL ? h * p.head_dim : 0) + d + q * stride, w[q]);
+}
+
+template <typename T, int ROPE, int NORM, int ITEMS>
+__device__ __forceinline__ void backward(const BwdParams& p, float4* acc) {
+    constexpr int VEC = 16 / (int)sizeof(T);
+    constexpr int PARTS = ROPE == ROPE_HALF ? 2 : 1;
+    constexpr int WM = NORM == NORM_FULL ? ITEMS : 1;    // weight slices a thread sums into
+    constexpr int SLOTS = NORM == NORM_NONE ? 0 : WM * PARTS;
+    __shared__ float2 scratch[32];
+
+    const u32 j = threadIdx.x % (u32)p.tj, hl = threadIdx.x / (u32)p.tj;
+    const int stride = p.head_dim / PARTS;   // rotate_half: part 1 sits D/2 after part 0
+    const int d = (int)j * VEC;
+    const bool lane_ok = (int)j < p.lanes_d;
+    const u32 width = NORM == NORM_FULL ? blockDim.x : (u32)p.tj;
+    // Head offsets fit 32 bits (the planner checks): one multiply a head.
+    const int x_hs = (int)p.x_hs, dy_hs = (int)p.dy_hs, dx_hs = (int)p.dx_hs, cos_hs = (int)p.cos_hs,
+              sin_hs = (int)p.sin_hs;
+
+    // The weight-gradient sums a thread keeps across its rows, in shared memory (its registers go
+    // to the values in flight): float4 k of slot (m, q) of thread tid at acc[(slot * VEC/4 + k) * threads + tid].
+    const u32 tid = linear_tid(), threads = blockDim.x * blockDim.y;
+#pragma unroll
+    for (int v = 0; v < SLOTS * VEC / 4; ++v) acc[v * threads + tid] = make_float4(0.f, 0.f, 0.f, 0.f);
+
+    wait_for_producer();
+    float wh[PARTS][VEC];   // per head: this thread's weight values, the same for all its heads and rows
+    if (NORM == NORM_HEAD && lane_ok) {
+        item_weight<NORM, PARTS, VEC>(p, 0, d, stride, wh);
+    } else {
+#pragma unroll
+        for (int q = 0; q < PARTS; ++q)
+#pragma unroll
+            for (int e = 0; e < VEC; ++e) wh[q][e] = 0.f;
+    }
+
+    for (u32 base = blockIdx.x * blockDim.y; base < p.rows; base += gridDim.x * blockDim.y) {
+        const u32 row = base + threadIdx.y;
+        const bool row_ok = row < p.rows;
+        const u32 b = row_ok ? div(row, p.span) : 0;
+        const u32 s = row_ok ? p.s_begin + (row - b * p.span.d) : 0;
+        const u32 tok = b * p.seq + s;
+        const T* x = static_cast<const T*>(p.x) + (i64)b * p.x_sb + (i64)s * p.x_ss + d;
+        const T* dy = static_cast<const T*>(p.dy) + (i64)b * p.dy_sb + (i64)s * p.dy_ss + d;
+        T* dx = static_cast<T*>(p.dx) + (i64)b * p.dx_sb + (i64)s * p.dx_ss + d;
+        i64 cos_at = 0, sin_at = 0;
+        if (ROPE != ROPE_NONE) {
+            const u32 trow = tok - div(tok, p.tab_rows) * p.tab_rows.d;
+            const u32 tb = div(trow, p.tab_inner);
+            const u32 ts = trow - tb * p.tab_inner.d;
+            cos_at = (i64)tb * p.cos_rb + (i64)ts * p.cos_rs + d;
+            sin_at = (i64)tb * p.sin_rb + (i64)ts * p.sin_rs + d;
+        }
+
+        // Per head (and with no norm) a thread takes its heads ITEMS at a time; full-dim rows fit one chunk.
+        for (int chunk = 0; chunk < p.chunks; ++chunk) {
+            const int first = chunk * ITEMS * p.th + (int)hl;
+            Packet<T, VEC> px[ITEMS][PARTS], py[ITEMS][PARTS];   // x and dy as stored: all a thread holds
+#pragma unroll
+            for (int m = 0; m < ITEMS; ++m) {
+                const int h = first + m * p.th;
+                const bool ok = row_ok && lane_ok && h < p.heads;
+#pragma unroll
+                for (int q = 0; q < PARTS; ++q) {
+                    if (ok) {
+                        px[m][q].load(x + h * x_hs + q * stride);
+                        py[m][q].load(dy + h * dy_hs + q * stride);
+                    } else {
+                        px[m][q] = py[m][q] = Packet<T, VEC>{};
+                    }
+                }
+            }
+            if (NORM == NORM_NONE) {
+#pragma unroll
+                for (int m = 0; m < ITEMS; ++m) {
+                    const int h = first + m * p.th;
+                    if (!(row_ok && lane_ok && h < p.heads)) continue;
+                    float dz[PARTS][VEC];
+                    item_dz<T, ROPE, PARTS, VEC>(p, py[m], cos_at + h * cos_hs, sin_at + h * sin_hs, stride, dz);
+#pragma unroll
+                    for (int q = 0; q < PARTS; ++q) {
+                        Packet<T, VEC> out;
+                        out.from_floats(dz[q]);
+                        out.store(dx + h * dx_hs + q * stride);
+                    }
+                }
+                continue;   // the next chunk
+            }
+
+            // (sum x^2, sum w dz x): over the whole row (full-dim) or each head's lanes (per head).
+            float2 sums[ITEMS];
+#pragma unroll
+            for (int m = 0; m < ITEMS; ++m) {
+                const int h = first + m * p.th;
+                sums[m] = make_float2(0.f, 0.f);
+                if (!(row_ok && lane_ok && h < p.heads)) continue;
+                float dz[PARTS][VEC], w[PARTS][VEC];
+                item_dz<T, ROPE, PARTS, VEC>(p, py[m], cos_at + h * cos_hs, sin_at + h * sin_hs, stride, dz);
+                if (NORM == NORM_FULL) item_weight<NORM, PARTS, VEC>(p, h, d, stride, w);
+#pragma unroll
+                for (int q = 0; q < PARTS; ++q) {
+                    float xs[VEC];
+                    px[m][q].to_floats(xs);
+#pragma unroll
+                    for (int e = 0; e < VEC; ++e) {
+                        sums[m].x += xs[e] * xs[e];
+                        sums[m].y += (NORM == NORM_FULL ? w : wh)[q][e] * dz[q][e] * xs[e];
+                    }
+                }
+            }
+            if (NORM == NORM_FULL) {
+#pragma unroll
+                for (int m = 1; m < ITEMS; ++m) {
+                    sums[0].x += sums[m].x;
+                    sums[0].y += sums[m].y;
+                }
+                sums[0] = group_sum(sums[0], width, scratch);
+            } else {
+#pragma unroll
+                for (int m = 0; m < ITEMS; ++m) sums[m] = group_sum(sums[m], width, scratch);
+            }
+#pragma unroll
+            for (int m = 0; m < ITEMS; ++m) {
+                const int h = first + m * p.th;
+                if (!(row_ok && lane_ok && h < p.heads)) continue;
+                const float2 t = sums[NORM == NORM_FULL ? 0 : m];
+                const float r = rsqrtf(t.x * p.inv_n + p.eps);
+                const float c2 = r * r * r * p.inv_n * t.y;
+                float dz[PARTS][VEC], w[PARTS][VEC];
+                item_dz<T, ROPE, PARTS, VEC>(p, py[m], cos_at + h * cos_hs, sin_at + h * sin_hs, stride, dz);
+                if (NORM == NORM_FULL) item_weight<NORM, PARTS, VEC>(p, h, d, stride, w);
+#pragma unroll
+                for (int q = 0; q < PARTS; ++q) {
+                    float xs[VEC], o[VEC];
+                    px[m][q].to_floats(xs);
+#pragma unroll
+                    for (int e = 0; e < VEC; ++e) o[e] = r * ((NORM == NORM_FULL ? w : wh)[q][e] * dz[q][e]) - xs[e] * c2;
+                    Packet<T, VEC> out;
+                    out.from_floats(o);
+                    out.store(dx + h * dx_hs + q * stride);
+                    float4* a = acc + ((NORM == NORM_FULL ? m : 0) * PARTS + q) * (VEC / 4) * threads + tid;
+#pragma unroll
+                    for (int k = 0; k < VEC / 4; ++k) {
+                        float4 v = a[k * threads];
+                        v.x += dz[q][4 * k] * xs[4 * k] * r;
+                        v.y += dz[q][4 * k + 1] * xs[4 * k + 1] * r;
+                        v.z += dz[q][4 * k + 2] * xs[4 * k + 2] * r;
+                        v.w += dz[q][4 * k + 3] * xs[4 * k + 3] * r;
+                        a[k * threads] = v;
+                    }
+                }
+            }
+        }
+    }
+    release_dependents();
+    if (NORM == NORM_NONE || !p.part) return;
+
+    // The block's partial weight gradient: each value summed over the threads that hold it, in a
+    // fixed order. NORM_HEAD: value (j, e) of part q is held by every head lane of every row;
+    // NORM_FULL: value (j, hl, e) of slot m by one thread of every row.
+    __syncthreads();
+    const float* sums = reinterpret_cast<const float*>(acc);
+    float* part = p.part + (i64)blockIdx.x * p.width;
+    const u32 lanes = NORM == NORM_HEAD ? (u32)p.tj : blockDim.x;
+    for (u32 v = tid; v < (u32)SLOTS * lanes * VEC; v += threads) {
+        const u32 slot = v / (lanes * VEC), lane = v / VEC % lanes, e = v % VEC;
+        const u32 m = slot / PARTS, q = slot % PARTS;
+        const u32 jj = lane % (u32)p.tj, hh = lane / (u32)p.tj + m * (u32)p.th;
+        if ((int)jj >= p.lanes_d || (NORM == NORM_FULL && (int)hh >= p.heads)) continue;
+        const float* a = sums + ((slot * (VEC / 4) + e / 4) * threads) * 4 + e % 4;
+        float sum = 0.f;
+        for (u32 y = 0; y < blockDim.y; ++y) {
+            if (NORM == NORM_HEAD) {
+                for (u32 l = jj; l < blockDim.x; l += (u32)p.tj) sum += a[(y * blockDim.x + l) * 4];
+            } else {
+                sum += a[(y * blockDim.x + lane) * 4];
+            }
+        }
+        part[(NORM == NORM_FULL ? (int)hh * p.head_dim : 0) + (int)jj * VEC + (int)q * stride + (int)e] = sum;
+    }
+}
+
+// out[p] = sum over slots of part[slot * width + p]: 32 values a block, 32 slot lanes each, then
+// the lanes' sums in order. out_dtype: DTypeCode of the weight.
+__device__ __forceinline__ void reduce_slots(const ReduceParams& p) {
+    __shared__ float sums[32][33];
+    const int v = blockIdx.x * 32 + threadIdx.x;
+    float s = 0.f;
+    wait_for_producer();
+    if (v < p.width)
+        for (int slot = threadIdx.y; slot < p.slots; slot += 32) s += p.part[(i64)slot * p.width + v];
+    sums[threadIdx.y][threadIdx.x] = s;
+    __syncthreads();
+    if (threadIdx.y != 0 || v >= p.width) return;
+    float t = 0.f;
+    for (int y = 0; y < 32; ++y) t += sums[y][threadIdx.x];
+    if (p.out_dtype == DT_F32) {
+        static_cast<float*>(p.out)[v] = t;
+    } else if (p.out_dtype == DT_F16) {
+        static_cast<__half*>(p.out)[v] = __float2half_rn(t);
+    } else {
+        static_cast<__nv_bfloat16*>(p.out)[v] = __float2bfloat16_rn(t);
+    }
+}
+
+}  // namespace bwd
+}  // namespace cudit
+
+// One entry point a variant; the build (cudit/_variants.py BackwardVariant) writes these lines.
+#define CUDIT_QKNR_BWD(NAME, T, ROPE, NORM, ITEMS, MAX_THREADS)                                         \
+    extern "C" __global__ void __launch_bounds__(MAX_THREADS, 1) NAME(const cudit::BwdParams p) {         \
+        extern __shared__ float4 cudit_sums[];                                                             \
+        cudit::bwd::backward<T, ROPE, NORM, ITEMS>(p, cudit_sums);                                         \
+    }
+
+extern "C" __global__ void __launch_bounds__(1024, 1) qknr_bwd_reduce(const cudit::ReduceParams p) {
+    cudit::bwd::reduce_slots(p);
+}

@@ -1,0 +1,121 @@
+"""The backward's planner on the CPU: what it launches for a call, and every bad input named
+before anything runs."""
+import ctypes
+
+import pytest
+
+from cudit import PlanError
+from cudit._backward import plan_backward
+from cudit._params import BwdParams
+from cudit._planner import Request
+from cudit._tuning import DeviceSpec, Tuning
+from cudit._variants import BACKWARD_BOUNDS
+from fakes import arr
+
+H100 = DeviceSpec(arch=(9, 0))
+D = 128
+
+
+def packed(heads=(4, 4, 4), s=64, dtype="bf16", **kw):
+    qkv = arr((2, s, sum(heads) * D), dtype)
+    return Request(qkv=qkv, num_heads=heads, **kw), qkv
+
+
+def weights(n=D, dtype="f32"):
+    return arr((n,), dtype, ptr=0x7F1000000000)
+
+
+def table(rows=64, width=D):
+    return arr((rows, width), "f32", ptr=0x7F2000000000)
+
+
+def plan(req, dout=None, dx=None, grads=None):
+    dout = dout if dout is not None else req.qkv
+    return plan_backward(req, dout, dx if dx is not None else dout, grads or {}, H100, Tuning())
+
+
+def params(seg) -> BwdParams:
+    return BwdParams.from_buffer_copy(seg.template)
+
+
+def test_one_segment_a_side_and_a_reduction_per_wanted_gradient():
+    req, x = packed(q_weight=weights(), k_weight=weights(), cos=table(), sin=table())
+    p = plan(req, grads={"dq_weight": weights()})
+    assert [s.grad for s in p.segments] == ["dq_weight", None]
+    assert all(s.variant.norm == "head" and s.variant.rope == "interleaved" for s in p.segments)
+    k = params(p.segments[1])
+    assert k.heads == 4 and k.chunks * k.th * p.segments[1].variant.items >= 4
+    assert p.segments[1].slots[0] == ("qkv", 4 * D * 2)   # K starts after Q's heads
+
+
+def test_dual_stream_splits_each_side_at_the_text_tokens():
+    req, x = packed(q_weight=weights(), k_weight=weights(), q_add_weight=weights(), k_add_weight=weights(),
+                    num_txt_tokens=5)
+    p = plan(req, grads={r: weights() for r in ("dq_weight", "dk_weight", "dq_add_weight", "dk_add_weight")})
+    spans = [(params(s).s_begin, params(s).rows) for s in p.segments]
+    assert spans == [(0, 2 * 5), (5, 2 * 59)] * 2
+    assert [s.slots[3][0] for s in p.segments] == ["q_add_weight", "q_weight", "k_add_weight", "k_weight"]
+
+
+@pytest.mark.parametrize("heads,norm", [((40, 40, 40), "full"), ((130, 2, 0), "head"), ((1, 1, 1), "head")])
+def test_every_head_is_covered_within_the_bound(heads, norm):
+    n = D if norm == "head" else heads[0] * D
+    req, x = packed(heads=heads, q_weight=weights(n), k_weight=weights(n if norm == "head" else heads[1] * D))
+    for seg, h in zip(plan(req).segments, heads):
+        prm = params(seg)
+        team, rows = seg.block
+        assert team * rows <= BACKWARD_BOUNDS[seg.variant.shape]
+        assert 4 * team * rows * seg.variant.sums <= 48 * 1024
+        assert prm.chunks * prm.th * seg.variant.items >= h
+        assert norm == "head" or prm.chunks == 1
+
+
+def test_full_dim_rows_too_wide_to_hold_are_refused_by_name():
+    req, x = packed(heads=(400, 400, 0), q_weight=weights(400 * D), k_weight=weights(400 * D))
+    with pytest.raises(PlanError, match=r"^num_heads: expected at most \d+ heads of 128 values"):
+        plan(req)
+
+
+@pytest.mark.parametrize("kw,arg", [
+    (dict(norm_type="layer"), "norm"), (dict(rope3d=object()), "rope"), (dict(sumsq=arr((2, 64, 2), "f32")), "sumsq"),
+])
+def test_modes_without_a_backward_are_named(kw, arg):
+    req, x = packed(q_weight=weights(), k_weight=weights(), **kw)
+    with pytest.raises(PlanError, match=rf"^{arg}: expected .*no backward yet"):
+        plan(req)
+
+
+def test_partial_rotary_is_named():
+    req, x = packed(q_weight=weights(), k_weight=weights(), cos=table(width=64), sin=table(width=64))
+    with pytest.raises(PlanError, match=r"^rotary_dim: .*no backward yet"):
+        plan(req)
+
+
+@pytest.mark.parametrize("make,match", [
+    (lambda x: dict(dout=arr(x.shape, "f16")), r"^dout: expected shape .* and dtype bf16"),
+    (lambda x: dict(dx=arr(x.shape, readonly=True)), r"^dqkv: expected a writable array"),
+    (lambda x: dict(dout=arr(x.shape, strides=(x.shape[1] * x.shape[2], x.shape[2], 2))),
+     r"^dout: expected a contiguous last axis"),
+    (lambda x: dict(grads={"dq_weight": weights(64)}), r"^dq_weight: expected shape \(128,\)"),
+    (lambda x: dict(grads={"dq_add_weight": weights()}), r"^dq_add_weight: expected None without q_add_weight"),
+    (lambda x: dict(dout=(x, x)), r"^dout: expected one array"),
+    (lambda x: dict(dout=arr(x.shape, ptr=x.ptr + 2)), r"^dout: expected a data pointer aligned to 16"),
+    (lambda x: dict(dout=arr(x.shape, device=1)), r"arrays are on different devices"),
+])
+def test_bad_gradients_are_named(make, match):
+    req, x = packed(q_weight=weights(), k_weight=weights())
+    with pytest.raises(PlanError, match=match):
+        plan(req, **make(x))
+
+
+def test_split_gradients_take_their_own_names():
+    q, k = arr((2, 64, 4 * D)), arr((2, 64, 2 * D), ptr=0x7F3000000000)
+    req = Request(qkv=(q, k), num_heads=(4, 2), q_weight=weights(), k_weight=weights())
+    p = plan(req, dout=(q, k), dx=(q, k))
+    assert [params(s).heads for s in p.segments] == [4, 2]
+    with pytest.raises(PlanError, match=r"^dout_k: expected shape"):
+        plan(req, dout=(q, q), dx=(q, k))
+
+
+def test_the_struct_is_the_headers_size():
+    assert ctypes.sizeof(BwdParams) % 8 == 0
