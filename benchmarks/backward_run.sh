@@ -1,5 +1,5 @@
 # The backward (#12) on one GPU: its tests (FULL=1: the whole GPU suite), a memory check of its
-# kernels, and its bench rows with their baselines.
+# kernels, the fine-tuning example, and its bench rows with their baselines.
 export PYTHONPATH=. PYTHONUNBUFFERED=1
 OUT=${OUT:-out}; mkdir -p "$OUT"
 if [ -n "$FULL" ]; then
@@ -15,6 +15,7 @@ fi
 compute-sanitizer --tool memcheck --report-api-errors no python3 -m pytest -q -p no:cacheprovider -m gpu \
   tests/test_gpu_backward.py -k "backward_mode" > "$OUT/memcheck-backward.log" 2>&1
 grep -E "ERROR SUMMARY|passed|failed" "$OUT/memcheck-backward.log" | tail -2
+python3 examples/finetune_step.py > "$OUT/example-finetune.log" 2>&1; tail -8 "$OUT/example-finetune.log"
 [ -n "$NO_BENCH" ] || timeout ${BENCH_TIMEOUT:-300} python3 benchmarks/backward_bench.py --json "$OUT/bench-backward.json" \
   ${ROWS:+--shapes $ROWS} > "$OUT/bench-backward.txt" 2>&1
 tail -9 "$OUT/bench-backward.txt"

@@ -262,6 +262,12 @@ def _setup(data: tuple, ctx, inputs, output) -> None:
     ctx.data = len(data)
 
 
+def _recorded(data, *tensors) -> bool:
+    """Whether autograd records a call on these tensors (data: a tensor or a (q, k) pair)."""
+    data = tuple(data) if isinstance(data, (tuple, list)) else (data,)
+    return torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in data + tensors)
+
+
 def _check_has_backward(given: dict) -> None:
     from ._errors import PlanError
 
@@ -327,7 +333,8 @@ def qk_norm_rope(qkv, q_weight, k_weight, cos=None, sin=None, *, num_heads=None,
     In place (the default) returns qkv; otherwise new tensor(s) of the same shapes.
     """
     heads = _int_list(num_heads)
-    if not inplace and torch.is_grad_enabled():   # fail before the forward runs, not after
+    if not inplace and _recorded(qkv, q_weight, k_weight, cos, sin, q_add_weight, k_add_weight, q_bias, k_bias,
+                                 q_add_bias, k_add_bias):   # fail before the forward runs, not after
         _check_has_backward(dict(norm=norm, sumsq=sumsq if tp_group is None else tp_group, positions=positions,
                                  rotary_dim=rotary_dim, rope3d=rope))
     if tp_group is not None:

@@ -79,6 +79,14 @@ def test_a_mode_with_no_backward_raises_by_name_under_autograd(call, arg):
     assert "no backward" not in str(err.value)
 
 
+@pytest.mark.parametrize("call", FUNCTIONAL)
+@pytest.mark.parametrize("arg", NO_BACKWARD)
+def test_a_mode_with_no_backward_runs_when_nothing_is_tracked(call, arg):
+    with pytest.raises(cudit.PlanError) as err:   # grad mode on, no tensor requires grad: the forward's checks only
+        FUNCTIONAL[call](list(inputs()), **NO_BACKWARD[arg])
+    assert "no backward" not in str(err.value)
+
+
 @pytest.mark.parametrize("call", {**UNRECORDED, **FUNCTIONAL})
 def test_without_grad_mode_the_guards_stay_quiet(call):
     a = list(inputs())
