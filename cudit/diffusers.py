@@ -143,7 +143,7 @@ class _Processor:
     def _runtime_reason(attn, hidden_states) -> str | None:
         """What of the call itself cudit cannot serve: autograd, host tensors, other dtypes."""
         if torch.is_grad_enabled() and (hidden_states.requires_grad or any(p.requires_grad for p in attn.parameters())):
-            return "grad mode with trainable weights (cudit has no backward yet)"
+            return "grad mode with trainable weights (the processors work in place: no gradient recorded)"
         if not hidden_states.is_cuda:
             return "host tensors"
         if hidden_states.dtype not in DTYPES:

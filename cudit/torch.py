@@ -4,13 +4,15 @@
     cudit.torch.qk_norm_rope(qkv, q_weight, k_weight, cos, sin, num_heads=24)   # in place
     q2, k2 = cudit.torch.qk_norm_rope((q, k), qw, kw, cos, sin, inplace=False)
 
-Seven operators, registered with torch.library.Library (define / impl: the cheapest
+Nine operators, registered with torch.library.Library (define / impl: the cheapest
 dispatch per call), each with a fake implementation for tracing:
 
     cudit::qk_norm_rope_(qkv!)         packed, in place               -> ()
     cudit::qk_norm_rope(qkv)           packed, functional             -> Tensor (V copied)
     cudit::qk_norm_rope_split_(q!, k!) separate Q and K, in place     -> ()
     cudit::qk_norm_rope_split(q, k)    separate Q and K, functional   -> (Tensor, Tensor)
+    cudit::qk_norm_rope_backward(dout, qkv), cudit::qk_norm_rope_split_backward(dq, dk, q, k)
+                                       the functional ones' backward  -> (dx.., d weights)
     cudit::qk_sumsq(qkv)               tensor parallelism's sums      -> Tensor [.., 2] float32
     cudit::qk_sumsq_split(q, k)        the same for separate Q and K  -> Tensor
     cudit::qk_sumsq_all_reduced(q, k?) the sums, all-reduced over a group -> Tensor
@@ -21,9 +23,11 @@ cudit::qk_sumsq_all_reduced, a one-shot all-reduce over symmetric memory where t
 it on the group, else NCCL; with collective="nccl", a functional all-reduce that torch.compile
 traces. Neither breaks a graph (docs/parallel.md).
 
-They run on the current stream of PyTorch. There is no autograd formula yet: with grad mode
-on, a tensor that requires grad raises cudit.PlanError naming it (eager and under
-torch.compile alike), rather than letting backward() compute a wrong gradient.
+They run on the current stream of PyTorch. The functional operators have an autograd formula
+(their backward: cudit::qk_norm_rope_backward and cudit::qk_norm_rope_split_backward); the
+in-place ones overwrite what the backward needs, so with grad mode on a tensor that requires
+grad raises cudit.PlanError naming it (eager and under torch.compile alike), as do the modes
+with no backward yet on the functional ones.
 """
 from __future__ import annotations
 

@@ -384,7 +384,8 @@ def test_mixed_torch_input_cupy_output():
 
 def test_parameters_that_require_grad_are_read_without_grad_mode_and_refused_with_it():
     """Model weights are usually nn.Parameters with requires_grad set, even at inference; with grad
-    mode on autograd would record the call, and cudit has no backward: it raises instead (#12)."""
+    mode on autograd would record the call, and the generic in-place call records no gradient: it
+    raises instead (#12; training goes through cudit.torch's functional operators)."""
     import torch
 
     import cudit
