@@ -142,6 +142,7 @@ def plan_backward(req: Request, dout, dx, grads: dict, device: DeviceSpec, tunin
     else:
         tokens, d, q, k = _planner._packed_sides("qkv", req.qkv, req.num_heads, req.seq_len)
     ((gq, gk), (xq, xk)), gradients = _gradient_sides(req, dout, dx, (q.heads, k.heads))
+    _planner._check_head_offsets(d, (gq, gk), (None, None))
     _weight_grads(req, grads)
     # Everything else as the forward checks it, with the input's gradient as its output.
     fwd = _planner.make_plan(dataclasses.replace(req, out=dx), device, tuning)
@@ -202,8 +203,7 @@ def _segment(req, tokens, d, side, gy, gx, span, w_role, norm, rope, dtype, tabl
              ("cos", cos_t.offset * req.cos.itemsize) if cos_t is not None else None,
              ("sin", sin_t.offset * req.sin.itemsize) if cos_t is not None else None,
              ("workspace", 0) if grad else None)
-    rows = p.rows
-    return Segment(variant, (team, rows_y), -(-rows // rows_y), bytes(p), slots, grad,
+    return Segment(variant, (team, rows_y), -(-p.rows // rows_y), bytes(p), slots, grad,
                    grads[grad].dtype if grad else None, width)
 
 

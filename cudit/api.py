@@ -1,9 +1,12 @@
 """The public entry point."""
 from __future__ import annotations
 
+import math
+
 from . import _launch
 from ._arrays import _ADAPTERS, adapter, contiguous_strides, describe, is_array, on_host
 from ._errors import PlanError, driver_module
+from ._backward import WEIGHT_GRADS, plan_backward
 from ._planner import Request, plan
 from ._tuning import DeviceSpec, tuning_for
 
@@ -79,7 +82,8 @@ def qk_norm_rope(qkv, q_weight, k_weight, cos=None, sin=None, *, num_heads=None,
 
     Raises:
         PlanError: bad input, named by argument, before anything is launched (needs no GPU);
-            also a torch tensor that requires grad while grad mode is on (no backward yet).
+            also a torch tensor that requires grad while grad mode is on (this call records no
+            gradient: train through cudit.torch.qk_norm_rope(..., inplace=False), docs/training.md).
         CudaUnavailableError: cuda-bindings, the NVIDIA driver or a GPU is missing.
         NoImageError: the GPU can run none of the shipped kernels.
 
@@ -245,9 +249,6 @@ def _binder(slots):
     return eval(f"lambda p: ({terms},)", {})   # only ints from the plan: nothing of the caller
 
 
-_GRAD_ROLES = ("dq_weight", "dk_weight", "dq_add_weight", "dk_add_weight")
-
-
 def qk_norm_rope_backward(qkv, dout, q_weight, k_weight, cos=None, sin=None, *, num_heads=None, eps=1e-6,
                           interleave=True, q_add_weight=None, k_add_weight=None, num_txt_tokens=0, seq_len=None,
                           rope_offset=None, dqkv=None, dq_weight=None, dk_weight=None, dq_add_weight=None,
@@ -272,9 +273,13 @@ def qk_norm_rope_backward(qkv, dout, q_weight, k_weight, cos=None, sin=None, *, 
     split = isinstance(qkv, _PAIR)
     q, k = (qkv[0], qkv[1]) if split else (qkv, None)
     dx = dout if dqkv is None else dqkv
+    for role, given in (("qkv", qkv), ("dout", dout), ("dqkv", dx)):
+        if split != isinstance(given, _PAIR) or (split and len(given) != 2):
+            raise PlanError(f"{role}: expected " + ("a (q, k) pair of arrays like qkv" if split else "one array")
+                            + f", got {type(given).__name__}")
     if isinstance(num_heads, _PAIR):
         num_heads = tuple(num_heads)
-    grads = dict(zip(_GRAD_ROLES, (dq_weight, dk_weight, dq_add_weight, dk_add_weight)))
+    grads = dict(zip(WEIGHT_GRADS, (dq_weight, dk_weight, dq_add_weight, dk_add_weight)))
     named = {"dout": dout, "dqkv": dx} if not split else \
         {"dout_q": dout[0], "dout_k": dout[1], "dq": dx[0], "dk": dx[1]}
     named.update((r, g) for r, g in grads.items() if g is not None)
@@ -308,14 +313,12 @@ def qk_norm_rope_backward(qkv, dout, q_weight, k_weight, cos=None, sin=None, *, 
 
 
 def _plan_backward(split, forward, options, named, view, device, tuning=None):
-    from ._backward import plan_backward
-
     req = _request(split, forward, options, view)
     views = {role: view(role, x) for role, x in named.items()}
     views.update(req.arrays())
     dout = (views["dout_q"], views["dout_k"]) if split else views["dout"]
     dx = (views["dq"], views["dk"]) if split else views["dqkv"]
-    grads = {r: views[r] for r in _GRAD_ROLES if r in views}
+    grads = {r: views[r] for r in WEIGHT_GRADS if r in views}
     return plan_backward(req, dout, dx, grads, device, tuning or tuning_for(device)), views
 
 
@@ -329,18 +332,11 @@ def _workspace(workspace, nbytes: int, device_id: int, handle: int):
     if callable(workspace):
         workspace = workspace(nbytes)
     a = describe(workspace, -1, "workspace")
-    if a.device_id != device_id or a.itemsize * _count(a.shape) < nbytes or a.ptr % 16 or \
+    if a.device_id != device_id or a.itemsize * math.prod(a.shape) < nbytes or a.ptr % 16 or \
             any(n > 1 and st != c for n, st, c in zip(a.shape, a.strides, contiguous_strides(a.shape))):
         raise PlanError(f"workspace: expected a contiguous, 16-byte aligned array of at least {nbytes} bytes on GPU "
                         f"{device_id}, got shape {a.shape} of {a.dtype} on device {a.device_id}")
     return a.ptr, None
-
-
-def _count(shape) -> int:
-    n = 1
-    for s in shape:
-        n *= s
-    return n
 
 
 def _stream_object(handle: int):

@@ -20,8 +20,10 @@ namespace bwd {
 enum NormKind : int { NORM_NONE = 0, NORM_HEAD = 1, NORM_FULL = 2 };
 
 // (sum x^2, sum g*x) over `width` consecutive lanes: a power of two <= 32 by shuffles, or whole
-// warps (width a multiple of 32) through shared memory. Every thread of the block calls it.
-__device__ __forceinline__ float2 group_sum(float2 v, u32 width, float2* scratch) {
+// warps (width a multiple of 32) through shared memory. Every thread of the block calls it, with
+// the two halves of scratch in turn: a warp that writes one half again has passed the barrier of
+// the call between, which every warp reaches only after reading it (one barrier a call).
+__device__ __forceinline__ float2 group_sum(float2 v, u32 width, float2 (&scratch)[2][32], u32& turn) {
 #pragma unroll
     for (u32 off = 16; off > 0; off >>= 1) {
         const float a = __shfl_xor_sync(0xffffffffu, v.x, off);
@@ -33,14 +35,15 @@ __device__ __forceinline__ float2 group_sum(float2 v, u32 width, float2* scratch
     }
     if (width <= 32) return v;
     const u32 warp = linear_tid() / 32, per = width / 32, first = warp / per * per;
-    if (linear_tid() % 32 == 0) scratch[warp] = v;
+    float2* half = scratch[turn];
+    turn ^= 1u;
+    if (linear_tid() % 32 == 0) half[warp] = v;
     __syncthreads();
     float2 s = make_float2(0.f, 0.f);
     for (u32 w = first; w < first + per; ++w) {
-        s.x += scratch[w].x;
-        s.y += scratch[w].y;
+        s.x += half[w].x;
+        s.y += half[w].y;
     }
-    __syncthreads();   // scratch is reused by the next row
     return s;
 }
 
@@ -95,7 +98,8 @@ __device__ __forceinline__ void backward(const BwdParams& p, float4* acc) {
     constexpr int PARTS = ROPE == ROPE_HALF ? 2 : 1;
     constexpr int WM = NORM == NORM_FULL ? ITEMS : 1;    // weight slices a thread sums into
     constexpr int SLOTS = NORM == NORM_NONE ? 0 : WM * PARTS;
-    __shared__ float2 scratch[32];
+    __shared__ float2 scratch[2][32];
+    u32 turn = 0;
 
     const u32 j = threadIdx.x % (u32)p.tj, hl = threadIdx.x / (u32)p.tj;
     const int stride = p.head_dim / PARTS;   // rotate_half: part 1 sits D/2 after part 0
@@ -203,10 +207,10 @@ __device__ __forceinline__ void backward(const BwdParams& p, float4* acc) {
                     sums[0].x += sums[m].x;
                     sums[0].y += sums[m].y;
                 }
-                sums[0] = group_sum(sums[0], width, scratch);
+                sums[0] = group_sum(sums[0], width, scratch, turn);
             } else {
 #pragma unroll
-                for (int m = 0; m < ITEMS; ++m) sums[m] = group_sum(sums[m], width, scratch);
+                for (int m = 0; m < ITEMS; ++m) sums[m] = group_sum(sums[m], width, scratch, turn);
             }
 #pragma unroll
             for (int m = 0; m < ITEMS; ++m) {

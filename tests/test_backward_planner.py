@@ -119,3 +119,18 @@ def test_split_gradients_take_their_own_names():
 
 def test_the_struct_is_the_headers_size():
     assert ctypes.sizeof(BwdParams) % 8 == 0
+
+
+def test_the_entry_point_names_bad_input_without_a_gpu():
+    import numpy as np
+
+    import cudit
+
+    x = np.zeros((1, 8, 3 * 2 * 64), np.float32)
+    w = np.ones(64, np.float32)
+    with pytest.raises(PlanError, match=r"^qkv: expected a GPU array, got a host"):
+        cudit.qk_norm_rope_backward(x, x.copy(), w, w, num_heads=2)
+    with pytest.raises(PlanError, match=r"^dout: expected a \(q, k\) pair"):
+        cudit.qk_norm_rope_backward((x, x), x, w, w, num_heads=2)
+    with pytest.raises(PlanError, match=r"^dout: expected shape"):
+        cudit.qk_norm_rope_backward(x, x[..., :64], w, w, num_heads=2)
