@@ -180,13 +180,7 @@ def _segment(req, tokens, d, side, gy, gx, span, w_role, norm, rope, dtype, tabl
     p.dy_sb, p.dy_ss, p.dy_hs = gy.sb, gy.ss, gy.hs
     p.dx_sb, p.dx_ss, p.dx_hs = gx.sb, gx.ss, gx.hs
     cos_t, sin_t = tables
-    if cos_t is not None:
-        p.cos_rb, p.cos_rs, p.cos_hs = cos_t.rb, cos_t.rs, cos_t.hs
-        p.sin_rb, p.sin_rs, p.sin_hs = sin_t.rb, sin_t.rs, sin_t.hs
-        p.tab_rows, p.tab_inner = fast_div(cos_t.rows), fast_div(cos_t.inner)
-        p.tab_dtype = DTYPE_CODES[req.cos.dtype]
-    else:
-        p.tab_rows = p.tab_inner = fast_div(1)
+    _planner.table_fields(p, cos_t, sin_t, req.cos)
     p.span = fast_div(max(1, end - begin))
     p.s_begin, p.seq, p.rows = begin, tokens.seq, tokens.batch * (end - begin)
     p.heads, p.tj, p.th, p.chunks, p.lanes_d, p.head_dim = side.heads, tj, th, chunks, lanes_d, d

@@ -966,13 +966,7 @@ def _params(req, cfg: LaunchConfig, tokens, d, q, k, oq, ok, widths, dual, cos_t
             sp.w_dtype = DTYPE_CODES[weight.dtype]
         if bias is not None:
             sp.b_dtype = DTYPE_CODES[bias.dtype]
-    if cos_t is not None:
-        p.cos_rb, p.cos_rs, p.cos_hs = cos_t.rb, cos_t.rs, cos_t.hs
-        p.sin_rb, p.sin_rs, p.sin_hs = sin_t.rb, sin_t.rs, sin_t.hs
-        p.tab_rows, p.tab_inner = fast_div(cos_t.rows), fast_div(cos_t.inner)
-        p.tab_dtype = DTYPE_CODES[req.cos.dtype]
-    else:
-        p.tab_rows = p.tab_inner = fast_div(1)
+    table_fields(p, cos_t, sin_t, req.cos)
     p.seq = fast_div(tokens.seq)
     p.num_txt = req.num_txt_tokens if dual else 0
     p.total_rows = 2 * tokens.count
@@ -982,6 +976,17 @@ def _params(req, cfg: LaunchConfig, tokens, d, q, k, oq, ok, widths, dual, cos_t
     p.lanes_d = cfg.lanes_d
     p.eps = float(req.eps)
     return p
+
+
+def table_fields(p, cos_t: Table | None, sin_t: Table | None, cos: ArrayInfo | None) -> None:
+    """The cos/sin fields Params and BwdParams share: strides, row counts, dtype."""
+    if cos_t is None:
+        p.tab_rows = p.tab_inner = fast_div(1)
+        return
+    p.cos_rb, p.cos_rs, p.cos_hs = cos_t.rb, cos_t.rs, cos_t.hs
+    p.sin_rb, p.sin_rs, p.sin_hs = sin_t.rb, sin_t.rs, sin_t.hs
+    p.tab_rows, p.tab_inner = fast_div(cos_t.rows), fast_div(cos_t.inner)
+    p.tab_dtype = DTYPE_CODES[cos.dtype]
 
 
 def _slots(req, dual: bool, cos_t, sin_t, q, k, oq, ok) -> tuple:

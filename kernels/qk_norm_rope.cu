@@ -26,7 +26,6 @@
 
 namespace cudit {
 
-enum NormKind : int { NORM_NONE = 0, NORM_HEAD = 1, NORM_FULL = 2 };
 // TABLE_ANY: shared or per-head cos/sin, told apart at run time by the head strides.
 // TABLE_SHARED: the planner promises one [S, D] slice for all heads (cos_hs == sin_hs == 0).
 enum TableKind : int { TABLE_ANY = 0, TABLE_SHARED = 1 };

@@ -17,8 +17,6 @@
 namespace cudit {
 namespace bwd {
 
-enum NormKind : int { NORM_NONE = 0, NORM_HEAD = 1, NORM_FULL = 2 };
-
 // (sum x^2, sum g*x) over `width` consecutive lanes: a power of two <= 32 by shuffles, or whole
 // warps (width a multiple of 32) through shared memory. Every thread of the block calls it, with
 // the two halves of scratch in turn: a warp that writes one half again has passed the barrier of

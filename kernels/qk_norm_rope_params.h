@@ -16,6 +16,7 @@ typedef struct FastDiv { cudit_u32 d, m, s; } FastDiv;
 #endif
 
 enum RopeMode { ROPE_NONE = 0, ROPE_INTERLEAVED = 1, ROPE_HALF = 2 };
+enum NormKind { NORM_NONE = 0, NORM_HEAD = 1, NORM_FULL = 2 };
 // Full-dim rows under tensor parallelism (Params.stats, [tokens, 2] fp32: Q's and K's sums of
 // squares), a variant's template argument: STATS_WRITE stores each row's sum over this rank's
 // heads and writes no output; STATS_READ normalises by the all-reduced sums instead of summing.

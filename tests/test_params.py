@@ -53,4 +53,4 @@ def test_codes_the_kernels_switch_on_match_the_python_tables():
     kernels = HEADER.parent
     assert _enum(kernels / "cudit_common.cuh", "DTypeCode") == {"DT_" + k.upper(): v for k, v in DTYPE_CODES.items()}
     assert _enum(HEADER, "RopeMode") == {"ROPE_" + k.upper(): v for k, v in ROPE_CODES.items()}
-    assert _enum(kernels / "qk_norm_rope.cu", "NormKind") == {"NORM_" + k.upper(): v for k, v in NORM_CODES.items()}
+    assert _enum(HEADER, "NormKind") == {"NORM_" + k.upper(): v for k, v in NORM_CODES.items()}
