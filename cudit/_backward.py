@@ -17,7 +17,9 @@ from ._tuning import DeviceSpec, Tuning
 from ._variants import BACKWARD_BY_NAME, BACKWARD_ITEMS, DTYPE_CODES, BackwardVariant, natural_parts
 
 BLOCK_TARGET = 256   # threads a block when several rows share one
-SMEM_LIMIT = 48 * 1024   # dynamic shared memory a launch gets without opting in: the weight sums
+# Shared memory a block gets without opting in, less 1 KB for the kernel's own (its reduction
+# scratch): the rest holds the weight sums.
+SMEM_LIMIT = 47 * 1024
 WEIGHT_GRADS = ("dq_weight", "dk_weight", "dq_add_weight", "dk_add_weight")
 
 

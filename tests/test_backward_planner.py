@@ -57,7 +57,8 @@ def test_dual_stream_splits_each_side_at_the_text_tokens():
     assert [s.slots[3][0] for s in p.segments] == ["q_add_weight", "q_weight", "k_add_weight", "k_weight"]
 
 
-@pytest.mark.parametrize("heads,norm", [((40, 40, 40), "full"), ((130, 2, 0), "head"), ((1, 1, 1), "head")])
+@pytest.mark.parametrize("heads,norm", [((40, 40, 40), "full"), ((130, 2, 0), "head"), ((1, 1, 1), "head"),
+                                        ((88, 88, 0), "full")])
 def test_every_head_is_covered_within_the_bound(heads, norm):
     n = D if norm == "head" else heads[0] * D
     req, x = packed(heads=heads, q_weight=weights(n), k_weight=weights(n if norm == "head" else heads[1] * D))
@@ -65,7 +66,7 @@ def test_every_head_is_covered_within_the_bound(heads, norm):
         prm = params(seg)
         team, rows = seg.block
         assert team * rows <= BACKWARD_BOUNDS[seg.variant.shape]
-        assert 4 * team * rows * seg.variant.sums <= 48 * 1024
+        assert 4 * team * rows * seg.variant.sums + 512 <= 48 * 1024   # with the kernel's static scratch
         assert prm.chunks * prm.th * seg.variant.items >= h
         assert norm == "head" or prm.chunks == 1
 
