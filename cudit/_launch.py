@@ -18,7 +18,7 @@ from . import _modules
 from ._arrays import framework_of
 from ._errors import driver_module
 from ._params import POINTERS, Params
-from ._planner import Plan, check_fits
+from ._planner import Plan, check_block_fits, check_fits
 from ._tuning import DeviceSpec, Tuning, tuning_for
 
 # Programmatic dependent launch on sm_90+: a kernel may start while the previous one in the
@@ -193,12 +193,17 @@ _LAUNCHERS: dict = {}
 
 def launcher(device_id: int, p: Plan) -> Launcher:
     """The Launcher of a plan on a device, built and checked once (per PDL setting)."""
-    key = (device_id, p, PDL)
-    hit = _LAUNCHERS.get(key)
+    return _cached(_LAUNCHERS, Launcher, device_id, p)
+
+
+def _cached(cache: dict, make, device_id: int, plan):
+    """make(device_id, plan, PDL), built once per key."""
+    key = (device_id, plan, PDL)
+    hit = cache.get(key)
     if hit is None:
-        if len(_LAUNCHERS) > 4096:
-            _LAUNCHERS.clear()
-        hit = _LAUNCHERS[key] = Launcher(device_id, p, PDL)
+        if len(cache) > 4096:
+            cache.clear()
+        hit = cache[key] = make(device_id, plan, PDL)
     return hit
 
 
@@ -276,8 +281,7 @@ class BackwardLauncher:
         for seg in plan.segments:
             threads = seg.block[0] * seg.block[1]
             smem = 4 * threads * seg.variant.sums
-            meta = _modules.kernel_meta(man, st.image, seg.variant)
-            _check_block(seg.variant.name, threads, smem, st.spec, meta)
+            check_block_fits(seg.variant.name, threads, smem, st.spec, _modules.kernel_meta(man, st.image, seg.variant))
             kernel = _modules.load_kernel(st.image, seg.variant.name)
             resident = kernel.occupancy.max_active_blocks_per_multiprocessor(threads, smem) * st.spec.sms
             grid = min(seg.row_groups, max(1, resident))
@@ -313,15 +317,6 @@ class BackwardLauncher:
                 _check(driver.cuCtxPopCurrent())
 
 
-def _check_block(name: str, threads: int, smem: int, spec: DeviceSpec, meta: dict) -> None:
-    if threads > meta["max_threads"] or meta["registers"] * threads > spec.max_regs_per_block or \
-            smem + meta.get("static_smem", 0) > spec.max_smem_per_block:
-        from ._errors import PlanError
-
-        raise PlanError(f"{name} does not fit sm_{spec.arch[0]}{spec.arch[1]}: {threads} threads, "
-                        f"{meta['registers']} registers, {smem} bytes of shared memory")
-
-
 def _launch_struct(config, kernel, params: bytes, stream: int) -> None:
     """Launch with one struct argument, on a stream given as a handle."""
     blob = ctypes.create_string_buffer(params, len(params))
@@ -334,10 +329,5 @@ _BACKWARD: dict = {}
 
 
 def backward_launcher(device_id: int, plan) -> BackwardLauncher:
-    key = (device_id, plan, PDL)
-    hit = _BACKWARD.get(key)
-    if hit is None:
-        if len(_BACKWARD) > 1024:
-            _BACKWARD.clear()
-        hit = _BACKWARD[key] = BackwardLauncher(device_id, plan, PDL)
-    return hit
+    """The BackwardLauncher of a backward plan on a device, built and checked once."""
+    return _cached(_BACKWARD, BackwardLauncher, device_id, plan)

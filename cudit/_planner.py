@@ -1015,7 +1015,13 @@ def _slots(req, dual: bool, cos_t, sin_t, q, k, oq, ok) -> tuple:
 
 def check_fits(p: Plan, device: DeviceSpec, kernel_meta: dict) -> None:
     """Raise if a plan exceeds the device's or the compiled kernel's limits."""
-    block, regs = p.config.block, kernel_meta["registers"]
+    check_block_fits(p.kernel, p.config.block, p.smem, device, kernel_meta)
+
+
+def check_block_fits(kernel: str, block: int, smem: int, device: DeviceSpec, kernel_meta: dict) -> None:
+    """Raise if a block of `block` threads and `smem` dynamic bytes exceeds the device's or the
+    compiled kernel's limits."""
+    regs = kernel_meta["registers"]
     problems = []
     if block > device.max_threads_per_block:
         problems.append(f"{block} threads > {device.max_threads_per_block} per block")
@@ -1023,8 +1029,8 @@ def check_fits(p: Plan, device: DeviceSpec, kernel_meta: dict) -> None:
         problems.append(f"{block} threads > the kernel's bound of {kernel_meta['max_threads']}")
     if regs * block > device.max_regs_per_block:
         problems.append(f"{regs} registers x {block} threads > {device.max_regs_per_block}")
-    smem = kernel_meta.get("static_smem", 0) + p.smem
+    smem = kernel_meta.get("static_smem", 0) + smem
     if smem > device.max_smem_per_block:
         problems.append(f"{smem} bytes of shared memory > {device.max_smem_per_block}")
     if problems:
-        raise PlanError(f"{p.kernel} does not fit sm_{device.arch[0]}{device.arch[1]}: " + "; ".join(problems))
+        raise PlanError(f"{kernel} does not fit sm_{device.arch[0]}{device.arch[1]}: " + "; ".join(problems))

@@ -14,9 +14,9 @@ import torch
 import torch.nn.functional as F
 
 import cudit.torch as ct
+from wan_block_torch import DIM, EPS, HEAD_DIM, HEADS, rms_norm, rope, tables   # the plain-PyTorch block's parts
 
-HEADS, HEAD_DIM, RANK, EPS = 12, 128, 16, 1e-6
-DIM = HEADS * HEAD_DIM
+RANK = 16
 
 
 class LoRALinear(torch.nn.Module):
@@ -50,28 +50,6 @@ class WanSelfAttention(torch.nn.Module):
         q, k, v = (t.reshape(b, s, HEADS, HEAD_DIM).transpose(1, 2) for t in (q, k, v))
         o = F.scaled_dot_product_attention(q, k, v)
         return self.o(o.transpose(1, 2).reshape(b, s, DIM))
-
-
-def rms_norm(x, w):
-    xf = x.float()
-    return (xf * torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + EPS) * w.float()).to(x.dtype)
-
-
-def rope(x, cos, sin):
-    """Interleaved RoPE with pair-duplicated [S, D] tables, as WAN builds them."""
-    b, s, _ = x.shape
-    xf = x.float().view(b, s, HEADS, HEAD_DIM)
-    a, c = xf.unflatten(-1, (-1, 2)).unbind(-1)
-    rot = torch.stack((-c, a), dim=-1).flatten(-2)
-    out = xf * cos.view(1, s, 1, HEAD_DIM) + rot * sin.view(1, s, 1, HEAD_DIM)
-    return out.to(x.dtype).view(b, s, DIM)
-
-
-def tables(s):
-    pos = torch.arange(s, device="cuda", dtype=torch.float32)[:, None]
-    freq = 10000.0 ** (-torch.arange(0, HEAD_DIM, 2, device="cuda") / HEAD_DIM)
-    ang = (pos * freq).repeat_interleave(2, dim=-1)
-    return torch.cos(ang), torch.sin(ang)
 
 
 def step(block, x, target, cos, sin, fused, forward=None):
