@@ -14,9 +14,10 @@ from ._arrays import ITEMSIZE, ArrayInfo
 from ._params import BwdParams, ReduceParams, fast_div
 from ._planner import Request, _fail
 from ._tuning import DeviceSpec, Tuning
-from ._variants import BACKWARD_BY_NAME, BACKWARD_ITEMS, DTYPE_CODES, BackwardVariant, natural_parts
+from ._variants import (BACKWARD_BY_NAME, BACKWARD_ITEMS, DTYPE_CODES, SHARED_TABLE_ROPES, BackwardVariant,
+                        natural_parts)
 
-BLOCK_TARGET = 256   # threads a block when several rows share one
+BLOCK_TARGET = 256   # threads a block for rows with no block-wide sum (perf-notes v20)
 # Shared memory a block gets without opting in, less 1 KB for the kernel's own (its reduction
 # scratch): the rest holds the weight sums.
 SMEM_LIMIT = 47 * 1024
@@ -28,8 +29,8 @@ class Segment:
     """One launch of the backward kernel: one side's rows of one weight stream."""
 
     variant: BackwardVariant
-    block: tuple             # (team, rows a block)
-    row_groups: int          # blocks it takes to give every row group its own
+    block: tuple             # (team, rows a block); full-dim: the most, the launch takes the fewest that fill the GPU
+    rows: int                # rows (tokens of this side and stream)
     template: bytes          # BwdParams with null pointers
     slots: tuple             # BwdParams' pointers: (role, byte offset) or None
     grad: str | None         # the weight gradient its partial sums add up to, if one is wanted
@@ -109,12 +110,13 @@ def _legal_team(tj: int, th: int) -> bool:
     return (tj * th <= 32 and _planner._is_pow2(tj * th)) or tj * th % 32 == 0
 
 
-def _geometry(lanes_d: int, d: int, heads: int, full: bool, dtype: str, rope: str, norm: str, forced=None):
+def _geometry(lanes_d: int, d: int, heads: int, full: bool, dtype: str, rope: str, norm: str, shared: bool,
+              forced=None):
     """(variant, tj, th, chunks): the most heads a thread (more values in flight for the
     registers: perf-notes v19) that give each head lane one chunk within the variant's bound;
     else (per head, no full-dim sum to hold) the most head lanes that fit, looping over chunks."""
     tj = _planner._next_pow2(lanes_d)
-    built = [v for v in (BackwardVariant(dtype, rope, norm, i) for i in BACKWARD_ITEMS)
+    built = [v for v in (BackwardVariant(dtype, rope, norm, i, shared) for i in BACKWARD_ITEMS)
              if v.name in BACKWARD_BY_NAME and forced in (None, v.items)]
     for v in reversed(built):
         th = -(-heads // v.items)
@@ -173,15 +175,17 @@ def plan_backward(req: Request, dout, dx, grads: dict, device: DeviceSpec, tunin
 def _segment(req, tokens, d, side, gy, gx, span, w_role, norm, rope, dtype, tables, grads, tuning) -> Segment:
     vec = 16 // ITEMSIZE[dtype]
     lanes_d = d // (vec * natural_parts(rope))
-    variant, tj, th, chunks = _geometry(lanes_d, d, side.heads, norm == "full", dtype, rope, norm, tuning.backward_items)
+    cos_t, sin_t = tables
+    # One table row for every head: held a row, where that form is built.
+    shared = rope in SHARED_TABLE_ROPES and cos_t.hs == 0 and sin_t.hs == 0
+    variant, tj, th, chunks = _geometry(lanes_d, d, side.heads, norm == "full", dtype, rope, norm, shared,
+                                        tuning.backward_items)
     team = tj * th
-    rows_y = max(1, min(_most_threads(variant), BLOCK_TARGET) // team)   # several rows a block where rows are small
     begin, end = span
     p = BwdParams()
     p.x_sb, p.x_ss, p.x_hs = side.sb, side.ss, side.hs
     p.dy_sb, p.dy_ss, p.dy_hs = gy.sb, gy.ss, gy.hs
     p.dx_sb, p.dx_ss, p.dx_hs = gx.sb, gx.ss, gx.hs
-    cos_t, sin_t = tables
     _planner.table_fields(p, cos_t, sin_t, req.cos)
     p.span = fast_div(max(1, end - begin))
     p.s_begin, p.seq, p.rows = begin, tokens.seq, tokens.batch * (end - begin)
@@ -199,7 +203,8 @@ def _segment(req, tokens, d, side, gy, gx, span, w_role, norm, rope, dtype, tabl
              ("cos", cos_t.offset * req.cos.itemsize) if cos_t is not None else None,
              ("sin", sin_t.offset * req.sin.itemsize) if cos_t is not None else None,
              ("workspace", 0) if grad else None)
-    return Segment(variant, (team, rows_y), -(-p.rows // rows_y), bytes(p), slots, grad,
+    rows_y = _most_threads(variant) if norm == "full" else min(_most_threads(variant), BLOCK_TARGET)
+    return Segment(variant, (team, max(1, rows_y // team)), p.rows, bytes(p), slots, grad,
                    grads[grad].dtype if grad else None, width)
 
 

@@ -279,13 +279,16 @@ class BackwardLauncher:
         man = _modules.manifest()
         self.steps = []
         for seg in plan.segments:
-            threads = seg.block[0] * seg.block[1]
+            kernel = _modules.load_kernel(st.image, seg.variant.name)
+            # Full-dim rows sum over their block each row: the fewest rows a block that keep the
+            # most threads resident; other rows keep the planner's.
+            block = _fewest_rows_filling(kernel, *seg.block, seg.variant.sums) if seg.variant.norm == "full" else seg.block
+            threads = block[0] * block[1]
             smem = 4 * threads * seg.variant.sums
             check_block_fits(seg.variant.name, threads, smem, st.spec, _modules.kernel_meta(man, st.image, seg.variant))
-            kernel = _modules.load_kernel(st.image, seg.variant.name)
-            resident = kernel.occupancy.max_active_blocks_per_multiprocessor(threads, smem) * st.spec.sms
-            grid = min(seg.row_groups, max(1, resident))
-            self.steps.append((seg, kernel.handle, smem, grid))
+            per_sm = kernel.occupancy.max_active_blocks_per_multiprocessor(threads, smem)
+            grid = min(-(-seg.rows // block[1]), max(1, per_sm * st.spec.sms))
+            self.steps.append((seg, kernel.handle, block, smem, grid))
         self.reduce = _modules.load_kernel(st.image, BACKWARD_REDUCE).handle
         self.pdl = pdl and st.spec.arch >= (9, 0)
         self.workspace_bytes = 4 * plan.workspace_floats([g for *_, g in self.steps])
@@ -301,20 +304,33 @@ class BackwardLauncher:
         if pushed:
             _check(driver.cuCtxPushCurrent(driver.CUcontext(self.context)))
         try:
-            for seg, kernel, smem, grid in self.steps:
+            for seg, kernel, block, smem, grid in self.steps:
                 if grid:
                     prm = BwdParams.from_buffer_copy(seg.template)
                     for i, slot in enumerate(seg.slots):
                         if slot is not None:
                             base = workspace if slot[0] == "workspace" else pointers[slot[0]]
                             struct.pack_into("<Q", prm, 8 * i, base + slot[1])
-                    _launch_struct(launch_config(grid, seg.block, smem, self.pdl), kernel, bytes(prm), stream)
+                    _launch_struct(launch_config(grid, block, smem, self.pdl), kernel, bytes(prm), stream)
                 if seg.grad:   # no rows (every token text, say): the sum over no slots, zeros
                     blob = reduce_params(workspace, pointers[seg.grad], grid, seg.width, seg.grad_dtype)
                     _launch_struct(launch_config(-(-seg.width // 32), (32, 32), 0, self.pdl), self.reduce, blob, stream)
         finally:
             if pushed:
                 _check(driver.cuCtxPopCurrent())
+
+
+def _fewest_rows_filling(kernel, team: int, most: int, sums: int) -> tuple:
+    """(team, rows): the fewest rows a block, of whole warps (the warp-wide sums), that keep the
+    most threads resident by the kernel's occupancy (its registers, its weight sums' shared memory)."""
+    best = (0, most)
+    for rows in range(1, most + 1):
+        threads = team * rows
+        if threads % 32 == 0:
+            resident = kernel.occupancy.max_active_blocks_per_multiprocessor(threads, 4 * threads * sums) * threads
+            if resident > best[0]:
+                best = (resident, rows)
+    return team, best[1]
 
 
 def _launch_struct(config, kernel, params: bytes, stream: int) -> None:

@@ -191,7 +191,13 @@ BY_NAME = {v.name: v for v in all_variants()}
 # the launch bound by (values of x that makes a thread hold, vectors an item): the most threads
 # whose registers hold them with no spill on any architecture.
 BACKWARD_ITEMS = (1, 2, 4)
-BACKWARD_BOUNDS = {(4, 1): 768, (8, 1): 640, (16, 1): 512, (32, 1): 512, (8, 2): 640, (16, 2): 512, (32, 2): 384}
+BACKWARD_BOUNDS = {(4, 1): 768, (8, 1): 768, (16, 1): 640, (32, 1): 576, (8, 2): 640, (16, 2): 512, (32, 2): 384}
+# (arch, dtype, held, parts) whose variants spilled at that bound: the bound they fit.
+BACKWARD_ARCH_BOUNDS = {("sm_80", "bf16", 32, 1): 512, ("sm_80", "f16", 32, 1): 512, ("sm_90", "f16", 32, 1): 512,
+                        ("sm_80", "f32", 16, 1): 512, ("sm_86", "f32", 16, 1): 512, ("sm_89", "f32", 16, 1): 512}
+# Rope modes with a shared-table form (the token's table row held a row): rotate_half would hold
+# two table vectors an item, whose registers cost more than the reads save (perf-notes v20).
+SHARED_TABLE_ROPES = ("interleaved",)
 BACKWARD_REDUCE = "qknr_bwd_reduce"   # its second pass: the weight gradient's partial sums added
 
 
@@ -201,10 +207,11 @@ class BackwardVariant:
     rope: str
     norm: str
     items: int                   # heads a thread holds
+    shared_table: bool = False   # one cos/sin row for every head, read once a row and held
 
     @property
     def name(self) -> str:
-        return f"qknr_bwd_{self.dtype}_{self.rope}_{self.norm}_i{self.items}"
+        return f"qknr_bwd_{self.dtype}_{self.rope}_{self.norm}_i{self.items}" + ("_st" if self.shared_table else "")
 
     @property
     def vec(self) -> int:
@@ -226,19 +233,23 @@ class BackwardVariant:
         return self.held, natural_parts(self.rope)
 
     def bound(self, arch: str = "") -> int:
-        return BACKWARD_BOUNDS[self.shape]
+        """The launch bound on one architecture; with none, the least on any (what plans keep to)."""
+        if not arch:
+            return min(self.bound(a) for a in ARCHS)
+        return BACKWARD_ARCH_BOUNDS.get((arch, self.dtype) + self.shape, BACKWARD_BOUNDS[self.shape])
 
     def instantiation(self, arch: str = "") -> str:
         args = (self.name, C_TYPES[self.dtype], ROPE_CODES[self.rope], NORM_CODES[self.norm], self.items,
-                self.bound(arch))
+                str(self.shared_table).lower(), self.bound(arch))
         return f"CUDIT_QKNR_BWD({', '.join(str(a) for a in args)})"
 
 
 @functools.lru_cache(maxsize=None)
 def backward_variants() -> tuple:
-    return tuple(v for v in (BackwardVariant(dt, rope, norm, items) for dt, rope, norm, items in
-                             itertools.product(ACT_DTYPES, ROPE_CODES, NORM_CODES, BACKWARD_ITEMS))
-                 if not (v.rope == "none" and v.norm == "none") and v.shape in BACKWARD_BOUNDS)
+    return tuple(v for v in (BackwardVariant(dt, rope, norm, items, st) for dt, rope, norm, items, st in
+                             itertools.product(ACT_DTYPES, ROPE_CODES, NORM_CODES, BACKWARD_ITEMS, (False, True)))
+                 if not (v.rope == "none" and v.norm == "none") and v.shape in BACKWARD_BOUNDS
+                 and (not v.shared_table or v.rope in SHARED_TABLE_ROPES))
 
 
 BACKWARD_BY_NAME = {v.name: v for v in backward_variants()}

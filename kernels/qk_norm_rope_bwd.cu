@@ -17,11 +17,9 @@
 namespace cudit {
 namespace bwd {
 
-// (sum x^2, sum g*x) over `width` consecutive lanes: a power of two <= 32 by shuffles, or whole
-// warps (width a multiple of 32) through shared memory. Every thread of the block calls it, with
-// the two halves of scratch in turn: a warp that writes one half again has passed the barrier of
-// the call between, which every warp reaches only after reading it (one barrier a call).
-__device__ __forceinline__ float2 group_sum(float2 v, u32 width, float2 (&scratch)[2][32], u32& turn) {
+// Butterfly sums over the warp under the full mask, adding only partners closer than `width`
+// (a power of two <= 32): every lane of a group ends with the same bits (addition commutes).
+__device__ __forceinline__ float2 warp_sum(float2 v, u32 width) {
 #pragma unroll
     for (u32 off = 16; off > 0; off >>= 1) {
         const float a = __shfl_xor_sync(0xffffffffu, v.x, off);
@@ -31,18 +29,27 @@ __device__ __forceinline__ float2 group_sum(float2 v, u32 width, float2 (&scratc
             v.y += b;
         }
     }
+    return v;
+}
+
+// (sum x^2, sum g*x) over `width` consecutive lanes: a power of two <= 32 by shuffles, or whole
+// warps (width a multiple of 32): their sums through shared memory, added in order from the
+// row's first warp over its `per` warps. Every thread of the block calls it, with the two halves
+// of scratch in turn: a warp that writes one half again has passed the barrier of the call
+// between, which every warp reaches only after reading it (one barrier a call).
+__device__ __forceinline__ float2 group_sum(float2 v, u32 width, u32 first, u32 per, float2 (&scratch)[2][32], u32& turn) {
+    v = warp_sum(v, width);
     if (width <= 32) return v;
-    const u32 warp = linear_tid() / 32, per = width / 32, first = warp / per * per;
     float2* half = scratch[turn];
     turn ^= 1u;
-    if (linear_tid() % 32 == 0) half[warp] = v;
+    if (linear_tid() % 32 == 0) half[linear_tid() / 32] = v;
     __syncthreads();
-    float2 s = make_float2(0.f, 0.f);
+    float2 t = make_float2(0.f, 0.f);
     for (u32 w = first; w < first + per; ++w) {
-        s.x += half[w].x;
-        s.y += half[w].y;
+        t.x += half[w].x;
+        t.y += half[w].y;
     }
-    return s;
+    return t;
 }
 
 // dz = rope^T(dy) on one vector: interleaved pairs (2i, 2i + 1) rotate inside it.
@@ -56,20 +63,21 @@ __device__ __forceinline__ void unrotate_pairs(float (&v)[VEC], const float (&c)
     }
 }
 
-// dz = rope^T(dy) for one item (PARTS vectors): the table read where used (L1 holds a token's row
-// for all its heads), so nothing but dy is held between the two halves of a row.
-template <typename T, int ROPE, int PARTS, int VEC>
-__device__ __forceinline__ void item_dz(const BwdParams& p, const Packet<T, VEC> (&py)[PARTS], i64 cos_at,
-                                        i64 sin_at, int stride, float (&dz)[PARTS][VEC]) {
-#pragma unroll
-    for (int q = 0; q < PARTS; ++q) py[q].to_floats(dz[q]);
-    if (ROPE == ROPE_NONE) return;
-    float c[PARTS][VEC], sn[PARTS][VEC];
+// This thread's cos and sin values of one item (PARTS vectors).
+template <int PARTS, int VEC>
+__device__ __forceinline__ void load_table(const BwdParams& p, i64 cos_at, i64 sin_at, int stride, float (&c)[PARTS][VEC],
+                                           float (&sn)[PARTS][VEC]) {
 #pragma unroll
     for (int q = 0; q < PARTS; ++q) {
         load_floats<VEC>(p.cos, p.tab_dtype, cos_at + q * stride, c[q]);
         load_floats<VEC>(p.sin, p.tab_dtype, sin_at + q * stride, sn[q]);
     }
+}
+
+// dz = rope^T(dy) on one item, in place.
+template <int ROPE, int PARTS, int VEC>
+__device__ __forceinline__ void rotate_back(float (&dz)[PARTS][VEC], const float (&c)[PARTS][VEC],
+                                            const float (&sn)[PARTS][VEC]) {
     if (ROPE == ROPE_INTERLEAVED) {
         unrotate_pairs<VEC>(dz[0], c[0], sn[0]);
         return;
@@ -82,6 +90,24 @@ __device__ __forceinline__ void item_dz(const BwdParams& p, const Packet<T, VEC>
     }
 }
 
+// dz = rope^T(dy) for one item. SHARED: every head uses the same table row, read once a row into
+// (c, sn); otherwise each head's is read here (L1 holds a token's rows for all its heads).
+template <typename T, int ROPE, int PARTS, int VEC, bool SHARED>
+__device__ __forceinline__ void item_dz(const BwdParams& p, const Packet<T, VEC> (&py)[PARTS], i64 cos_at,
+                                        i64 sin_at, int stride, const float (&c)[PARTS][VEC],
+                                        const float (&sn)[PARTS][VEC], float (&dz)[PARTS][VEC]) {
+#pragma unroll
+    for (int q = 0; q < PARTS; ++q) py[q].to_floats(dz[q]);
+    if (ROPE == ROPE_NONE) return;
+    if (SHARED) {
+        rotate_back<ROPE, PARTS, VEC>(dz, c, sn);
+    } else {
+        float hc[PARTS][VEC], hs[PARTS][VEC];
+        load_table<PARTS, VEC>(p, cos_at, sin_at, stride, hc, hs);
+        rotate_back<ROPE, PARTS, VEC>(dz, hc, hs);
+    }
+}
+
 // The norm weight of head h at this thread's values (per head: every head's is the same).
 template <int NORM, int PARTS, int VEC>
 __device__ __forceinline__ void item_weight(const BwdParams& p, int h, int d, int stride, float (&w)[PARTS][VEC]) {
@@ -90,7 +116,23 @@ __device__ __forceinline__ void item_weight(const BwdParams& p, int h, int d, in
         load_floats<VEC>(p.w, p.w_dtype, (NORM == NORM_FULL ? h * p.head_dim : 0) + d + q * stride, w[q]);
 }
 
-template <typename T, int ROPE, int NORM, int ITEMS>
+// acc[k * threads] += v (float4 k), and v = 0 for the next head's terms.
+template <int VEC>
+__device__ __forceinline__ void add_sums(float4* acc, u32 threads, float (&v)[VEC]) {
+#pragma unroll
+    for (int k = 0; k < VEC / 4; ++k) {
+        float4 a = acc[k * threads];
+        a.x += v[4 * k];
+        a.y += v[4 * k + 1];
+        a.z += v[4 * k + 2];
+        a.w += v[4 * k + 3];
+        acc[k * threads] = a;
+    }
+#pragma unroll
+    for (int e = 0; e < VEC; ++e) v[e] = 0.f;
+}
+
+template <typename T, int ROPE, int NORM, int ITEMS, bool SHARED>
 __device__ __forceinline__ void backward(const BwdParams& p, float4* acc) {
     constexpr int VEC = 16 / (int)sizeof(T);
     constexpr int PARTS = ROPE == ROPE_HALF ? 2 : 1;
@@ -104,6 +146,7 @@ __device__ __forceinline__ void backward(const BwdParams& p, float4* acc) {
     const int d = (int)j * VEC;
     const bool lane_ok = (int)j < p.lanes_d;
     const u32 width = NORM == NORM_FULL ? blockDim.x : (u32)p.tj;
+    const u32 per = width / 32, first_warp = per ? linear_tid() / 32 / per * per : 0;   // a row's warps
     // Head offsets fit 32 bits (the planner checks): one multiply a head.
     const int x_hs = (int)p.x_hs, dy_hs = (int)p.dy_hs, dx_hs = (int)p.dx_hs, cos_hs = (int)p.cos_hs,
               sin_hs = (int)p.sin_hs;
@@ -142,6 +185,8 @@ __device__ __forceinline__ void backward(const BwdParams& p, float4* acc) {
             cos_at = (i64)tb * p.cos_rb + (i64)ts * p.cos_rs + d;
             sin_at = (i64)tb * p.sin_rb + (i64)ts * p.sin_rs + d;
         }
+        float tc[PARTS][VEC], tsn[PARTS][VEC];   // SHARED: this thread's slice of the token's table row
+        if (SHARED && ROPE != ROPE_NONE && row_ok && lane_ok) load_table<PARTS, VEC>(p, cos_at, sin_at, stride, tc, tsn);
 
         // Per head (and with no norm) a thread takes its heads ITEMS at a time; full-dim rows fit one chunk.
         for (int chunk = 0; chunk < p.chunks; ++chunk) {
@@ -167,7 +212,7 @@ __device__ __forceinline__ void backward(const BwdParams& p, float4* acc) {
                     const int h = first + m * p.th;
                     if (!(row_ok && lane_ok && h < p.heads)) continue;
                     float dz[PARTS][VEC];
-                    item_dz<T, ROPE, PARTS, VEC>(p, py[m], cos_at + h * cos_hs, sin_at + h * sin_hs, stride, dz);
+                    item_dz<T, ROPE, PARTS, VEC, SHARED>(p, py[m], cos_at + h * cos_hs, sin_at + h * sin_hs, stride, tc, tsn, dz);
 #pragma unroll
                     for (int q = 0; q < PARTS; ++q) {
                         Packet<T, VEC> out;
@@ -186,7 +231,7 @@ __device__ __forceinline__ void backward(const BwdParams& p, float4* acc) {
                 sums[m] = make_float2(0.f, 0.f);
                 if (!(row_ok && lane_ok && h < p.heads)) continue;
                 float dz[PARTS][VEC], w[PARTS][VEC];
-                item_dz<T, ROPE, PARTS, VEC>(p, py[m], cos_at + h * cos_hs, sin_at + h * sin_hs, stride, dz);
+                item_dz<T, ROPE, PARTS, VEC, SHARED>(p, py[m], cos_at + h * cos_hs, sin_at + h * sin_hs, stride, tc, tsn, dz);
                 if (NORM == NORM_FULL) item_weight<NORM, PARTS, VEC>(p, h, d, stride, w);
 #pragma unroll
                 for (int q = 0; q < PARTS; ++q) {
@@ -205,11 +250,16 @@ __device__ __forceinline__ void backward(const BwdParams& p, float4* acc) {
                     sums[0].x += sums[m].x;
                     sums[0].y += sums[m].y;
                 }
-                sums[0] = group_sum(sums[0], width, scratch, turn);
+                sums[0] = group_sum(sums[0], width, first_warp, per, scratch, turn);
             } else {
 #pragma unroll
-                for (int m = 0; m < ITEMS; ++m) sums[m] = group_sum(sums[m], width, scratch, turn);
+                for (int m = 0; m < ITEMS; ++m) sums[m] = group_sum(sums[m], width, first_warp, per, scratch, turn);
             }
+            float dw[PARTS][VEC];   // per head: the chunk's weight-gradient terms, its heads summed
+#pragma unroll
+            for (int q = 0; q < PARTS; ++q)
+#pragma unroll
+                for (int e = 0; e < VEC; ++e) dw[q][e] = 0.f;
 #pragma unroll
             for (int m = 0; m < ITEMS; ++m) {
                 const int h = first + m * p.th;
@@ -218,29 +268,27 @@ __device__ __forceinline__ void backward(const BwdParams& p, float4* acc) {
                 const float r = rsqrtf(t.x * p.inv_n + p.eps);
                 const float c2 = r * r * r * p.inv_n * t.y;
                 float dz[PARTS][VEC], w[PARTS][VEC];
-                item_dz<T, ROPE, PARTS, VEC>(p, py[m], cos_at + h * cos_hs, sin_at + h * sin_hs, stride, dz);
+                item_dz<T, ROPE, PARTS, VEC, SHARED>(p, py[m], cos_at + h * cos_hs, sin_at + h * sin_hs, stride, tc, tsn, dz);
                 if (NORM == NORM_FULL) item_weight<NORM, PARTS, VEC>(p, h, d, stride, w);
 #pragma unroll
                 for (int q = 0; q < PARTS; ++q) {
                     float xs[VEC], o[VEC];
                     px[m][q].to_floats(xs);
 #pragma unroll
-                    for (int e = 0; e < VEC; ++e) o[e] = r * ((NORM == NORM_FULL ? w : wh)[q][e] * dz[q][e]) - xs[e] * c2;
+                    for (int e = 0; e < VEC; ++e) {
+                        const float u = dz[q][e] * r;   // dz * r: dx's first term over w, dw's over x
+                        o[e] = (NORM == NORM_FULL ? w : wh)[q][e] * u - xs[e] * c2;
+                        dw[q][e] += u * xs[e];
+                    }
                     Packet<T, VEC> out;
                     out.from_floats(o);
                     out.store(dx + h * dx_hs + q * stride);
-                    float4* a = acc + ((NORM == NORM_FULL ? m : 0) * PARTS + q) * (VEC / 4) * threads + tid;
-#pragma unroll
-                    for (int k = 0; k < VEC / 4; ++k) {
-                        float4 v = a[k * threads];
-                        v.x += dz[q][4 * k] * xs[4 * k] * r;
-                        v.y += dz[q][4 * k + 1] * xs[4 * k + 1] * r;
-                        v.z += dz[q][4 * k + 2] * xs[4 * k + 2] * r;
-                        v.w += dz[q][4 * k + 3] * xs[4 * k + 3] * r;
-                        a[k * threads] = v;
-                    }
+                    if (NORM == NORM_FULL) add_sums<VEC>(acc + (m * PARTS + q) * (VEC / 4) * threads + tid, threads, dw[q]);
                 }
             }
+            if (NORM == NORM_HEAD && row_ok && lane_ok)
+#pragma unroll
+                for (int q = 0; q < PARTS; ++q) add_sums<VEC>(acc + q * (VEC / 4) * threads + tid, threads, dw[q]);
         }
     }
     release_dependents();
@@ -298,10 +346,10 @@ __device__ __forceinline__ void reduce_slots(const ReduceParams& p) {
 }  // namespace cudit
 
 // One entry point a variant; the build (cudit/_variants.py BackwardVariant) writes these lines.
-#define CUDIT_QKNR_BWD(NAME, T, ROPE, NORM, ITEMS, MAX_THREADS)                                         \
+#define CUDIT_QKNR_BWD(NAME, T, ROPE, NORM, ITEMS, SHARED, MAX_THREADS)                                 \
     extern "C" __global__ void __launch_bounds__(MAX_THREADS, 1) NAME(const cudit::BwdParams p) {         \
         extern __shared__ float4 cudit_sums[];                                                             \
-        cudit::bwd::backward<T, ROPE, NORM, ITEMS>(p, cudit_sums);                                         \
+        cudit::bwd::backward<T, ROPE, NORM, ITEMS, SHARED>(p, cudit_sums);                                 \
     }
 
 extern "C" __global__ void __launch_bounds__(1024, 1) qknr_bwd_reduce(const cudit::ReduceParams p) {

@@ -135,3 +135,43 @@ def test_the_entry_point_names_bad_input_without_a_gpu():
         cudit.qk_norm_rope_backward((x, x), x, w, w, num_heads=2)
     with pytest.raises(PlanError, match=r"^dout: expected shape"):
         cudit.qk_norm_rope_backward(x, x[..., :64], w, w, num_heads=2)
+
+
+@pytest.mark.parametrize("cos_shape,rope_kw,shared", [((64, D), {}, True), ((2, 64, 4, D), {}, False),
+                                                      ((64, D), {"interleave": False}, False)])
+def test_a_table_shared_by_every_head_takes_the_variant_that_holds_it(cos_shape, rope_kw, shared):
+    cos = arr(cos_shape, "f32", ptr=0x7F2000000000)
+    req, x = packed(q_weight=weights(), k_weight=weights(), cos=cos, sin=cos, **rope_kw)
+    assert {s.variant.shared_table for s in plan(req).segments} == {shared}
+
+
+def test_plans_keep_to_the_least_bound_of_any_architecture():
+    from cudit._variants import ARCHS, BACKWARD_ARCH_BOUNDS, backward_variants
+
+    for v in backward_variants():
+        assert v.bound() == min(v.bound(a) for a in ARCHS) <= BACKWARD_BOUNDS[v.shape]
+    spilled = [v for v in backward_variants() if any((a, v.dtype) + v.shape in BACKWARD_ARCH_BOUNDS for a in ARCHS)]
+    assert spilled and all(v.bound() < BACKWARD_BOUNDS[v.shape] for v in spilled)
+    req, x = packed(heads=(24, 24, 0), q_weight=weights(24 * D), k_weight=weights(24 * D))
+    for seg in plan(req).segments:
+        assert seg.block[0] * seg.block[1] <= seg.variant.bound()
+
+
+def _occupancy(regs_per_sm=65536, regs=96, smem_per_sm=228 * 1024):
+    """A fake kernel whose blocks are limited by registers and shared memory, as a GPU's are."""
+    def blocks(threads, smem):
+        return min(regs_per_sm // (regs * threads), smem_per_sm // max(smem, 1), 32, 2048 // threads)
+    from types import SimpleNamespace
+    return SimpleNamespace(occupancy=SimpleNamespace(max_active_blocks_per_multiprocessor=blocks))
+
+
+def test_full_dim_blocks_take_the_fewest_rows_that_keep_the_most_threads_resident():
+    from cudit._launch import _fewest_rows_filling
+
+    # 64-thread rows at 96 registers: one row a block fits ten blocks (640 threads); four rows, two (512)
+    assert _fewest_rows_filling(_occupancy(), 64, 8, 32) == (64, 1)
+    # 16-thread rows: blocks are whole warps, so at least two rows
+    assert _fewest_rows_filling(_occupancy(), 16, 16, 8) == (16, 2)
+    # shared memory the limit: the fewest rows of the most resident threads
+    team, rows = _fewest_rows_filling(_occupancy(regs=32, smem_per_sm=64 * 1024), 32, 16, 256)
+    assert (team, rows) == (32, 1)
