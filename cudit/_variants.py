@@ -189,7 +189,7 @@ BY_NAME = {v.name: v for v in all_variants()}
 
 # The backward (kernels/qk_norm_rope_bwd.cu): heads a thread holds between its two halves, and
 # the launch bound by (values of x that makes a thread hold, vectors an item): the most threads
-# whose registers hold them with no spill on any architecture.
+# (the fewest registers, the most warps an SM) whose registers hold them with no spill.
 BACKWARD_ITEMS = (1, 2, 4)
 BACKWARD_BOUNDS = {(4, 1): 768, (8, 1): 768, (16, 1): 640, (32, 1): 576, (8, 2): 640, (16, 2): 512, (32, 2): 384}
 # (arch, dtype, held, parts) whose variants spilled at that bound: the bound they fit.
