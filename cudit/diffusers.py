@@ -9,7 +9,8 @@ one cudit call.
 Every other step of the stock processor (projections, attention backend, masks, output) stays
 as diffusers does it. Attention modules cudit cannot serve keep their stock processor, and
 `enable` logs one line a reason (logger "cudit.diffusers"); calls it cannot serve at run time
-(grad mode with trainable weights, host tensors, other dtypes) go to the stock processor too.
+(host tensors, other dtypes) go to the stock processor too. Under autograd (fine-tuning, LoRA)
+the cudit step is the functional operator, whose backward is cudit's (docs/training.md).
 Supported: WAN 2.x self-attention, FLUX.1 (both block kinds), FLUX.2 (double-stream blocks),
 HunyuanVideo (both block kinds), Cosmos 1.0, LTX-Video and LTX-2 self-attention, Lumina-2,
 Qwen-Image.
@@ -141,9 +142,7 @@ class _Processor:
 
     @staticmethod
     def _runtime_reason(attn, hidden_states) -> str | None:
-        """What of the call itself cudit cannot serve: autograd, host tensors, other dtypes."""
-        if torch.is_grad_enabled() and (hidden_states.requires_grad or any(p.requires_grad for p in attn.parameters())):
-            return "grad mode with trainable weights (the processors work in place: no gradient recorded)"
+        """What of the call itself cudit cannot serve: host tensors, other dtypes."""
         if not hidden_states.is_cuda:
             return "host tensors"
         if hidden_states.dtype not in DTYPES:
@@ -157,14 +156,22 @@ class _Processor:
         return self.stock(attn, *args, **kwargs)
 
     @staticmethod
+    def _in_place(attn, q, k, norms=("norm_q", "norm_k"), **text) -> bool:
+        """Whether the cudit step may overwrite Q and K: autograd records nothing of the call."""
+        weights = [getattr(attn, n).weight for n in norms] + [text.get("q_add_weight"), text.get("k_add_weight")]
+        return not cudit_torch._recorded((q, k), *weights)
+
+    @staticmethod
     def _norm_rope(attn, q, k, rotary, head_dim: int, interleave: bool, norms=("norm_q", "norm_k"), **text):
-        """The one cudit call: Q and K (split, in place) with the module's norm weights and tables."""
+        """The one cudit call: Q and K (split) with the module's norm weights and tables; in place,
+        or, where autograd records it, as new tensors (the functional operator has a backward)."""
         nq, nk = (getattr(attn, n) for n in norms)
         cos, sin = rotary if rotary is not None else (None, None)
         wq, wk = (_norm_weight(n, q) for n in (nq, nk))
-        cudit_torch.qk_norm_rope((q, k), wq, wk, cos, sin,
-                                 num_heads=(q.shape[-1] // head_dim, k.shape[-1] // head_dim),
-                                 eps=_rms_eps(nq, q.dtype), interleave=interleave, **text)
+        inplace = _Processor._in_place(attn, q, k, norms, **text)
+        return cudit_torch.qk_norm_rope((q, k), wq, wk, cos, sin,
+                                        num_heads=(q.shape[-1] // head_dim, k.shape[-1] // head_dim),
+                                        eps=_rms_eps(nq, q.dtype), interleave=interleave, inplace=inplace, **text)
 
     def _count(self):
         # Not counted while torch.compile traces: a Python int read there becomes a guard, and
@@ -207,7 +214,7 @@ class WanProcessor(_Processor):
             return self._stock(why, attn, hidden_states, encoder_hidden_states, attention_mask, rotary_emb, **kwargs)
         q, k, v = _projections(attn, hidden_states)
         d = _inner_head_dim(attn)
-        self._norm_rope(attn, q, k, rotary_emb, d, interleave=True)
+        q, k = self._norm_rope(attn, q, k, rotary_emb, d, interleave=True)
         return _out(attn, self._attend(q, k, v, attention_mask, d))
 
 
@@ -236,7 +243,7 @@ class FluxProcessor(_Processor):
             q, k, v = _joint(_added_projections(attn, encoder_hidden_states), (q, k, v))
             text = dict(q_add_weight=attn.norm_added_q.weight, k_add_weight=attn.norm_added_k.weight,
                         num_txt_tokens=encoder_hidden_states.shape[1])
-        self._norm_rope(attn, q, k, image_rotary_emb, attn.head_dim, interleave=True, **text)
+        q, k = self._norm_rope(attn, q, k, image_rotary_emb, attn.head_dim, interleave=True, **text)
         out = self._attend(q, k, v, attention_mask, attn.head_dim)
         if not joint:   # FLUX.1 single-stream blocks have no output projection here
             return _out(attn, out) if hasattr(attn, "to_out") else out
@@ -267,13 +274,17 @@ class HunyuanVideoProcessor(_Processor):
         q, k, v = _separate_projections(attn, hidden_states)
         d = _inner_head_dim(attn)
         video = q.shape[1] - (0 if added else n_txt)
-        self._norm_rope(attn, q[:, :video], k[:, :video], image_rotary_emb, d, interleave=True)
+        parts = [self._norm_rope(attn, q[:, :video], k[:, :video], image_rotary_emb, d, interleave=True)]
         if n_txt and not added:
-            self._norm_rope(attn, q[:, video:], k[:, video:], None, d, interleave=True)
+            parts.append(self._norm_rope(attn, q[:, video:], k[:, video:], None, d, interleave=True))
+        if len(parts) == 1:
+            q, k = parts[0]
+        elif not self._in_place(attn, q, k):   # new tensors (autograd): joined as the stock processor joins them
+            q, k = (torch.cat(t, dim=1) for t in zip(*parts))
         if added:
             eq, ek, ev = (attn.add_q_proj(encoder_hidden_states), attn.add_k_proj(encoder_hidden_states),
                           attn.add_v_proj(encoder_hidden_states))
-            self._norm_rope(attn, eq, ek, None, d, interleave=True, norms=("norm_added_q", "norm_added_k"))
+            eq, ek = self._norm_rope(attn, eq, ek, None, d, interleave=True, norms=("norm_added_q", "norm_added_k"))
             q, k, v = _joint((q, k, v), (eq, ek, ev))
         out = self._attend(q, k, v, attention_mask, d)
         if encoder_hidden_states is not None:
@@ -305,7 +316,7 @@ class _SelfAttentionProcessor(_Processor):
         attention_mask = self._mask(attn, attention_mask, hidden_states)
         q, k, v = _separate_projections(attn, hidden_states)
         d = _inner_head_dim(attn)
-        self._norm_rope(attn, q, k, rotary, d, interleave=self.interleave)
+        q, k = self._norm_rope(attn, q, k, rotary, d, interleave=self.interleave)
         return self._attend(q, k, v, attention_mask, d)
 
     def _mask(self, attn, attention_mask, hidden_states):
@@ -409,7 +420,7 @@ class Lumina2Processor(_Processor):
                                base_sequence_length, **kwargs)
         q, k, v = _separate_projections(attn, hidden_states)
         d = _inner_head_dim(attn)
-        self._norm_rope(attn, q, k, _complex_tables(image_rotary_emb), d, interleave=True)
+        q, k = self._norm_rope(attn, q, k, _complex_tables(image_rotary_emb), d, interleave=True)
         self._count()
         # The rest as Lumina-2's stock processor: proportional scale, K and V heads repeated, SDPA.
         scale = attn.scale if base_sequence_length is None else \
@@ -456,7 +467,7 @@ class QwenImageProcessor(_Processor):
         q, k, v = _joint(_added_projections(attn, encoder_hidden_states), _projections(attn, hidden_states))
         d = _inner_head_dim(attn)
         img_f, txt_f = image_rotary_emb
-        self._norm_rope(attn, q, k, _complex_tables(txt_f, img_f), d, interleave=True,
+        q, k = self._norm_rope(attn, q, k, _complex_tables(txt_f, img_f), d, interleave=True,
                         q_add_weight=attn.norm_added_q.weight, k_add_weight=attn.norm_added_k.weight,
                         num_txt_tokens=n_txt)
         return _text_first_out(attn, self._attend(q, k, v, attention_mask, d), n_txt)
