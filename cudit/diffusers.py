@@ -468,8 +468,8 @@ class QwenImageProcessor(_Processor):
         d = _inner_head_dim(attn)
         img_f, txt_f = image_rotary_emb
         q, k = self._norm_rope(attn, q, k, _complex_tables(txt_f, img_f), d, interleave=True,
-                        q_add_weight=attn.norm_added_q.weight, k_add_weight=attn.norm_added_k.weight,
-                        num_txt_tokens=n_txt)
+                               q_add_weight=attn.norm_added_q.weight, k_add_weight=attn.norm_added_k.weight,
+                               num_txt_tokens=n_txt)
         return _text_first_out(attn, self._attend(q, k, v, attention_mask, d), n_txt)
 
 
