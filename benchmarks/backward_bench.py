@@ -143,12 +143,14 @@ def main(argv=None) -> int:
     ap.add_argument("--json")
     ap.add_argument("--shapes", help="comma-separated names (default: all)")
     ap.add_argument("--items", type=int, help="sweep: heads a thread holds (Tuning.backward_items)")
+    ap.add_argument("--block", type=int, help="sweep: threads a block for per-head rows (Tuning.backward_block)")
     ap.add_argument("--no-steps", action="store_true", help="the backward alone, not the training steps")
     args = ap.parse_args(argv)
-    if args.items is not None:
+    knobs = {k: v for k, v in (("backward_items", args.items), ("backward_block", args.block)) if v is not None}
+    if knobs:
         from cudit import _launch
 
-        _launch.set_tuning(_launch.device_state(0).tuning.with_knobs(backward_items=args.items))
+        _launch.set_tuning(_launch.device_state(0).tuning.with_knobs(**knobs))
     shapes = [s for s in SHAPES if not args.shapes or s.name in args.shapes.split(",")]
     props = torch.cuda.get_device_properties(0)
     copy_gbs = copy_bandwidth(torch)

@@ -17,7 +17,6 @@ from ._tuning import DeviceSpec, Tuning
 from ._variants import (BACKWARD_BY_NAME, BACKWARD_ITEMS, DTYPE_CODES, SHARED_TABLE_ROPES, BackwardVariant,
                         natural_parts)
 
-BLOCK_TARGET = 256   # threads a block for rows with no block-wide sum (perf-notes v20)
 # Shared memory a block gets without opting in, less 1 KB for the kernel's own (its reduction
 # scratch): the rest holds the weight sums.
 SMEM_LIMIT = 47 * 1024
@@ -111,13 +110,13 @@ def _legal_team(tj: int, th: int) -> bool:
 
 
 def _geometry(lanes_d: int, d: int, heads: int, full: bool, dtype: str, rope: str, norm: str, shared: bool,
-              forced=None):
+              tuning: Tuning):
     """(variant, tj, th, chunks): the most heads a thread (more values in flight for the
     registers: perf-notes v19) that give each head lane one chunk within the variant's bound;
     else (per head, no full-dim sum to hold) the most head lanes that fit, looping over chunks."""
     tj = _planner._next_pow2(lanes_d)
     built = [v for v in (BackwardVariant(dtype, rope, norm, i, shared) for i in BACKWARD_ITEMS)
-             if v.name in BACKWARD_BY_NAME and forced in (None, v.items)]
+             if v.name in BACKWARD_BY_NAME and tuning.backward_items in (None, v.items)]
     for v in reversed(built):
         th = -(-heads // v.items)
         while not _legal_team(tj, th):
@@ -128,7 +127,7 @@ def _geometry(lanes_d: int, d: int, heads: int, full: bool, dtype: str, rope: st
         most = max(v.items * (_most_threads(v) // tj) for v in built)
         raise _fail("num_heads", f"at most {most} heads of {d} values for the backward of a full-dim norm", heads)
     v = built[-1]
-    th = min(_most_threads(v), BLOCK_TARGET) // tj
+    th = min(_most_threads(v), tuning.backward_block) // tj
     while not _legal_team(tj, th):
         th -= 1
     return v, tj, th, -(-heads // (v.items * th))
@@ -178,8 +177,7 @@ def _segment(req, tokens, d, side, gy, gx, span, w_role, norm, rope, dtype, tabl
     cos_t, sin_t = tables
     # One table row for every head: held a row, where that form is built.
     shared = rope in SHARED_TABLE_ROPES and cos_t.hs == 0 and sin_t.hs == 0
-    variant, tj, th, chunks = _geometry(lanes_d, d, side.heads, norm == "full", dtype, rope, norm, shared,
-                                        tuning.backward_items)
+    variant, tj, th, chunks = _geometry(lanes_d, d, side.heads, norm == "full", dtype, rope, norm, shared, tuning)
     team = tj * th
     begin, end = span
     p = BwdParams()
@@ -203,7 +201,7 @@ def _segment(req, tokens, d, side, gy, gx, span, w_role, norm, rope, dtype, tabl
              ("cos", cos_t.offset * req.cos.itemsize) if cos_t is not None else None,
              ("sin", sin_t.offset * req.sin.itemsize) if cos_t is not None else None,
              ("workspace", 0) if grad else None)
-    rows_y = _most_threads(variant) if norm == "full" else min(_most_threads(variant), BLOCK_TARGET)
+    rows_y = _most_threads(variant) if norm == "full" else min(_most_threads(variant), tuning.backward_block)
     return Segment(variant, (team, max(1, rows_y // team)), p.rows, bytes(p), slots, grad,
                    grads[grad].dtype if grad else None, width)
 

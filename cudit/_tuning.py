@@ -52,6 +52,9 @@ class Tuning:
     ahead_waves_three_vector: float = 0.875
     small_grid_threads: int = 128 * 1024  # launch-bound grids up to this many threads take K = 2
     one_row_blocks_up_to: int = 16 * 1024  # grids of at most this many rows give each row a block
+    # The backward's threads a block for rows with no block-wide sum (per head, no norm): full-dim
+    # rows take the fewest rows that keep the most threads resident (perf-notes v20).
+    backward_block: int = 256
     # The backward's heads a thread holds (sweeps; None: the planner's choice).
     backward_items: int | None = None
     # Knobs for sweeps (the benchmark's options): force heads a thread, or row groups a block.

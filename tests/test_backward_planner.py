@@ -175,3 +175,12 @@ def test_full_dim_blocks_take_the_fewest_rows_that_keep_the_most_threads_residen
     # shared memory the limit: the fewest rows of the most resident threads
     team, rows = _fewest_rows_filling(_occupancy(regs=32, smem_per_sm=64 * 1024), 32, 16, 256)
     assert (team, rows) == (32, 1)
+
+
+@pytest.mark.parametrize("block", [64, 128, 256])
+def test_per_head_blocks_follow_the_tuning_table(block):
+    req, x = packed(heads=(24, 24, 0), q_weight=weights(), k_weight=weights(), cos=table(), sin=table())
+    p = plan_backward(req, req.qkv, req.qkv, {}, H100, Tuning().with_knobs(backward_block=block))
+    for seg in p.segments:
+        team, rows = seg.block
+        assert team * rows <= max(block, team) and team * (rows + 1) > block
