@@ -2,11 +2,9 @@
 # kernels, the fine-tuning example, and its bench rows with their baselines.
 export PYTHONPATH=. PYTHONUNBUFFERED=1
 OUT=${OUT:-out}; mkdir -p "$OUT"
+. "$(dirname "$0")/gpu_suite.sh"
 if [ -n "$FULL" ]; then
-  python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --target /tmp/site .whl/*.whl &&
-    export PYTHONPATH=/tmp/site:.
-  python3 -m pytest -q -rs -p no:cacheprovider -m gpu tests/ > "$OUT/pytest-gpu.log" 2>&1
-  tail -3 "$OUT/pytest-gpu.log"
+  gpu_suite
 else
   python3 -m pytest -q -x -p no:cacheprovider tests/test_gpu_backward.py tests/test_autograd_guard.py \
     tests/test_backward_planner.py > "$OUT/pytest-backward.log" 2>&1

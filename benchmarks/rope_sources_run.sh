@@ -2,12 +2,9 @@
 # GPU suite), a memory check of the new variants, and bench rows beside the table path.
 export PYTHONPATH=. PYTHONUNBUFFERED=1
 OUT=${OUT:-out}; mkdir -p "$OUT"
+. "$(dirname "$0")/gpu_suite.sh"
 if [ -n "$FULL" ]; then
-  # the diffusers tests too, from a wheel carried in .whl/ (the device has no package registry)
-  python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --target /tmp/site .whl/*.whl &&
-    export PYTHONPATH=/tmp/site:.
-  python3 -m pytest -q -rs -p no:cacheprovider -m gpu tests/ > "$OUT/pytest-gpu.log" 2>&1
-  tail -3 "$OUT/pytest-gpu.log"
+  gpu_suite
 else
   python3 -m pytest -q -p no:cacheprovider -m gpu tests/test_gpu_qk_norm_rope.py tests/test_gpu_frameworks.py \
     -k "positions or partial or grid or random or rope3d or rope_sources" > "$OUT/pytest-sources.log" 2>&1
