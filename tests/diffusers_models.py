@@ -178,3 +178,18 @@ def _to(inputs, device, dtype):
 def run(model, inputs):
     with torch.no_grad():
         return model(**inputs, return_dict=False)[0]
+
+
+def grads(model, inputs, run=None) -> dict:
+    """Every parameter's gradient of a loss on the model's output (run: the model or its compiled form)."""
+    model.zero_grad()
+    (model if run is None else run)(**inputs, return_dict=False)[0].square().mean().backward()
+    return {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
+
+
+def assert_grads_match(got: dict, want: dict, tol: float) -> None:
+    """The same parameters, the norms' among them, each within tol of its largest gradient."""
+    assert got.keys() == want.keys() and any("norm_q" in n for n in got)
+    floor = 1e-6 * max(g.abs().max() for g in want.values())   # gradients that are rounding noise around 0
+    for name, g in want.items():
+        assert ((got[name] - g).abs().max() / g.abs().max().clamp_min(floor)).item() < tol, name

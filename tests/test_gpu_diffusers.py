@@ -55,34 +55,21 @@ def test_fullgraph_compile_keeps_the_cudit_step(build):
     assert torch.equal(again, got)
 
 
-def _grads(model, inputs, run=None) -> dict:
-    model.zero_grad()
-    (model if run is None else run)(**inputs, return_dict=False)[0].square().mean().backward()
-    return {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
-
-
-def _grads_match(got: dict, want: dict, tol: float) -> None:
-    assert got.keys() == want.keys() and any("norm_q" in n for n in got)
-    floor = 1e-6 * max(g.abs().max() for g in want.values())   # gradients that are rounding noise around 0
-    for name, g in want.items():
-        assert ((got[name] - g).abs().max() / g.abs().max().clamp_min(floor)).item() < tol, name
-
-
 @pytest.mark.parametrize("build", [tiny.wan, tiny.flux, tiny.hunyuan_video, tiny.cosmos, tiny.lumina2, tiny.qwen_image])
 def test_training_gives_the_stock_gradients(build):
     # fp32: cudit's forward and backward round once where the stock's fp32 steps round several times
     model, inputs = build(dtype=torch.float32, device="cuda")
-    want = _grads(model, inputs)
+    want = tiny.grads(model, inputs)
     cd.enable(model)
-    got = _grads(model, inputs)
+    got = tiny.grads(model, inputs)
     assert _cudit_calls(model) > 0
-    _grads_match(got, want, 1e-3)
+    tiny.assert_grads_match(got, want, 1e-3)
 
 
 @pytest.mark.parametrize("build", [tiny.wan, tiny.flux])
 def test_compiled_training_keeps_the_cudit_step(build):
     model, inputs = build(dtype=torch.float32, device="cuda")
-    want = _grads(model, inputs)
+    want = tiny.grads(model, inputs)
     cd.enable(model)
     compiled = torch.compile(model, fullgraph=True)
-    _grads_match(_grads(model, inputs, compiled), want, 1e-3)
+    tiny.assert_grads_match(tiny.grads(model, inputs, compiled), want, 1e-3)
