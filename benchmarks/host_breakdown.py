@@ -46,8 +46,8 @@ def calls(pkg, inp, heads):
 
 def stages(inp, heads):
     qkv, qw, kw, cos, sin, _ = inp
-    objs = (qkv, None, None, None, qw, kw, None, None, cos, sin, None, None, None, None, None)
-    options = (heads, 1e-6, True, 0, None, None, None, "", "rms")
+    objs = (qkv, None, None, None, qw, kw, None, None, cos, sin) + (None,) * 12
+    options = (heads, 1e-6, True, 0, None, None, None, "", "rms", None, None) + api.NO_FP8
     keys_of = cudit._arrays._ADAPTERS[torch.Tensor][1]
     keys, ptrs = keys_of(objs)
     key = tuple(keys + [options, _launch.PDL])

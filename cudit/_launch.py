@@ -101,7 +101,7 @@ class Launcher:
         kernel = _modules.load_kernel(st.image, p.kernel)
         self.kernel = kernel.handle
         self.block = (cfg.team, cfg.block // cfg.team)   # x: lane, y: row
-        self.grid, self.smem, self.pdl = cfg.grid, p.smem, pdl and st.spec.arch >= (9, 0)
+        self.grid, self.smem, self.pdl = cfg.grid + cfg.v_blocks, p.smem, pdl and st.spec.arch >= (9, 0)
         self.template = with_ahead(p, kernel, st.spec.sms)
         # Per thread: the parameter bytes (a launch copies them at once) and a launch
         # configuration per stream, so threads never share what a launch reads.

@@ -29,7 +29,9 @@ class SideParams(ctypes.Structure):
     ]
 
 
-POINTERS = 16   # the pointer block at the start of Params: in[2], out[2], w[2], w_txt[2], b[2], b_txt[2], cos, sin, stats, pos
+# the pointer block at the start of Params: in[2], out[2], w[2], w_txt[2], b[2], b_txt[2], cos, sin, stats, pos,
+# v_in, v_out, scale[3], amax[3]
+POINTERS = 24
 MAX_PAIRS = 128   # Params.freq: D / 2 for the largest head_dim
 
 
@@ -37,7 +39,8 @@ class Params(ctypes.Structure):
     _fields_ = [
         ("in_", ptr * 2), ("out", ptr * 2), ("w", ptr * 2), ("w_txt", ptr * 2), ("b", ptr * 2), ("b_txt", ptr * 2),
         ("cos", ptr), ("sin", ptr), ("stats", ptr), ("pos", ptr),
-        ("side", SideParams * 2),
+        ("v_in", ptr), ("v_out", ptr), ("scale", ptr * 3), ("amax", ptr * 3),
+        ("side", SideParams * 2), ("v", SideParams),
         ("cos_rb", i64), ("cos_rs", i64), ("cos_hs", i64),
         ("sin_rb", i64), ("sin_rs", i64), ("sin_hs", i64),
         ("tab_rows", FastDiv), ("tab_inner", FastDiv), ("seq", FastDiv), ("lanes", FastDiv),
@@ -48,6 +51,9 @@ class Params(ctypes.Structure):
         ("grid_hw", FastDiv), ("grid_w", FastDiv),
         ("grid_first", u32), ("grid_count", u32), ("grid_shift", u32), ("band1", u32), ("band2", u32),
         ("grid_origin", ctypes.c_float * 3), ("grid_scale", ctypes.c_float * 3), ("txt_pos", ctypes.c_float * 3),
+        ("scale_val", ctypes.c_float * 3), ("scale_hs", ctypes.c_int * 3), ("amax_hs", ctypes.c_int * 3),
+        ("out_kind", ctypes.c_int), ("qk_grid", u32),
+        ("v_cols", u32), ("v_col_blocks", u32), ("v_groups", u32), ("v_period", u32), ("v_lanes", FastDiv),
         ("freq", ctypes.c_float * MAX_PAIRS),
     ]
 

@@ -58,6 +58,18 @@ class Request:
     positions: ArrayInfo | None = None
     rotary_dim: int | None = None
     rope3d: object = None
+    # fp8 output (out in float8_e4m3fn / float8_e5m2, or uint8 named by out_dtype): each side's
+    # scale, an fp32 array of one value or one a head, else a number (scale_values, Q, K, V; None:
+    # 1), and the arrays raised to max |y| (one value or one a head). Packed input's V is
+    # quantised into the fp8 out too.
+    out_dtype: str | None = None
+    scale_values: tuple = (None, None, None)
+    q_scale: ArrayInfo | None = None
+    k_scale: ArrayInfo | None = None
+    v_scale: ArrayInfo | None = None
+    q_amax: ArrayInfo | None = None
+    k_amax: ArrayInfo | None = None
+    v_amax: ArrayInfo | None = None
 
     @property
     def split(self) -> bool:
@@ -74,7 +86,8 @@ class Request:
             roles.update((r, a) for r, a in zip(("q_out", "k_out"), self.out) if a is not None)
         elif self.out is not None:
             roles["out"] = self.out
-        for name in ("q_weight", "k_weight", "q_add_weight", "k_add_weight", "cos", "sin", "sumsq", "positions") + BIASES:
+        for name in ("q_weight", "k_weight", "q_add_weight", "k_add_weight", "cos", "sin", "sumsq", "positions") + \
+                BIASES + SCALES + AMAXES:
             if getattr(self, name) is not None:
                 roles[name] = getattr(self, name)
         return roles
@@ -90,8 +103,9 @@ class LaunchConfig:
     th: int                  # lanes along the heads
     block: int               # threads a block: rows a block x team
     iters: int               # row groups a block takes in turn
-    grid: int
+    grid: int                # blocks of Q and K rows
     ahead_waves: float       # rows asked ahead, in waves of resident blocks (0: none)
+    v_blocks: int = 0        # fp8 output: blocks after them that quantise V
 
     @property
     def team(self) -> int:
@@ -297,8 +311,8 @@ def _out_sides(req: Request, tokens: Tokens, d: int, q: Side, k: Side, arrays: d
     pairs = (("q_out", "q"), ("k_out", "k")) if req.split else (("out", "qkv"),)
     for o_role, i_role in pairs:
         o, i = arrays[o_role], arrays[i_role]
-        if o.shape != i.shape or o.dtype != i.dtype:
-            raise _fail(o_role, f"shape {i.shape} and dtype {i.dtype} like {i_role}",
+        if o.shape != i.shape or (o.dtype != i.dtype and out_format(req, o) is None):
+            raise _fail(o_role, f"shape {i.shape} and dtype {i.dtype} like {i_role}, or an fp8 dtype",
                         f"shape {o.shape}, dtype {o.dtype}")
         if o.readonly:
             raise _fail(o_role, "a writable array", "a read-only one")
@@ -309,6 +323,108 @@ def _out_sides(req: Request, tokens: Tokens, d: int, q: Side, k: Side, arrays: d
     else:
         _, _, oq, ok = _packed_sides("out", arrays["out"], req.num_heads, req.seq_len)
     return oq, ok
+
+
+# ------------------------------------------------------------------------ fp8 output
+
+FP8_KINDS = {"float8_e4m3fn": 0, "float8_e5m2": 1}   # kernels' Fp8Kind
+SCALES = ("q_scale", "k_scale", "v_scale")
+AMAXES = ("q_amax", "k_amax", "v_amax")
+V_TOKENS = 8   # tokens a thread of V's blocks quantises (two batches of four loads in flight)
+
+
+def out_format(req: Request, o: ArrayInfo) -> str | None:
+    """The fp8 format an output array holds (its dtype, or out_dtype for a uint8 view), else None."""
+    if req.out_dtype is not None:
+        if req.out_dtype not in FP8_KINDS:
+            raise _fail("out_dtype", " or ".join(map(repr, FP8_KINDS)) + " (a uint8 out read as fp8)", req.out_dtype)
+        return req.out_dtype if o.dtype in ("uint8", req.out_dtype) else None
+    return o.dtype if o.dtype in FP8_KINDS else None
+
+
+@dataclass(frozen=True)
+class Quant:
+    """An fp8 output's format and where V goes (V's input and output sides, or None)."""
+
+    kind: str
+    v_in: Side | None
+    v_out: Side | None
+
+
+def _quant(req: Request, arrays: dict, data: ArrayInfo, q: Side, k: Side, ok: Side, layer: bool,
+           source: str) -> Quant | None:
+    """The fp8 output of a call, its scales and amaxes checked; None for an output like the input."""
+    outs = [arrays[r] for r in ("out", "q_out", "k_out") if r in arrays]
+    kinds = {out_format(req, o) for o in outs}
+    if not outs or kinds == {None}:
+        given = [r for r in SCALES + AMAXES if getattr(req, r) is not None] + \
+            [r for r, v in zip(SCALES, req.scale_values) if v is not None] + (["out_dtype"] if req.out_dtype else [])
+        if given:
+            raise _fail(given[0], "None unless out is fp8 (float8_e4m3fn / float8_e5m2)", "a value")
+        return None
+    if len(kinds) > 1:
+        raise _fail("k_out", "the fp8 dtype of q_out", " and ".join(sorted(map(str, kinds))))
+    kind = kinds.pop()
+    if data.dtype not in _variants.FP8_IN_DTYPES:
+        raise _fail("out", f"the input's dtype ({data.dtype}): fp8 output takes bf16 or fp16 input", kind)
+    if layer or req.stats or source != "table":
+        arg = "norm" if layer else ("sumsq" if req.stats else ("rope" if source == "grid" else "positions"))
+        raise _fail(arg, "the default (fp8 output is built for RMSNorm with cos/sin tables by token)", "given")
+    hv = 0 if req.split else _int_heads(req.num_heads, 3)[2]
+    if not hv and (req.v_scale is not None or req.v_amax is not None or req.scale_values[2] is not None):
+        raise _fail("v_amax" if req.v_amax is not None else "v_scale",
+                    "None: V is quantised only from packed input with V heads", "a value")
+    for role, value in zip(SCALES, req.scale_values):
+        if value is not None and (isinstance(value, bool) or not isinstance(value, (int, float))):
+            raise _fail(role, "a number or an fp32 GPU array", type(value).__name__)
+    _check_quant_arrays(req, (q.heads, k.heads, hv))
+    if not hv:
+        return Quant(kind, None, None)
+    v_in = Side(k.role, k.offset + k.heads * k.hs * data.itemsize, k.sb, k.ss, k.hs, hv)
+    v_out = Side(ok.role, ok.offset + ok.heads * ok.hs, ok.sb, ok.ss, ok.hs, hv)   # one byte a value
+    return Quant(kind, v_in, v_out)
+
+
+def _check_quant_arrays(req: Request, heads: tuple) -> None:
+    """Scales and amaxes: fp32, contiguous, one value or one a head of their side (Q, K, V)."""
+    for role, n in zip(SCALES + AMAXES, heads + heads):
+        a = getattr(req, role)
+        if a is None:
+            continue
+        _check_dtype(role, a, ("f32",))
+        size = 1
+        for m in a.shape:
+            size *= m
+        if a.ndim > 1 or size not in (1, n):
+            raise _fail(role, f"an fp32 array of 1 value or {n} (one a head)", f"shape {a.shape}")
+        if a.ndim == 1 and size > 1 and a.strides[0] != 1:
+            raise _fail(role, "a contiguous array", f"stride {a.strides[0]}")
+        if role in AMAXES and a.readonly:
+            raise _fail(role, "a writable array", "a read-only one")
+
+
+def _quant_params(p: Params, req: Request, quant: Quant | None, cfg: LaunchConfig, tokens: Tokens, d: int,
+                  vec: int) -> None:
+    """The fp8 fields: format, scales, amaxes' head strides, and V's blocks."""
+    if quant is None:
+        return
+    p.out_kind = FP8_KINDS[quant.kind]
+    for i, (scale, amax, value) in enumerate(zip(SCALES, AMAXES, req.scale_values)):
+        p.scale_val[i] = 1.0 if value is None else float(value)
+        for field, role in (("scale_hs", scale), ("amax_hs", amax)):
+            a = getattr(req, role)
+            getattr(p, field)[i] = int(a is not None and a.ndim == 1 and a.shape[0] > 1)
+    if quant.v_in is None:
+        return
+    v_in, v_out = quant.v_in, quant.v_out
+    p.v.in_sb, p.v.in_ss, p.v.in_hs = v_in.sb, v_in.ss, v_in.hs
+    p.v.out_sb, p.v.out_ss, p.v.out_hs = v_out.sb, v_out.ss, v_out.hs
+    p.v.heads = v_in.heads
+    p.v_cols = v_in.heads * (d // vec)
+    p.v_lanes = fast_div(d // vec)
+    p.v_col_blocks = -(-p.v_cols // cfg.block)
+    p.v_groups = -(-tokens.count // V_TOKENS)
+    p.v_period = (cfg.grid + cfg.v_blocks) // cfg.v_blocks   # V's blocks spread over the whole grid
 
 
 HEAD_OFFSET_MAX = 2**31 - 1   # the kernels offset heads within a row in 32-bit elements
@@ -737,7 +853,7 @@ def _rows_per_block(team: int, target: int, bound: int) -> int | None:
 
 
 def geometry(lanes_d: int, heads: int, parts: int = 1, k: int | None = None, per_head: bool = False,
-             block_target: int = 256, layer: bool = False, source: str = "table") -> Geometry:
+             block_target: int = 256, layer: bool = False, source: str = "table", out: str = "") -> Geometry:
     """Threads for rows of `heads` heads of lanes_d items (of `parts` vectors) each.
 
     Rows take the K, and full-dim rows the lanes along D (all lanes_d, or the next power of
@@ -749,18 +865,19 @@ def geometry(lanes_d: int, heads: int, parts: int = 1, k: int | None = None, per
     ks = ((4, 2) if per_head else (4, 3)) if k is None and parts == 1 and heads > 4 else (k,)
     pow2 = _next_pow2(lanes_d)
     tjs = (pow2,) if per_head or pow2 == lanes_d else (pow2, lanes_d)   # the power of two first: it wins ties
-    return min((_geometry(tj, heads, parts, kk, block_target, layer, source) for kk in ks for tj in tjs),
+    return min((_geometry(tj, heads, parts, kk, block_target, (layer, source, out)) for kk in ks for tj in tjs),
                key=_idle_slots_key)
 
 
-def _geometry(tj: int, heads: int, parts: int, k, block_target: int, layer: bool, source: str) -> Geometry:
+def _geometry(tj: int, heads: int, parts: int, k, block_target: int, kind: tuple) -> Geometry:
+    """kind: (layer, source, out) of the variants, whose least bound the block keeps to."""
     k = default_heads_per_thread(heads, parts) if k is None else k
     if k > 0:
         th = _head_lanes(tj, -(-heads // k))
-        rows = _rows_per_block(tj * th, block_target, _variants.planner_bound(parts, k, layer, source))
+        rows = _rows_per_block(tj * th, block_target, _variants.planner_bound(parts, k, *kind))
         if rows is not None:
             return Geometry(k, tj, th, rows * tj * th)
-    bound = _variants.planner_bound(parts, 0, layer, source)
+    bound = _variants.planner_bound(parts, 0, *kind)
     th = max(1, min(512, bound) // tj)
     while not (_team_ok(tj * th) and tj * th % 32 == 0):
         th -= 1
@@ -803,6 +920,7 @@ class Work:
     stats: str = ""          # tensor parallelism's sums of squares (STATS_KINDS)
     layer: bool = False      # LayerNorm
     source: str = "table"    # where the rotation comes from (_variants.ROPE_SOURCES)
+    out: str = ""            # _variants.FP8_OUT: fp8 output
 
 
 def launch_config(w: Work, device: DeviceSpec, tuning: Tuning) -> LaunchConfig:
@@ -823,13 +941,13 @@ def launch_config(w: Work, device: DeviceSpec, tuning: Tuning) -> LaunchConfig:
         geo = _summing_geometry(lanes_d, w.heads, target)
     else:
         geo = geometry(lanes_d, w.heads, parts, k=forced, per_head=per_head, block_target=target, layer=w.layer,
-                       source=w.source)
+                       source=w.source, out=w.out)
     # Full-dim rows keep one head split whatever the token count, so that a sequence shard sums a
     # token's heads in the order the whole sequence does (bit-equal shards).
     if forced is None and per_head and geo.heads_per_thread > 2:
         # Launch-bound grids: a thread's chain of loads sets the time, and two heads a thread win.
         small = geometry(lanes_d, w.heads, parts, k=2, per_head=per_head, block_target=target, layer=w.layer,
-                         source=w.source)
+                         source=w.source, out=w.out)
         if w.rows * small.team <= tuning.small_grid_threads:
             geo = small
     one_row = w.rows <= tuning.one_row_blocks_up_to and geo.team % 32 == 0
@@ -852,7 +970,7 @@ def launch_config(w: Work, device: DeviceSpec, tuning: Tuning) -> LaunchConfig:
     variant = Variant(
         w.dtype, w.rope, w.norm, k, parts, table, shared_table=k == shared_k and not (w.stats or w.layer),
         ahead=waves > 0 or w.layer or w.source != "table" or (w.rope, w.norm, k) not in _variants.NO_AHEAD_VARIANTS,
-        stats=w.stats, layer=w.layer, source=w.source)
+        stats=w.stats, layer=w.layer, source=w.source, out=w.out)
     return LaunchConfig(variant, lanes_d, geo.tj, geo.th, geo.block, iters, grid, waves)
 
 
@@ -894,8 +1012,8 @@ def make_plan(req: Request, device: DeviceSpec, tuning: Tuning) -> Plan:
     vec = 16 // data.itemsize
     oq, ok = _out_sides(req, tokens, d, q, k, arrays)
     for side in (q, k, oq, ok):
-        _check_aligned(side.role, arrays[side.role].ptr + side.offset, (side.sb, side.ss, side.hs),
-                       data.itemsize, 16)
+        size = arrays[side.role].itemsize   # an fp8 output's vectors are VEC bytes
+        _check_aligned(side.role, arrays[side.role].ptr + side.offset, (side.sb, side.ss, side.hs), size, vec * size)
 
     norm = _norm_kind(req, d, q, k)
     _check_weights(req, vec)
@@ -916,6 +1034,7 @@ def make_plan(req: Request, device: DeviceSpec, tuning: Tuning) -> Plan:
         raise PlanError("qk_sumsq: takes no weights or cos/sin")
     if norm == "none" and rope == "none":
         raise PlanError("q_weight/k_weight and cos/sin are all None: there is nothing to compute")
+    quant = _quant(req, arrays, data, q, k, ok, layer, source)
     if not (isinstance(req.eps, (int, float)) and req.eps >= 0):
         raise _fail("eps", "a non-negative float", req.eps)
     _check_device(arrays)   # last: host arrays of a bad shape or dtype get the precise error first
@@ -924,12 +1043,17 @@ def make_plan(req: Request, device: DeviceSpec, tuning: Tuning) -> Plan:
 
     shared = cos_t is not None and cos_t.hs == 0 and sin_t.hs == 0
     work = Work(data.dtype, rope, norm, req.cos.dtype if cos_t else None, shared, d, max(q.heads, k.heads),
-                2 * tokens.count, req.stats, layer, source)
+                2 * tokens.count, req.stats, layer, source, _variants.FP8_OUT if quant else "")
     cfg = launch_config(work, device, tuning)
+    if quant and quant.v_in:
+        cfg = dataclasses.replace(cfg, v_blocks=-(-quant.v_in.heads * (d // vec) // cfg.block) * -(-tokens.count // V_TOKENS))
+        if cfg.grid + cfg.v_blocks > MAX_GRID_X:
+            raise PlanError(f"qkv: {tokens.count} tokens need {cfg.grid + cfg.v_blocks} blocks, over the grid limit")
     widths = widths or tuple((side.heads if norm == "full" else 1) * d for side in (q, k))
     prm = _params(req, cfg, tokens, d, q, k, oq, ok, widths, dual, cos_t, sin_t)
     _source_params(prm, rotary, pos, cos_t, grid)
-    return Plan(cfg, bytes(prm), _slots(req, dual, cos_t, sin_t, q, k, oq, ok))
+    _quant_params(prm, req, quant, cfg, tokens, d, vec)
+    return Plan(cfg, bytes(prm), _slots(req, dual, cos_t, sin_t, q, k, oq, ok, quant))
 
 
 def _source_params(p: Params, rotary: int, pos: PositionIds | None, cos_t: Table | None, grid: GridPlace | None):
@@ -975,6 +1099,7 @@ def _params(req, cfg: LaunchConfig, tokens, d, q, k, oq, ok, widths, dual, cos_t
     p.head_dim = d
     p.lanes_d = cfg.lanes_d
     p.eps = float(req.eps)
+    p.qk_grid = cfg.grid
     return p
 
 
@@ -989,7 +1114,7 @@ def table_fields(p, cos_t: Table | None, sin_t: Table | None, cos: ArrayInfo | N
     p.tab_dtype = DTYPE_CODES[cos.dtype]
 
 
-def _slots(req, dual: bool, cos_t, sin_t, q, k, oq, ok) -> tuple:
+def _slots(req, dual: bool, cos_t, sin_t, q, k, oq, ok, quant: Quant | None = None) -> tuple:
     """Where each pointer of the Params pointer block comes from: (role, byte offset) or None."""
     slots = [None] * POINTERS
     for i, (side, out) in enumerate(((q, oq), (k, ok))):
@@ -1010,6 +1135,13 @@ def _slots(req, dual: bool, cos_t, sin_t, q, k, oq, ok) -> tuple:
         slots[_slot("stats")] = ("sumsq", 0)
     if req.positions is not None:
         slots[_slot("pos")] = ("positions", 0)
+    if quant and quant.v_in:
+        slots[_slot("v_in")] = (quant.v_in.role, quant.v_in.offset)
+        slots[_slot("v_out")] = (quant.v_out.role, quant.v_out.offset)
+    for i, (scale, amax) in enumerate(zip(SCALES, AMAXES)):
+        for field, role in (("scale", scale), ("amax", amax)):
+            if getattr(req, role) is not None:
+                slots[_slot(field, i)] = (role, 0)
     return tuple(slots)
 
 

@@ -29,6 +29,14 @@ STATS_CODES = {"": 0, "sumsq": 1, "given": 2}
 # computed from each token's place on a video grid (no table). Suffixes of the last two.
 ROPE_SOURCES = {"table": 0, "pos": 1, "grid": 2}
 POS_TABLES = ("f32", "x16")
+# fp8 output (float8_e4m3fn or float8_e5m2, told apart at launch) from 16-bit activations, V
+# quantised in the same launch: a copy of every plain variant of these dtypes (suffix _f8).
+FP8_OUT = "f8"
+FP8_IN_DTYPES = ("bf16", "f16")
+# Their bounds where the base variant's spilled (a scale and an amax a head held), by (vectors, norm, K),
+# and where fp16's conversions spilled beyond that.
+FP8_MAX_THREADS = {(1, "none", 2): 768, (1, "none", 1): 768, (2, "head", 2): 512, (3, "head", 0): 512}
+FP8_F16_MAX_THREADS = {(1, "full", 4): 640}
 C_TYPES = {"f32": "float", "f16": "__half", "bf16": "__nv_bfloat16"}
 # cos/sin storage: fp32, the activations' own 16-bit type, or (x16) 16 bits whose kind is a
 # launch parameter, for the pairings no model uses (a bf16 table with f16 data, say): those get
@@ -106,12 +114,14 @@ class Variant:
     stats: str = ""              # STATS_CODES: full-dim rows' sums of squares, for tensor parallelism
     layer: bool = False          # LayerNorm (mean subtracted, bias added) instead of RMSNorm
     source: str = "table"        # ROPE_SOURCES
+    out: str = ""                # "": the activations' dtype; FP8_OUT: fp8 with scales
 
     @property
     def name(self) -> str:
         suffix = (f"_p{self.parts}" if self.parts != natural_parts(self.rope) else "") + \
             ("_st" if self.shared_table else "") + ("" if self.ahead else "_na") + (f"_{self.stats}" if self.stats else "") + \
-            ("_ln" if self.layer else "") + ("" if self.source == "table" else f"_{self.source}")
+            ("_ln" if self.layer else "") + ("" if self.source == "table" else f"_{self.source}") + \
+            (f"_{self.out}" if self.out else "")
         table = f"_{self.table}" if self.table else ""
         return f"qknr_{self.dtype}_{self.rope}{table}_{self.norm}_k{self.heads_per_thread}{suffix}"
 
@@ -120,6 +130,11 @@ class Variant:
         bound = self._rms_bound(arch)
         if self.layer:
             bound = min(bound, LAYER_MAX_THREADS)
+        if self.out:
+            shape = (self.parts, self.norm, self.heads_per_thread)
+            bound = min(bound, FP8_MAX_THREADS.get(shape, bound))
+            if self.dtype == "f16":
+                bound = min(bound, FP8_F16_MAX_THREADS.get(shape, bound))
         return min(bound, SOURCE_MAX_THREADS.get((self.source, self.layer), bound))
 
     def _rms_bound(self, arch: str) -> int:
@@ -136,7 +151,8 @@ class Variant:
         """The line kernels/qk_norm_rope.cu expands into this variant (CUDIT_QKNR)."""
         args = (self.name, C_TYPES[self.dtype], TABLE_CLASSES[self.table or "f32"], ROPE_CODES[self.rope],
                 NORM_CODES[self.norm], self.heads_per_thread, self.parts, int(self.shared_table), int(self.ahead),
-                STATS_CODES[self.stats], int(self.layer), ROPE_SOURCES[self.source], self.bound(arch))
+                STATS_CODES[self.stats], int(self.layer), ROPE_SOURCES[self.source], int(bool(self.out)),
+                self.bound(arch))
         return f"CUDIT_QKNR({', '.join(str(a) for a in args)})"
 
 
@@ -181,6 +197,8 @@ def all_variants() -> tuple:
     # LayerNorm: a copy of every plain normalising variant, of each source.
     out += [dataclasses.replace(v, layer=True) for v in list(out)
             if v.norm != "none" and not (v.shared_table or not v.ahead or v.stats)]
+    out += [dataclasses.replace(v, out=FP8_OUT) for v in list(out)
+            if v.dtype in FP8_IN_DTYPES and v.source == "table" and not (v.layer or v.stats)]
     return tuple(out)
 
 
@@ -258,12 +276,12 @@ KERNEL_NAMES = frozenset(BY_NAME) | frozenset(BACKWARD_BY_NAME) | frozenset(EXTR
 
 
 @functools.lru_cache(maxsize=None)
-def planner_bound(parts: int, k: int, layer: bool = False, source: str = "table") -> int:
+def planner_bound(parts: int, k: int, layer: bool = False, source: str = "table", out: str = "") -> int:
     """Most threads a block of (parts, K) may have: the least bound any such variant (RMS or
-    LayerNorm, of one rope source) has on any architecture, so that every plan fits every variant
-    it may pick."""
-    key = (parts, k, layer, source)
-    return min(v.bound(arch) for v in all_variants() if (v.parts, v.heads_per_thread, v.layer, v.source) == key
+    LayerNorm, of one rope source and output) has on any architecture, so that every plan fits
+    every variant it may pick."""
+    key = (parts, k, layer, source, out)
+    return min(v.bound(arch) for v in all_variants() if (v.parts, v.heads_per_thread, v.layer, v.source, v.out) == key
                for arch in ARCHS + ("",))
 
 

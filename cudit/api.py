@@ -13,7 +13,7 @@ from ._tuning import DeviceSpec, tuning_for
 # A call's arrays in a fixed order, each named by its role (packed, split): the planner's
 # names, which its errors use. Packed calls leave "k" empty, and "k_out" unless out is a pair.
 _WEIGHTS_TABLES = ("q_weight", "k_weight", "q_add_weight", "k_add_weight", "cos", "sin", "sumsq", "q_bias", "k_bias",
-                   "q_add_bias", "k_add_bias", "positions")
+                   "q_add_bias", "k_add_bias", "positions", "q_scale", "k_scale", "v_scale", "q_amax", "k_amax", "v_amax")
 ROLES = (("qkv", "k", "out", "k_out") + _WEIGHTS_TABLES, ("q", "k", "q_out", "k_out") + _WEIGHTS_TABLES)
 _UNUSED = len(ROLES[0])   # index of a constant 0 appended to a call's pointers
 
@@ -25,7 +25,8 @@ def qk_norm_rope(qkv, q_weight, k_weight, cos=None, sin=None, *, num_heads=None,
                  interleave=True, q_add_weight=None, k_add_weight=None, num_txt_tokens=0,
                  seq_len=None, out=None, stream=None, sumsq=None, norm_width=None, rope_offset=None, norm="rms",
                  q_bias=None, k_bias=None, q_add_bias=None, k_add_bias=None, positions=None, rotary_dim=None,
-                 rope=None):
+                 rope=None, q_scale=None, k_scale=None, v_scale=None, q_amax=None, k_amax=None, v_amax=None,
+                 out_dtype=None):
     """RMS-normalise Q and K (per head or across heads), then apply RoPE, in one pass on the GPU.
 
     For each token, on Q and on K: ``y = x * rsqrt(mean(x^2) + eps) * w`` (the mean over one head,
@@ -76,6 +77,17 @@ def qk_norm_rope(qkv, q_weight, k_weight, cos=None, sin=None, *, num_heads=None,
             head_dim, else head_dim. Even; for interleave=False a multiple of 16 (fp32: 8) values.
         rope: a ``cudit.Rope3D``: 3-D RoPE angles computed in the kernel from each token's place
             on a video grid, instead of cos/sin tables (which must then be None).
+        q_scale, k_scale, v_scale: fp8 output (out of dtype float8_e4m3fn or float8_e5m2, from
+            bf16 / fp16 input): each value is written as ``saturate(round(y * scale))``, rounded
+            once from fp32, saturated to the format's largest finite value, NaN kept. A number
+            (part of the launch's plan), or an fp32 GPU array of 1 value (read by the kernel: a
+            graph replays with new scales) or of one value a head. None: 1. A packed input's V
+            is quantised into the fp8 out in the same launch, by v_scale.
+        q_amax, k_amax, v_amax: fp32 GPU arrays of 1 value or one a head, raised to the largest
+            ``|y|`` (before the scale) of their side or head: zero them before the call (delayed
+            scaling: the next step's scale from this step's amax).
+        out_dtype: "float8_e4m3fn" or "float8_e5m2" for an out given as a uint8 array (CuPy has
+            no fp8 dtype).
 
     Returns:
         qkv (in place) or out.
@@ -102,10 +114,13 @@ def qk_norm_rope(qkv, q_weight, k_weight, cos=None, sin=None, *, num_heads=None,
         num_heads = tuple(num_heads)
     if isinstance(norm_width, _PAIR):
         norm_width = tuple(norm_width)
+    scales = (q_scale, k_scale, v_scale)
+    values = tuple(x if isinstance(x, (int, float)) else None for x in scales)
+    arrays = tuple(None if isinstance(x, (int, float)) else x for x in scales)
     run(split, (q, k, o, k_out, q_weight, k_weight, q_add_weight, k_add_weight, cos, sin, sumsq, q_bias, k_bias,
-                q_add_bias, k_add_bias, positions),
+                q_add_bias, k_add_bias, positions) + arrays + (q_amax, k_amax, v_amax),
         (num_heads, eps, interleave, num_txt_tokens, seq_len, norm_width, rope_offset, "" if sumsq is None else "given",
-         norm, rotary_dim, rope), stream)
+         norm, rotary_dim, rope, out_dtype, values), stream)
     return qkv if out is None else out
 
 
@@ -123,8 +138,8 @@ def qk_sumsq(qkv, sumsq, *, num_heads=None, seq_len=None, stream=None):
     q, k = qkv if split else (qkv, None)
     if isinstance(num_heads, _PAIR):
         num_heads = tuple(num_heads)
-    run(split, (q, k) + (None,) * 8 + (sumsq,) + (None,) * 5,
-        (num_heads, 1e-6, True, 0, seq_len, None, None, "sumsq", "rms", None, None), stream)
+    run(split, (q, k) + (None,) * 8 + (sumsq,) + (None,) * 11,
+        (num_heads, 1e-6, True, 0, seq_len, None, None, "sumsq", "rms", None, None) + NO_FP8, stream)
     return sumsq
 
 
@@ -133,9 +148,12 @@ def sumsq_shape(shape) -> tuple:
     return (*shape[:-1], 2) if len(shape) <= 3 else (*shape[:2], 2)
 
 
+NO_FP8 = (None, (None, None, None))   # the options' (out_dtype, scale values) of a call without fp8 output
+
+
 def run(split: bool, objs: tuple, options: tuple, stream) -> None:
     """Launch for arrays in ROLES[split] order and (num_heads, eps, interleave, num_txt_tokens,
-    seq_len, norm_width, rope_offset, stats, norm type, rotary_dim, Rope3D)."""
+    seq_len, norm_width, rope_offset, stats, norm type, rotary_dim, Rope3D, out_dtype, scale values)."""
     first = type(objs[0])
     framework, keys_of = _ADAPTERS.get(first) or adapter(first)
     try:
@@ -201,8 +219,8 @@ def _remember(key: tuple, entry) -> None:
 def _request(split: bool, objs, options, view) -> Request:
     """The planner's Request, each array given through view(role, obj)."""
     v = {role: None if x is None else view(role, x) for role, x in zip(ROLES[split], objs)}
-    num_heads, eps, interleave, num_txt_tokens, seq_len, norm_width, rope_offset, stats, norm_type, rotary_dim, rope3d = \
-        options
+    num_heads, eps, interleave, num_txt_tokens, seq_len, norm_width, rope_offset, stats, norm_type, rotary_dim, rope3d, \
+        out_dtype, scale_values = options
     if split:
         qkv, out = (v["q"], v["k"]), (v["q_out"], v["k_out"])
         out = None if out == (None, None) else out
@@ -213,7 +231,11 @@ def _request(split: bool, objs, options, view) -> Request:
                    k_add_weight=v["k_add_weight"], num_txt_tokens=num_txt_tokens, seq_len=seq_len, out=out,
                    sumsq=v["sumsq"], stats=stats, norm_width=norm_width, rope_offset=rope_offset, norm_type=norm_type,
                    q_bias=v["q_bias"], k_bias=v["k_bias"], q_add_bias=v["q_add_bias"], k_add_bias=v["k_add_bias"],
-                   positions=v["positions"], rotary_dim=rotary_dim, rope3d=rope3d)
+                   positions=v["positions"], rotary_dim=rotary_dim, rope3d=rope3d, out_dtype=out_dtype,
+                   scale_values=tuple(scale_values), **{r: v[r] for r in _FP8_ROLES})
+
+
+_FP8_ROLES = ("q_scale", "k_scale", "v_scale", "q_amax", "k_amax", "v_amax")
 
 
 _NO_DEVICE = DeviceSpec(arch=(0, 0))   # for requests that fail before a device matters
@@ -283,9 +305,8 @@ def qk_norm_rope_backward(qkv, dout, q_weight, k_weight, cos=None, sin=None, *, 
     named = {"dout": dout, "dqkv": dx} if not split else \
         {"dout_q": dout[0], "dout_k": dout[1], "dq": dx[0], "dk": dx[1]}
     named.update((r, g) for r, g in grads.items() if g is not None)
-    forward = (q, k, None, None, q_weight, k_weight, q_add_weight, k_add_weight, cos, sin, None, None, None, None,
-               None, None)
-    options = (num_heads, eps, interleave, num_txt_tokens, seq_len, None, rope_offset, "", "rms", None, None)
+    forward = (q, k, None, None, q_weight, k_weight, q_add_weight, k_add_weight, cos, sin) + (None,) * 12
+    options = (num_heads, eps, interleave, num_txt_tokens, seq_len, None, rope_offset, "", "rms", None, None) + NO_FP8
     everything = [x for x in forward if x is not None] + list(named.values())
     if any(on_host(x) or not is_array(x) for x in everything):
         view = lambda role, x: describe(x, -1, role)   # noqa: E731  (named errors, no driver)

@@ -35,13 +35,23 @@ def qk_norm_rope(qkv, q_weight, k_weight, cos=None, sin=None, *, num_heads=None,
                  interleave=True, q_add_weight=None, k_add_weight=None, num_txt_tokens=0,
                  seq_len=None, sumsq=None, norm_width=None, rope_offset=None, tp_axis=None, norm="rms",
                  q_bias=None, k_bias=None, q_add_bias=None, k_add_bias=None, positions=None, rotary_dim=None,
-                 rope=None):
+                 rope=None, out_dtype=None, q_scale=None, k_scale=None, v_scale=None, amax=None):
     """cudit.qk_norm_rope as a JAX function (jit included): the same arguments minus out= and
     stream=; returns new arrays (docs/api.md).
 
     tp_axis: inside shard_map, the mesh axis the heads are split over: the sums of squares
     are psum-med over it; norm_width defaults to the weights' lengths times the axis size.
+
+    out_dtype: jnp.float8_e4m3fn or jnp.float8_e5m2: fp8 results (packed: V quantised too), by
+    q_scale / k_scale / v_scale (numbers, or float32 arrays of one value or one a head). amax:
+    None, "tensor" or "head": also return (out, amaxes), the float32 max |y| of each side (Q, K,
+    and V for packed input), one value or one a head. No gradient.
     """
+    if out_dtype is not None:
+        return _fp8(qkv, q_weight, k_weight, cos, sin, out_dtype, (q_scale, k_scale, v_scale), amax,
+                    dict(num_heads=num_heads, eps=eps, interleave=interleave, q_add_weight=q_add_weight,
+                         k_add_weight=k_add_weight, num_txt_tokens=num_txt_tokens, seq_len=seq_len,
+                         rope_offset=rope_offset))
     if tp_axis is None and sumsq is None and norm == "rms" and positions is None and rotary_dim is None and rope is None:
         static = (num_heads if not isinstance(num_heads, list) else tuple(num_heads), eps, interleave, num_txt_tokens,
                   seq_len, rope_offset)
@@ -134,6 +144,52 @@ def _backward(res, dout, split: bool, options: dict):
     zeros = lambda t: None if t is None else jnp.zeros_like(t)   # noqa: E731  (cos and sin: not learned)
     return (dx, dws.get("dq_weight"), dws.get("dk_weight"), dws.get("dq_add_weight"), dws.get("dk_add_weight"),
             zeros(cos), zeros(sin))
+
+
+def _fp8(qkv, q_weight, k_weight, cos, sin, out_dtype, scales, amax, options):
+    """fp8 output through a buffer callback: cudit writes uint8 buffers named as the fp8 dtype
+    (DLPack readers may not know fp8 codes), reinterpreted as that dtype afterwards."""
+    if amax not in (None, "tensor", "head"):
+        raise api.PlanError(f"amax: expected None, 'tensor' or 'head', got {amax!r}")
+    fmt = jnp.dtype(out_dtype).name
+    split = isinstance(qkv, (tuple, list))
+    data = list(qkv) if split else [qkv]
+    heads = _side_heads(data, options["num_heads"], split)
+    arrays = {name: x for name, x in zip(("q_weight", "k_weight", "cos", "sin", "q_add_weight", "k_add_weight"),
+                                         (q_weight, k_weight, cos, sin, options.pop("q_add_weight"),
+                                          options.pop("k_add_weight"))) if x is not None}
+    arrays.update((r, x) for r, x in zip(("q_scale", "k_scale", "v_scale"), scales)
+                  if x is not None and not isinstance(x, (int, float)))
+    values = {r: x for r, x in zip(("q_scale", "k_scale", "v_scale"), scales) if isinstance(x, (int, float))}
+    amaxes = [jnp.zeros(h if amax == "head" else 1, jnp.float32) for h in heads if h] if amax else []
+    names = tuple(arrays)
+
+    def run(ctx, outs, *ins):
+        n = len(data)
+        given = dict(zip(names, ins[n:n + len(names)]))
+        api.qk_norm_rope(tuple(ins[:n]) if split else ins[0], given.pop("q_weight", None), given.pop("k_weight", None),
+                         given.pop("cos", None), given.pop("sin", None), out=tuple(outs[:n]) if split else outs[0],
+                         out_dtype=fmt, stream=int(ctx.stream), **given, **values, **options,
+                         **dict(zip(("q_amax", "k_amax", "v_amax"), outs[n:])))
+
+    shapes = [jax.ShapeDtypeStruct(x.shape, jnp.uint8) for x in data] + \
+        [jax.ShapeDtypeStruct(a.shape, jnp.float32) for a in amaxes]
+    first = len(data) + len(names)   # the zeroed amaxes are updated in place
+    call = buffer_callback(run, shapes, input_output_aliases={first + i: len(data) + i for i in range(len(amaxes))})
+    result = call(*data, *arrays.values(), *amaxes)
+    out = [jax.lax.bitcast_convert_type(r, out_dtype) for r in result[:len(data)]]
+    out = tuple(out) if split else out[0]
+    return (out, tuple(result[len(data):])) if amax else out
+
+
+def _side_heads(data, num_heads, split: bool) -> tuple:
+    """(Hq, Hk, Hv) of a call (Hv 0 for split input), for the per-head amax shapes."""
+    if split and data[0].ndim == 4:
+        return data[0].shape[2], data[1].shape[2], 0
+    if isinstance(num_heads, int):
+        return (num_heads, num_heads, 0 if split else num_heads)
+    heads = tuple(num_heads)
+    return heads + (0,) if split else heads
 
 
 def qk_sumsq(qkv, *, num_heads=None, seq_len=None):

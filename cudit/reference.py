@@ -264,3 +264,21 @@ def qk_norm_rope_ref_vjp(qkv, dout, q_weight, k_weight, cos=None, sin=None, *, n
     dk, dkw, dka = _side_vjp(x4[:, :, hq:hq + hk], g4[:, :, hq:hq + hk], k_weight, k_add_weight, cos, sin, **common)
     dx[:, :, :hq], dx[:, :, hq:hq + hk] = dq, dk
     return dx.reshape(np.shape(qkv)), dqw, dkw, dqa, dka
+
+
+# fp8 formats: (mantissa bits, smallest normal exponent, largest finite value).
+FP8_FORMATS = {"float8_e4m3fn": (3, -6, 448.0), "float8_e5m2": (2, -14, 57344.0)}
+
+
+def quantize_fp8(y, scale, fmt: str = "float8_e4m3fn"):
+    """``saturate(round(y * scale))`` in an fp8 format, as float64 values: round to nearest, ties
+    to even, subnormals kept, magnitudes past the largest finite value saturated to it, NaN kept.
+    scale broadcasts against y (one value, or one a head along axis -2)."""
+    mant, min_exp, top = FP8_FORMATS[fmt]
+    v = np.asarray(y, np.float64) * np.asarray(scale, np.float64)
+    a = np.abs(v)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        exp = np.floor(np.log2(np.where(a > 0, a, 1.0)))
+    step = np.exp2(np.maximum(exp, min_exp) - mant)   # the spacing of values near a
+    q = np.minimum(np.rint(a / step) * step, top)
+    return np.where(np.isnan(v), np.nan, np.copysign(q, v))

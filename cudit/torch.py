@@ -4,7 +4,7 @@
     cudit.torch.qk_norm_rope(qkv, q_weight, k_weight, cos, sin, num_heads=24)   # in place
     q2, k2 = cudit.torch.qk_norm_rope((q, k), qw, kw, cos, sin, inplace=False)
 
-Nine operators, registered with torch.library.Library (define / impl: the cheapest
+Eleven operators, registered with torch.library.Library (define / impl: the cheapest
 dispatch per call), each with a fake implementation for tracing:
 
     cudit::qk_norm_rope_(qkv!)         packed, in place               -> ()
@@ -13,6 +13,8 @@ dispatch per call), each with a fake implementation for tracing:
     cudit::qk_norm_rope_split(q, k)    separate Q and K, functional   -> (Tensor, Tensor)
     cudit::qk_norm_rope_backward(dout, qkv), cudit::qk_norm_rope_split_backward(dq, dk, q, k)
                                        the functional ones' backward  -> (dx.., d weights)
+    cudit::qk_norm_rope_fp8(qkv), cudit::qk_norm_rope_split_fp8(q, k)
+                                       fp8 output (and packed V), scales, amaxes -> new fp8 Tensor(s)
     cudit::qk_sumsq(qkv)               tensor parallelism's sums      -> Tensor [.., 2] float32
     cudit::qk_sumsq_split(q, k)        the same for separate Q and K  -> Tensor
     cudit::qk_sumsq_all_reduced(q, k?) the sums, all-reduced over a group -> Tensor
@@ -60,6 +62,12 @@ _BACKWARD = ("Tensor? q_weight, Tensor? k_weight, Tensor? cos, Tensor? sin, int[
 _lib.define(f"qk_norm_rope_backward(Tensor dout, Tensor qkv, {_BACKWARD}) -> (Tensor, Tensor, Tensor, Tensor, Tensor)")
 _lib.define(f"qk_norm_rope_split_backward(Tensor dout_q, Tensor dout_k, Tensor q, Tensor k, {_BACKWARD}) -> "
             "(Tensor, Tensor, Tensor, Tensor, Tensor, Tensor)")
+_FP8 = ("Tensor? q_weight, Tensor? k_weight, Tensor? cos, Tensor? sin, {heads}, float eps, bool interleave, "
+        "Tensor? q_add_weight, Tensor? k_add_weight, int num_txt_tokens, int? seq_len, int? rope_offset, "
+        "ScalarType out_dtype, float[] scale_values, Tensor? q_scale, Tensor? k_scale, Tensor? v_scale, "
+        "Tensor(a!)? q_amax, Tensor(b!)? k_amax, Tensor(c!)? v_amax")
+_lib.define(f"qk_norm_rope_fp8(Tensor qkv, {_FP8.format(heads='int[] num_heads')}) -> Tensor")
+_lib.define(f"qk_norm_rope_split_fp8(Tensor q, Tensor k, {_FP8.format(heads='int[]? num_heads')}) -> (Tensor, Tensor)")
 _lib.define("qk_sumsq(Tensor qkv, int[] num_heads, int? seq_len=None) -> Tensor")
 _lib.define("qk_sumsq_split(Tensor q, Tensor k, int[]? num_heads=None, int? seq_len=None) -> Tensor")
 _lib.define("qk_sumsq_all_reduced(Tensor q, Tensor? k, int[]? num_heads, int? seq_len, str group_name) -> Tensor")
@@ -75,13 +83,17 @@ def _heads(num_heads):
 def _options(num_heads, eps, interleave, num_txt_tokens, seq_len, sumsq, norm_width, rope_offset, norm, rotary_dim,
              rope3d):
     return (_heads(num_heads), eps, interleave, num_txt_tokens, seq_len, _heads(norm_width), rope_offset,
-            "" if sumsq is None else "given", norm, rotary_dim, None if rope3d is None else _rope3d(tuple(rope3d)))
+            "" if sumsq is None else "given", norm, rotary_dim, None if rope3d is None else _rope3d(tuple(rope3d))) + \
+        api.NO_FP8
 
 
 @functools.lru_cache(maxsize=64)
 def _rope3d(fields: tuple) -> Rope3D:
     """A schema's float[] back into its Rope3D, once per value: warm calls skip the checks."""
     return Rope3D.from_fields(fields)
+
+
+_NO_QUANT_ARRAYS = (None,) * 6   # scales and amaxes (fp8 output: the _fp8 operators)
 
 
 # The kernels call cudit's launch path directly (arrays in api.ROLES order), skipping the
@@ -92,7 +104,7 @@ def _packed_(qkv, q_weight, k_weight, cos, sin, num_heads, eps=1e-6, interleave=
              q_bias=None, k_bias=None, q_add_bias=None, k_add_bias=None, norm="rms", positions=None, rotary_dim=None,
              rope3d=None, out=None):
     api.run(False, (qkv, None, out, None, q_weight, k_weight, q_add_weight, k_add_weight, cos, sin, sumsq, q_bias,
-                    k_bias, q_add_bias, k_add_bias, positions),
+                    k_bias, q_add_bias, k_add_bias, positions) + _NO_QUANT_ARRAYS,
             _options(num_heads, eps, interleave, num_txt_tokens, seq_len, sumsq, norm_width, rope_offset, norm,
                      rotary_dim, rope3d), None)
 
@@ -122,7 +134,7 @@ def _split_(q, k, q_weight, k_weight, cos, sin, num_heads=None, eps=1e-6, interl
             rotary_dim=None, rope3d=None, out=None):
     q_out, k_out = out if out is not None else (None, None)
     api.run(True, (q, k, q_out, k_out, q_weight, k_weight, q_add_weight, k_add_weight, cos, sin, sumsq, q_bias, k_bias,
-                   q_add_bias, k_add_bias, positions),
+                   q_add_bias, k_add_bias, positions) + _NO_QUANT_ARRAYS,
             _options(num_heads, eps, interleave, num_txt_tokens, seq_len, sumsq, norm_width, rope_offset, norm,
                      rotary_dim, rope3d), None)
 
@@ -189,11 +201,34 @@ def _split_backward(dout_q, dout_k, q, k, *args):
     return (*dx, *_backward_args(dout, (q, k), *args, dx))
 
 
+def _fp8(data, out, q_weight, k_weight, cos, sin, num_heads, eps, interleave, q_add_weight, k_add_weight,
+         num_txt_tokens, seq_len, rope_offset, out_dtype, scale_values, q_scale, k_scale, v_scale, q_amax, k_amax,
+         v_amax):
+    """fp8 output through the public function (scale_values: the numbers where no tensor is given)."""
+    number = lambda t, v: t if t is not None else (None if v == 1.0 else v)   # noqa: E731  (None means 1)
+    api.qk_norm_rope(data, q_weight, k_weight, cos, sin, num_heads=_heads(num_heads), eps=eps, interleave=interleave,
+                     q_add_weight=q_add_weight, k_add_weight=k_add_weight, num_txt_tokens=num_txt_tokens,
+                     seq_len=seq_len, rope_offset=rope_offset, out=out,
+                     q_scale=number(q_scale, scale_values[0]), k_scale=number(k_scale, scale_values[1]),
+                     v_scale=number(v_scale, scale_values[2]), q_amax=q_amax, k_amax=k_amax, v_amax=v_amax)
+    return out
+
+
+def _packed_fp8(qkv, *args):
+    return _fp8(qkv, torch.empty(qkv.shape, dtype=args[12], device=qkv.device), *args)
+
+
+def _split_fp8(q, k, *args):
+    out = tuple(torch.empty(x.shape, dtype=args[12], device=x.device) for x in (q, k))
+    return _fp8((q, k), out, *args)
+
+
 # CPU too: a host tensor then fails with cudit.PlanError naming it, not a dispatcher error.
 for _name, _fn in (("qk_norm_rope_", _packed_), ("qk_norm_rope", _packed),
                    ("qk_norm_rope_split_", _split_), ("qk_norm_rope_split", _split),
                    ("qk_norm_rope_backward", _packed_backward), ("qk_norm_rope_split_backward", _split_backward),
-                   ("qk_sumsq", _sumsq), ("qk_sumsq_split", _sumsq_split)):
+                   ("qk_sumsq", _sumsq), ("qk_sumsq_split", _sumsq_split), ("qk_norm_rope_fp8", _packed_fp8),
+                   ("qk_norm_rope_split_fp8", _split_fp8)):
     _lib.impl(_name, _fn, "CUDA")
     _lib.impl(_name, _fn, "CPU")
 
@@ -203,10 +238,14 @@ _TENSOR_ARGS = ((0, "q_weight"), (1, "k_weight"), (2, "cos"), (3, "sin"), (7, "q
                 (17, "k_add_bias"))
 
 
-def _no_autograd(data_roles, args) -> None:
+# The same for the fp8 operators.
+_FP8_TENSOR_ARGS = _TENSOR_ARGS[:6] + ((14, "q_scale"), (15, "k_scale"), (16, "v_scale"))
+
+
+def _no_autograd(data_roles, args, tensor_args=_TENSOR_ARGS) -> None:
     """Tracing sees what eager sees: no tensor autograd would track (torch.compile's training graphs)."""
     n = len(data_roles)
-    named = list(zip(data_roles, args)) + [(role, args[n + i]) for i, role in _TENSOR_ARGS if n + i < len(args)]
+    named = list(zip(data_roles, args)) + [(role, args[n + i]) for i, role in tensor_args if n + i < len(args)]
     for role, t in named:
         check_no_autograd(role, t)
 
@@ -234,6 +273,18 @@ def _split_fake(*args):
 def _grads_fake(args, data: int):
     """Fake weight gradients: args are a backward operator's, its weights after `data` tensors."""
     return _weight_grads((args[data], args[data + 1], args[data + 7], args[data + 8]), args[data + 12], args[data - 1])
+
+
+@torch.library.register_fake("cudit::qk_norm_rope_fp8", lib=_lib)
+def _packed_fp8_fake(qkv, *args):
+    _no_autograd(("qkv",), (qkv, *args), _FP8_TENSOR_ARGS)
+    return qkv.new_empty(qkv.shape, dtype=args[12])
+
+
+@torch.library.register_fake("cudit::qk_norm_rope_split_fp8", lib=_lib)
+def _split_fp8_fake(q, k, *args):
+    _no_autograd(("q", "k"), (q, k, *args), _FP8_TENSOR_ARGS)
+    return q.new_empty(q.shape, dtype=args[12]), k.new_empty(k.shape, dtype=args[12])
 
 
 @torch.library.register_fake("cudit::qk_norm_rope_backward", lib=_lib)
@@ -323,7 +374,8 @@ def qk_norm_rope(qkv, q_weight, k_weight, cos=None, sin=None, *, num_heads=None,
                  interleave=True, q_add_weight=None, k_add_weight=None, num_txt_tokens=0,
                  seq_len=None, inplace=True, sumsq=None, norm_width=None, rope_offset=None, tp_group=None,
                  collective="auto", norm="rms", q_bias=None, k_bias=None, q_add_bias=None, k_add_bias=None,
-                 positions=None, rotary_dim=None, rope=None):
+                 positions=None, rotary_dim=None, rope=None, out_dtype=None, q_scale=None, k_scale=None,
+                 v_scale=None, q_amax=None, k_amax=None, v_amax=None):
     """cudit.qk_norm_rope through the torch operators (same arguments minus out= and stream=;
     docs/api.md).
 
@@ -334,9 +386,21 @@ def qk_norm_rope(qkv, q_weight, k_weight, cos=None, sin=None, *, num_heads=None,
     over symmetric memory where torch has it for the group, else NCCL) or "nccl" (a functional
     all-reduce, visible to torch.compile).
 
+    out_dtype: torch.float8_e4m3fn or torch.float8_e5m2 (with inplace=False): new fp8 tensors
+    (packed: V quantised too), by q_scale / k_scale / v_scale (numbers or fp32 tensors of one
+    value or one a head), raising q_amax / k_amax / v_amax (zeroed fp32 tensors) to max |y|.
+    No gradient: autograd must not record such a call.
+
     In place (the default) returns qkv; otherwise new tensor(s) of the same shapes.
     """
     heads = _int_list(num_heads)
+    if out_dtype is not None:
+        return _fp8_call(qkv, q_weight, k_weight, cos, sin, heads, eps, interleave, q_add_weight, k_add_weight,
+                         num_txt_tokens, seq_len, rope_offset, inplace, out_dtype, (q_scale, k_scale, v_scale),
+                         (q_amax, k_amax, v_amax),
+                         dict(sumsq=sumsq, norm_width=norm_width, tp_group=tp_group, q_bias=q_bias, k_bias=k_bias,
+                              q_add_bias=q_add_bias, k_add_bias=k_add_bias, positions=positions,
+                              rotary_dim=rotary_dim, rope=rope, norm=None if norm == "rms" else norm))
     if not inplace and _recorded(qkv, q_weight, k_weight, cos, sin, q_add_weight, k_add_weight, q_bias, k_bias,
                                  q_add_bias, k_add_bias):   # fail before the forward runs, not after
         _check_has_backward(dict(norm=norm, sumsq=sumsq if tp_group is None else tp_group, positions=positions,
@@ -361,6 +425,27 @@ def qk_norm_rope(qkv, q_weight, k_weight, cos=None, sin=None, *, num_heads=None,
         return _PACKED_OP(qkv, *rest)
     _PACKED_OP_(qkv, *rest)
     return qkv
+
+
+def _fp8_call(qkv, q_weight, k_weight, cos, sin, heads, eps, interleave, q_add_weight, k_add_weight, num_txt_tokens,
+              seq_len, rope_offset, inplace, out_dtype, scales, amaxes, unsupported):
+    from ._errors import PlanError
+
+    if inplace:
+        raise PlanError("inplace: expected False with out_dtype (an fp8 result is a new tensor), got True")
+    for name, value in unsupported.items():
+        if value is not None:
+            raise PlanError(f"{name}: expected the default with out_dtype (fp8 output is built for RMSNorm with "
+                            f"cos/sin tables by token), got {value!r:.60}")
+    values = [float(s) if isinstance(s, (int, float)) else 1.0 for s in scales]
+    tensors = [None if isinstance(s, (int, float)) else s for s in scales]
+    rest = (q_weight, k_weight, cos, sin, heads, eps, interleave, q_add_weight, k_add_weight, num_txt_tokens, seq_len,
+            rope_offset, out_dtype, values, *tensors, *amaxes)
+    if isinstance(qkv, (tuple, list)):
+        return _SPLIT_FP8_OP(qkv[0], qkv[1], *rest)
+    if heads is None:
+        raise TypeError("num_heads: expected an int or (Hq, Hk, Hv) for a packed qkv, got None")
+    return _PACKED_FP8_OP(qkv, *rest)
 
 
 def qk_sumsq(qkv, *, num_heads=None, seq_len=None):
@@ -442,6 +527,8 @@ _PACKED_OP_ = torch.ops.cudit.qk_norm_rope_.default
 _PACKED_OP = torch.ops.cudit.qk_norm_rope.default
 _SPLIT_OP_ = torch.ops.cudit.qk_norm_rope_split_.default
 _SPLIT_OP = torch.ops.cudit.qk_norm_rope_split.default
+_PACKED_FP8_OP = torch.ops.cudit.qk_norm_rope_fp8.default
+_SPLIT_FP8_OP = torch.ops.cudit.qk_norm_rope_split_fp8.default
 _SUMSQ_OP = torch.ops.cudit.qk_sumsq.default
 _SUMSQ_SPLIT_OP = torch.ops.cudit.qk_sumsq_split.default
 _ALL_REDUCED_OP = torch.ops.cudit.qk_sumsq_all_reduced.default

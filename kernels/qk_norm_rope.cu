@@ -23,6 +23,7 @@
 // D = 96). Strides are 64-bit, in elements.
 #include "cudit_common.cuh"
 #include "qk_norm_rope_params.h"
+#include <cuda_fp8.h>
 
 namespace cudit {
 
@@ -35,10 +36,15 @@ template <typename T, int PARTS> struct Item {
     Packet<T, VEC> part[PARTS];
 };
 
-// Where one row lives, resolved once per thread.
-template <typename T, typename C> struct Row {
+// fp8 output storage: one byte a value, its format a launch parameter (Params.out_kind).
+struct Fp8 {
+    unsigned char bits;
+};
+
+// Where one row lives, resolved once per thread. O: the output's storage (T, or Fp8).
+template <typename T, typename C, typename O = T> struct Row {
     const T* in;
-    T* out;
+    O* out;
     int in_hs, out_hs;   // head strides fit 32 bits (the planner checks): one multiply a head
     const void* w;
     const void* b;  // LayerNorm bias (null: none)
@@ -55,8 +61,8 @@ template <typename T, typename C> struct Row {
 // SIDE (0 = Q, 1 = K) is a template argument: a block holds rows of one side (its parity), so
 // every per-side field is a constant-bank operand instead of a selected register.
 // Token tok's cos/sin rows (token t reads row t mod R of the table), at head 0 and element d.
-template <typename T, typename C>
-__device__ __forceinline__ void table_rows(const Params& p, u32 tok, int d, Row<T, C>& row) {
+template <typename T, typename C, typename O>
+__device__ __forceinline__ void table_rows(const Params& p, u32 tok, int d, Row<T, C, O>& row) {
     const u32 trow = tok - div(tok, p.tab_rows) * p.tab_rows.d;
     const u32 tb = div(trow, p.tab_inner);
     const u32 ts = trow - tb * p.tab_inner.d;
@@ -64,17 +70,17 @@ __device__ __forceinline__ void table_rows(const Params& p, u32 tok, int d, Row<
     row.sin = static_cast<const C*>(p.sin) + (i64)tb * p.sin_rb + (i64)ts * p.sin_rs + d;
 }
 
-template <typename T, typename C, int SIDE, int SRC = SRC_TABLE>
-__device__ __forceinline__ Row<T, C> locate_row(const Params& p, u32 tok, int d) {
+template <typename T, typename C, int SIDE, int SRC = SRC_TABLE, typename O = T>
+__device__ __forceinline__ Row<T, C, O> locate_row(const Params& p, u32 tok, int d) {
     const SideParams& sp = p.side[SIDE];
     const u32 b = div(tok, p.seq);
     const u32 s = tok - b * p.seq.d;
 
-    Row<T, C> out;
+    Row<T, C, O> out;
     out.in_hs = (int)sp.in_hs;
     out.out_hs = (int)sp.out_hs;
     out.in = static_cast<const T*>(p.in[SIDE]) + (i64)b * sp.in_sb + (i64)s * sp.in_ss + d;
-    out.out = static_cast<T*>(p.out[SIDE]) + (i64)b * sp.out_sb + (i64)s * sp.out_ss + d;
+    out.out = static_cast<O*>(p.out[SIDE]) + (i64)b * sp.out_sb + (i64)s * sp.out_ss + d;
     out.w = s < p.num_txt ? p.w_txt[SIDE] : p.w[SIDE];
     out.w_dtype = sp.w_dtype;
     out.b = s < p.num_txt ? p.b_txt[SIDE] : p.b[SIDE];
@@ -88,8 +94,8 @@ __device__ __forceinline__ Row<T, C> locate_row(const Params& p, u32 tok, int d)
 }
 
 // Position ids and grid places are data a previous kernel may write: read after wait_for_producer.
-template <int SRC, typename T, typename C>
-__device__ __forceinline__ void locate_rope(const Params& p, u32 tok, int d, Row<T, C>& row) {
+template <int SRC, typename T, typename C, typename O>
+__device__ __forceinline__ void locate_rope(const Params& p, u32 tok, int d, Row<T, C, O>& row) {
     if (SRC == SRC_TABLE) return;
     const u32 b = div(tok, p.seq);
     const u32 s = tok - b * p.seq.d;
@@ -119,8 +125,8 @@ __device__ __forceinline__ void locate_rope(const Params& p, u32 tok, int d, Row
     }
 }
 
-template <typename T, typename C, int PARTS>
-__device__ __forceinline__ void load_item(const Row<T, C>& row, int stride, int h, Item<T, PARTS>& it) {
+template <typename T, typename C, typename O, int PARTS>
+__device__ __forceinline__ void load_item(const Row<T, C, O>& row, int stride, int h, Item<T, PARTS>& it) {
     const T* src = row.in + h * row.in_hs;
 #pragma unroll
     for (int q = 0; q < PARTS; ++q) it.part[q].load(src + q * stride);
@@ -350,8 +356,8 @@ template <typename T, int ROPE, int VEC, int PARTS> struct GridAngles {
 };
 
 // The LayerNorm bias of element idx (zeros without one).
-template <int VEC, typename T, typename C>
-__device__ __forceinline__ void load_bias(const Row<T, C>& row, i64 idx, float (&out)[VEC]) {
+template <int VEC, typename T, typename C, typename O>
+__device__ __forceinline__ void load_bias(const Row<T, C, O>& row, i64 idx, float (&out)[VEC]) {
     if (row.b) {
         load_floats<VEC>(row.b, row.b_dtype, idx, out);
         return;
@@ -365,8 +371,8 @@ template <int VEC, int PARTS, int LN = 0> struct HeadWeights {
     float w[PARTS][VEC];
     float b[LN ? PARTS : 1][VEC];
 
-    template <typename T, typename C>
-    __device__ __forceinline__ void load(const Row<T, C>& row, int stride, int d) {
+    template <typename T, typename C, typename O>
+    __device__ __forceinline__ void load(const Row<T, C, O>& row, int stride, int d) {
 #pragma unroll
         for (int q = 0; q < PARTS; ++q) {
             load_floats<VEC>(row.w, row.w_dtype, (i64)d + q * stride, w[q]);
@@ -409,8 +415,8 @@ __device__ __forceinline__ void norm_vec(float (&x)[VEC], Scale sc, const float 
 }
 
 // The same with the bias of element idx read where used, as full-dim weights are.
-template <int LN, int VEC, typename T, typename C>
-__device__ __forceinline__ void norm_vec(float (&x)[VEC], Scale sc, const float (&w)[VEC], const Row<T, C>& row, i64 idx) {
+template <int LN, int VEC, typename T, typename C, typename O>
+__device__ __forceinline__ void norm_vec(float (&x)[VEC], Scale sc, const float (&w)[VEC], const Row<T, C, O>& row, i64 idx) {
     float b[VEC];
     if (LN) load_bias(row, idx, b);
     norm_vec<LN>(x, sc, w, b);
@@ -427,6 +433,50 @@ __device__ __forceinline__ void read_consts(int q, const Tab& tab, const HW& hw,
     if (ROPE == ROPE_INTERLEAVED) tab.get(q, v.c, v.s);
 }
 
+// fp8 output variants: a head slot's scale (y * scale is rounded) and the largest |y| seen
+// before scaling, as float bits: unsigned order is the order of non-negative floats, with NaN
+// above infinity, so a NaN output shows in the amax.
+struct Q8 {
+    float scale;
+    u32 amax;
+};
+// The output format of a row (Params.out_kind) and whether any amax is asked for.
+struct OutFmt {
+    int kind;
+    bool track;
+};
+
+// One output vector, rounded once from fp32: to T, or (fp8) y * scale saturated to the
+// format's largest finite value, NaN kept.
+template <typename T, int VEC>
+__device__ __forceinline__ void store_out(T* dst, const float (&x)[VEC], Q8&, OutFmt) {
+    Packet<T, VEC> o;
+    o.from_floats(x);
+    o.store(dst);
+}
+template <__nv_fp8_interpretation_t KIND, int VEC>
+__device__ __forceinline__ void to_fp8(const float (&x)[VEC], float scale, u32* w) {
+#pragma unroll
+    for (int e = 0; e < VEC; e += 2) {
+        const u32 pair = __nv_cvt_float2_to_fp8x2(make_float2(x[e] * scale, x[e + 1] * scale), __NV_SATFINITE, KIND);
+        if (e % 4 == 0) w[e / 4] = pair;
+        else w[e / 4] |= pair << 16;
+    }
+}
+template <int VEC>
+__device__ __forceinline__ void store_out(Fp8* dst, const float (&x)[VEC], Q8& q, OutFmt fmt) {
+    static_assert(VEC % 4 == 0, "fp8 vectors are whole 32-bit words");
+    Packet<Fp8, VEC> o;
+    u32* w = reinterpret_cast<u32*>(o.w);
+    if (fmt.track) {   // uniform branches, one a vector
+#pragma unroll
+        for (int e = 0; e < VEC; ++e) q.amax = max(q.amax, __float_as_uint(fabsf(x[e])));
+    }
+    if (fmt.kind == FP8_E5M2) to_fp8<__NV_E5M2>(x, q.scale, w);
+    else to_fp8<__NV_E4M3>(x, q.scale, w);
+    o.store(dst);
+}
+
 // sm_100 and sm_120: their ptxas spills the three-vector lookahead below at the 768-thread bound
 // (16-24 bytes), so they keep finishing vector by vector without it.
 #if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 1000
@@ -439,13 +489,13 @@ constexpr bool THREE_VECTOR_LOOKAHEAD = true;
 // before the next is converted, so one vector is held as floats, not three; with the lookahead
 // the next vector's constants are requested early, overlapping the L1 round trips after the
 // reduction (docs/dev/perf-notes.md v10, v11). The other items keep finish_item.
-template <typename T, typename C, int ROPE, int NORM, int LN, typename Tab, typename HW>
-__device__ __forceinline__ void finish_three(const Row<T, C>& row, int stride, int h, int d, const Item<T, 3>& it,
-                                             Scale sc, const Tab& tab, const HW& hw) {
+template <typename T, typename C, typename O, int ROPE, int NORM, int LN, typename Tab, typename HW>
+__device__ __forceinline__ void finish_three(const Row<T, C, O>& row, int stride, int h, int d, const Item<T, 3>& it,
+                                             Scale sc, const Tab& tab, const HW& hw, Q8& q8, OutFmt fmt) {
     constexpr int VEC = Item<T, 3>::VEC;
     constexpr bool ahead = THREE_VECTOR_LOOKAHEAD;
     static_assert(NORM != NORM_FULL && ROPE != ROPE_HALF, "three-vector items are per-head, no rotate_half");
-    T* dst = row.out + h * row.out_hs;
+    O* dst = row.out + h * row.out_hs;
     VecConsts<VEC> cur, next;
     if (ahead) read_consts<ROPE, NORM>(0, tab, hw, cur);
 #pragma unroll
@@ -461,18 +511,17 @@ __device__ __forceinline__ void finish_three(const Row<T, C>& row, int stride, i
             if (!ahead) tab.get(q, cur.c, cur.s);
             rotate_pairs(x, cur.c, cur.s);
         }
-        Packet<T, VEC> o;
-        o.from_floats(x);
-        o.store(dst + q * stride);
+        store_out(dst + q * stride, x, q8, fmt);
         if (ahead && q + 1 < 3) cur = next;
     }
 }
 
 // Normalise (scale r, weight w), rotate, round once, store.
 // head_elems: a head's values where items do not tile it evenly (partial rotate_half), else 0.
-template <typename T, typename C, int ROPE, int NORM, int PARTS, int LN, typename Tab, typename HW>
-__device__ __forceinline__ void finish_item(const Row<T, C>& row, int stride, int h, int d, const Item<T, PARTS>& it,
-                                            Scale sc, const Tab& tab, const HW& hw, int head_elems = 0) {
+template <typename T, typename C, typename O, int ROPE, int NORM, int PARTS, int LN, typename Tab, typename HW>
+__device__ __forceinline__ void finish_item(const Row<T, C, O>& row, int stride, int h, int d, const Item<T, PARTS>& it,
+                                            Scale sc, const Tab& tab, const HW& hw, Q8& q8, OutFmt fmt,
+                                            int head_elems = 0) {
     constexpr int VEC = Item<T, PARTS>::VEC;
     float x[PARTS][VEC];
 #pragma unroll
@@ -494,7 +543,6 @@ __device__ __forceinline__ void finish_item(const Row<T, C>& row, int stride, in
             norm_vec<LN>(x[q], sc, w, row, widx + q * stride);
         }
     }
-    Item<T, PARTS> o;
     if (ROPE == ROPE_INTERLEAVED) {
 #pragma unroll
         for (int q = 0; q < PARTS; ++q) {
@@ -514,12 +562,9 @@ __device__ __forceinline__ void finish_item(const Row<T, C>& row, int stride, in
 #pragma unroll
         for (int e = 0; e < VEC; ++e) x[0][e] = lo[e];
     }
-    T* dst = row.out + h * row.out_hs;
+    O* dst = row.out + h * row.out_hs;
 #pragma unroll
-    for (int q = 0; q < PARTS; ++q) {
-        o.part[q].from_floats(x[q]);
-        o.part[q].store(dst + q * stride);
-    }
+    for (int q = 0; q < PARTS; ++q) store_out(dst + q * stride, x[q], q8, fmt);
 }
 
 // Sum over a team: a power of two <= 32 aligned lanes (shuffles), or else whole segments of 32
@@ -601,8 +646,8 @@ __device__ __forceinline__ void prefetch_row(const Params& p, u32 tok, int d, in
 
 // Per-head table rows (LTX-2) are read per head after the reduction: requested now, their
 // latency overlaps the data loads (full-dim weight slices lose that way: perf-notes v5).
-template <typename T, typename C, int PARTS, int K>
-__device__ __forceinline__ void prefetch_head_tables(const Row<T, C>& row, int hl, int th, int stride) {
+template <int PARTS, int K, typename T, typename C, typename O>
+__device__ __forceinline__ void prefetch_head_tables(const Row<T, C, O>& row, int hl, int th, int stride) {
     for_thread_heads<K>(hl, th, row.heads, [&](int h) {
 #pragma unroll
         for (int q = 0; q < PARTS; ++q) {
@@ -665,8 +710,64 @@ __device__ __forceinline__ u32 row_ahead(const Params& p, u32 tok) {
     return p.ahead && tok < tokens && p.ahead < tokens - tok ? tok + p.ahead : NO_ROW;
 }
 
-template <typename T, typename C, int ROPE, int NORM, int K, int PARTS, int TABLE, int STATS, int LN, int SRC, int SIDE>
-__device__ __forceinline__ void process_row(const Params& p, u32 tok, u32 row_in_block, u32 parity, u32 far_row) {
+// The output's storage: T, or Fp8 for the fp8 variants (OUT == 1).
+template <typename T, int OUT> struct OutOf {
+    typedef T type;
+};
+template <typename T> struct OutOf<T, 1> {
+    typedef Fp8 type;
+};
+
+// fp8 variants: a slot for each head a thread holds (one for the loop over heads), kept over
+// all its rows: a thread's heads are the same in every row it takes.
+template <int K> struct QuantSlots {
+    Q8 slot[K > 0 ? K : 1];
+};
+
+// Side i's scale for head h: one a head, one a side, or the launch's value.
+template <int SIDE>
+__device__ __forceinline__ float quant_scale(const Params& p, int h) {
+    const float* s = p.scale[SIDE];
+    return s ? __ldg(s + h * p.scale_hs[SIDE]) : p.scale_val[SIDE];
+}
+
+// Scales may be a previous kernel's output (delayed scaling): read after the wait, once.
+template <int OUT, int K, int SIDE>
+__device__ __forceinline__ void init_quant(const Params& p, int hl, int th, QuantSlots<K>& q) {
+    if (!OUT) return;
+    wait_for_producer();
+#pragma unroll
+    for (int k = 0; k < (K > 0 ? K : 1); ++k) {
+        const int h = hl + k * th;
+        q.slot[k] = Q8{quant_scale<SIDE>(p, h < p.side[SIDE].heads ? h : 0), 0u};
+    }
+}
+
+// amax[h * hs] raised to the |y| maxima (float bits) of a warp's lanes: reduced over the lanes
+// that share an address (all of them for one amax a side), then one atomic a group.
+__device__ __forceinline__ void flush_amax(float* amax, int hs, int h, bool valid, u32 bits) {
+    const int key = valid ? h * hs : -1;
+    const u32 group = __match_any_sync(0xffffffffu, key);
+    const u32 m = __reduce_max_sync(group, bits);
+    if (valid && m && (linear_tid() & 31u) == (u32)(__ffs(group) - 1))
+        atomicMax(reinterpret_cast<unsigned int*>(amax + key), m);
+}
+
+template <int OUT, int K, int SIDE>
+__device__ __forceinline__ void flush_quant(const Params& p, int hl, int th, bool lane_active, const QuantSlots<K>& q) {
+    if (!OUT || K == 0 || !p.amax[SIDE]) return;   // the loop over heads flushes each head
+#pragma unroll
+    for (int k = 0; k < (K > 0 ? K : 1); ++k) {
+        const int h = hl + k * th;
+        flush_amax(p.amax[SIDE], p.amax_hs[SIDE], h, lane_active && h < p.side[SIDE].heads, q.slot[k].amax);
+    }
+}
+
+template <typename T, typename C, int ROPE, int NORM, int K, int PARTS, int TABLE, int STATS, int LN, int SRC, int OUT,
+          int SIDE>
+__device__ __forceinline__ void process_row(const Params& p, u32 tok, u32 row_in_block, u32 parity, u32 far_row,
+                                            QuantSlots<K>& quant) {
+    typedef typename OutOf<T, OUT>::type O;
     constexpr int VEC = Item<T, PARTS>::VEC;
     typedef Item<T, PARTS> It;
     const TeamLane tl = team_lane<NORM>(p);
@@ -680,7 +781,8 @@ __device__ __forceinline__ void process_row(const Params& p, u32 tok, u32 row_in
     // Threads of a missing row or past the head dim still take part in shuffles and barriers.
     const bool active = tok < (p.total_rows >> 1) && (int)j < p.lanes_d;
 
-    Row<T, C> row = locate_row<T, C, SIDE, SRC>(p, active ? tok : 0u, d);
+    Row<T, C, O> row = locate_row<T, C, SIDE, SRC, O>(p, active ? tok : 0u, d);
+    const OutFmt fmt{p.out_kind, OUT && p.amax[SIDE] != nullptr};
     // Under PDL the parameters and the index math above overlap the previous kernel's tail; the
     // first global access waits (perf-notes v9).
     wait_for_producer();
@@ -704,13 +806,14 @@ __device__ __forceinline__ void process_row(const Params& p, u32 tok, u32 row_in
     // take 48 and 24 registers.
     constexpr bool at_use = PARTS == 3;
     if (NORM == NORM_HEAD && active && !at_use) hw.load(row, stride, d);
-    auto finish = [&](int h, const It& item, Scale sc) {
+    auto finish = [&](int k, int h, const It& item, Scale sc) {
+        Q8& q8 = quant.slot[k];
         auto finish_with = [&](const auto& rot) {
             if constexpr (at_use)
-                finish_three<T, C, ROPE, NORM, LN>(row, stride, h, d, item, sc, rot,
-                                                    HeadWeightsAt<VEC>{row.w, row.w_dtype, (i64)d, stride});
+                finish_three<T, C, O, ROPE, NORM, LN>(row, stride, h, d, item, sc, rot,
+                                                       HeadWeightsAt<VEC>{row.w, row.w_dtype, (i64)d, stride}, q8, fmt);
             else
-                finish_item<T, C, ROPE, NORM, PARTS, LN>(row, stride, h, d, item, sc, rot, hw, head_elems);
+                finish_item<T, C, O, ROPE, NORM, PARTS, LN>(row, stride, h, d, item, sc, rot, hw, q8, fmt, head_elems);
         };
         if constexpr (SRC == SRC_GRID) {
             finish_with(grid);
@@ -719,14 +822,11 @@ __device__ __forceinline__ void process_row(const Params& p, u32 tok, u32 row_in
         } else if constexpr (SRC == SRC_POS) {
             finish_with(pos_slice);
         } else if constexpr (at_use) {
-            const TableAt<C, VEC> at{row.cos + h * row.cos_hs, row.sin + h * row.sin_hs, stride, p.tab_dtype};
-            finish_three<T, C, ROPE, NORM, LN>(row, stride, h, d, item, sc, at,
-                                                HeadWeightsAt<VEC>{row.w, row.w_dtype, (i64)d, stride});
+            finish_with(TableAt<C, VEC>{row.cos + h * row.cos_hs, row.sin + h * row.sin_hs, stride, p.tab_dtype});
         } else if constexpr (TABLE == TABLE_SHARED) {
-            finish_item<T, C, ROPE, NORM, PARTS, LN>(row, stride, h, d, item, sc,
-                                                      TableAt<C, VEC>{row.cos, row.sin, stride, p.tab_dtype}, hw);
+            finish_with(TableAt<C, VEC>{row.cos, row.sin, stride, p.tab_dtype});
         } else {
-            finish_item<T, C, ROPE, NORM, PARTS, LN>(row, stride, h, d, item, sc, tab, hw);
+            finish_with(tab);
         }
     };
 
@@ -745,8 +845,8 @@ __device__ __forceinline__ void process_row(const Params& p, u32 tok, u32 row_in
         // Per-head tables (LTX-2) into L1 in several-vector items only: in the one-vector variants the
         // extra addressing made ptxas spill. A late shared slice: one request serves all heads.
         if (SRC == SRC_TABLE && ROPE != ROPE_NONE && active) {
-            if (PARTS > 1 && !shared_table) prefetch_head_tables<T, C, PARTS, K>(row, hl, th, stride);
-            else if (late_table && shared_table) prefetch_head_tables<T, C, PARTS, 1>(row, hl, th, stride);
+            if (PARTS > 1 && !shared_table) prefetch_head_tables<PARTS, K>(row, hl, th, stride);
+            else if (late_table && shared_table) prefetch_head_tables<PARTS, 1>(row, hl, th, stride);
         }
         release_dependents();
 
@@ -774,7 +874,7 @@ __device__ __forceinline__ void process_row(const Params& p, u32 tok, u32 row_in
             if (!(active && h < row.heads)) continue;
             if (SRC == SRC_TABLE && ROPE != ROPE_NONE && !early_table && TABLE != TABLE_SHARED && !at_use)
                 tab.load(row.cos + h * row.cos_hs, row.sin + h * row.sin_hs, stride);
-            finish(h, it[k], NORM == NORM_HEAD ? sc[k] : sc[0]);
+            finish(k, h, it[k], NORM == NORM_HEAD ? sc[k] : sc[0]);
         }
     } else {
         // Heads beyond registers: loop. The trip count is uniform across the team (shuffles).
@@ -812,9 +912,16 @@ __device__ __forceinline__ void process_row(const Params& p, u32 tok, u32 row_in
                 if (ok) m.add(it);
                 sc = norm_scale(team_sum_warp(m, p.tj), row.inv_n, p.eps, false);
             }
-            if (!ok) continue;
-            if (SRC == SRC_TABLE && ROPE != ROPE_NONE && !shared_table && !at_use) tab.load(row.cos + h * row.cos_hs, row.sin + h * row.sin_hs, stride);
-            finish(h, it, sc);
+            if (OUT) quant.slot[0].scale = quant_scale<SIDE>(p, ok ? h : 0);
+            if (ok) {
+                if (SRC == SRC_TABLE && ROPE != ROPE_NONE && !shared_table && !at_use)
+                    tab.load(row.cos + h * row.cos_hs, row.sin + h * row.sin_hs, stride);
+                finish(0, h, it, sc);
+            }
+            if (fmt.track) {   // a head at a time: flushed before the thread's next head
+                flush_amax(p.amax[SIDE], p.amax_hs[SIDE], h, ok, quant.slot[0].amax);
+                quant.slot[0].amax = 0u;
+            }
         }
     }
 }
@@ -823,16 +930,18 @@ __device__ __forceinline__ void process_row(const Params& p, u32 tok, u32 row_in
 // and it takes p.iters of them a row, a grid's worth of tokens apart. AHEAD == 0: variants for
 // blocks that never ask for rows ahead (Params.ahead is 0 for them), built without that code.
 template <typename T, typename C, int ROPE, int NORM, int K, int PARTS, int TABLE, int AHEAD, int STATS, int LN,
-          int SRC, int SIDE>
-__device__ __forceinline__ void side_body(const Params& p) {
+          int SRC, int OUT, int SIDE>
+__device__ __forceinline__ void side_body(const Params& p, u32 block) {
     const u32 rows_per_block = blockDim.y;   // blockDim.x is the team
     const u32 row_in_block = threadIdx.y;
     const TeamLane tl = team_lane<NORM>(p);
     const Place place = lane_place<T, ROPE, SRC, PARTS>(p, tl.j);
     const int d = place.d;
     const u32 tokens = p.total_rows >> 1;
-    const u32 step = (gridDim.x >> 1) * rows_per_block;
-    const u32 first = (blockIdx.x >> 1) * rows_per_block + row_in_block;
+    const u32 step = (p.qk_grid >> 1) * rows_per_block;
+    const u32 first = (block >> 1) * rows_per_block + row_in_block;
+    QuantSlots<K> quant;
+    init_quant<OUT, K, SIDE>(p, tl.hl, (int)p.th, quant);
     for (u32 i = 0; i < p.iters; ++i) {
         const u32 tok = first + i * step;
         const u32 next = tok + step;
@@ -841,34 +950,94 @@ __device__ __forceinline__ void side_body(const Params& p) {
             prefetch_row<T, C, PARTS, K, SIDE>(p, next, d, tl.hl, (int)p.th, place.stride);
         }
         const u32 far_row = AHEAD && ahead_in_row<NORM, PARTS>() && i == 0 ? row_ahead(p, tok) : NO_ROW;
-        process_row<T, C, ROPE, NORM, K, PARTS, TABLE, STATS, LN, SRC, SIDE>(p, tok, row_in_block, i & 1u, far_row);
+        process_row<T, C, ROPE, NORM, K, PARTS, TABLE, STATS, LN, SRC, OUT, SIDE>(p, tok, row_in_block, i & 1u, far_row,
+                                                                                 quant);
     }
     if (AHEAD && !ahead_in_row<NORM, PARTS>()) {
         const u32 far_row = row_ahead(p, first);
         if (far_row != NO_ROW && (int)tl.j < p.lanes_d)
             prefetch_row<T, C, PARTS, K, SIDE>(p, far_row, d, tl.hl, (int)p.th, place.stride);
     }
+    flush_quant<OUT, K, SIDE>(p, tl.hl, (int)p.th, (int)tl.j < p.lanes_d, quant);
+}
+
+// fp8 variants given V (Params.v_in): V's blocks (Params.v_period) quantise V's values (no norm, no
+// rotation). A thread takes one column (one vector at one place of one head) of a group of
+// tokens, so its head, scale and amax slot stay fixed; four loads in flight a thread.
+template <typename T>
+__device__ __forceinline__ void v_body(const Params& p, u32 vb) {
+    constexpr int VEC = 16 / (int)sizeof(T);
+    constexpr u32 BATCH = 4;
+    const u32 group = vb / p.v_col_blocks;
+    const u32 col = (vb - group * p.v_col_blocks) * (blockDim.x * blockDim.y) + linear_tid();
+    const bool active = col < p.v_cols;
+    const u32 h = div(col, p.v_lanes);
+    const int d = (int)(col - h * p.v_lanes.d) * VEC;
+    const SideParams& sp = p.v;
+    const u32 tokens = p.total_rows >> 1;
+    const T* in = static_cast<const T*>(p.v_in) + (i64)h * sp.in_hs + d;
+    Fp8* out = static_cast<Fp8*>(p.v_out) + (i64)h * sp.out_hs + d;
+    wait_for_producer();
+    Q8 q8{quant_scale<2>(p, active ? (int)h : 0), 0u};
+    const OutFmt fmt{p.out_kind, p.amax[2] != nullptr};
+    for (u32 tok = group; active && tok < tokens; tok += BATCH * p.v_groups) {
+        Packet<T, VEC> x[BATCH];
+#pragma unroll
+        for (u32 i = 0; i < BATCH; ++i) {
+            const u32 t = tok + i * p.v_groups;
+            const u32 b = div(t, p.seq);
+            if (t < tokens) x[i].load(in + (i64)b * sp.in_sb + (i64)(t - b * p.seq.d) * sp.in_ss);
+        }
+#pragma unroll
+        for (u32 i = 0; i < BATCH; ++i) {
+            const u32 t = tok + i * p.v_groups;
+            const u32 b = div(t, p.seq);
+            if (t >= tokens) break;
+            float f[VEC];
+            x[i].to_floats(f);
+            store_out(out + (i64)b * sp.out_sb + (i64)(t - b * p.seq.d) * sp.out_ss, f, q8, fmt);
+        }
+    }
+    release_dependents();
+    if (fmt.track) flush_amax(p.amax[2], p.amax_hs[2], (int)h, active, q8.amax);
 }
 
 template <typename T, typename C, int ROPE, int NORM, int K, int PARTS, int TABLE, int AHEAD, int STATS, int LN,
-          int SRC>
+          int SRC, int OUT>
 __device__ __forceinline__ void qk_norm_rope_body(const Params& p) {
     static_assert(STATS == STATS_NONE || (NORM == NORM_FULL && !LN), "sums of squares are full-dim RMS rows'");
     static_assert(SRC == SRC_TABLE || (ROPE != ROPE_NONE && TABLE == TABLE_ANY && STATS == STATS_NONE),
                   "position ids and grids are the plain variants' other rope sources");
-    if (blockIdx.x & 1u) side_body<T, C, ROPE, NORM, K, PARTS, TABLE, AHEAD, STATS, LN, SRC, 1>(p);
-    else side_body<T, C, ROPE, NORM, K, PARTS, TABLE, AHEAD, STATS, LN, SRC, 0>(p);
+    static_assert(!OUT || (sizeof(T) == 2 && STATS == STATS_NONE), "fp8 output: 16-bit input, no sums");
+    u32 block = blockIdx.x;
+    if (OUT && p.v_period) {
+        // V's blocks sit every v_period-th block, so that their streaming overlaps Q's and K's
+        // instruction-bound rows on every SM instead of running after them.
+        const u32 v_blocks = p.v_col_blocks * p.v_groups;
+        const u32 nth = (block + 1) / p.v_period;
+        if (nth * p.v_period == block + 1 && nth <= v_blocks) {
+            v_body<T>(p, nth - 1);
+            return;
+        }
+        block -= min(nth, v_blocks);
+    } else if (OUT && block >= p.qk_grid) {   // v_period 0: V's blocks after Q's and K's
+        v_body<T>(p, block - p.qk_grid);
+        return;
+    }
+    if (block & 1u) side_body<T, C, ROPE, NORM, K, PARTS, TABLE, AHEAD, STATS, LN, SRC, OUT, 1>(p, block);
+    else side_body<T, C, ROPE, NORM, K, PARTS, TABLE, AHEAD, STATS, LN, SRC, OUT, 0>(p, block);
 }
 
 }  // namespace cudit
 
 // build_cubins.py appends one line per variant:
-//   CUDIT_QKNR(name, T, C, ROPE, NORM, K, PARTS, TABLE, AHEAD, STATS, LN, SRC, MAX_THREADS)
+//   CUDIT_QKNR(name, T, C, ROPE, NORM, K, PARTS, TABLE, AHEAD, STATS, LN, SRC, OUT, MAX_THREADS)
 // (C: cos/sin storage, float or Bits16, any when ROPE is none or SRC is the grid; TABLE:
-// TableKind; AHEAD: 0 or 1, rows-ahead code; STATS: StatsMode; LN: 1 for LayerNorm; SRC: RopeSource)
-#define CUDIT_QKNR(NAME, T, C, ROPE, NORM, K, PARTS, TABLE, AHEAD, STATS, LN, SRC, MAX_THREADS)    \
-    extern "C" __global__ void __launch_bounds__(MAX_THREADS, 1) NAME(const cudit::Params p) {    \
-        cudit::qk_norm_rope_body<T, C, ROPE, NORM, K, PARTS, TABLE, AHEAD, STATS, LN, SRC>(p);   \
+// TableKind; AHEAD: 0 or 1, rows-ahead code; STATS: StatsMode; LN: 1 for LayerNorm; SRC: RopeSource;
+// OUT: 1 for fp8 output)
+#define CUDIT_QKNR(NAME, T, C, ROPE, NORM, K, PARTS, TABLE, AHEAD, STATS, LN, SRC, OUT, MAX_THREADS)    \
+    extern "C" __global__ void __launch_bounds__(MAX_THREADS, 1) NAME(const cudit::Params p) {         \
+        cudit::qk_norm_rope_body<T, C, ROPE, NORM, K, PARTS, TABLE, AHEAD, STATS, LN, SRC, OUT>(p);   \
     }
 
 // The benchmark's baseline for launch-bound shapes and host overhead: a launch that does nothing.

@@ -26,6 +26,8 @@ enum StatsMode { STATS_NONE = 0, STATS_WRITE = 1, STATS_READ = 2 };
 // first rotary_dim values only; SRC_GRID, no table: 3-D RoPE angles computed from the token's
 // place on a (frames, height, width) grid.
 enum RopeSource { SRC_TABLE = 0, SRC_POS = 1, SRC_GRID = 2 };
+// fp8 output variants (OUT == 1): the format, a launch parameter (Params.out_kind).
+enum Fp8Kind { FP8_E4M3 = 0, FP8_E5M2 = 1 };
 enum { MAX_PAIRS = 128 };   // D / 2 for the largest head_dim
 
 typedef struct SideParams {
@@ -37,7 +39,7 @@ typedef struct SideParams {
     float inv_n;                // 1 / values normalised together (D or H*D)
 } SideParams;
 
-// The pointers come first and together: the host writes all sixteen with one store per call.
+// The pointers come first and together: the host writes all of them with one store per call.
 typedef struct Params {
     const void* in[2];          // 0 = Q, 1 = K: head 0 of token 0
     void* out[2];
@@ -49,7 +51,14 @@ typedef struct Params {
     const void* sin;
     float* stats;               // [tokens, 2] sums of squares (StatsMode variants), else null
     const void* pos;            // position ids, int32 or int64 (SRC_POS), else null
+    // fp8 output variants: V of packed input, quantised by the blocks past qk_grid (null: none);
+    // each side's scale (0 = Q, 1 = K, 2 = V; null: scale_val) and |y| maxima (null: none).
+    const void* v_in;
+    void* v_out;
+    const float* scale[3];
+    float* amax[3];
     SideParams side[2];         // 0 = Q, 1 = K
+    SideParams v;               // V: strides and heads
     cudit_i64 cos_rb, cos_rs, cos_hs; // table strides: outer row, inner row, head (0: shared by heads)
     cudit_i64 sin_rb, sin_rs, sin_hs;
     FastDiv tab_rows;                 // R: token t reads table row t mod R
@@ -80,6 +89,18 @@ typedef struct Params {
     float grid_origin[3];       // positions of cell (0, 0, 0) along frames, height, width
     float grid_scale[3];        // a position is (index + origin) * scale along each axis
     float txt_pos[3];
+    // fp8 output: y * scale rounded once; scale[i][h * scale_hs[i]] (scale_hs 0: one a side), and
+    // amax[i][h * amax_hs[i]] raised to max |y| (atomically: zeroed by the caller).
+    float scale_val[3];
+    int scale_hs[3], amax_hs[3];
+    int out_kind;                     // Fp8Kind
+    cudit_u32 qk_grid;                // blocks of Q and K rows (gridDim.x less V's blocks)
+    // V's blocks (v_col_blocks * v_groups of them, block v_period * (i + 1) - 1 the i-th; 0: none):
+    // column c = one 16-byte vector of a token's V (v_cols = Hv * D / VEC of them, v_lanes = D /
+    // VEC a head), v_col_blocks blocks across them; token group g of v_groups takes tokens g,
+    // g + v_groups, ...
+    cudit_u32 v_cols, v_col_blocks, v_groups, v_period;
+    FastDiv v_lanes;
     float freq[MAX_PAIRS];      // each pair's angular frequency, radians per position
 } Params;
 

@@ -1,11 +1,12 @@
 """The launch planner on made-up arrays: geometry, parameters, caching and every bad input."""
 import itertools
 import re
+import struct
 
 import pytest
 
 from cudit import _planner, _variants
-from cudit._params import Params, fast_div
+from cudit._params import POINTERS, Params, fast_div
 from cudit._planner import Geometry, PlanError, Request, geometry, plan
 from cudit._tuning import DeviceSpec, Tuning
 from cudit._variants import MAX_K
@@ -26,14 +27,9 @@ def cfg(p):
 
 def bind(p, req) -> Params:
     """The parameters a launch of p would pass for req's arrays."""
-    prm = Params.from_buffer_copy(p.template)
-    for i, a in enumerate(p.addresses(req.arrays())):
-        ptrs = ("in_", "out", "w", "w_txt", "b", "b_txt")[i // 2] if i < 12 else ("cos", "sin", "stats", "pos")[i - 12]
-        if i < 12:
-            getattr(prm, ptrs)[i % 2] = a
-        else:
-            setattr(prm, ptrs, a)
-    return prm
+    block = bytearray(p.template)
+    struct.pack_into(f"<{POINTERS}Q", block, 0, *p.addresses(req.arrays()))   # as the launcher writes it
+    return Params.from_buffer_copy(block)
 
 
 def packed(b=2, s=64, h=4, d=D, dtype="bf16", **kw):

@@ -259,3 +259,19 @@ def test_rope3d_turns_each_band_by_its_axis_position():
     angle = [np.float32(np.float32(p) * np.float32(fr)) for p, fr in zip(pos, freqs)]
     assert np.allclose(rope.frequencies(), freqs)
     np.testing.assert_allclose(qo[9], np.ravel([[math.cos(a), math.sin(a)] for a in angle]), rtol=1e-12)
+
+
+def test_fp8_quantisation_rounds_to_nearest_even_saturates_and_keeps_nan():
+    from cudit.reference import quantize_fp8
+
+    # e4m3fn: 3 mantissa bits; 1.0625 sits halfway between 1 and 1.125 (ties to even: 1), 1.1875
+    # halfway between 1.125 and 1.25 (to 1.25); past 448 saturates, below 2^-6 subnormal steps of 2^-9.
+    x = np.array([1.0625, 1.1875, -1.0625, 460.0, 1e6, -1e6, 2.0**-9 * 1.5, 2.0**-10, 0.0, np.nan])
+    got = quantize_fp8(x, 1.0)
+    want = [1.0, 1.25, -1.0, 448.0, 448.0, -448.0, 2.0**-8, 0.0, 0.0, np.nan]
+    np.testing.assert_array_equal(got, want)
+    # the scale multiplies before rounding; e5m2: 2 mantissa bits, largest finite 57344
+    np.testing.assert_array_equal(quantize_fp8(np.array([0.3, 1e9]), 10.0, "float8_e5m2"), [3.0, 57344.0])
+    # one value a head along axis -2
+    y = np.ones((2, 3, 4))
+    assert quantize_fp8(y, np.array([1.0, 2.0, 4.0])[:, None]).tolist() == (y * [[1], [2], [4]]).tolist()

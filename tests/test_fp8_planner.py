@@ -1,0 +1,160 @@
+"""fp8 output's planning on made-up arrays (issue #11): the variant, V's blocks and pointers, the
+scale and amax fields, and every bad argument named."""
+import struct
+
+import pytest
+
+from cudit import _planner
+from cudit._params import POINTERS, Params
+from cudit._planner import PlanError, Request
+from cudit._tuning import DeviceSpec, Tuning
+from fakes import BASE, arr
+
+D = 128
+E4M3 = "float8_e4m3fn"
+
+
+def plan(**kw):
+    return _planner.make_plan(Request(**kw), DeviceSpec(arch=(9, 0)), Tuning())
+
+
+def packed(heads=(4, 4, 4), s=64, dtype="bf16", ptr=BASE):
+    return arr((1, s, sum(heads) * D), dtype, ptr=ptr)
+
+
+def tables(s=64):
+    return arr((s, D), "f32", ptr=BASE + 0x300000), arr((s, D), "f32", ptr=BASE + 0x400000)
+
+
+def weights(n=D):
+    return arr((n,), "f32", ptr=BASE + 0x100000), arr((n,), "f32", ptr=BASE + 0x200000)
+
+
+def call(heads=(4, 4, 4), out_type=E4M3, **kw):
+    """A packed call's arguments, out of dtype out_type."""
+    qkv = packed(heads)
+    base = dict(qkv=qkv, q_weight=weights()[0], k_weight=weights()[1], cos=tables()[0], sin=tables()[1],
+                num_heads=heads, out=arr(qkv.shape, out_type, ptr=BASE + 0x800000))
+    base.update(kw)
+    return base
+
+
+def pointers(p, req) -> list:
+    block = bytearray(p.template)
+    struct.pack_into(f"<{POINTERS}Q", block, 0, *p.addresses(req.arrays()))
+    return block
+
+
+def test_fp8_out_plans_the_fp8_variant_and_quantises_packed_v():
+    p = plan(**call(scale_values=(2.0, 3.0, None)))
+    v = p.config.variant
+    assert v.out == "f8" and v.name.endswith("_f8") and (v.norm, v.rope) == ("head", "interleaved")
+    prm = Params.from_buffer_copy(p.template)
+    assert prm.out_kind == 0 and list(prm.scale_val) == [2.0, 3.0, 1.0] and prm.qk_grid == p.config.grid
+    # V: 4 heads x 16 vectors of 8 values a token, every token in some group of V_TOKENS
+    assert prm.v.heads == 4 and prm.v_cols == 4 * D // 8 and prm.v_lanes.d == D // 8
+    assert prm.v_groups * _planner.V_TOKENS >= 64 and p.config.v_blocks == prm.v_col_blocks * prm.v_groups
+    assert prm.v_col_blocks * p.config.block >= prm.v_cols
+    req = Request(**call())
+    blob = Params.from_buffer_copy(pointers(p, req))
+    assert blob.v_in == BASE + 8 * D * 2                 # after Q's and K's 8 heads of bf16
+    assert blob.v_out == BASE + 0x800000 + 8 * D         # one byte a value
+    assert blob.out[1] == BASE + 0x800000 + 4 * D        # K's output: one byte a value too
+
+
+def test_fp8_plans_keep_every_other_field_of_the_bf16_plan():
+    fp8, bf16 = plan(**call()), plan(**call(out=None))
+    a, b = Params.from_buffer_copy(fp8.template), Params.from_buffer_copy(bf16.template)
+    assert (a.side[0].out_ss, a.side[0].out_hs) == (b.side[0].out_ss, b.side[0].out_hs)   # strides count values
+    assert fp8.config.grid == bf16.config.grid and bf16.config.v_blocks == 0 and b.out_kind == 0
+
+
+def test_scale_and_amax_arrays_set_their_head_strides_and_pointers():
+    kw = call(q_scale=arr((4,), "f32", ptr=BASE + 0x900000), k_scale=arr((1,), "f32", ptr=BASE + 0xA00000),
+              v_amax=arr((4,), "f32", ptr=BASE + 0xB00000), q_amax=arr((), "f32", ptr=BASE + 0xC00000))
+    p = plan(**kw)
+    prm = Params.from_buffer_copy(pointers(p, Request(**kw)))
+    assert list(prm.scale_hs) == [1, 0, 0] and list(prm.amax_hs) == [0, 0, 1]
+    assert prm.scale[0] == BASE + 0x900000 and prm.scale[1] == BASE + 0xA00000 and not prm.scale[2]
+    assert prm.amax[2] == BASE + 0xB00000 and prm.amax[0] == BASE + 0xC00000 and not prm.amax[1]
+
+
+def test_e5m2_and_uint8_views_named_by_out_dtype():
+    assert Params.from_buffer_copy(plan(**call(out_type="float8_e5m2")).template).out_kind == 1
+    assert plan(**call(out_type="uint8", out_dtype=E4M3)).config.variant.out == "f8"
+    with pytest.raises(PlanError, match="^out: expected shape .* or an fp8 dtype"):
+        plan(**call(out_type="uint8"))
+    with pytest.raises(PlanError, match="^out_dtype: expected 'float8_e4m3fn' or 'float8_e5m2'"):
+        plan(**call(out_type="uint8", out_dtype="int8"))
+
+
+def test_split_fp8_has_no_v():
+    q, k = arr((1, 64, 4 * D)), arr((1, 64, 4 * D), ptr=BASE + 0x10000)
+    outs = (arr((1, 64, 4 * D), E4M3, ptr=BASE + 0x800000), arr((1, 64, 4 * D), E4M3, ptr=BASE + 0x900000))
+    p = plan(qkv=(q, k), q_weight=weights()[0], k_weight=weights()[1], cos=tables()[0], sin=tables()[1], num_heads=4,
+             out=outs)
+    assert p.config.variant.out == "f8" and p.config.v_blocks == 0
+    with pytest.raises(PlanError, match="^v_scale: expected None: V is quantised only from packed input"):
+        plan(qkv=(q, k), q_weight=weights()[0], k_weight=weights()[1], num_heads=4, out=outs,
+             scale_values=(None, None, 2.0))
+
+
+@pytest.mark.parametrize("kw,message", [
+    (dict(qkv=packed(dtype="f32"), out=arr((1, 64, 12 * D), E4M3)), "^out: expected the input's dtype"),
+    (dict(norm_type="layer"), "^norm: expected the default"),
+    (dict(scale_values=("2", None, None)), "^q_scale: expected a number or an fp32 GPU array"),
+    (dict(q_scale=arr((3,), "f32")), r"^q_scale: expected an fp32 array of 1 value or 4 \(one a head\)"),
+    (dict(k_scale=arr((4,), "f16")), "^k_scale: expected dtype f32"),
+    (dict(v_amax=arr((4,), "f32", readonly=True)), "^v_amax: expected a writable array"),
+    (dict(q_amax=arr((2, 2), "f32")), "^q_amax: expected an fp32 array of 1 value or 4"),
+    (dict(heads=(4, 4, 0), v_scale=arr((1,), "f32")), "^v_scale: expected None: V is quantised only"),
+])
+def test_bad_fp8_arguments_are_named(kw, message):
+    kw = dict(kw)
+    heads = kw.pop("heads", (4, 4, 4))
+    args = call(heads, **kw)
+    with pytest.raises(PlanError, match=message):
+        plan(**args)
+
+
+def test_scales_without_fp8_out_are_refused():
+    with pytest.raises(PlanError, match="^q_scale: expected None unless out is fp8"):
+        plan(**call(out_type="bf16", scale_values=(2.0, None, None)))
+    with pytest.raises(PlanError, match="^k_amax: expected None unless out is fp8"):
+        plan(**call(out=None, k_amax=arr((1,), "f32")))
+
+
+def test_fp8_output_strides_need_eight_byte_vectors():
+    qkv = packed()
+    bad = arr(qkv.shape, E4M3, strides=(64 * (12 * D + 4), 12 * D + 4, 1), ptr=BASE + 0x800000)
+    with pytest.raises(PlanError, match="^out: expected strides that are multiples of 8 bytes"):
+        plan(**call(out=bad))
+    good = arr(qkv.shape, E4M3, strides=(64 * (12 * D + 8), 12 * D + 8, 1), ptr=BASE + 0x800000)
+    assert plan(**call(out=good)).config.variant.out == "f8"
+
+
+def block_roles(prm: Params, grid: int) -> tuple:
+    """What each block of the launch does, as the kernel maps blockIdx.x: (Q/K blocks, V blocks)."""
+    v_blocks = prm.v_col_blocks * prm.v_groups
+    qk, v = [], []
+    for b in range(grid):
+        nth = (b + 1) // prm.v_period if prm.v_period else 0
+        if prm.v_period and nth * prm.v_period == b + 1 and nth <= v_blocks:
+            v.append(nth - 1)
+        else:
+            qk.append(b - min(nth, v_blocks))
+    return qk, v
+
+
+@pytest.mark.parametrize("heads,tokens", [((4, 4, 4), 64), ((12, 12, 12), 1000), ((24, 24, 8), 4608), ((3, 5, 1), 7)])
+def test_v_blocks_interleave_with_every_qk_block_once(heads, tokens):
+    qkv = arr((1, tokens, sum(heads) * D))
+    c, s = arr((tokens, D), "f32", ptr=BASE + 0x300000), arr((tokens, D), "f32", ptr=BASE + 0x400000)
+    p = plan(qkv=qkv, q_weight=weights()[0], k_weight=weights()[1], cos=c, sin=s, num_heads=heads,
+             out=arr(qkv.shape, E4M3, ptr=BASE + 0x800000))
+    prm = Params.from_buffer_copy(p.template)
+    qk, v = block_roles(prm, p.config.grid + p.config.v_blocks)
+    assert sorted(qk) == list(range(p.config.grid)) and sorted(v) == list(range(p.config.v_blocks))
+    assert v
+    gaps = [b for b in range(p.config.grid + p.config.v_blocks) if (b + 1) % prm.v_period == 0]
+    assert gaps[len(v) - 1] >= (p.config.grid + p.config.v_blocks) // 2   # spread over the grid, not bunched
