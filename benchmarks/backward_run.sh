@@ -1,15 +1,7 @@
 # The backward (#12) on one GPU: its tests (FULL=1: the whole GPU suite), a memory check of its
 # kernels, the fine-tuning example, and its bench rows with their baselines.
-export PYTHONPATH=. PYTHONUNBUFFERED=1
-OUT=${OUT:-out}; mkdir -p "$OUT"
 . "$(dirname "$0")/gpu_suite.sh"
-if [ -n "$FULL" ]; then
-  gpu_suite
-else
-  python3 -m pytest -q -x -p no:cacheprovider tests/test_gpu_backward.py tests/test_autograd_guard.py \
-    tests/test_backward_planner.py > "$OUT/pytest-backward.log" 2>&1
-  tail -3 "$OUT/pytest-backward.log"
-fi
+suite_or pytest-backward.log -x tests/test_gpu_backward.py tests/test_autograd_guard.py tests/test_backward_planner.py
 compute-sanitizer --tool memcheck --report-api-errors no python3 -m pytest -q -p no:cacheprovider -m gpu \
   tests/test_gpu_backward.py -k "backward_mode" > "$OUT/memcheck-backward.log" 2>&1
 grep -E "ERROR SUMMARY|passed|failed" "$OUT/memcheck-backward.log" | tail -2

@@ -1,15 +1,8 @@
 # Position ids, partial rotary and in-kernel 3-D RoPE on one GPU: their tests (FULL=1: the whole
 # GPU suite), a memory check of the new variants, and bench rows beside the table path.
-export PYTHONPATH=. PYTHONUNBUFFERED=1
-OUT=${OUT:-out}; mkdir -p "$OUT"
 . "$(dirname "$0")/gpu_suite.sh"
-if [ -n "$FULL" ]; then
-  gpu_suite
-else
-  python3 -m pytest -q -p no:cacheprovider -m gpu tests/test_gpu_qk_norm_rope.py tests/test_gpu_frameworks.py \
-    -k "positions or partial or grid or random or rope3d or rope_sources" > "$OUT/pytest-sources.log" 2>&1
-  tail -3 "$OUT/pytest-sources.log"
-fi
+suite_or pytest-sources.log -m gpu tests/test_gpu_qk_norm_rope.py tests/test_gpu_frameworks.py \
+  -k "positions or partial or grid or random or rope3d or rope_sources"
 compute-sanitizer --tool memcheck --report-api-errors no python3 -m pytest -q -p no:cacheprovider -m gpu \
   tests/test_gpu_qk_norm_rope.py -k "positions or partial or (grid and not random)" > "$OUT/memcheck-sources.log" 2>&1
 grep -E "ERROR SUMMARY|passed|failed" "$OUT/memcheck-sources.log" | tail -2

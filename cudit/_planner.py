@@ -424,7 +424,6 @@ def _quant_params(p: Params, req: Request, quant: Quant | None, cfg: LaunchConfi
     p.v_lanes = fast_div(d // vec)
     p.v_col_blocks = -(-p.v_cols // cfg.block)
     p.v_groups = -(-tokens.count // V_TOKENS)
-    p.v_period = (cfg.grid + cfg.v_blocks) // cfg.v_blocks   # V's blocks spread over the whole grid
 
 
 HEAD_OFFSET_MAX = 2**31 - 1   # the kernels offset heads within a row in 32-bit elements

@@ -931,7 +931,7 @@ __device__ __forceinline__ void process_row(const Params& p, u32 tok, u32 row_in
 // blocks that never ask for rows ahead (Params.ahead is 0 for them), built without that code.
 template <typename T, typename C, int ROPE, int NORM, int K, int PARTS, int TABLE, int AHEAD, int STATS, int LN,
           int SRC, int OUT, int SIDE>
-__device__ __forceinline__ void side_body(const Params& p, u32 block) {
+__device__ __forceinline__ void side_body(const Params& p) {
     const u32 rows_per_block = blockDim.y;   // blockDim.x is the team
     const u32 row_in_block = threadIdx.y;
     const TeamLane tl = team_lane<NORM>(p);
@@ -939,7 +939,7 @@ __device__ __forceinline__ void side_body(const Params& p, u32 block) {
     const int d = place.d;
     const u32 tokens = p.total_rows >> 1;
     const u32 step = (p.qk_grid >> 1) * rows_per_block;
-    const u32 first = (block >> 1) * rows_per_block + row_in_block;
+    const u32 first = (blockIdx.x >> 1) * rows_per_block + row_in_block;
     QuantSlots<K> quant;
     init_quant<OUT, K, SIDE>(p, tl.hl, (int)p.th, quant);
     for (u32 i = 0; i < p.iters; ++i) {
@@ -961,7 +961,7 @@ __device__ __forceinline__ void side_body(const Params& p, u32 block) {
     flush_quant<OUT, K, SIDE>(p, tl.hl, (int)p.th, (int)tl.j < p.lanes_d, quant);
 }
 
-// fp8 variants given V (Params.v_in): V's blocks (Params.v_period) quantise V's values (no norm, no
+// fp8 variants given V (Params.v_in): the blocks past qk_grid quantise V's values (no norm, no
 // rotation). A thread takes one column (one vector at one place of one head) of a group of
 // tokens, so its head, scale and amax slot stay fixed; four loads in flight a thread.
 template <typename T>
@@ -1009,23 +1009,10 @@ __device__ __forceinline__ void qk_norm_rope_body(const Params& p) {
     static_assert(SRC == SRC_TABLE || (ROPE != ROPE_NONE && TABLE == TABLE_ANY && STATS == STATS_NONE),
                   "position ids and grids are the plain variants' other rope sources");
     static_assert(!OUT || (sizeof(T) == 2 && STATS == STATS_NONE), "fp8 output: 16-bit input, no sums");
-    u32 block = blockIdx.x;
-    if (OUT && p.v_period) {
-        // V's blocks sit every v_period-th block, so that their streaming overlaps Q's and K's
-        // instruction-bound rows on every SM instead of running after them.
-        const u32 v_blocks = p.v_col_blocks * p.v_groups;
-        const u32 nth = (block + 1) / p.v_period;
-        if (nth * p.v_period == block + 1 && nth <= v_blocks) {
-            v_body<T>(p, nth - 1);
-            return;
-        }
-        block -= min(nth, v_blocks);
-    } else if (OUT && block >= p.qk_grid) {   // v_period 0: V's blocks after Q's and K's
-        v_body<T>(p, block - p.qk_grid);
-        return;
-    }
-    if (block & 1u) side_body<T, C, ROPE, NORM, K, PARTS, TABLE, AHEAD, STATS, LN, SRC, OUT, 1>(p, block);
-    else side_body<T, C, ROPE, NORM, K, PARTS, TABLE, AHEAD, STATS, LN, SRC, OUT, 0>(p, block);
+    // V's blocks come after Q's and K's (spread among them, they measured slower: perf-notes v21).
+    if (OUT && blockIdx.x >= p.qk_grid) v_body<T>(p, blockIdx.x - p.qk_grid);
+    else if (blockIdx.x & 1u) side_body<T, C, ROPE, NORM, K, PARTS, TABLE, AHEAD, STATS, LN, SRC, OUT, 1>(p);
+    else side_body<T, C, ROPE, NORM, K, PARTS, TABLE, AHEAD, STATS, LN, SRC, OUT, 0>(p);
 }
 
 }  // namespace cudit

@@ -95,11 +95,10 @@ typedef struct Params {
     int scale_hs[3], amax_hs[3];
     int out_kind;                     // Fp8Kind
     cudit_u32 qk_grid;                // blocks of Q and K rows (gridDim.x less V's blocks)
-    // V's blocks (v_col_blocks * v_groups of them, block v_period * (i + 1) - 1 the i-th; 0: none):
-    // column c = one 16-byte vector of a token's V (v_cols = Hv * D / VEC of them, v_lanes = D /
-    // VEC a head), v_col_blocks blocks across them; token group g of v_groups takes tokens g,
-    // g + v_groups, ...
-    cudit_u32 v_cols, v_col_blocks, v_groups, v_period;
+    // V's blocks (after Q's and K's): column c = one 16-byte vector of a token's V (v_cols = Hv *
+    // D / VEC of them, v_lanes = D / VEC a head), v_col_blocks blocks across them; token group g
+    // of v_groups takes tokens g, g + v_groups, ...
+    cudit_u32 v_cols, v_col_blocks, v_groups;
     FastDiv v_lanes;
     float freq[MAX_PAIRS];      // each pair's angular frequency, radians per position
 } Params;

@@ -27,9 +27,11 @@ class F8:
     scale: str = "value"       # value / tensor / head
     amax: str = "tensor"       # "" / tensor / head
     big: float = 1.0           # scales times this (and the format's range over e4m3fn's): > 100 saturates many
+    nan: bool = False          # a NaN in token 1's first Q head: its head (its row, full-dim) NaN
 
     def __str__(self):
-        return f"{self.case.name}-{self.fmt[6:]}-{self.scale}-{self.amax or 'noamax'}" + ("-sat" if self.big > 1 else "")
+        return f"{self.case.name}-{self.fmt[6:]}-{self.scale}-{self.amax or 'noamax'}" + ("-sat" if self.big > 1 else "") \
+            + ("-nan" if self.nan else "")
 
 
 def _scales(f: F8, rng, heads, torch):
@@ -75,6 +77,9 @@ def run_fp8(f: F8):
     x = lay.make_view(data)
     for t in x if c.split else (x,):   # token 0 all zeros: its output must be exact zeros
         (t[0] if t.dim() == 2 else t[0, 0]).zero_()
+    if f.nan:
+        q = x[0] if c.split else x
+        q[(1, 3) if q.dim() == 2 else ((0, 1, 3) if q.dim() == 3 else (0, 1, 0, 3))] = float("nan")
     original = data.clone()
     qw, kw = _weights(c, rng, hq), _weights(c, rng, hk)
     qa = ka = None
@@ -112,7 +117,8 @@ def run_fp8(f: F8):
         if y is None:
             continue
         lo, hi = _expected_bounds(y, s[:, None], f.fmt)
-        ok = (g >= lo) & (g <= hi)
+        ok = ((g >= lo) & (g <= hi)) | (np.isnan(g) & np.isnan(lo))
+        assert np.array_equal(np.isnan(g), np.isnan(lo)), f"{name}: NaN where the reference has none, or lost"
         assert ok.all(), (f"{name}: {int((~ok).sum())} of {g.size} fp8 values off; e.g. got {g[~ok][:4]}, "
                           f"expected {lo[~ok][:4]}..{hi[~ok][:4]}")
         top = FP8_FORMATS[f.fmt][2]
@@ -171,6 +177,8 @@ def cases():
                 out.append(F8(Case("wan-like", norm="full", heads=(12, 12, 12), S=40), fmt, scale, amax))
                 out.append(F8(Case("flux-like", norm="head", heads=(24, 24, 24), S=21, n_txt=5), fmt, scale, amax))
         out.append(F8(Case("saturating", heads=(4, 4, 4), S=9), fmt, "head", "head", big=200.0))
+        for norm in ("head", "full"):
+            out.append(F8(Case(f"nan-{norm}", norm=norm, heads=(4, 4, 4), S=5), fmt, "tensor", "head", nan=True))
     for name, c in (("split", Case(split=True, S=11)), ("split-gqa", Case(split=True, heads=(8, 2, 2), norm="full")),
                     ("packed-gqa", Case(heads=(8, 2, 2), norm="head")), ("f16", Case(dtype="f16", norm="full")),
                     ("d96", Case(D=96, heads=(6, 6, 6))), ("d64-half", Case(D=64, rope="half")),
