@@ -8,6 +8,7 @@ on them; only pointers are bound per call.
 from __future__ import annotations
 
 import dataclasses
+import math
 from dataclasses import dataclass
 
 from . import _variants
@@ -392,9 +393,7 @@ def _check_quant_arrays(req: Request, heads: tuple) -> None:
         if a is None:
             continue
         _check_dtype(role, a, ("f32",))
-        size = 1
-        for m in a.shape:
-            size *= m
+        size = math.prod(a.shape)
         if a.ndim > 1 or size not in (1, n):
             raise _fail(role, f"an fp32 array of 1 value or {n} (one a head)", f"shape {a.shape}")
         if a.ndim == 1 and size > 1 and a.strides[0] != 1:
