@@ -181,6 +181,8 @@ def cases():
             out.append(F8(Case(f"nan-{norm}", norm=norm, heads=(4, 4, 4), S=5), fmt, "tensor", "head", nan=True))
     for name, c in (("split", Case(split=True, S=11)), ("split-gqa", Case(split=True, heads=(8, 2, 2), norm="full")),
                     ("packed-gqa", Case(heads=(8, 2, 2), norm="head")), ("f16", Case(dtype="f16", norm="full")),
+                    ("v-more-than-k", Case(heads=(8, 2, 8), norm="full")), ("no-v", Case(heads=(4, 4, 0))),
+                    ("v-heads-loop", Case(table_dtype="f16", heads=(6, 3, 9))),
                     ("d96", Case(D=96, heads=(6, 6, 6))), ("d64-half", Case(D=64, rope="half")),
                     ("ndim2-pad", Case(ndim=2, pad=24, S=7)), ("ndim4", Case(ndim=4, B=2, S=5)),
                     ("perhead-table", Case(table="perhead", rope="half", heads=(8, 8, 8))),
