@@ -7,13 +7,13 @@ from . import _launch
 from ._arrays import _ADAPTERS, adapter, contiguous_strides, describe, is_array, on_host
 from ._errors import PlanError, driver_module
 from ._backward import WEIGHT_GRADS, plan_backward
-from ._planner import Request, plan
+from ._planner import AMAXES, SCALES, Request, plan
 from ._tuning import DeviceSpec, tuning_for
 
 # A call's arrays in a fixed order, each named by its role (packed, split): the planner's
 # names, which its errors use. Packed calls leave "k" empty, and "k_out" unless out is a pair.
 _WEIGHTS_TABLES = ("q_weight", "k_weight", "q_add_weight", "k_add_weight", "cos", "sin", "sumsq", "q_bias", "k_bias",
-                   "q_add_bias", "k_add_bias", "positions", "q_scale", "k_scale", "v_scale", "q_amax", "k_amax", "v_amax")
+                   "q_add_bias", "k_add_bias", "positions") + SCALES + AMAXES
 ROLES = (("qkv", "k", "out", "k_out") + _WEIGHTS_TABLES, ("q", "k", "q_out", "k_out") + _WEIGHTS_TABLES)
 _UNUSED = len(ROLES[0])   # index of a constant 0 appended to a call's pointers
 
@@ -232,10 +232,16 @@ def _request(split: bool, objs, options, view) -> Request:
                    sumsq=v["sumsq"], stats=stats, norm_width=norm_width, rope_offset=rope_offset, norm_type=norm_type,
                    q_bias=v["q_bias"], k_bias=v["k_bias"], q_add_bias=v["q_add_bias"], k_add_bias=v["k_add_bias"],
                    positions=v["positions"], rotary_dim=rotary_dim, rope3d=rope3d, out_dtype=out_dtype,
-                   scale_values=tuple(scale_values), **{r: v[r] for r in _FP8_ROLES})
+                   scale_values=tuple(scale_values), **{r: v[r] for r in SCALES + AMAXES})
 
 
-_FP8_ROLES = ("q_scale", "k_scale", "v_scale", "q_amax", "k_amax", "v_amax")
+def check_fp8_options(options: dict) -> None:
+    """The frameworks' fp8 forms take RMSNorm with cos/sin tables by token: any other option,
+    given (not None), raises PlanError naming it."""
+    for name, value in options.items():
+        if value is not None:
+            raise PlanError(f"{name}: expected the default with out_dtype (fp8 output is built for RMSNorm with "
+                            f"cos/sin tables by token), got {value!r:.60}")
 
 
 _NO_DEVICE = DeviceSpec(arch=(0, 0))   # for requests that fail before a device matters

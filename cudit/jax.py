@@ -48,6 +48,9 @@ def qk_norm_rope(qkv, q_weight, k_weight, cos=None, sin=None, *, num_heads=None,
     and V for packed input), one value or one a head. No gradient.
     """
     if out_dtype is not None:
+        api.check_fp8_options(dict(sumsq=sumsq, norm_width=norm_width, tp_axis=tp_axis, q_bias=q_bias, k_bias=k_bias,
+                                   q_add_bias=q_add_bias, k_add_bias=k_add_bias, positions=positions,
+                                   rotary_dim=rotary_dim, rope=rope, norm=None if norm == "rms" else norm))
         return _fp8(qkv, q_weight, k_weight, cos, sin, out_dtype, (q_scale, k_scale, v_scale), amax,
                     dict(num_heads=num_heads, eps=eps, interleave=interleave, q_add_weight=q_add_weight,
                          k_add_weight=k_add_weight, num_txt_tokens=num_txt_tokens, seq_len=seq_len,

@@ -433,10 +433,7 @@ def _fp8_call(qkv, q_weight, k_weight, cos, sin, heads, eps, interleave, q_add_w
 
     if inplace:
         raise PlanError("inplace: expected False with out_dtype (an fp8 result is a new tensor), got True")
-    for name, value in unsupported.items():
-        if value is not None:
-            raise PlanError(f"{name}: expected the default with out_dtype (fp8 output is built for RMSNorm with "
-                            f"cos/sin tables by token), got {value!r:.60}")
+    api.check_fp8_options(unsupported)
     values = [float(s) if isinstance(s, (int, float)) else 1.0 for s in scales]
     tensors = [None if isinstance(s, (int, float)) else s for s in scales]
     rest = (q_weight, k_weight, cos, sin, heads, eps, interleave, q_add_weight, k_add_weight, num_txt_tokens, seq_len,

@@ -149,3 +149,19 @@ def test_v_blocks_cover_every_v_vector_once(heads, tokens):
             if col < prm.v_cols:
                 seen.update((tok, col) for tok in range(group, tokens, prm.v_groups))
     assert len(seen) == tokens * heads[2] * D // 8 == tokens * prm.v_cols
+
+
+def test_the_torch_fp8_form_refuses_what_it_does_not_build():
+    torch = pytest.importorskip("torch")
+    import cudit.torch as ct
+
+    q = torch.zeros(1, 8, 3 * 2 * 64, dtype=torch.bfloat16)
+    fp8 = dict(num_heads=2, out_dtype=torch.float8_e4m3fn)
+    with pytest.raises(PlanError, match="^norm: expected the default with out_dtype"):
+        ct.qk_norm_rope(q, None, None, None, None, inplace=False, norm="layer", **fp8)
+    with pytest.raises(PlanError, match="^positions: expected the default with out_dtype"):
+        ct.qk_norm_rope(q, None, None, None, None, inplace=False, positions=torch.zeros(8, dtype=torch.int32), **fp8)
+    with pytest.raises(PlanError, match="^inplace: expected False with out_dtype"):
+        ct.qk_norm_rope(q, None, None, None, None, **fp8)
+    with pytest.raises(PlanError, match="^qkv: expected a GPU array"):   # the op's own checks: the planner's
+        ct.qk_norm_rope(q, None, None, torch.ones(8, 64), torch.zeros(8, 64), inplace=False, **fp8)
