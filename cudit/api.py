@@ -114,11 +114,12 @@ def qk_norm_rope(qkv, q_weight, k_weight, cos=None, sin=None, *, num_heads=None,
         num_heads = tuple(num_heads)
     if isinstance(norm_width, _PAIR):
         norm_width = tuple(norm_width)
-    scales = (q_scale, k_scale, v_scale)
-    values = tuple(x if isinstance(x, (int, float)) else None for x in scales)
-    arrays = tuple(None if isinstance(x, (int, float)) else x for x in scales)
+    values = NO_FP8[1]
+    if not (q_scale is None and k_scale is None and v_scale is None):   # numbers are options, arrays arrays
+        values = tuple(x if isinstance(x, (int, float)) else None for x in (q_scale, k_scale, v_scale))
+        q_scale, k_scale, v_scale = (None if v is not None else x for x, v in zip((q_scale, k_scale, v_scale), values))
     run(split, (q, k, o, k_out, q_weight, k_weight, q_add_weight, k_add_weight, cos, sin, sumsq, q_bias, k_bias,
-                q_add_bias, k_add_bias, positions) + arrays + (q_amax, k_amax, v_amax),
+                q_add_bias, k_add_bias, positions, q_scale, k_scale, v_scale, q_amax, k_amax, v_amax),
         (num_heads, eps, interleave, num_txt_tokens, seq_len, norm_width, rope_offset, "" if sumsq is None else "given",
          norm, rotary_dim, rope, out_dtype, values), stream)
     return qkv if out is None else out

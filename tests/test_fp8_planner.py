@@ -165,3 +165,17 @@ def test_the_torch_fp8_form_refuses_what_it_does_not_build():
         ct.qk_norm_rope(q, None, None, None, None, **fp8)
     with pytest.raises(PlanError, match="^qkv: expected a GPU array"):   # the op's own checks: the planner's
         ct.qk_norm_rope(q, None, None, torch.ones(8, 64), torch.zeros(8, 64), inplace=False, **fp8)
+
+
+def test_the_public_function_passes_numbers_as_values_and_arrays_as_arrays():
+    np = pytest.importorskip("numpy")
+    import cudit
+
+    qkv = np.zeros((1, 8, 3 * 2 * 64), np.float16)
+    out = np.zeros(qkv.shape, np.uint8)
+    with pytest.raises(PlanError, match="^q_scale: expected None unless out is fp8"):
+        cudit.qk_norm_rope(qkv, None, None, np.ones((8, 64), np.float32), np.zeros((8, 64), np.float32), num_heads=2,
+                           q_scale=2.0)
+    with pytest.raises(PlanError, match="^k_scale: expected dtype f32"):   # an array: checked as one
+        cudit.qk_norm_rope(qkv, None, None, np.ones((8, 64), np.float32), np.zeros((8, 64), np.float32), num_heads=2,
+                           out=out, out_dtype=E4M3, q_scale=2.0, k_scale=np.ones(1, np.float16))
