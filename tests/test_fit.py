@@ -41,6 +41,10 @@ def all_plans(device):
             side = int(tokens ** 0.5)
             grid = cudit.Rope3D((1, side, tokens // side), (d - 4 * (d // 6), 2 * (d // 6), 2 * (d // 6)))
             sources += [dict(cos=c, sin=c, positions=ids), dict(rope3d=grid)]
+        if dtype in _variants.FP8_IN_DTYPES:   # fp8 output (RMS, tables by token), V of the packed input too
+            out = arr(qkv.shape, "float8_e4m3fn", ptr=BASE + 0x500000)
+            yield make_plan(Request(qkv, w, w, num_heads=h, interleave=rope == "interleaved", out=out, **sources[0]),
+                            device, tuning)
         for src in sources:
             yield make_plan(Request(qkv, w, w, num_heads=h, interleave=rope == "interleaved", **src), device, tuning)
             if w is not None:   # LayerNorm
