@@ -214,13 +214,20 @@ def _fp8(data, out, q_weight, k_weight, cos, sin, num_heads, eps, interleave, q_
     return out
 
 
+_OUT_DTYPE = 12   # the fp8 operators' out_dtype, by position after the data
+
+
+def _fp8_like(x, args):
+    """A new tensor shaped like x in the call's fp8 dtype (the operators' result, eager and fake)."""
+    return x.new_empty(x.shape, dtype=args[_OUT_DTYPE])
+
+
 def _packed_fp8(qkv, *args):
-    return _fp8(qkv, torch.empty(qkv.shape, dtype=args[12], device=qkv.device), *args)
+    return _fp8(qkv, _fp8_like(qkv, args), *args)
 
 
 def _split_fp8(q, k, *args):
-    out = tuple(torch.empty(x.shape, dtype=args[12], device=x.device) for x in (q, k))
-    return _fp8((q, k), out, *args)
+    return _fp8((q, k), (_fp8_like(q, args), _fp8_like(k, args)), *args)
 
 
 # CPU too: a host tensor then fails with cudit.PlanError naming it, not a dispatcher error.
@@ -278,13 +285,13 @@ def _grads_fake(args, data: int):
 @torch.library.register_fake("cudit::qk_norm_rope_fp8", lib=_lib)
 def _packed_fp8_fake(qkv, *args):
     _no_autograd(("qkv",), (qkv, *args), _FP8_TENSOR_ARGS)
-    return qkv.new_empty(qkv.shape, dtype=args[12])
+    return _fp8_like(qkv, args)
 
 
 @torch.library.register_fake("cudit::qk_norm_rope_split_fp8", lib=_lib)
 def _split_fp8_fake(q, k, *args):
     _no_autograd(("q", "k"), (q, k, *args), _FP8_TENSOR_ARGS)
-    return q.new_empty(q.shape, dtype=args[12]), k.new_empty(k.shape, dtype=args[12])
+    return _fp8_like(q, args), _fp8_like(k, args)
 
 
 @torch.library.register_fake("cudit::qk_norm_rope_backward", lib=_lib)
