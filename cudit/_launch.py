@@ -167,7 +167,7 @@ def with_ahead(p: Plan, kernel, sms: int) -> bytes:
         return p.template
     resident = kernel.occupancy.max_active_blocks_per_multiprocessor(cfg.block, p.smem) * sms
     prm = Params.from_buffer_copy(p.template)
-    prm.ahead = int(cfg.ahead_waves * resident * (cfg.block // cfg.team) / 2)
+    prm.ahead = int(cfg.ahead_waves * cfg.tokens_per_wave(resident))
     return bytes(prm)
 
 

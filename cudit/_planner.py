@@ -107,6 +107,17 @@ class LaunchConfig:
     grid: int                # blocks of Q and K rows
     ahead_waves: float       # rows asked ahead, in waves of resident blocks (0: none)
     v_blocks: int = 0        # fp8 output: blocks after them that quantise V
+    k_ratio: int = 1         # a K block's tokens for a Q block's (K's narrower rows under GQA)
+    k_th: int = 0            # K's lanes along the heads (0: th)
+
+    @property
+    def sides(self) -> int:
+        """Blocks a period: k_ratio of Q rows, then one of K rows."""
+        return self.k_ratio + 1
+
+    def tokens_per_wave(self, resident: int) -> float:
+        """Tokens each side advances while `resident` blocks run (Params.ahead's unit)."""
+        return resident * self.k_ratio / self.sides * (self.block // self.team)
 
     @property
     def team(self) -> int:
@@ -919,6 +930,7 @@ class Work:
     layer: bool = False      # LayerNorm
     source: str = "table"    # where the rotation comes from (_variants.ROPE_SOURCES)
     out: str = ""            # _variants.FP8_OUT: fp8 output
+    k_heads: int = 0         # K's heads where fewer than `heads` (GQA), else 0
 
 
 def launch_config(w: Work, device: DeviceSpec, tuning: Tuning) -> LaunchConfig:
@@ -952,7 +964,9 @@ def launch_config(w: Work, device: DeviceSpec, tuning: Tuning) -> LaunchConfig:
     if one_row:   # small grids: every row its own block, so the last wave splits finer
         geo = dataclasses.replace(geo, block=geo.team)
     rows_per_block = geo.block // geo.team
-    groups = -(-w.rows // rows_per_block)
+    k_ratio, k_th = _k_side(geo, w, parts)
+    tokens = w.rows // 2
+    groups = -(-tokens * (k_ratio + 1) // (rows_per_block * k_ratio))   # blocks of one row group
     paced = f"{kind}-grid" if w.source == "grid" else kind   # no table read: paced on their own
     most, single_below = tuning.row_iters_for(paced, natural_parts(w.rope))
     if one_row:
@@ -960,7 +974,7 @@ def launch_config(w: Work, device: DeviceSpec, tuning: Tuning) -> LaunchConfig:
     if tuning.fixed_row_iters is not None:
         most, single_below = tuning.fixed_row_iters, 0
     iters = 1 if groups < single_below else max(1, min(most, groups // tuning.full_grid))
-    grid = 2 * -(-(w.rows // 2) // (rows_per_block * iters))   # even: a block takes one side (Q, K)
+    grid = (k_ratio + 1) * -(-tokens // (rows_per_block * k_ratio * iters))   # whole periods of blocks
     if grid > MAX_GRID_X:
         raise PlanError(f"qkv: {w.rows} rows need {grid} blocks, over the grid limit")
     k = geo.heads_per_thread
@@ -969,7 +983,20 @@ def launch_config(w: Work, device: DeviceSpec, tuning: Tuning) -> LaunchConfig:
         w.dtype, w.rope, w.norm, k, parts, table, shared_table=k == shared_k and not (w.stats or w.layer),
         ahead=waves > 0 or w.layer or w.source != "table" or (w.rope, w.norm, k) not in _variants.NO_AHEAD_VARIANTS,
         stats=w.stats, layer=w.layer, source=w.source, out=w.out)
-    return LaunchConfig(variant, lanes_d, geo.tj, geo.th, geo.block, iters, grid, waves)
+    return LaunchConfig(variant, lanes_d, geo.tj, geo.th, geo.block, iters, grid, waves, k_ratio=k_ratio, k_th=k_th)
+
+
+def _k_side(geo: Geometry, w: Work, parts: int) -> tuple:
+    """(k_ratio, k_th): a K side of fewer heads (GQA) takes as many heads a thread in teams of
+    fewer head lanes, k_ratio of them in a Q team's threads, where those divide it. Full-dim rows
+    (their sums span the block's team), the looping variant and three-vector items keep Q's
+    teams (kernels/qk_norm_rope.cu narrow_k)."""
+    k = geo.heads_per_thread
+    if not w.k_heads or w.norm == "full" or k == 0 or parts == 3:
+        return 1, geo.th
+    th = _head_lanes(geo.tj, -(-w.k_heads // k))
+    team = geo.tj * th
+    return (geo.team // team, th) if geo.team % team == 0 else (1, geo.th)
 
 
 def _shared_table_k(rope: str, norm: str):
@@ -1041,7 +1068,8 @@ def make_plan(req: Request, device: DeviceSpec, tuning: Tuning) -> Plan:
 
     shared = cos_t is not None and cos_t.hs == 0 and sin_t.hs == 0
     work = Work(data.dtype, rope, norm, req.cos.dtype if cos_t else None, shared, d, max(q.heads, k.heads),
-                2 * tokens.count, req.stats, layer, source, _variants.FP8_OUT if quant else "")
+                2 * tokens.count, req.stats, layer, source, _variants.FP8_OUT if quant else "",
+                k.heads if k.heads < q.heads else 0)
     cfg = launch_config(work, device, tuning)
     if quant and quant.v_in:
         cfg = dataclasses.replace(cfg, v_blocks=-(-quant.v_in.heads * (d // vec) // cfg.block) * -(-tokens.count // V_TOKENS))
@@ -1098,6 +1126,8 @@ def _params(req, cfg: LaunchConfig, tokens, d, q, k, oq, ok, widths, dual, cos_t
     p.lanes_d = cfg.lanes_d
     p.eps = float(req.eps)
     p.qk_grid = cfg.grid
+    p.sides, p.k_team, p.k_th = fast_div(cfg.sides), fast_div(cfg.tj * cfg.k_th), cfg.k_th
+    p.step = cfg.grid // cfg.sides * cfg.k_ratio * (cfg.block // cfg.team)
     return p
 
 

@@ -680,7 +680,7 @@ __device__ __forceinline__ Place lane_place(const Params& p, u32 j) {
     return {p.rotary_dim + 2 * ((int)j - rotating) * VEC, VEC, 0};
 }
 
-// This thread's place in its row's team (threadIdx.x): lane j along the head dim, head lane hl.
+// This thread's place in its row's team (`lane` of it): lane j along the head dim, head lane hl.
 // Full-dim rows may have any tj (D = 96: 12 lanes) and divide by the host's magic numbers (an
 // integer division made the K = 4 variants spill); otherwise tj is a power of two and shifts do.
 struct TeamLane {
@@ -689,11 +689,30 @@ struct TeamLane {
 };
 
 template <int NORM>
-__device__ __forceinline__ TeamLane team_lane(const Params& p) {
-    const u32 lane = threadIdx.x;
+__device__ __forceinline__ TeamLane team_lane(const Params& p, u32 lane) {
     if (NORM != NORM_FULL) return {lane & (p.tj - 1u), (int)(lane >> (31 - __clz(p.tj)))};
     const u32 hl = div(lane, p.lanes);
     return {lane - hl * p.tj, (int)hl};
+}
+
+// Whether K's rows may be narrower than Q's (GQA; cudit/_planner.py _k_side keeps to the same
+// rule): rows that hold their heads in registers and sum inside a head, but three-vector items
+// (their one-head variants spill with the narrower lanes' code).
+template <int NORM, int K, int PARTS>
+__device__ __forceinline__ constexpr bool narrow_k() { return NORM != NORM_FULL && K > 0 && PARTS != 3; }
+
+// A thread's row of a block of side SIDE, its lane in that row's team, rows a block and head
+// lanes: Q's teams are blockDim.x threads; K's are k_team, narrower under GQA (more rows a block).
+struct SideLane {
+    u32 lane, row, rows;
+    int th;
+};
+template <int NORM, int K, int PARTS, int SIDE>
+__device__ __forceinline__ SideLane side_lane(const Params& p) {
+    if (SIDE == 0 || !narrow_k<NORM, K, PARTS>()) return {threadIdx.x, threadIdx.y, blockDim.y, (int)p.th};
+    const u32 t = linear_tid();
+    const u32 row = div(t, p.k_team);
+    return {t - row * p.k_team.d, row, blockDim.y * (p.sides.d - 1u), (int)p.k_th};
 }
 
 // Params.ahead > 0 (grids of one row group a block): a thread also asks L2 for the row p.ahead
@@ -770,10 +789,11 @@ __device__ __forceinline__ void process_row(const Params& p, u32 tok, u32 row_in
     typedef typename OutOf<T, OUT>::type O;
     constexpr int VEC = Item<T, PARTS>::VEC;
     typedef Item<T, PARTS> It;
-    const TeamLane tl = team_lane<NORM>(p);
+    const SideLane sl = side_lane<NORM, K, PARTS, SIDE>(p);
+    const TeamLane tl = team_lane<NORM>(p, sl.lane);
+    const int th = sl.th;
     const u32 j = tl.j;
     const int hl = tl.hl;
-    const int th = (int)p.th;
     const Place place = lane_place<T, ROPE, SRC, PARTS>(p, j);
     const int stride = place.stride;
     const int d = place.d;
@@ -926,39 +946,37 @@ __device__ __forceinline__ void process_row(const Params& p, u32 tok, u32 row_in
     }
 }
 
-// Blocks alternate sides (even: Q, odd: K); a block's rows are consecutive tokens of its side,
-// and it takes p.iters of them a row, a grid's worth of tokens apart. AHEAD == 0: variants for
-// blocks that never ask for rows ahead (Params.ahead is 0 for them), built without that code.
+// Block sb of side SIDE: its rows are consecutive tokens of that side, and it takes p.iters of
+// them a row, p.step tokens apart. AHEAD == 0: variants for blocks that never ask for rows ahead
+// (Params.ahead is 0 for them), built without that code.
 template <typename T, typename C, int ROPE, int NORM, int K, int PARTS, int TABLE, int AHEAD, int STATS, int LN,
           int SRC, int OUT, int SIDE>
-__device__ __forceinline__ void side_body(const Params& p) {
-    const u32 rows_per_block = blockDim.y;   // blockDim.x is the team
-    const u32 row_in_block = threadIdx.y;
-    const TeamLane tl = team_lane<NORM>(p);
+__device__ __forceinline__ void side_body(const Params& p, u32 sb) {
+    const SideLane sl = side_lane<NORM, K, PARTS, SIDE>(p);
+    const TeamLane tl = team_lane<NORM>(p, sl.lane);
     const Place place = lane_place<T, ROPE, SRC, PARTS>(p, tl.j);
     const int d = place.d;
     const u32 tokens = p.total_rows >> 1;
-    const u32 step = (p.qk_grid >> 1) * rows_per_block;
-    const u32 first = (blockIdx.x >> 1) * rows_per_block + row_in_block;
+    const u32 first = sb * sl.rows + sl.row;
     QuantSlots<K> quant;
-    init_quant<OUT, K, SIDE>(p, tl.hl, (int)p.th, quant);
+    init_quant<OUT, K, SIDE>(p, tl.hl, sl.th, quant);
     for (u32 i = 0; i < p.iters; ++i) {
-        const u32 tok = first + i * step;
-        const u32 next = tok + step;
+        const u32 tok = first + i * p.step;
+        const u32 next = tok + p.step;
         if (i + 1 < p.iters && next < tokens && (int)tl.j < p.lanes_d) {
             wait_for_producer();   // a global access (process_row waits too: a no-op the second time)
-            prefetch_row<T, C, PARTS, K, SIDE>(p, next, d, tl.hl, (int)p.th, place.stride);
+            prefetch_row<T, C, PARTS, K, SIDE>(p, next, d, tl.hl, sl.th, place.stride);
         }
         const u32 far_row = AHEAD && ahead_in_row<NORM, PARTS>() && i == 0 ? row_ahead(p, tok) : NO_ROW;
-        process_row<T, C, ROPE, NORM, K, PARTS, TABLE, STATS, LN, SRC, OUT, SIDE>(p, tok, row_in_block, i & 1u, far_row,
+        process_row<T, C, ROPE, NORM, K, PARTS, TABLE, STATS, LN, SRC, OUT, SIDE>(p, tok, sl.row, i & 1u, far_row,
                                                                                  quant);
     }
     if (AHEAD && !ahead_in_row<NORM, PARTS>()) {
         const u32 far_row = row_ahead(p, first);
         if (far_row != NO_ROW && (int)tl.j < p.lanes_d)
-            prefetch_row<T, C, PARTS, K, SIDE>(p, far_row, d, tl.hl, (int)p.th, place.stride);
+            prefetch_row<T, C, PARTS, K, SIDE>(p, far_row, d, tl.hl, sl.th, place.stride);
     }
-    flush_quant<OUT, K, SIDE>(p, tl.hl, (int)p.th, (int)tl.j < p.lanes_d, quant);
+    flush_quant<OUT, K, SIDE>(p, tl.hl, sl.th, (int)tl.j < p.lanes_d, quant);
 }
 
 // fp8 variants given V (Params.v_in): the blocks past qk_grid quantise V's values (no norm, no
@@ -1010,9 +1028,17 @@ __device__ __forceinline__ void qk_norm_rope_body(const Params& p) {
                   "position ids and grids are the plain variants' other rope sources");
     static_assert(!OUT || (sizeof(T) == 2 && STATS == STATS_NONE), "fp8 output: 16-bit input, no sums");
     // V's blocks come after Q's and K's (spread among them, they measured slower: perf-notes v21).
-    if (OUT && blockIdx.x >= p.qk_grid) v_body<T>(p, blockIdx.x - p.qk_grid);
-    else if (blockIdx.x & 1u) side_body<T, C, ROPE, NORM, K, PARTS, TABLE, AHEAD, STATS, LN, SRC, OUT, 1>(p);
-    else side_body<T, C, ROPE, NORM, K, PARTS, TABLE, AHEAD, STATS, LN, SRC, OUT, 0>(p);
+    if (OUT && blockIdx.x >= p.qk_grid) {
+        v_body<T>(p, blockIdx.x - p.qk_grid);
+        return;
+    }
+    // Params.sides: Q's blocks, then one of K's; two, alternating, where K's rows are Q's (side_lane)
+    constexpr bool alternate = !narrow_k<NORM, K, PARTS>();
+    const u32 period = alternate ? blockIdx.x >> 1 : div(blockIdx.x, p.sides);
+    const u32 at = alternate ? blockIdx.x & 1u : blockIdx.x - period * p.sides.d;
+    const u32 last = alternate ? 1u : p.sides.d - 1u;
+    if (at == last) side_body<T, C, ROPE, NORM, K, PARTS, TABLE, AHEAD, STATS, LN, SRC, OUT, 1>(p, period);
+    else side_body<T, C, ROPE, NORM, K, PARTS, TABLE, AHEAD, STATS, LN, SRC, OUT, 0>(p, period * last + at);
 }
 
 }  // namespace cudit

@@ -30,6 +30,12 @@ def cases():
             for split in (False, True):
                 add(Case(f"gqa-{heads}-{norm}-{'split' if split else 'packed'}", heads=heads, norm=norm,
                          split=split, S=21, rope="half"))
+    # K of fewer heads in narrower teams, more K tokens a block (per-head and no norm)
+    for heads in ((24, 8, 8), (28, 4, 4), (16, 1, 1)):
+        for norm in ("head", "none"):
+            for rope in ("interleaved", "half"):
+                add(Case(f"gqa-narrow-k-{heads}-{norm}-{rope}", heads=heads, norm=norm, rope=rope, B=2, S=37))
+    add(Case("gqa-d96-three-vectors", heads=(24, 8, 8), D=96, B=2, S=37))   # K keeps Q's teams
     # full-dim head counts: register path, bigger blocks, and the looping path
     for h in (40, 64, 128, 256):
         add(Case(f"full-{h}heads", heads=(h, h, h), norm="full", S=5))
@@ -166,6 +172,7 @@ MODELS = [
     Case("FLUX.2-CFG", heads=(48, 48, 48), n_txt=32, B=2, S=32 + 97),
     Case("HunyuanVideo", heads=(24, 24, 24), B=1, S=301),
     Case("Cosmos-GQA", split=True, ndim=4, heads=(32, 8, 8), rope="half", B=1, S=181),
+    Case("Cosmos-GQA-packed", heads=(32, 8, 8), rope="half", B=2, S=97),
     Case("Lumina-Image-2", heads=(24, 24, 24), D=96, B=1, S=257),
     Case("CogVideoX-5B", heads=(48, 48, 48), D=64, layer=True, B=1, S=226 + 101),
     Case("WAN2.1-14B-rope3d", heads=(40, 40, 40), norm="full", grid=(3, 6, 8), B=2, S=144),

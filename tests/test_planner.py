@@ -1,4 +1,5 @@
 """The launch planner on made-up arrays: geometry, parameters, caching and every bad input."""
+import dataclasses
 import itertools
 import re
 import struct
@@ -367,16 +368,68 @@ def test_blocks_hold_whole_warps():
                 assert g.block % 32 == 0 and g.block % g.team == 0, (lanes, heads, parts, per_head, k, target, g)
 
 
+def kernel_items(c, prm, heads):
+    """The (side, token, head, lane j) items the kernel's blocks visit, as kernels/qk_norm_rope.cu
+    maps blocks and threads to them (qk_norm_rope_body, side_lane, team_lane, process_row)."""
+    import numpy as np
+    tokens, rows_q = prm.total_rows // 2, c.block // c.team
+    k = c.variant.heads_per_thread or 1
+    b, t = np.meshgrid(np.arange(c.grid), np.arange(c.block), indexing="ij")
+    period, at = b // prm.sides.d, b % prm.sides.d
+    side = (at == prm.sides.d - 1).astype(int)
+    sb = np.where(side == 1, period, period * (prm.sides.d - 1) + at)
+    team = np.where(side == 1, prm.k_team.d, prm.team)
+    lane, row = t % team, t // team
+    rows = np.where(side == 1, rows_q * (prm.sides.d - 1), rows_q)
+    th = np.where(side == 1, prm.k_th, prm.th)
+    j, hl = lane % prm.tj, lane // prm.tj
+    seen = []
+    for i in range(prm.iters):
+        tok = sb * rows + row + i * prm.step
+        for kk in range(k):
+            h = hl + kk * th
+            ok = (tok < tokens) & (j < prm.lanes_d) & (h < np.array(heads)[side])
+            # one index an item: K's after all of Q's
+            seen.append(((tok * np.array(heads)[side] + h) * prm.lanes_d + j + side * tokens * heads[0] * prm.lanes_d)[ok])
+    return np.concatenate(seen)
+
+
+def visits_each_item_once(c, prm, heads):
+    import numpy as np
+    tokens = prm.total_rows // 2
+    visits = np.bincount(kernel_items(c, prm, heads), minlength=tokens * sum(heads) * prm.lanes_d)
+    assert visits.min() == visits.max() == 1, "an item visited twice or never"
+    per_block = c.iters * (c.block // c.team) * c.k_ratio
+    assert (c.grid // c.sides - 1) * per_block < tokens, "a period of blocks without a K token"
+
+
 @pytest.mark.parametrize("tuning", [Tuning(), Tuning().with_knobs(fixed_row_iters=3)])
-def test_grids_pair_q_and_k_blocks_and_cover_every_token(tuning):
-    # kernels/qk_norm_rope.cu: even blocks take Q rows, odd ones K rows, of tokens a grid apart.
-    for tokens, heads, norm, rope in itertools.product((1, 7, 64, 1000, 4097, 32760), (3, 24, 40),
-                                                       ("head", "full"), ("interleaved", "half")):
-        w = _planner.Work("bf16", rope, norm, "f32", True, 128, heads, 2 * tokens)
-        c = _planner.launch_config(w, DEVICE, tuning)
-        rows = c.block // c.team
-        assert c.grid % 2 == 0 and (c.grid // 2) * rows * c.iters >= tokens, (tokens, heads, norm, rope, c)
-        assert (c.grid // 2 - 1) * rows * c.iters < tokens   # no block without a token
+def test_grids_visit_every_item_once(tuning):
+    # Q and K (GQA: K of fewer heads, in narrower teams, more tokens a block) through the kernel's
+    # own mapping of blocks and threads.
+    for tokens, (hq, hk), norm, rope in itertools.product(
+            (1, 7, 64, 1000, 4097), ((3, 3), (24, 24), (40, 40), (32, 8), (24, 8), (28, 4), (16, 1)),
+            ("head", "full", "none"), ("interleaved", "half", "none")):
+        if norm == "none" and rope == "none":
+            continue
+        ws = (None, None) if norm == "none" else (arr((D if norm == "head" else hq * D,), "f32", ptr=BASE + 0x100000),
+                                                  arr((D if norm == "head" else hk * D,), "f32", ptr=BASE + 0x200000))
+        cs = (None, None) if rope == "none" else table((tokens, D))
+        req = Request(arr((1, tokens, (hq + 2 * hk) * D)), *ws, *cs, num_heads=(hq, hk, hk),
+                      interleave=rope == "interleaved")
+        p = make_plan(req, tuning)
+        visits_each_item_once(cfg(p), params(p), (hq, hk))
+
+
+def test_gqa_k_blocks_take_more_tokens_in_narrower_teams():
+    # Cosmos-like: 32 Q heads, 8 K heads, per-head rotate_half: K's teams are a quarter of Q's.
+    w = _planner.Work("bf16", "half", "head", "f32", True, 128, 32, 2 * 28000, k_heads=8)
+    c = _planner.launch_config(w, DEVICE, TUNING)
+    assert c.k_ratio > 1 and c.tj * c.k_th * c.k_ratio == c.team and c.k_th * c.variant.heads_per_thread >= 8
+    same = _planner.launch_config(dataclasses.replace(w, k_heads=0), DEVICE, TUNING)
+    assert same.k_ratio == 1 and c.grid < same.grid
+    full = _planner.launch_config(dataclasses.replace(w, norm="full"), DEVICE, TUNING)
+    assert full.k_ratio == 1 and full.k_th == full.th   # full-dim sums span the block's team
 
 
 @pytest.mark.parametrize("dtype,d,norm,rope,parts", [("f32", 256, "head", "interleaved", 2),
