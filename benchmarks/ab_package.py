@@ -2,7 +2,7 @@
 
     python benchmarks/ab_package.py REF [--out ab] [--arch sm_90 ...]
 
-Writes OUT/cudit_<REF>/: that commit's cudit/*.py, with its torch library renamed to
+Writes OUT/cudit_<REF>/: that commit's cudit/*.py and tuning tables, with its torch library renamed to
 cudit_<REF> so both copies can register their operators, and with --arch the cubins that
 commit builds from its own kernels (its build_cubins.py). Without --arch the copy loads this
 tree's cubins: fine for host-side A/B while the kernel parameters are unchanged. Carry OUT to
@@ -19,6 +19,7 @@ from __future__ import annotations
 import argparse
 import io
 import re
+import shutil
 import subprocess
 import sys
 import tarfile
@@ -58,6 +59,9 @@ def write_package(ref: str, out: Path, archs=()) -> Path:
         for src in sorted((Path(tmp) / "cudit").glob("*.py")):
             text = src.read_text()
             (dest / src.name).write_text(rename_torch_library(text, name) if src.name == "torch.py" else text)
+        tables = Path(tmp) / "cudit" / "tuning"   # its tuning tables: without them it plans by the analytic default
+        if tables.is_dir():
+            shutil.copytree(tables, dest / "tuning")
         if archs:
             build = [sys.executable, str(Path(tmp) / "build_cubins.py"), "--out", str(dest / "_cubins")]
             for arch in archs:

@@ -53,7 +53,7 @@ class Params(ctypes.Structure):
         ("grid_origin", ctypes.c_float * 3), ("grid_scale", ctypes.c_float * 3), ("txt_pos", ctypes.c_float * 3),
         ("scale_val", ctypes.c_float * 3), ("scale_hs", ctypes.c_int * 3), ("amax_hs", ctypes.c_int * 3),
         ("out_kind", ctypes.c_int), ("qk_grid", u32),
-        ("sides", FastDiv), ("k_team", FastDiv), ("k_th", u32), ("step", u32),
+        ("sides", FastDiv), ("k_ratio", u32), ("k_shift", u32), ("k_th", u32), ("step", u32),
         ("v_cols", u32), ("v_col_blocks", u32), ("v_groups", u32), ("v_lanes", FastDiv),
         ("freq", ctypes.c_float * MAX_PAIRS),
     ]

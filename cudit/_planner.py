@@ -21,6 +21,7 @@ from ._variants import ACT_DTYPES, DTYPE_CODES, MAX_K, Variant, natural_parts, t
 
 HEAD_DIM_MIN, HEAD_DIM_MAX, HEAD_DIM_STEP = 32, 256, 16
 MAX_GRID_X = 2**31 - 1
+K_ROWS_AS_Q = 16   # Params.k_shift past any team (blockDim.x <= 1024): K's rows are Q's
 
 
 @dataclass(frozen=True)
@@ -988,7 +989,8 @@ def launch_config(w: Work, device: DeviceSpec, tuning: Tuning) -> LaunchConfig:
 
 def _k_side(geo: Geometry, w: Work, parts: int) -> tuple:
     """(k_ratio, k_th): a K side of fewer heads (GQA) takes as many heads a thread in teams of
-    fewer head lanes, k_ratio of them in a Q team's threads, where those divide it. Full-dim rows
+    fewer head lanes, k_ratio of them in a Q team's threads, where such a team is a power of two
+    that divides Q's (a shift and a mask place a thread). Full-dim rows
     (their sums span the block's team), the looping variant and three-vector items keep Q's
     teams (kernels/qk_norm_rope.cu narrow_k)."""
     k = geo.heads_per_thread
@@ -996,7 +998,7 @@ def _k_side(geo: Geometry, w: Work, parts: int) -> tuple:
         return 1, geo.th
     th = _head_lanes(geo.tj, -(-w.k_heads // k))
     team = geo.tj * th
-    return (geo.team // team, th) if geo.team % team == 0 else (1, geo.th)
+    return (geo.team // team, th) if _is_pow2(team) and geo.team % team == 0 else (1, geo.th)
 
 
 def _shared_table_k(rope: str, norm: str):
@@ -1126,7 +1128,8 @@ def _params(req, cfg: LaunchConfig, tokens, d, q, k, oq, ok, widths, dual, cos_t
     p.lanes_d = cfg.lanes_d
     p.eps = float(req.eps)
     p.qk_grid = cfg.grid
-    p.sides, p.k_team, p.k_th = fast_div(cfg.sides), fast_div(cfg.tj * cfg.k_th), cfg.k_th
+    p.sides, p.k_ratio, p.k_th = fast_div(cfg.sides), cfg.k_ratio, cfg.k_th
+    p.k_shift = (cfg.tj * cfg.k_th).bit_length() - 1 if cfg.k_ratio > 1 else K_ROWS_AS_Q
     p.step = cfg.grid // cfg.sides * cfg.k_ratio * (cfg.block // cfg.team)
     return p
 

@@ -710,9 +710,8 @@ struct SideLane {
 template <int NORM, int K, int PARTS, int SIDE>
 __device__ __forceinline__ SideLane side_lane(const Params& p) {
     if (SIDE == 0 || !narrow_k<NORM, K, PARTS>()) return {threadIdx.x, threadIdx.y, blockDim.y, (int)p.th};
-    const u32 t = linear_tid();
-    const u32 row = div(t, p.k_team);
-    return {t - row * p.k_team.d, row, blockDim.y * (p.sides.d - 1u), (int)p.k_th};
+    return {threadIdx.x & ((1u << p.k_shift) - 1u), threadIdx.y * p.k_ratio + (threadIdx.x >> p.k_shift),
+            blockDim.y * p.k_ratio, (int)p.k_th};
 }
 
 // Params.ahead > 0 (grids of one row group a block): a thread also asks L2 for the row p.ahead
@@ -1036,7 +1035,7 @@ __device__ __forceinline__ void qk_norm_rope_body(const Params& p) {
     constexpr bool alternate = !narrow_k<NORM, K, PARTS>();
     const u32 period = alternate ? blockIdx.x >> 1 : div(blockIdx.x, p.sides);
     const u32 at = alternate ? blockIdx.x & 1u : blockIdx.x - period * p.sides.d;
-    const u32 last = alternate ? 1u : p.sides.d - 1u;
+    const u32 last = alternate ? 1u : p.k_ratio;
     if (at == last) side_body<T, C, ROPE, NORM, K, PARTS, TABLE, AHEAD, STATS, LN, SRC, OUT, 1>(p, period);
     else side_body<T, C, ROPE, NORM, K, PARTS, TABLE, AHEAD, STATS, LN, SRC, OUT, 0>(p, period * last + at);
 }

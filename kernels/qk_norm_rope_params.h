@@ -95,11 +95,12 @@ typedef struct Params {
     int scale_hs[3], amax_hs[3];
     int out_kind;                     // Fp8Kind
     cudit_u32 qk_grid;                // blocks of Q and K rows (gridDim.x less V's blocks)
-    // Blocks come in periods of `sides`: sides - 1 blocks of Q rows, then one of K rows. Where K
-    // has fewer heads (GQA), its rows are k_team threads of k_th head lanes, so a block of the
-    // same threads takes sides - 1 times Q's tokens; else sides = 2 and K's rows are shaped as Q's.
-    FastDiv sides, k_team;
-    cudit_u32 k_th;
+    // Blocks come in periods of `sides`: k_ratio = sides - 1 blocks of Q rows, then one of K rows.
+    // Where K has fewer heads (GQA), a Q row's threads take k_ratio K rows of 1 << k_shift threads
+    // (k_th head lanes), so a block takes k_ratio times Q's tokens; else k_ratio is 1 and k_shift
+    // 16 (past any team), and K's rows are shaped as Q's.
+    FastDiv sides;
+    cudit_u32 k_ratio, k_shift, k_th;
     cudit_u32 step;                   // tokens between a block's row groups (the same on both sides)
     // V's blocks (after Q's and K's): column c = one 16-byte vector of a token's V (v_cols = Hv *
     // D / VEC of them, v_lanes = D / VEC a head), v_col_blocks blocks across them; token group g

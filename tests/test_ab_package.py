@@ -25,6 +25,8 @@ def test_a_commit_becomes_an_importable_package_on_this_trees_cubins(tmp_path, m
     assert dest.name == "cudit_HEAD" and (dest / "api.py").read_text() == \
         subprocess.run(["git", "show", "HEAD:cudit/api.py"], cwd=ROOT, capture_output=True, text=True).stdout
     assert 'Library("cudit_HEAD"' in (dest / "torch.py").read_text()
+    tables = subprocess.run(["git", "ls-files", "cudit/tuning"], cwd=ROOT, capture_output=True, text=True).stdout.split()
+    assert tables and sorted(p.name for p in (dest / "tuning").iterdir()) == sorted(Path(t).name for t in tables)
     monkeypatch.syspath_prepend(str(tmp_path))
     monkeypatch.delenv("CUDIT_CUBIN_DIR", raising=False)
     pkg = ab_package.import_package("cudit_HEAD")

@@ -378,9 +378,10 @@ def kernel_items(c, prm, heads):
     period, at = b // prm.sides.d, b % prm.sides.d
     side = (at == prm.sides.d - 1).astype(int)
     sb = np.where(side == 1, period, period * (prm.sides.d - 1) + at)
-    team = np.where(side == 1, prm.k_team.d, prm.team)
-    lane, row = t % team, t // team
-    rows = np.where(side == 1, rows_q * (prm.sides.d - 1), rows_q)
+    tx, ty = t % prm.team, t // prm.team
+    lane = np.where(side == 1, tx & ((1 << prm.k_shift) - 1), tx)
+    row = np.where(side == 1, ty * prm.k_ratio + (tx >> prm.k_shift), ty)
+    rows = np.where(side == 1, rows_q * prm.k_ratio, rows_q)
     th = np.where(side == 1, prm.k_th, prm.th)
     j, hl = lane % prm.tj, lane // prm.tj
     seen = []
