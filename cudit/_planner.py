@@ -109,7 +109,7 @@ class LaunchConfig:
     ahead_waves: float       # rows asked ahead, in waves of resident blocks (0: none)
     v_blocks: int = 0        # fp8 output: blocks after them that quantise V
     k_ratio: int = 1         # a K block's tokens for a Q block's (K's narrower rows under GQA)
-    k_th: int = 0            # K's lanes along the heads (0: th)
+    k_th: int = 0            # K's lanes along the heads (th where K's rows are Q's)
 
     @property
     def sides(self) -> int:
@@ -990,9 +990,9 @@ def launch_config(w: Work, device: DeviceSpec, tuning: Tuning) -> LaunchConfig:
 def _k_side(geo: Geometry, w: Work, parts: int) -> tuple:
     """(k_ratio, k_th): a K side of fewer heads (GQA) takes as many heads a thread in teams of
     fewer head lanes, k_ratio of them in a Q team's threads, where such a team is a power of two
-    that divides Q's (a shift and a mask place a thread). Full-dim rows
-    (their sums span the block's team), the looping variant and three-vector items keep Q's
-    teams (kernels/qk_norm_rope.cu narrow_k)."""
+    that divides Q's (a shift and a mask place a thread). Full-dim rows (their sums span the
+    block's team), the looping variant and three-vector items keep Q's teams
+    (kernels/qk_norm_rope.cu narrow_k)."""
     k = geo.heads_per_thread
     if not w.k_heads or w.norm == "full" or k == 0 or parts == 3:
         return 1, geo.th

@@ -702,7 +702,7 @@ template <int NORM, int K, int PARTS>
 __device__ __forceinline__ constexpr bool narrow_k() { return NORM != NORM_FULL && K > 0 && PARTS != 3; }
 
 // A thread's row of a block of side SIDE, its lane in that row's team, rows a block and head
-// lanes: Q's teams are blockDim.x threads; K's are k_team, narrower under GQA (more rows a block).
+// lanes: Q's teams are blockDim.x threads; K's, narrower under GQA, 1 << k_shift (more rows a block).
 struct SideLane {
     u32 lane, row, rows;
     int th;
