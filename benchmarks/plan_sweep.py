@@ -18,9 +18,10 @@ base = _launch.device_state(0).tuning
 rows = []
 for name in sys.argv[1].split(","):
     s = shapes[name]
-    kind = "full/1" if s.norm == "full" else "head/1"
+    vec = 16 // {"bf16": 2, "f16": 2, "f32": 4}[s.dtype]
+    kind = f"{'full' if s.norm == 'full' else 'head'}/{_planner.item_parts(s.rope, s.norm, s.d // vec)}"
     inputs = bench.rotation(s, torch, props.L2_cache_size)
-    combos = [(None, None, None)] * 3 + [(None, t, it) for t in (96, 128, 160, 192, 256, 320) for it in (None, 1, 2, 4)]
+    combos = [(None, None, None)] * 3 + [(None, t, it) for t in (96, 128, 160, 192, 256, 320) for it in (None, 1, 2, 4, 8)]
     for k, target, iters in combos:
         if True:
             t = base.with_knobs(heads_per_thread=k, fixed_row_iters=iters)
