@@ -59,7 +59,7 @@ def production_shapes(quick: bool = False) -> list:
         Shape("FLUX.2", 48, 128, 4608, norm="head", n_txt=512),
         Shape("HunyuanVideo", 24, 128, 118800, norm="head"),
         Shape("Cosmos", 32, 128, 28000, norm="head", rope="half", kv_heads=8),
-        Shape("Lumina-2", 24, 96, 4096, norm="head"),
+        Shape("Lumina-2", 24, 96, 4096, norm="head", kv_heads=8),
         Shape("CogVideoX-5B", 48, 64, 17550 + 226, norm="head", layer=True),
     ]
     if quick:

@@ -22,7 +22,7 @@ SHAPES = [
     Shape("FLUX.1", 24, 128, 4608, norm="head", n_txt=512),
     Shape("HunyuanVideo", 24, 128, 118800, norm="head"),
     Shape("Cosmos", 32, 128, 28000, norm="head", rope="half", kv_heads=8),
-    Shape("Lumina-2", 24, 96, 4096, norm="head"),
+    Shape("Lumina-2", 24, 96, 4096, norm="head", kv_heads=8),
 ]
 # Fields and their candidates; "block_targets/<kind>" sets one kind's block target, and
 # "row_iters/<kind>" its (most row groups a block, grid size in groups below which one).

@@ -173,7 +173,7 @@ MODELS = [
     Case("HunyuanVideo", heads=(24, 24, 24), B=1, S=301),
     Case("Cosmos-GQA", split=True, ndim=4, heads=(32, 8, 8), rope="half", B=1, S=181),
     Case("Cosmos-GQA-packed", heads=(32, 8, 8), rope="half", B=2, S=97),
-    Case("Lumina-Image-2", heads=(24, 24, 24), D=96, B=1, S=257),
+    Case("Lumina-Image-2", heads=(24, 8, 8), D=96, B=1, S=257),
     Case("CogVideoX-5B", heads=(48, 48, 48), D=64, layer=True, B=1, S=226 + 101),
     Case("WAN2.1-14B-rope3d", heads=(40, 40, 40), norm="full", grid=(3, 6, 8), B=2, S=144),
     Case("HunyuanVideo-rope3d", heads=(24, 24, 24), grid=(3, 8, 10), axes=(16, 56, 56), grid_text=13,
