@@ -10,6 +10,7 @@ import torch
 sys.path.insert(0, os.path.dirname(__file__))
 import bench  # noqa: E402
 from cudit import _launch, _planner, api  # noqa: E402
+from cudit._arrays import ITEMSIZE  # noqa: E402
 
 props = torch.cuda.get_device_properties(0)
 copy = bench.copy_bandwidth(torch)
@@ -18,7 +19,7 @@ base = _launch.device_state(0).tuning
 rows = []
 for name in sys.argv[1].split(","):
     s = shapes[name]
-    vec = 16 // {"bf16": 2, "f16": 2, "f32": 4}[s.dtype]
+    vec = 16 // ITEMSIZE[s.dtype]
     kind = f"{'full' if s.norm == 'full' else 'head'}/{_planner.item_parts(s.rope, s.norm, s.d // vec)}"
     inputs = bench.rotation(s, torch, props.L2_cache_size)
     combos = [(None, None, None)] * 3 + [(None, t, it) for t in (96, 128, 160, 192, 256, 320) for it in (None, 1, 2, 4, 8)]

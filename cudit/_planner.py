@@ -966,8 +966,8 @@ def launch_config(w: Work, device: DeviceSpec, tuning: Tuning) -> LaunchConfig:
         geo = dataclasses.replace(geo, block=geo.team)
     rows_per_block = geo.block // geo.team
     k_ratio, k_th = _k_side(geo, w, parts)
-    tokens = w.rows // 2
-    groups = -(-tokens * (k_ratio + 1) // (rows_per_block * k_ratio))   # blocks of one row group
+    sides, tokens = k_ratio + 1, w.rows // 2   # a period of blocks: k_ratio of Q's, one of K's
+    groups = -(-tokens * sides // (rows_per_block * k_ratio))   # blocks of one row group
     paced = f"{kind}-grid" if w.source == "grid" else kind   # no table read: paced on their own
     most, single_below = tuning.row_iters_for(paced, natural_parts(w.rope))
     if one_row:
@@ -975,7 +975,7 @@ def launch_config(w: Work, device: DeviceSpec, tuning: Tuning) -> LaunchConfig:
     if tuning.fixed_row_iters is not None:
         most, single_below = tuning.fixed_row_iters, 0
     iters = 1 if groups < single_below else max(1, min(most, groups // tuning.full_grid))
-    grid = (k_ratio + 1) * -(-tokens // (rows_per_block * k_ratio * iters))   # whole periods of blocks
+    grid = sides * -(-tokens // (rows_per_block * k_ratio * iters))   # whole periods of blocks
     if grid > MAX_GRID_X:
         raise PlanError(f"qkv: {w.rows} rows need {grid} blocks, over the grid limit")
     k = geo.heads_per_thread

@@ -4,6 +4,7 @@ import itertools
 import re
 import struct
 
+import numpy as np
 import pytest
 
 from cudit import _planner, _variants
@@ -371,7 +372,6 @@ def test_blocks_hold_whole_warps():
 def kernel_items(c, prm, heads):
     """The (side, token, head, lane j) items the kernel's blocks visit, as kernels/qk_norm_rope.cu
     maps blocks and threads to them (qk_norm_rope_body, side_lane, team_lane, process_row)."""
-    import numpy as np
     tokens, rows_q = prm.total_rows // 2, c.block // c.team
     k = c.variant.heads_per_thread or 1
     b, t = np.meshgrid(np.arange(c.grid), np.arange(c.block), indexing="ij")
@@ -396,7 +396,6 @@ def kernel_items(c, prm, heads):
 
 
 def visits_each_item_once(c, prm, heads):
-    import numpy as np
     tokens = prm.total_rows // 2
     visits = np.bincount(kernel_items(c, prm, heads), minlength=tokens * sum(heads) * prm.lanes_d)
     assert visits.min() == visits.max() == 1, "an item visited twice or never"
