@@ -1,6 +1,7 @@
-"""Time shapes of benchmarks/bench.py under several plans (block targets, row groups a block):
+"""Time shapes of benchmarks/bench.py under several plans (block targets, row groups a block, and
+optionally heads a thread at the table's block target):
 
-    python benchmarks/plan_sweep.py WAN-14B-rope3d,WAN-14B
+    python benchmarks/plan_sweep.py WAN-14B-rope3d,WAN-14B [1,2]
 """
 import os
 import sys
@@ -16,6 +17,7 @@ props = torch.cuda.get_device_properties(0)
 copy = bench.copy_bandwidth(torch)
 shapes = {s.name: s for s in bench.production_shapes()}
 base = _launch.device_state(0).tuning
+heads = [int(k) for k in sys.argv[2].split(",")] if len(sys.argv) > 2 else []
 rows = []
 for name in sys.argv[1].split(","):
     s = shapes[name]
@@ -23,6 +25,7 @@ for name in sys.argv[1].split(","):
     kind = f"{'full' if s.norm == 'full' else 'head'}/{_planner.item_parts(s.rope, s.norm, s.d // vec)}"
     inputs = bench.rotation(s, torch, props.L2_cache_size)
     combos = [(None, None, None)] * 3 + [(None, t, it) for t in (96, 128, 160, 192, 256, 320) for it in (None, 1, 2, 4, 8)]
+    combos += [(k, None, it) for k in heads for it in (None, 1, 2)]
     for k, target, iters in combos:
         if True:
             t = base.with_knobs(heads_per_thread=k, fixed_row_iters=iters)

@@ -37,6 +37,10 @@ FP8_IN_DTYPES = ("bf16", "f16")
 # and where fp16's conversions spilled beyond that.
 FP8_MAX_THREADS = {(1, "none", 2): 768, (1, "none", 1): 768, (2, "head", 2): 512, (3, "head", 0): 512}
 FP8_F16_MAX_THREADS = {(1, "full", 4): 640}
+# Targets without an fp8 conversion instruction (sm_80, sm_86 and the compute_80 PTX) call the
+# emulated conversion (kernels/qk_norm_rope.cu fp8x2): the bound where the call's registers spilled.
+FP8_CALL_ARCHS = ("sm_80", "sm_86", "")
+FP8_CALL_MAX_THREADS = {(1, "full", 4): 640, (1, "none", 4): 640, (3, "head", 1): 640}
 C_TYPES = {"f32": "float", "f16": "__half", "bf16": "__nv_bfloat16"}
 # cos/sin storage: fp32, the activations' own 16-bit type, or (x16) 16 bits whose kind is a
 # launch parameter, for the pairings no model uses (a bf16 table with f16 data, say): those get
@@ -135,6 +139,8 @@ class Variant:
             bound = min(bound, FP8_MAX_THREADS.get(shape, bound))
             if self.dtype == "f16":
                 bound = min(bound, FP8_F16_MAX_THREADS.get(shape, bound))
+            if arch in FP8_CALL_ARCHS:
+                bound = min(bound, FP8_CALL_MAX_THREADS.get(shape, bound))
         return min(bound, SOURCE_MAX_THREADS.get((self.source, self.layer), bound))
 
     def _rms_bound(self, arch: str) -> int:

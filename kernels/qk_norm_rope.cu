@@ -454,11 +454,23 @@ __device__ __forceinline__ void store_out(T* dst, const float (&x)[VEC], Q8&, Ou
     o.from_floats(x);
     o.store(dst);
 }
+// Two values to fp8, saturated. Before sm_89 there is no conversion instruction: the header's
+// emulation, inlined at every pair, tripled the compute_80 PTX and the build; there it is called
+// (no fp8 attention runs on those GPUs).
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ < 890
+__device__ __noinline__
+#else
+__device__ __forceinline__
+#endif
+u32 fp8x2(float a, float b, __nv_fp8_interpretation_t kind) {
+    return __nv_cvt_float2_to_fp8x2(make_float2(a, b), __NV_SATFINITE, kind);
+}
+
 template <__nv_fp8_interpretation_t KIND, int VEC>
 __device__ __forceinline__ void to_fp8(const float (&x)[VEC], float scale, u32* w) {
 #pragma unroll
     for (int e = 0; e < VEC; e += 2) {
-        const u32 pair = __nv_cvt_float2_to_fp8x2(make_float2(x[e] * scale, x[e + 1] * scale), __NV_SATFINITE, KIND);
+        const u32 pair = fp8x2(x[e] * scale, x[e + 1] * scale, KIND);
         if (e % 4 == 0) w[e / 4] = pair;
         else w[e / 4] |= pair << 16;
     }
