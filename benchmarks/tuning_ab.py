@@ -1,6 +1,6 @@
 """Production shapes under several tuning tables, in one process (device events, rotated inputs).
 
-    PYTHONPATH=. python benchmarks/tuning_ab.py analytic "" "block_target=128" [--only A,B]
+    PYTHONPATH=. python benchmarks/tuning_ab.py analytic "" "block_targets.full/1=192,row_iters.full/1=4:98304" [--only A,B]
 
 Each argument is a set of Tuning fields (comma-separated name=value) applied over the device's
 own table ("" is that table, "analytic" the default a card with no table gets); every shape is timed under each, alternating, three times; the table gives medians as
@@ -17,12 +17,18 @@ from cudit import _launch
 from cudit._tuning import analytic
 
 
-def parse(spec: str) -> dict:
-    out = {}
+def apply(base, spec: str):
+    """base with spec's fields: name=value, or per kind of row block_targets.KIND=threads and
+    row_iters.KIND=most:below (KIND as in the tables, e.g. full/1)."""
+    t = base
     for item in filter(None, spec.split(",")):
         name, value = item.split("=")
-        out[name] = None if value == "None" else (float(value) if "." in value else int(value))
-    return out
+        if "." in name:
+            field, kind = name.split(".", 1)
+            t = t.with_kind(field, kind, tuple(int(x) for x in value.split(":")) if ":" in value else int(value))
+        else:
+            t = t.with_knobs(**{name: None if value == "None" else (float(value) if "." in value else int(value))})
+    return t
 
 
 def main(argv) -> int:
@@ -32,7 +38,7 @@ def main(argv) -> int:
     args = ap.parse_args(argv)
     st = _launch.device_state(0)
     base = st.tuning
-    tunings = [analytic(st.spec) if t == "analytic" else base.with_knobs(**parse(t)) for t in args.tunings]
+    tunings = [analytic(st.spec) if t == "analytic" else apply(base, t) for t in args.tunings]
     only = set(args.only.split(",")) if args.only else None
     l2 = torch.cuda.get_device_properties(0).L2_cache_size
     copy = bench.copy_bandwidth(torch)
