@@ -455,8 +455,8 @@ __device__ __forceinline__ void store_out(T* dst, const float (&x)[VEC], Q8&, Ou
     o.store(dst);
 }
 // Two values to fp8, saturated. Before sm_89 there is no conversion instruction: the header's
-// emulation, inlined at every pair, more than doubled the compute_80 PTX and its build: there it is called
-// (no fp8 attention runs on those GPUs).
+// emulation, inlined at every pair, more than doubled the compute_80 PTX and its build, so there
+// it is called (no fp8 attention runs on those GPUs).
 #if defined(__CUDA_ARCH__) && __CUDA_ARCH__ < 890
 __device__ __noinline__
 #else
