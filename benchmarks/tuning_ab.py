@@ -3,7 +3,8 @@
     PYTHONPATH=. python benchmarks/tuning_ab.py analytic "" "block_targets.full/1=192,row_iters.full/1=4:98304" [--only A,B]
 
 Each argument is a set of Tuning fields (comma-separated name=value) applied over the device's
-own table ("" is that table, "analytic" the default a card with no table gets); every shape is timed under each, alternating, three times; the table gives medians as
+own table ("" is that table, "analytic" the default a card with no table gets, "analytic,..."
+fields over that default); every shape is timed under each, alternating, three times; the table gives medians as
 % of copy and beside them a plain mul_ over the same bytes.
 """
 import argparse
@@ -38,7 +39,8 @@ def main(argv) -> int:
     args = ap.parse_args(argv)
     st = _launch.device_state(0)
     base = st.tuning
-    tunings = [analytic(st.spec) if t == "analytic" else apply(base, t) for t in args.tunings]
+    tunings = [apply(analytic(st.spec), t[len("analytic"):].lstrip(",")) if t.startswith("analytic") else apply(base, t)
+               for t in args.tunings]
     only = set(args.only.split(",")) if args.only else None
     l2 = torch.cuda.get_device_properties(0).L2_cache_size
     copy = bench.copy_bandwidth(torch)
