@@ -32,6 +32,14 @@ def apply(base, spec: str):
     return t
 
 
+def table_for(spec: str, base, device):
+    """A command-line spec's table: fields over the device's own table, or over the analytic
+    default where the spec starts with "analytic"."""
+    if spec.startswith("analytic"):
+        return apply(analytic(device), spec[len("analytic"):].lstrip(","))
+    return apply(base, spec)
+
+
 def main(argv) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("tunings", nargs="+")
@@ -39,8 +47,7 @@ def main(argv) -> int:
     args = ap.parse_args(argv)
     st = _launch.device_state(0)
     base = st.tuning
-    tunings = [apply(analytic(st.spec), t[len("analytic"):].lstrip(",")) if t.startswith("analytic") else apply(base, t)
-               for t in args.tunings]
+    tunings = [table_for(t, base, st.spec) for t in args.tunings]
     only = set(args.only.split(",")) if args.only else None
     l2 = torch.cuda.get_device_properties(0).L2_cache_size
     copy = bench.copy_bandwidth(torch)
