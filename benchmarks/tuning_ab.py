@@ -4,8 +4,8 @@
 
 Each argument is a set of Tuning fields (comma-separated name=value) applied over the device's
 own table ("" is that table, "analytic" the default a card with no table gets, "analytic,..."
-fields over that default); every shape is timed under each, alternating, three times; the table gives medians as
-% of copy and beside them a plain mul_ over the same bytes.
+fields over that default); every shape is timed under each, alternating, three times; the
+table gives medians as % of copy and beside them a plain mul_ over the same bytes.
 """
 import argparse
 import statistics
