@@ -7,7 +7,8 @@ from __future__ import annotations
 
 from ._errors import CudaUnavailableError, NoImageError, PlanError
 from ._rope3d import Rope3D
-from .api import qk_norm_rope, qk_norm_rope_backward, qk_sumsq
+from ._planner import Exchange
+from .api import exchange_bytes, qk_norm_rope, qk_norm_rope_backward, qk_sumsq
 
 __version__ = "0.1.0"
 
@@ -23,4 +24,4 @@ def cubins() -> dict:
     return out
 
 
-__all__ = ["qk_norm_rope", "qk_norm_rope_backward", "qk_sumsq", "Rope3D", "cubins", "PlanError", "NoImageError", "CudaUnavailableError", "__version__"]
+__all__ = ["qk_norm_rope", "qk_norm_rope_backward", "qk_sumsq", "Exchange", "exchange_bytes", "Rope3D", "cubins", "PlanError", "NoImageError", "CudaUnavailableError", "__version__"]

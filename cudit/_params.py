@@ -33,6 +33,8 @@ class SideParams(ctypes.Structure):
 # v_in, v_out, scale[3], amax[3]
 POINTERS = 24
 MAX_PAIRS = 128   # Params.freq: D / 2 for the largest head_dim
+MAX_RANKS = 8     # Params.xchg: ranks of one exchange
+XCHG_HEADER = 16  # 64-bit words before an exchange buffer's rows
 
 
 class Params(ctypes.Structure):
@@ -55,6 +57,7 @@ class Params(ctypes.Structure):
         ("out_kind", ctypes.c_int), ("qk_grid", u32),
         ("sides", FastDiv), ("k_ratio", u32), ("k_shift", u32), ("k_th", u32), ("step", u32),
         ("v_cols", u32), ("v_col_blocks", u32), ("v_groups", u32), ("v_lanes", FastDiv),
+        ("xchg", ctypes.c_uint64 * MAX_RANKS), ("xchg_rank", u32), ("xchg_ranks", u32), ("xchg_rows", u32),
         ("freq", ctypes.c_float * MAX_PAIRS),
     ]
 

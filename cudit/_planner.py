@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from . import _variants
 from ._arrays import ITEMSIZE, ArrayInfo, contiguous_strides
 from ._errors import PlanError
-from ._params import POINTERS, Params, fast_div
+from ._params import MAX_RANKS, POINTERS, XCHG_HEADER, Params, fast_div
 from ._rope3d import Rope3D
 from ._tuning import DeviceSpec, Tuning
 from ._variants import ACT_DTYPES, DTYPE_CODES, MAX_K, Variant, natural_parts, table_class
@@ -43,9 +43,12 @@ class Request:
     out: object = None               # None (in place), ArrayInfo, or (ArrayInfo, ArrayInfo)
     # Tensor parallelism (full-dim norm over heads on several GPUs): sumsq is the [T, 2] fp32
     # buffer of Q's and K's sums of squares; stats says whether this call writes it ("sumsq":
-    # no other output) or normalises by it ("given", all-reduced, over norm_width values).
+    # no other output) or normalises by it ("given", all-reduced, over norm_width values), or
+    # whether the kernel trades the sums with the other ranks itself ("exchange", through the
+    # buffers of `exchange`, an Exchange).
     sumsq: ArrayInfo | None = None
     stats: str = ""
+    exchange: object = None
     norm_width: object = None        # int, or (Q's, K's)
     rope_offset: int | None = None   # sequence parallelism: the table's sequence row of token 0
     # LayerNorm ("layer": mean subtracted, then weight and bias) instead of RMSNorm ("rms")
@@ -381,7 +384,7 @@ def _quant(req: Request, arrays: dict, data: ArrayInfo, q: Side, k: Side, ok: Si
     if data.dtype not in _variants.FP8_IN_DTYPES:
         raise _fail("out", f"the input's dtype ({data.dtype}): fp8 output takes bf16 or fp16 input", kind)
     if layer or req.stats or source != "table":
-        arg = "norm" if layer else ("sumsq" if req.stats else ("rope" if source == "grid" else "positions"))
+        arg = "norm" if layer else (_tp_arg(req) if req.stats else ("rope" if source == "grid" else "positions"))
         raise _fail(arg, "the default (fp8 output is built for RMSNorm with cos/sin tables by token)", "given")
     hv = 0 if req.split else _int_heads(req.num_heads, 3)[2]
     if not hv and (req.v_scale is not None or req.v_amax is not None or req.scale_values[2] is not None):
@@ -457,11 +460,11 @@ def _check_head_offsets(d: int, sides, tables) -> None:
 def _norm_kind(req: Request, d: int, q: Side, k: Side) -> str:
     if req.stats == "sumsq":
         return "full"
-    if req.stats == "given":
+    if req.stats in ("given", "exchange"):
         for role, side in (("q_weight", q), ("k_weight", k)):
             w = getattr(req, role)
             if w is None or w.ndim != 1 or w.shape[0] != side.heads * d:
-                raise _fail(role, f"this rank's full-dim weight, 1-D of length {side.heads}x{d}, with sumsq",
+                raise _fail(role, f"this rank's full-dim weight, 1-D of length {side.heads}x{d}, with {_tp_arg(req)}",
                             None if w is None else f"shape {w.shape}")
         return "full"
     if req.q_weight is None and req.k_weight is None:
@@ -526,7 +529,7 @@ def _check_norm_type(req: Request, norm: str, dual: bool) -> bool:
     if norm == "none":
         raise _fail("norm", "'rms' without weights ('layer' takes q_weight and k_weight)", req.norm_type)
     if req.stats:
-        raise _fail("norm", "'rms' with sumsq (tensor parallelism is for RMSNorm)", req.norm_type)
+        raise _fail("norm", f"'rms' with {_tp_arg(req)} (tensor parallelism is for RMSNorm)", req.norm_type)
     if req.q_bias is None and (req.q_add_bias is not None or req.k_add_bias is not None):
         raise _fail("q_add_bias" if req.q_add_bias is not None else "k_add_bias",
                     "None without q_bias and k_bias", "a text-stream bias")
@@ -554,17 +557,65 @@ def _check_dual_stream(req: Request, tokens: Tokens, norm: str) -> bool:
 # ------------------------------------------------------------ tensor parallelism
 
 
-STATS_KINDS = ("", "sumsq", "given")
+STATS_KINDS = ("", "sumsq", "given", "exchange")
+
+
+@dataclass(frozen=True)
+class Exchange:
+    """Tensor parallelism in one pass: every rank's exchange buffer, in rank order, as device
+    addresses this GPU can read and write (symmetric memory, or peer access), this rank's place
+    among them, and the tokens a buffer has room for. Each buffer holds
+    exchange_words(tokens, ranks) 64-bit words, zeroed on every rank before any rank's first
+    call; the calls that share buffers run in the same order on every rank, on one stream each."""
+
+    buffers: tuple
+    rank: int
+    tokens: int
+
+    @property
+    def ranks(self) -> int:
+        return len(self.buffers)
+
+
+def exchange_words(tokens: int, ranks: int) -> int:
+    """64-bit words of one rank's exchange buffer: a header, then two turns of each rank's two
+    rows (Q's and K's) a token."""
+    return XCHG_HEADER + 2 * ranks * 2 * tokens
+
+
+def _tp_arg(req: Request) -> str:
+    """The argument that made a call tensor-parallel, for errors."""
+    return "exchange" if req.stats == "exchange" else "sumsq"
+
+
+def _check_exchange(ex, tokens: Tokens) -> None:
+    if not isinstance(ex, Exchange):
+        raise _fail("exchange", "a cudit.Exchange", type(ex).__name__)
+    if not (isinstance(ex.buffers, tuple) and 2 <= ex.ranks <= MAX_RANKS
+            and all(isinstance(b, int) and b > 0 and b % 8 == 0 for b in ex.buffers)):
+        raise _fail("exchange", f"2 to {MAX_RANKS} buffers, each a device address aligned to 8 bytes",
+                    f"{ex.buffers!r:.80}")
+    if not (isinstance(ex.rank, int) and 0 <= ex.rank < ex.ranks):
+        raise _fail("exchange", f"a rank from 0 to {ex.ranks - 1}", ex.rank)
+    if not (isinstance(ex.tokens, int) and tokens.count <= ex.tokens < 2**30):
+        raise _fail("exchange", f"buffers with room for at least the call's {tokens.count} tokens",
+                    f"room for {ex.tokens}")
 
 
 def _check_stats(req: Request, tokens: Tokens, d: int, q: Side, k: Side) -> tuple | None:
-    """The sums-of-squares buffer of a tensor-parallel call; for "given", the norm widths."""
+    """The sums-of-squares buffer of a tensor-parallel call; for "given" and "exchange", the
+    norm widths."""
     if req.stats not in STATS_KINDS:
         raise _fail("stats", " / ".join(map(repr, STATS_KINDS)), req.stats)
     if not req.stats:
         if req.norm_width is not None:
-            raise _fail("norm_width", "None unless sumsq is given (tensor parallelism)", req.norm_width)
+            raise _fail("norm_width", "None unless sumsq or exchange is given (tensor parallelism)", req.norm_width)
         return None
+    if req.stats == "exchange":
+        if req.sumsq is not None:
+            raise _fail("sumsq", "None with exchange (the kernel trades the sums itself)", "an array")
+        _check_exchange(req.exchange, tokens)
+        return _norm_widths(req, d, q, k)
     a = req.sumsq
     shapes = ((tokens.count, 2), (tokens.batch, tokens.seq, 2))
     if a is None:
@@ -578,6 +629,10 @@ def _check_stats(req: Request, tokens: Tokens, d: int, q: Side, k: Side) -> tupl
         if a.readonly:
             raise _fail("sumsq", "a writable array", "a read-only one")
         return None
+    return _norm_widths(req, d, q, k)
+
+
+def _norm_widths(req: Request, d: int, q: Side, k: Side) -> tuple:
     if req.norm_width is None:
         raise _fail("norm_width", "the values a token's norm runs over on all ranks together: an int, or (Q's, K's)",
                     None)
@@ -970,7 +1025,7 @@ def launch_config(w: Work, device: DeviceSpec, tuning: Tuning) -> LaunchConfig:
     groups = -(-tokens * sides // (rows_per_block * k_ratio))   # blocks of one row group
     paced = f"{kind}-grid" if w.source == "grid" else kind   # no table read: paced on their own
     most, single_below = tuning.row_iters_for(paced, natural_parts(w.rope))
-    if one_row:
+    if one_row or w.stats == "exchange":   # exchange: blocks take consecutive tokens, whatever each rank's plan
         most = 1
     if tuning.fixed_row_iters is not None:
         most, single_below = tuning.fixed_row_iters, 0
@@ -1055,7 +1110,7 @@ def make_plan(req: Request, device: DeviceSpec, tuning: Tuning) -> Plan:
     source = "grid" if grid else ("pos" if pos or rotary < d else "table")
     if source != "table" and req.stats:
         raise _fail("rope" if grid else ("positions" if pos else "rotary_dim"),
-                    "None with sumsq (tensor parallelism takes full cos/sin tables by token)", "given")
+                    f"None with {_tp_arg(req)} (tensor parallelism takes full cos/sin tables by token)", "given")
     rope = "none" if cos_t is None and grid is None else ("interleaved" if req.interleave else "half")
     if req.stats == "sumsq" and (req.q_weight is not None or req.k_weight is not None or rope != "none"):
         raise PlanError("qk_sumsq: takes no weights or cos/sin")
@@ -1081,7 +1136,14 @@ def make_plan(req: Request, device: DeviceSpec, tuning: Tuning) -> Plan:
     prm = _params(req, cfg, tokens, d, q, k, oq, ok, widths, dual, cos_t, sin_t)
     _source_params(prm, rotary, pos, cos_t, grid)
     _quant_params(prm, req, quant, cfg, tokens, d, vec)
+    if req.stats == "exchange":
+        _exchange_params(prm, req.exchange)
     return Plan(cfg, bytes(prm), _slots(req, dual, cos_t, sin_t, q, k, oq, ok, quant))
+
+
+def _exchange_params(p: Params, ex: Exchange) -> None:
+    p.xchg[:ex.ranks] = ex.buffers
+    p.xchg_rank, p.xchg_ranks, p.xchg_rows = ex.rank, ex.ranks, 2 * ex.tokens
 
 
 def _source_params(p: Params, rotary: int, pos: PositionIds | None, cos_t: Table | None, grid: GridPlace | None):
@@ -1162,7 +1224,7 @@ def _slots(req, dual: bool, cos_t, sin_t, q, k, oq, ok, quant: Quant | None = No
     if cos_t is not None:
         slots[_slot("cos")] = ("cos", cos_t.offset * req.cos.itemsize)
         slots[_slot("sin")] = ("sin", sin_t.offset * req.sin.itemsize)
-    if req.stats:
+    if req.stats in ("sumsq", "given"):
         slots[_slot("stats")] = ("sumsq", 0)
     if req.positions is not None:
         slots[_slot("pos")] = ("positions", 0)

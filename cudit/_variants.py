@@ -22,8 +22,9 @@ DTYPE_CODES = {"f32": 0, "f16": 1, "bf16": 2}
 ROPE_CODES = {"none": 0, "interleaved": 1, "half": 2}
 NORM_CODES = {"none": 0, "head": 1, "full": 2}
 # Tensor-parallel full-dim rows (StatsMode): "sumsq" writes each row's sum of squares over the
-# local heads and no output; "given" normalises by all-reduced sums. Suffixes of their variants.
-STATS_CODES = {"": 0, "sumsq": 1, "given": 2}
+# local heads and no output; "given" normalises by all-reduced sums; "exchange" trades the local
+# sums with the other ranks in the same pass (Params.xchg). Suffixes of their variants.
+STATS_CODES = {"": 0, "sumsq": 1, "given": 2, "exchange": 3}
 # Where the rotation comes from (RopeSource): cos/sin rows by token; the same tables, or rows
 # picked by position ids, rotating only the table's width (partial rotary); or 3-D RoPE angles
 # computed from each token's place on a video grid (no table). Suffixes of the last two.
@@ -185,8 +186,8 @@ def all_variants() -> tuple:
             base = Variant(dt, rope, norm, k, parts, table)
             out.append(base)
             if norm == "full":   # the sums kernel loops over heads (k0): it holds nothing for a second pass
-                out += [Variant(dt, rope, norm, k, parts, table, stats=s) for s in ("sumsq", "given")
-                        if s == "given" or (rope == "none" and k == 0)]
+                out += [Variant(dt, rope, norm, k, parts, table, stats=s) for s in ("sumsq", "given", "exchange")
+                        if s != "sumsq" or (rope == "none" and k == 0)]
             if (rope, norm, k) in SHARED_TABLE_BOUNDS:
                 out.append(Variant(dt, rope, norm, k, parts, table, shared_table=True))
             if (rope, norm, k) in NO_AHEAD_VARIANTS:

@@ -7,7 +7,7 @@ from . import _launch
 from ._arrays import _ADAPTERS, adapter, contiguous_strides, describe, is_array, on_host
 from ._errors import PlanError, driver_module
 from ._backward import WEIGHT_GRADS, plan_backward
-from ._planner import AMAXES, SCALES, Request, plan
+from ._planner import AMAXES, SCALES, Exchange, Request, exchange_words, plan
 from ._tuning import DeviceSpec, tuning_for
 
 # A call's arrays in a fixed order, each named by its role (packed, split): the planner's
@@ -26,7 +26,7 @@ def qk_norm_rope(qkv, q_weight, k_weight, cos=None, sin=None, *, num_heads=None,
                  seq_len=None, out=None, stream=None, sumsq=None, norm_width=None, rope_offset=None, norm="rms",
                  q_bias=None, k_bias=None, q_add_bias=None, k_add_bias=None, positions=None, rotary_dim=None,
                  rope=None, q_scale=None, k_scale=None, v_scale=None, q_amax=None, k_amax=None, v_amax=None,
-                 out_dtype=None):
+                 out_dtype=None, exchange=None):
     """RMS-normalise Q and K (per head or across heads), then apply RoPE, in one pass on the GPU.
 
     For each token, on Q and on K: ``y = x * rsqrt(mean(x^2) + eps) * w`` (the mean over one head,
@@ -62,6 +62,10 @@ def qk_norm_rope(qkv, q_weight, k_weight, cos=None, sin=None, *, num_heads=None,
             rank, and how many values a token's Q and K norms run over on all ranks together
             (an int, or ``(Q's, K's)``). The weights are then this rank's slices, of length
             ``H_local * D``.
+        exchange: tensor parallelism in one pass (instead of sumsq): a ``cudit.Exchange`` of
+            every rank's exchange buffer; the kernel sends this rank's sums of squares to the
+            other ranks and waits for theirs, so Q and K are read once. Every rank must make the
+            same calls in the same order (docs/parallel.md). With norm_width as for sumsq.
         rope_offset: sequence parallelism: token s of this call reads the table's sequence row
             ``rope_offset + s`` (row of a 2-D table, axis 1 of a 3-D or 4-D one), as if the
             table were sliced ``[rope_offset : rope_offset + S]``; None keeps the broadcast rule.
@@ -120,9 +124,23 @@ def qk_norm_rope(qkv, q_weight, k_weight, cos=None, sin=None, *, num_heads=None,
         q_scale, k_scale, v_scale = (None if v is not None else x for x, v in zip((q_scale, k_scale, v_scale), values))
     run(split, (q, k, o, k_out, q_weight, k_weight, q_add_weight, k_add_weight, cos, sin, sumsq, q_bias, k_bias,
                 q_add_bias, k_add_bias, positions, q_scale, k_scale, v_scale, q_amax, k_amax, v_amax),
-        (num_heads, eps, interleave, num_txt_tokens, seq_len, norm_width, rope_offset, "" if sumsq is None else "given",
-         norm, rotary_dim, rope, out_dtype, values), stream)
+        (num_heads, eps, interleave, num_txt_tokens, seq_len, norm_width, rope_offset,
+         tp_stats(sumsq, exchange), norm, rotary_dim, rope, out_dtype, values), stream)
     return qkv if out is None else out
+
+
+def tp_stats(sumsq, exchange):
+    """The options' stats for a call: "" (one GPU), "given" (sumsq) or the Exchange itself."""
+    if exchange is None:
+        return "" if sumsq is None else "given"
+    if not isinstance(exchange, Exchange):
+        raise PlanError(f"exchange: expected a cudit.Exchange, got {type(exchange).__name__}")
+    return exchange
+
+
+def exchange_bytes(tokens: int, ranks: int) -> int:
+    """Bytes of one rank's exchange buffer (``cudit.Exchange``) for up to ``tokens`` tokens."""
+    return 8 * exchange_words(tokens, ranks)
 
 
 def qk_sumsq(qkv, sumsq, *, num_heads=None, seq_len=None, stream=None):
@@ -222,6 +240,9 @@ def _request(split: bool, objs, options, view) -> Request:
     v = {role: None if x is None else view(role, x) for role, x in zip(ROLES[split], objs)}
     num_heads, eps, interleave, num_txt_tokens, seq_len, norm_width, rope_offset, stats, norm_type, rotary_dim, rope3d, \
         out_dtype, scale_values = options
+    exchange = stats if isinstance(stats, Exchange) else None
+    if exchange is not None:
+        stats = "exchange"
     if split:
         qkv, out = (v["q"], v["k"]), (v["q_out"], v["k_out"])
         out = None if out == (None, None) else out
@@ -230,7 +251,7 @@ def _request(split: bool, objs, options, view) -> Request:
     return Request(qkv=qkv, q_weight=v["q_weight"], k_weight=v["k_weight"], cos=v["cos"], sin=v["sin"],
                    num_heads=num_heads, eps=eps, interleave=bool(interleave), q_add_weight=v["q_add_weight"],
                    k_add_weight=v["k_add_weight"], num_txt_tokens=num_txt_tokens, seq_len=seq_len, out=out,
-                   sumsq=v["sumsq"], stats=stats, norm_width=norm_width, rope_offset=rope_offset, norm_type=norm_type,
+                   sumsq=v["sumsq"], stats=stats, exchange=exchange, norm_width=norm_width, rope_offset=rope_offset, norm_type=norm_type,
                    q_bias=v["q_bias"], k_bias=v["k_bias"], q_add_bias=v["q_add_bias"], k_add_bias=v["k_add_bias"],
                    positions=v["positions"], rotary_dim=rotary_dim, rope3d=rope3d, out_dtype=out_dtype,
                    scale_values=tuple(scale_values), **{r: v[r] for r in SCALES + AMAXES})

@@ -34,6 +34,7 @@ with no backward yet on the functional ones.
 from __future__ import annotations
 
 import functools
+import math
 
 import torch
 import torch.distributed._functional_collectives as funcol
@@ -47,7 +48,7 @@ _COMMON = ("Tensor? q_weight, Tensor? k_weight, Tensor? cos, Tensor? sin, {heads
            "int num_txt_tokens=0, int? seq_len=None, Tensor? sumsq=None, int[]? norm_width=None, "
            "int? rope_offset=None, Tensor? q_bias=None, Tensor? k_bias=None, Tensor? q_add_bias=None, "
            "Tensor? k_add_bias=None, str norm=\"rms\", Tensor? positions=None, int? rotary_dim=None, "
-           "float[]? rope3d=None")
+           "float[]? rope3d=None, str? exchange_group=None")
 _PACKED = _COMMON.format(heads="int[] num_heads")
 _SPLIT = _COMMON.format(heads="int[]? num_heads=None")
 
@@ -80,11 +81,21 @@ def _heads(num_heads):
     return num_heads[0] if len(num_heads) == 1 else tuple(num_heads)
 
 
-def _options(num_heads, eps, interleave, num_txt_tokens, seq_len, sumsq, norm_width, rope_offset, norm, rotary_dim,
+def _options(num_heads, eps, interleave, num_txt_tokens, seq_len, stats, norm_width, rope_offset, norm, rotary_dim,
              rope3d):
     return (_heads(num_heads), eps, interleave, num_txt_tokens, seq_len, _heads(norm_width), rope_offset,
-            "" if sumsq is None else "given", norm, rotary_dim, None if rope3d is None else _rope3d(tuple(rope3d))) + \
-        api.NO_FP8
+            stats, norm, rotary_dim, None if rope3d is None else _rope3d(tuple(rope3d))) + api.NO_FP8
+
+
+def _tp_stats(q, k, num_heads, seq_len, sumsq, exchange_group):
+    """(sumsq, the options' stats): one GPU, sums given, or over exchange_group's ranks in one
+    pass (a cudit.Exchange over symmetric memory) or, where the group has none, two."""
+    if exchange_group is None:
+        return sumsq, "" if sumsq is None else "given"
+    ex = _exchange(exchange_group, math.prod(_sums_shape(q)) // 2, q.device)
+    if ex is None:
+        return _all_reduced(q, k, num_heads, seq_len, exchange_group), "given"
+    return None, ex
 
 
 @functools.lru_cache(maxsize=64)
@@ -102,10 +113,11 @@ _NO_QUANT_ARRAYS = (None,) * 6   # scales and amaxes (fp8 output: the _fp8 opera
 def _packed_(qkv, q_weight, k_weight, cos, sin, num_heads, eps=1e-6, interleave=True, q_add_weight=None,
              k_add_weight=None, num_txt_tokens=0, seq_len=None, sumsq=None, norm_width=None, rope_offset=None,
              q_bias=None, k_bias=None, q_add_bias=None, k_add_bias=None, norm="rms", positions=None, rotary_dim=None,
-             rope3d=None, out=None):
+             rope3d=None, exchange_group=None, out=None):
+    sumsq, stats = _tp_stats(qkv, None, num_heads, seq_len, sumsq, exchange_group)
     api.run(False, (qkv, None, out, None, q_weight, k_weight, q_add_weight, k_add_weight, cos, sin, sumsq, q_bias,
                     k_bias, q_add_bias, k_add_bias, positions) + _NO_QUANT_ARRAYS,
-            _options(num_heads, eps, interleave, num_txt_tokens, seq_len, sumsq, norm_width, rope_offset, norm,
+            _options(num_heads, eps, interleave, num_txt_tokens, seq_len, stats, norm_width, rope_offset, norm,
                      rotary_dim, rope3d), None)
 
 
@@ -131,11 +143,12 @@ def _copy_v(qkv, out, num_heads):
 def _split_(q, k, q_weight, k_weight, cos, sin, num_heads=None, eps=1e-6, interleave=True,
             q_add_weight=None, k_add_weight=None, num_txt_tokens=0, seq_len=None, sumsq=None, norm_width=None,
             rope_offset=None, q_bias=None, k_bias=None, q_add_bias=None, k_add_bias=None, norm="rms", positions=None,
-            rotary_dim=None, rope3d=None, out=None):
+            rotary_dim=None, rope3d=None, exchange_group=None, out=None):
     q_out, k_out = out if out is not None else (None, None)
+    sumsq, stats = _tp_stats(q, k, num_heads, seq_len, sumsq, exchange_group)
     api.run(True, (q, k, q_out, k_out, q_weight, k_weight, q_add_weight, k_add_weight, cos, sin, sumsq, q_bias, k_bias,
                    q_add_bias, k_add_bias, positions) + _NO_QUANT_ARRAYS,
-            _options(num_heads, eps, interleave, num_txt_tokens, seq_len, sumsq, norm_width, rope_offset, norm,
+            _options(num_heads, eps, interleave, num_txt_tokens, seq_len, stats, norm_width, rope_offset, norm,
                      rotary_dim, rope3d), None)
 
 
@@ -308,7 +321,7 @@ def _split_backward_fake(*args):
 # The functional operators carry a backward (the in-place ones raise under autograd: their
 # input, which the backward needs, is overwritten). Modes the backward lacks raise at forward.
 
-_NO_BACKWARD = (("sumsq", "tensor parallelism (sumsq)"), ("positions", "position ids"),
+_NO_BACKWARD = (("sumsq", "tensor parallelism (sumsq)"), ("exchange_group", "tensor parallelism (tp_group)"), ("positions", "position ids"),
                 ("rotary_dim", "partial rotary (rotary_dim)"), ("rope3d", "Rope3D (rope)"))
 _SAVED = ("q_weight", "k_weight", "cos", "sin", "q_add_weight", "k_add_weight")
 _OPTIONS = ("num_heads", "eps", "interleave", "num_txt_tokens", "seq_len", "rope_offset")
@@ -337,7 +350,7 @@ def _check_has_backward(given: dict) -> None:
         raise PlanError(f"norm: expected 'rms' for a call autograd records: LayerNorm has no backward yet "
                         f"(call it under torch.no_grad(), or detach its inputs), got {given['norm']!r}")
     for name, what in _NO_BACKWARD:
-        if given[name] is not None:
+        if given.get(name) is not None:
             raise PlanError(f"{name}: expected None for a call autograd records: {what} has no backward yet "
                             f"(call it under torch.no_grad(), or detach its inputs)")
 
@@ -389,8 +402,10 @@ def qk_norm_rope(qkv, q_weight, k_weight, cos=None, sin=None, *, num_heads=None,
     tp_group: tensor parallelism over a torch.distributed process group (NCCL): Q and K hold
     this rank's heads, q_weight and k_weight this rank's slices of full-dim weights. The sums
     of squares are computed here and all-reduced over the group; norm_width defaults to the
-    weights' lengths times the group's size (heads split evenly). collective: "auto" (one-shot
-    over symmetric memory where torch has it for the group, else NCCL) or "nccl" (a functional
+    weights' lengths times the group's size (heads split evenly). collective: "auto" (one pass:
+    the kernel trades the sums with the other ranks through symmetric memory, where torch has it
+    for the group; else two phases over NCCL), "one_shot" (two phases: the sums kernel, torch's
+    one-shot all-reduce over symmetric memory, the norm) or "nccl" (two phases with a functional
     all-reduce, visible to torch.compile).
 
     out_dtype: torch.float8_e4m3fn or torch.float8_e5m2 (with inplace=False): new fp8 tensors
@@ -412,14 +427,21 @@ def qk_norm_rope(qkv, q_weight, k_weight, cos=None, sin=None, *, num_heads=None,
                                  q_add_bias, k_add_bias):   # fail before the forward runs, not after
         _check_has_backward(dict(norm=norm, sumsq=sumsq if tp_group is None else tp_group, positions=positions,
                                  rotary_dim=rotary_dim, rope3d=rope))
+    exchange_group = None
     if tp_group is not None:
-        sumsq = all_reduced_sumsq(qkv, tp_group, num_heads=num_heads, seq_len=seq_len, collective=collective)
+        if collective not in COLLECTIVES:
+            raise ValueError(f"collective: expected one of {COLLECTIVES}, got {collective!r}")
+        if collective == "auto":
+            exchange_group = tp_group.group_name
+        else:
+            sumsq = all_reduced_sumsq(qkv, tp_group, num_heads=num_heads, seq_len=seq_len,
+                                      collective="auto" if collective == "one_shot" else collective)
         if norm_width is None:
             size = torch.distributed.get_world_size(tp_group)
             norm_width = (q_weight.numel() * size, k_weight.numel() * size)
     rest = (q_weight, k_weight, cos, sin, heads, eps, interleave, q_add_weight, k_add_weight,
             num_txt_tokens, seq_len, sumsq, _int_list(norm_width), rope_offset, q_bias, k_bias, q_add_bias,
-            k_add_bias, norm, positions, rotary_dim, None if rope is None else list(rope.fields()))
+            k_add_bias, norm, positions, rotary_dim, None if rope is None else list(rope.fields()), exchange_group)
     if isinstance(qkv, (tuple, list)):
         q, k = qkv
         if not inplace:
@@ -472,6 +494,41 @@ def all_reduced_sumsq(qkv, group, *, num_heads=None, seq_len=None, collective="a
         return _ALL_REDUCED_OP(q, k, _int_list(num_heads), seq_len, group.group_name)
     sums = qk_sumsq(qkv, num_heads=num_heads, seq_len=seq_len)
     return funcol.wait_tensor(funcol.all_reduce(sums, "sum", group))
+
+
+COLLECTIVES = ("auto", "one_shot", "nccl")
+
+# (group name, device) -> (cudit.Exchange, its buffer), or None where the group has no symmetric
+# memory. A call with more tokens than a buffer has room for replaces it (on every rank alike);
+# replaced buffers stay allocated, in _RETIRED: kernels in flight may still use them.
+_EXCHANGES: dict = {}
+_RETIRED: list = []
+
+
+def _exchange(group_name, tokens, device):
+    key = (group_name, device)
+    got = _EXCHANGES.get(key, False)
+    if got is not None and (got is False or got[0].tokens < tokens):
+        if got:
+            _RETIRED.append(got)
+        got = _EXCHANGES[key] = _new_exchange(group_name, 1 << (tokens - 1).bit_length(), device)
+    return None if got is None else got[0]
+
+
+def _new_exchange(group_name, tokens, device):
+    """Each rank's buffer zeroed before the rendezvous, so no peer writes one before that."""
+    try:
+        import torch.distributed._symmetric_memory as symm_mem
+
+        size = torch.distributed.get_world_size(_resolve_group(group_name))
+        buf = symm_mem.empty(api.exchange_bytes(tokens, size) // 8, dtype=torch.int64, device=device)
+        buf.zero_()
+        torch.cuda.synchronize(device)
+        handle = symm_mem.rendezvous(buf, group_name)
+    except (ImportError, RuntimeError, AttributeError):
+        return None
+    shift = buf.data_ptr() - handle.buffer_ptrs[handle.rank]
+    return api.Exchange(tuple(p + shift for p in handle.buffer_ptrs), handle.rank, tokens), buf
 
 
 # (group, sums shape, device) -> [two symmetric buffers, the next one's index], or None where

@@ -618,14 +618,74 @@ __device__ __forceinline__ float given_sumsq(const Params& p, u32 tok) {
     return p.stats[2 * (i64)tok + SIDE];
 }
 
-// A full-dim row's scale from its moments over this thread's heads (m): summed by the team, or
-// the all-reduced sum of squares (given). False under STATS_WRITE: the team's sum is stored for
-// the collective and the row is done.
+// STATS_EXCHANGE: words other GPUs write are read and written at system scope, past L1.
+typedef unsigned long long u64;
+__device__ __forceinline__ void store_sys(u64* a, u64 v) {
+    asm volatile("st.relaxed.sys.global.u64 [%0], %1;" ::"l"(a), "l"(v) : "memory");
+}
+__device__ __forceinline__ u64 load_sys(const u64* a) {
+    u64 v;
+    asm volatile("ld.relaxed.sys.global.u64 %0, [%1];" : "=l"(v) : "l"(a) : "memory");
+    return v;
+}
+
+__device__ __forceinline__ u64* exchange_buffer(const Params& p, u32 rank) { return reinterpret_cast<u64*>(p.xchg[rank]); }
+
+// This call's epoch: the calls this rank has completed, plus one (read after the producer wait).
+template <int STATS>
+__device__ __forceinline__ u32 exchange_epoch(const Params& p) {
+    return STATS == STATS_EXCHANGE ? (u32)load_sys(exchange_buffer(p, p.xchg_rank)) + 1u : 0u;
+}
+
+// A row's sum of squares over every rank's heads: this rank's (local) goes to every other rank's
+// buffer, tagged with the epoch, and theirs are awaited in this rank's. Added in rank order, so
+// that every rank gets the same bits.
+template <int SIDE>
+__device__ __forceinline__ float exchange_sum(const Params& p, float local, u32 tok, u32 epoch) {
+    const u32 ranks = p.xchg_ranks, me = p.xchg_rank;
+    const i64 rows = p.xchg_rows;
+    const i64 at = XCHG_HEADER + (i64)(epoch & 1u) * ranks * rows + 2 * (i64)tok + SIDE;
+    const u64 word = ((u64)epoch << 32) | __float_as_uint(local);
+    if (threadIdx.x == 0)
+        for (u32 r = 0; r < ranks; ++r)
+            if (r != me) store_sys(exchange_buffer(p, r) + at + me * rows, word);
+    const u64* mine = exchange_buffer(p, me) + at;
+    float total = 0.f;
+    for (u32 r = 0; r < ranks; ++r) {
+        u64 w = word;
+        if (r != me)
+            while (((w = load_sys(mine + r * rows)) >> 32) != epoch) __nanosleep(32);
+        total += __uint_as_float((u32)w);
+    }
+    return total;
+}
+
+// The block is done with this call's words; the grid's last block counts the call, which turns
+// the next call to the other half (its words there were read two calls ago: every rank has
+// finished that call before it could send this one's).
+template <int STATS>
+__device__ __forceinline__ void end_exchange(const Params& p) {
+    if (STATS != STATS_EXCHANGE) return;
+    __syncthreads();
+    if (linear_tid() != 0) return;
+    u64* head = exchange_buffer(p, p.xchg_rank);
+    __threadfence();
+    if (atomicAdd(head + 1, 1ull) == gridDim.x - 1) {
+        atomicExch(head + 1, 0ull);
+        __threadfence();
+        atomicAdd(head, 1ull);
+    }
+}
+
+// A full-dim row's scale from its moments over this thread's heads (m): summed by the team (and
+// under STATS_EXCHANGE over the ranks), or the all-reduced sum of squares (given). False under
+// STATS_WRITE: the team's sum is stored for the collective and the row is done.
 template <int STATS, int SIDE, int LN>
 __device__ __forceinline__ bool full_row_scale(const Params& p, Moments<LN> m, float given, u32 tok, u32 row_in_block,
-                                               u32 parity, float inv_n, Scale& sc) {
+                                               u32 parity, float inv_n, u32 epoch, Scale& sc) {
     if (STATS == STATS_READ) m.sq = given;
     else m = team_sum(m, p.team, row_in_block, parity);
+    if (STATS == STATS_EXCHANGE && tok < (p.total_rows >> 1)) m.sq = exchange_sum<SIDE>(p, m.sq, tok, epoch);
     if (STATS == STATS_WRITE) {
         if (threadIdx.x == 0 && tok < (p.total_rows >> 1)) p.stats[2 * (i64)tok + SIDE] = m.sq;
         return false;
@@ -822,6 +882,7 @@ __device__ __forceinline__ void process_row(const Params& p, u32 tok, u32 row_in
     PartialSlice<C, VEC, PARTS> pos_slice;
     const PartialTable<C, VEC> pos_table{row.cos, row.sin, stride, p.tab_dtype, place.valid};
     const float given = given_sumsq<STATS, SIDE>(p, tok);
+    const u32 epoch = exchange_epoch<STATS>(p);
     constexpr bool summed = NORM == NORM_FULL && STATS != STATS_READ;   // the row's own sum is needed
     const bool shared_table = ROPE != ROPE_NONE && (TABLE == TABLE_SHARED || (row.cos_hs == 0 && row.sin_hs == 0));
     // Per-head rows of two vectors an item, or of four 16-bit heads a thread, and TABLE_SHARED
@@ -897,7 +958,7 @@ __device__ __forceinline__ void process_row(const Params& p, u32 tok, u32 row_in
                 const int h = hl + k * th;
                 if (summed && active && h < row.heads) m.add(it[k]);
             }
-            if (!full_row_scale<STATS, SIDE>(p, m, given, tok, row_in_block, parity, row.inv_n, sc[0])) return;
+            if (!full_row_scale<STATS, SIDE>(p, m, given, tok, row_in_block, parity, row.inv_n, epoch, sc[0])) return;
         }
 #pragma unroll
         for (int k = 0; k < K; ++k) {
@@ -930,7 +991,7 @@ __device__ __forceinline__ void process_row(const Params& p, u32 tok, u32 row_in
                     m.add(it);
                 }
             }
-            if (!full_row_scale<STATS, SIDE>(p, m, given, tok, row_in_block, parity, row.inv_n, sc)) return;
+            if (!full_row_scale<STATS, SIDE>(p, m, given, tok, row_in_block, parity, row.inv_n, epoch, sc)) return;
         }
         release_dependents();
         for (int base = 0; base < row.heads; base += th) {   // one side a block: uniform
@@ -1050,6 +1111,7 @@ __device__ __forceinline__ void qk_norm_rope_body(const Params& p) {
     const u32 last = alternate ? 1u : p.k_ratio;
     if (at == last) side_body<T, C, ROPE, NORM, K, PARTS, TABLE, AHEAD, STATS, LN, SRC, OUT, 1>(p, period);
     else side_body<T, C, ROPE, NORM, K, PARTS, TABLE, AHEAD, STATS, LN, SRC, OUT, 0>(p, period * last + at);
+    end_exchange<STATS>(p);
 }
 
 }  // namespace cudit

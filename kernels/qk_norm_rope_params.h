@@ -19,8 +19,14 @@ enum RopeMode { ROPE_NONE = 0, ROPE_INTERLEAVED = 1, ROPE_HALF = 2 };
 enum NormKind { NORM_NONE = 0, NORM_HEAD = 1, NORM_FULL = 2 };
 // Full-dim rows under tensor parallelism (Params.stats, [tokens, 2] fp32: Q's and K's sums of
 // squares), a variant's template argument: STATS_WRITE stores each row's sum over this rank's
-// heads and writes no output; STATS_READ normalises by the all-reduced sums instead of summing.
-enum StatsMode { STATS_NONE = 0, STATS_WRITE = 1, STATS_READ = 2 };
+// heads and writes no output; STATS_READ normalises by the all-reduced sums instead of summing;
+// STATS_EXCHANGE sums the local heads, then trades each row's sum with the other ranks through
+// their exchange buffers (Params.xchg) in the same pass.
+enum StatsMode { STATS_NONE = 0, STATS_WRITE = 1, STATS_READ = 2, STATS_EXCHANGE = 3 };
+// STATS_EXCHANGE: each rank's buffer is a header of XCHG_HEADER 64-bit words (word 0: the calls
+// completed, word 1: blocks finished in this call) and then two halves, used by turns, of
+// [ranks][xchg_rows] words; a word is a row's sum (low 32 bits) and the call's epoch (high).
+enum ExchangeLayout { MAX_RANKS = 8, XCHG_HEADER = 16 };
 // Where a token's rotation comes from, a variant's template argument: SRC_TABLE, cos/sin rows by
 // token; SRC_POS, the same tables, or rows picked by position ids (Params.pos), and rotating the
 // first rotary_dim values only; SRC_GRID, no table: 3-D RoPE angles computed from the token's
@@ -107,6 +113,10 @@ typedef struct Params {
     // of v_groups takes tokens g, g + v_groups, ...
     cudit_u32 v_cols, v_col_blocks, v_groups;
     FastDiv v_lanes;
+    // STATS_EXCHANGE: every rank's exchange buffer (mapped here: symmetric memory or peer
+    // access), this rank's index among them, and how many there are.
+    unsigned long long xchg[MAX_RANKS];
+    cudit_u32 xchg_rank, xchg_ranks, xchg_rows;
     float freq[MAX_PAIRS];      // each pair's angular frequency, radians per position
 } Params;
 

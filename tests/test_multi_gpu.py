@@ -48,8 +48,10 @@ def _torch_rank(rank, world, port):
                             device_id=torch.device("cuda", rank))
     group = dist.group.WORLD
     try:
-        for heads in (12, 40):   # WAN-1.3B and WAN-14B
-            qkv, qw, kw, cos, sin = wan_like(heads, "bf16", B=1, S=300, seed=heads)   # alike on every rank
+        # WAN-1.3B and WAN-14B; the last, with more tokens than the exchange buffers have room for,
+        # replaces them.
+        for heads, S in ((12, 300), (40, 300), (40, 700)):
+            qkv, qw, kw, cos, sin = wan_like(heads, "bf16", B=1, S=S, seed=heads + S)   # alike on every rank
             whole = cudit.torch.qk_norm_rope(qkv, qw, kw, cos, sin, num_heads=heads, inplace=False)
             mine = head_groups(heads, world)[rank]
             local, lq, lk = rank_slice(qkv, qw, kw, heads, mine)
@@ -59,12 +61,15 @@ def _torch_rank(rank, world, port):
                 return cudit.torch.qk_norm_rope(x, lq, lk, cos, sin, num_heads=h, inplace=False, tp_group=group,
                                                 collective=collective)
 
-            for collective in ("auto", "nccl"):   # one-shot over symmetric memory (where torch has it), NCCL
+            # one pass (the kernels exchange the sums), two with a one-shot all-reduce, two with NCCL
+            for collective in ("auto", "one_shot", "nccl"):
                 results = [step(local, collective) for _ in range(6)]   # back to back: buffers reused
                 for got in results:
                     _check_rank(got, whole, heads, mine, f"rank {rank} eager {collective}, {heads} heads")
             compiled = torch.compile(step, fullgraph=True)
             _check_rank(compiled(local), whole, heads, mine, f"rank {rank} compiled, {heads} heads")
+            if S == 300:
+                _check_graph_replays(step, (qkv, qw, kw, cos, sin), local, whole, heads, mine, rank)
             # Sequence parallelism: this rank's half of the tokens, with the table's offset.
             s = qkv.shape[1] // world
             seq = cudit.torch.qk_norm_rope(qkv[:, rank * s:(rank + 1) * s], qw, kw, cos, sin, num_heads=heads,
@@ -72,6 +77,30 @@ def _torch_rank(rank, world, port):
             assert torch.equal(seq.view(torch.int16), whole[:, rank * s:(rank + 1) * s].view(torch.int16))
     finally:
         dist.destroy_process_group()
+
+
+def _check_graph_replays(step, case, local, whole, heads, mine, rank):
+    """The one pass inside a CUDA graph: replays alternate two inputs, so a sum left over from
+    an earlier call shows (each call's epoch lives on the GPU, not in the graph)."""
+    import torch
+
+    import cudit.torch
+
+    qkv, qw, kw, cos, sin = case
+    other = torch.randn(qkv.shape, generator=torch.Generator().manual_seed(7)).to(qkv)   # alike on every rank
+    other_whole = cudit.torch.qk_norm_rope(other, qw, kw, cos, sin, num_heads=heads, inplace=False)
+    other_local = rank_slice(other, qw, kw, heads, mine)[0]
+    static = local.clone()
+    step(static)   # the buffers exist before capture
+    torch.cuda.synchronize()
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        out = step(static)
+    for i in range(4):
+        data, want = (local, whole) if i % 2 else (other_local, other_whole)
+        static.copy_(data)
+        graph.replay()
+        _check_rank(out, want, heads, mine, f"rank {rank} graph replay {i}, {heads} heads")
 
 
 def test_torch_distributed_nccl_eager_and_compiled():

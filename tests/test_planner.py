@@ -545,6 +545,73 @@ def test_one_head_a_rank_is_still_a_full_dim_row():
     assert v.norm == "full" and v.heads_per_thread >= 2   # full-dim variants hold two heads or more
 
 
+def exchange(ranks=2, rank=1, tokens=128):
+    from cudit import Exchange
+
+    return Exchange(tuple(BASE + 0x800000 + 0x100000 * r for r in range(ranks)), rank, tokens)
+
+
+@pytest.mark.parametrize("ranks,rank", [(2, 0), (2, 1), (4, 3), (8, 5)])
+def test_exchange_plans_the_full_dim_rows_with_every_ranks_buffer(ranks, rank):
+    qw, kw = weights(6 * D)
+    c, s = table((64, D))
+    ex = exchange(ranks, rank, tokens=256)
+    req = Request(packed(h=6), qw, kw, c, s, num_heads=6, stats="exchange", exchange=ex, norm_width=6 * D * ranks)
+    p = make_plan(req)
+    prm = bind(p, req)
+    v = cfg(p).variant
+    assert v.stats == "exchange" and v.norm == "full" and v.name.endswith("_exchange")
+    assert list(prm.xchg[:ranks]) == list(ex.buffers) and not any(prm.xchg[ranks:])
+    assert (prm.xchg_rank, prm.xchg_ranks, prm.xchg_rows) == (rank, ranks, 2 * 256)
+    assert not prm.stats and abs(prm.side[0].inv_n * 6 * D * ranks - 1) < 1e-7
+    covers(p, 2 * 2 * 64, 6)
+
+
+def test_exchange_blocks_take_consecutive_tokens_whatever_the_table():
+    """A rank waits for the others' rows of its tokens: with one row group a block, blocks in
+    launch order take tokens in order on every rank, whatever each rank's plan."""
+    qw, kw = weights(20 * D)
+    c, s = table((32760, D))
+    req = Request(packed(b=1, s=32760, h=20), qw, kw, c, s, num_heads=20, stats="exchange",
+                  exchange=exchange(tokens=32768), norm_width=40 * D)
+    many = Tuning(full_grid=1).with_kind("row_iters", "full/1", (8, 0))
+    assert cfg(make_plan(req, many)).iters == 1
+    assert cfg(make_plan(dataclasses.replace(req, stats="given", exchange=None, sumsq=sums((32760, 2))),
+                         many)).iters == 8
+
+
+@pytest.mark.parametrize("change,match", [
+    (dict(exchange=None), r"^exchange: expected a cudit.Exchange, got NoneType"),
+    (dict(exchange=("a",)), r"^exchange: expected a cudit.Exchange, got tuple"),
+    (dict(exchange="buffers"), r"^exchange: expected a cudit.Exchange"),
+    (dict(tokens=100), r"^exchange: expected buffers with room for at least the call's 128 tokens, got room for 100"),
+    (dict(rank=2), r"^exchange: expected a rank from 0 to 1, got 2"),
+    (dict(ranks=9, rank=0), r"^exchange: expected 2 to 8 buffers"),
+    (dict(ranks=1, rank=0), r"^exchange: expected 2 to 8 buffers"),
+    (dict(sumsq=True), r"^sumsq: expected None with exchange"),
+    (dict(norm_width=None), r"^norm_width: expected the values a token's norm runs over"),
+])
+def test_exchange_errors_name_the_argument(change, match):
+    qw, kw = weights(6 * D)
+    kw_ = dict(ranks=change.pop("ranks", 2), rank=change.pop("rank", 1), tokens=change.pop("tokens", 128))
+    fields = dict(exchange=exchange(**kw_), norm_width=12 * D)
+    if change.pop("sumsq", False):
+        fields["sumsq"] = sums()
+    fields.update(change)
+    with pytest.raises(PlanError, match=match):
+        make_plan(Request(packed(h=6), qw, kw, num_heads=6, stats="exchange", **fields))
+
+
+def test_exchange_buffers_must_be_aligned_device_addresses():
+    from cudit import Exchange
+
+    qw, kw = weights(6 * D)
+    for buffers in ((BASE, BASE + 4), (BASE, None), (BASE, 0)):
+        with pytest.raises(PlanError, match=r"^exchange: expected 2 to 8 buffers, each a device address aligned"):
+            make_plan(Request(packed(h=6), qw, kw, num_heads=6, stats="exchange", exchange=Exchange(buffers, 0, 128),
+                              norm_width=12 * D))
+
+
 def test_sums_are_read_only_for_the_kernel_that_writes_them():
     with pytest.raises(PlanError, match="^sumsq: expected a writable array"):
         make_plan(Request(packed(h=12), num_heads=12, sumsq=sums(readonly=True), stats="sumsq"))
