@@ -150,3 +150,86 @@ def test_tensor_parallel_per_head_table_as_a_view():
         got, want = out.unflatten(-1, (3, h, D)), rank_heads(whole, heads, grp)
         worst, over = within_one_ulp(got[:, :, :2], want[:, :, :2], "bf16", half=True)
         assert over == 0, f"{over} Q/K elements over 1 ulp of the one-GPU result (worst {worst:.2f})"
+
+
+# ------------------------------------------------------------------ one pass (cudit.Exchange)
+# The ranks run at once on one GPU, each on its own stream, their exchange buffers in its memory:
+# a rank's kernel waits for the others' sums, so every rank's grid must be resident together
+# (few tokens: a few hundred blocks in all).
+
+
+def _exchange_ranks(cudit, torch, ranks: int, tokens: int):
+    """Zeroed exchange buffers and each rank's cudit.Exchange over them, and a stream a rank."""
+    bufs = [torch.zeros(cudit.exchange_bytes(tokens, ranks) // 8, dtype=torch.int64, device="cuda")
+            for _ in range(ranks)]
+    exchanges = [cudit.Exchange(tuple(b.data_ptr() for b in bufs), r, tokens) for r in range(ranks)]
+    torch.cuda.synchronize()
+    return bufs, exchanges, [torch.cuda.Stream() for _ in range(ranks)]
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("dtype", ["bf16", "f16", "f32"])
+@pytest.mark.parametrize("name,heads,ranks", TP, ids=lambda x: str(x))
+def test_one_pass_ranks_match_one_gpu(name, heads, ranks, dtype):
+    """Three calls back to back on every rank, of two inputs in turn: each rank's results as
+    one GPU's, V untouched, and each buffer's count of calls advanced by three."""
+    import torch
+
+    import cudit
+
+    cases = [wan_like(heads, dtype, B=2, S=33, seed=heads * ranks + i) for i in range(2)]
+    qw, kw = cases[0][1], cases[0][2]   # one model: the weights and tables of the first
+    cos, sin = cases[0][3], cases[0][4]
+    wholes = [cudit.qk_norm_rope(c[0], qw, kw, cos, sin, num_heads=heads, out=torch.full_like(c[0], math.nan))
+              for c in cases]
+    groups = head_groups(heads, ranks)
+    shards = [[rank_slice(c[0], qw, kw, heads, g) for g in groups] for c in cases]
+    bufs, exchanges, streams = _exchange_ranks(cudit, torch, ranks, tokens=2 * 33)   # synchronises
+    results = []
+    for call in range(3):
+        for r, g in enumerate(groups):
+            local, lq, lk = shards[call % 2][r]
+            h = len(g)
+            with torch.cuda.stream(streams[r]):
+                out = torch.full_like(local, math.nan)
+                cudit.qk_norm_rope(local, lq, lk, cos, sin, num_heads=(h, h, h), exchange=exchanges[r],
+                                   norm_width=heads * D, out=out)
+            results.append((call, r, g, out))
+    torch.cuda.synchronize()
+    for call, r, g, out in results:
+        got, want = out.unflatten(-1, (3, len(g), D)), rank_heads(wholes[call % 2], heads, g)
+        worst, over = within_one_ulp(got[:, :, :2], want[:, :, :2], dtype)
+        assert worst <= ULPS[dtype], f"call {call} rank {r}: {over} Q/K elements over 1 ulp (worst {worst:.2f})"
+        assert torch.isnan(got[:, :, 2]).all(), "V written in an out-of-place call"
+    for b in bufs:
+        assert b[0].item() == 3 and b[1].item() == 0, "the count of calls or of finished blocks is off"
+
+
+@pytest.mark.gpu
+def test_one_pass_gqa_split_rotate_half_in_place():
+    """Four ranks of 32 Q and 8 K heads as separate [B, S, H, D] views, in place, with a width
+    a side: every rank's results as one GPU's."""
+    import torch
+
+    import cudit
+
+    g = torch.Generator().manual_seed(9)
+    hq, hk, ranks, S = 32, 8, 4, 41
+    q = (torch.randn(1, S, hq, D, generator=g) * 2).to("cuda", torch.bfloat16)
+    k = (torch.randn(1, S, hk, D, generator=g) * 2).to("cuda", torch.bfloat16)
+    qw, kw = (torch.rand(hq * D, generator=g) + 0.5).cuda(), (torch.rand(hk * D, generator=g) + 0.5).cuda()
+    cos, sin = (torch.rand(S, D, generator=g) * 2 - 1).cuda(), (torch.rand(S, D, generator=g) * 2 - 1).cuda()
+    wq, wk = cudit.qk_norm_rope((q, k), qw, kw, cos, sin, interleave=False,
+                                out=(torch.full_like(q, math.nan), torch.full_like(k, math.nan)))
+    nq, nk = hq // ranks, hk // ranks
+    q2, k2 = q.clone(), k.clone()
+    bufs, exchanges, streams = _exchange_ranks(cudit, torch, ranks, tokens=S)
+    for r in range(ranks):
+        with torch.cuda.stream(streams[r]):
+            cudit.qk_norm_rope((q2[:, :, r * nq:(r + 1) * nq], k2[:, :, r * nk:(r + 1) * nk]),
+                               qw[r * nq * D:(r + 1) * nq * D], kw[r * nk * D:(r + 1) * nk * D], cos, sin,
+                               interleave=False, exchange=exchanges[r], norm_width=(hq * D, hk * D))
+    torch.cuda.synchronize()
+    for got, want in ((q2, wq), (k2, wk)):
+        worst, over = within_one_ulp(got, want, "bf16", half=True)
+        assert over == 0, f"{over} elements over 1 ulp of one GPU (worst {worst:.2f})"
