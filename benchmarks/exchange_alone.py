@@ -15,6 +15,7 @@ import torch
 
 import bench  # benchmarks/, beside this script
 import cudit
+from cudit._params import XCHG_HEADER
 
 D = 128
 
@@ -31,6 +32,7 @@ def main(argv=None) -> int:
     ap.add_argument("--heads", type=int, default=20, help="this rank's heads")
     ap.add_argument("--ranks", type=int, default=2)
     ap.add_argument("--reps", type=int, default=40)
+    ap.add_argument("--counter", action="store_true", help="set the count of calls before each (kernels that read it)")
     args = ap.parse_args(argv)
     T, h, R = args.tokens, args.heads, args.ranks
     g = torch.Generator(device="cuda").manual_seed(0)
@@ -49,10 +51,12 @@ def main(argv=None) -> int:
 
     def place(epoch, i):
         """The other ranks' words of call `epoch`: as if they had sent this data's sums."""
-        base = 16 + (epoch & 1) * R * rows
+        base = XCHG_HEADER + (epoch & 1) * R * rows
         w = words(sums[i], epoch)
         for r in range(R - 1):
             bufs[me][base + r * rows:base + (r + 1) * rows] = w
+        if args.counter:
+            bufs[me][0] = epoch - 1
 
     def timed(fn, prep=None, reps=args.reps):
         times = []

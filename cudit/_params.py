@@ -34,7 +34,7 @@ class SideParams(ctypes.Structure):
 POINTERS = 24
 MAX_PAIRS = 128   # Params.freq: D / 2 for the largest head_dim
 MAX_RANKS = 8     # Params.xchg: ranks of one exchange
-XCHG_HEADER = 16  # 64-bit words before an exchange buffer's rows
+XCHG_HEADER = 16   # 64-bit words before an exchange buffer's rows
 
 
 class Params(ctypes.Structure):

@@ -597,9 +597,12 @@ def _check_exchange(ex, tokens: Tokens) -> None:
                     f"{ex.buffers!r:.80}")
     if not (isinstance(ex.rank, int) and 0 <= ex.rank < ex.ranks):
         raise _fail("exchange", f"a rank from 0 to {ex.ranks - 1}", ex.rank)
-    if not (isinstance(ex.tokens, int) and tokens.count <= ex.tokens < 2**30):
+    if not (isinstance(ex.tokens, int) and tokens.count <= ex.tokens):
         raise _fail("exchange", f"buffers with room for at least the call's {tokens.count} tokens",
                     f"room for {ex.tokens}")
+    if exchange_words(ex.tokens, ex.ranks) >= 2**32:   # the kernel indexes a buffer's words in 32 bits
+        raise _fail("exchange", f"buffers of fewer than 2^32 words: room for at most "
+                    f"{(2**32 - XCHG_HEADER) // (4 * ex.ranks) - 1} tokens at {ex.ranks} ranks", f"room for {ex.tokens}")
 
 
 def _check_stats(req: Request, tokens: Tokens, d: int, q: Side, k: Side) -> tuple | None:

@@ -23,7 +23,9 @@ Tensor parallelism (heads over the ranks of a process group, full-dim norm): pas
 tp_group= to qk_norm_rope. The sums go through one all-reduce: by default inside
 cudit::qk_sumsq_all_reduced, a one-shot all-reduce over symmetric memory where torch supports
 it on the group, else NCCL; with collective="nccl", a functional all-reduce that torch.compile
-traces. Neither breaks a graph (docs/parallel.md).
+traces; with collective="exchange", none: the norm's kernel trades them with the other ranks
+through symmetric memory (the exchange_group argument of the norm operators). None breaks a
+graph (docs/parallel.md).
 
 They run on the current stream of PyTorch. The functional operators have an autograd formula
 (their backward: cudit::qk_norm_rope_backward and cudit::qk_norm_rope_split_backward); the
@@ -402,11 +404,11 @@ def qk_norm_rope(qkv, q_weight, k_weight, cos=None, sin=None, *, num_heads=None,
     tp_group: tensor parallelism over a torch.distributed process group (NCCL): Q and K hold
     this rank's heads, q_weight and k_weight this rank's slices of full-dim weights. The sums
     of squares are computed here and all-reduced over the group; norm_width defaults to the
-    weights' lengths times the group's size (heads split evenly). collective: "auto" (one pass:
-    the kernel trades the sums with the other ranks through symmetric memory, where torch has it
-    for the group; else two phases over NCCL), "one_shot" (two phases: the sums kernel, torch's
-    one-shot all-reduce over symmetric memory, the norm) or "nccl" (two phases with a functional
-    all-reduce, visible to torch.compile).
+    weights' lengths times the group's size (heads split evenly). collective: "auto" (two phases:
+    the sums kernel, torch's one-shot all-reduce over symmetric memory where torch has it for the
+    group, else NCCL, then the norm), "nccl" (two phases with a functional all-reduce, visible to
+    torch.compile) or "exchange" (one pass: the kernel trades the sums with the other ranks
+    through symmetric memory; two phases over NCCL where the group has none).
 
     out_dtype: torch.float8_e4m3fn or torch.float8_e5m2 (with inplace=False): new fp8 tensors
     (packed: V quantised too), by q_scale / k_scale / v_scale (numbers or fp32 tensors of one
@@ -431,11 +433,10 @@ def qk_norm_rope(qkv, q_weight, k_weight, cos=None, sin=None, *, num_heads=None,
     if tp_group is not None:
         if collective not in COLLECTIVES:
             raise ValueError(f"collective: expected one of {COLLECTIVES}, got {collective!r}")
-        if collective == "auto":
+        if collective == "exchange":
             exchange_group = tp_group.group_name
         else:
-            sumsq = all_reduced_sumsq(qkv, tp_group, num_heads=num_heads, seq_len=seq_len,
-                                      collective="auto" if collective == "one_shot" else collective)
+            sumsq = all_reduced_sumsq(qkv, tp_group, num_heads=num_heads, seq_len=seq_len, collective=collective)
         if norm_width is None:
             size = torch.distributed.get_world_size(tp_group)
             norm_width = (q_weight.numel() * size, k_weight.numel() * size)
@@ -496,7 +497,7 @@ def all_reduced_sumsq(qkv, group, *, num_heads=None, seq_len=None, collective="a
     return funcol.wait_tensor(funcol.all_reduce(sums, "sum", group))
 
 
-COLLECTIVES = ("auto", "one_shot", "nccl")
+COLLECTIVES = ("auto", "nccl", "exchange")
 
 # (group name, device) -> (cudit.Exchange, its buffer), or None where the group has no symmetric
 # memory. A call with more tokens than a buffer has room for replaces it (on every rank alike);

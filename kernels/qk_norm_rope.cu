@@ -618,7 +618,8 @@ __device__ __forceinline__ float given_sumsq(const Params& p, u32 tok) {
     return p.stats[2 * (i64)tok + SIDE];
 }
 
-// STATS_EXCHANGE: words other GPUs write are read and written at system scope, past L1.
+// STATS_EXCHANGE. A rank's words for its rows go to the other ranks' buffers at system scope;
+// the words the other ranks send are polled at system scope, past L1.
 typedef unsigned long long u64;
 __device__ __forceinline__ void store_sys(u64* a, u64 v) {
     asm volatile("st.relaxed.sys.global.u64 [%0], %1;" ::"l"(a), "l"(v) : "memory");
@@ -631,24 +632,24 @@ __device__ __forceinline__ u64 load_sys(const u64* a) {
 
 __device__ __forceinline__ u64* exchange_buffer(const Params& p, u32 rank) { return reinterpret_cast<u64*>(p.xchg[rank]); }
 
-// This call's epoch: the calls this rank has completed, plus one (read after the producer wait).
+// This call's epoch: the calls this rank has completed (header word 0), plus one. The previous
+// call's kernel wrote it: a plain read after the producer wait sees it.
 template <int STATS>
 __device__ __forceinline__ u32 exchange_epoch(const Params& p) {
-    return STATS == STATS_EXCHANGE ? (u32)load_sys(exchange_buffer(p, p.xchg_rank)) + 1u : 0u;
+    return STATS == STATS_EXCHANGE ? (u32)__ldcg(exchange_buffer(p, p.xchg_rank)) + 1u : 0u;
 }
 
 // A row's sum of squares over every rank's heads: this rank's (local) goes to every other rank's
 // buffer, tagged with the epoch, and theirs are awaited in this rank's. Added in rank order, so
-// that every rank gets the same bits.
+// that every rank gets the same bits. Word indices fit 32 bits (cudit/_planner.py checks).
 template <int SIDE>
 __device__ __forceinline__ float exchange_sum(const Params& p, float local, u32 tok, u32 epoch) {
-    const u32 ranks = p.xchg_ranks, me = p.xchg_rank;
-    const i64 rows = p.xchg_rows;
-    const i64 at = XCHG_HEADER + (i64)(epoch & 1u) * ranks * rows + 2 * (i64)tok + SIDE;
+    const u32 rows = p.xchg_rows, me = p.xchg_rank, ranks = p.xchg_ranks;
+    const u32 at = XCHG_HEADER + (epoch & 1u) * ranks * rows + 2u * tok + SIDE;
     const u64 word = ((u64)epoch << 32) | __float_as_uint(local);
     if (threadIdx.x == 0)
         for (u32 r = 0; r < ranks; ++r)
-            if (r != me) store_sys(exchange_buffer(p, r) + at + me * rows, word);
+            if (r != me) store_sys(exchange_buffer(p, r) + (at + me * rows), word);
     const u64* mine = exchange_buffer(p, me) + at;
     float total = 0.f;
     for (u32 r = 0; r < ranks; ++r) {
@@ -662,17 +663,15 @@ __device__ __forceinline__ float exchange_sum(const Params& p, float local, u32 
 
 // The block is done with this call's words; the grid's last block counts the call, which turns
 // the next call to the other half (its words there were read two calls ago: every rank has
-// finished that call before it could send this one's).
+// finished that call before it could send this one's). Every block read the epoch before.
 template <int STATS>
 __device__ __forceinline__ void end_exchange(const Params& p) {
     if (STATS != STATS_EXCHANGE) return;
     __syncthreads();
     if (linear_tid() != 0) return;
     u64* head = exchange_buffer(p, p.xchg_rank);
-    __threadfence();
     if (atomicAdd(head + 1, 1ull) == gridDim.x - 1) {
         atomicExch(head + 1, 0ull);
-        __threadfence();
         atomicAdd(head, 1ull);
     }
 }

@@ -61,15 +61,18 @@ def _torch_rank(rank, world, port):
                 return cudit.torch.qk_norm_rope(x, lq, lk, cos, sin, num_heads=h, inplace=False, tp_group=group,
                                                 collective=collective)
 
-            # one pass (the kernels exchange the sums), two with a one-shot all-reduce, two with NCCL
-            for collective in ("auto", "one_shot", "nccl"):
+            # two phases over a one-shot all-reduce (where torch has symmetric memory) or NCCL; one pass
+            for collective in ("auto", "nccl", "exchange"):
                 results = [step(local, collective) for _ in range(6)]   # back to back: buffers reused
                 for got in results:
                     _check_rank(got, whole, heads, mine, f"rank {rank} eager {collective}, {heads} heads")
             compiled = torch.compile(step, fullgraph=True)
-            _check_rank(compiled(local), whole, heads, mine, f"rank {rank} compiled, {heads} heads")
+            for collective in ("auto", "exchange"):
+                _check_rank(compiled(local, collective), whole, heads, mine,
+                            f"rank {rank} compiled {collective}, {heads} heads")
             if S == 300:
-                _check_graph_replays(step, (qkv, qw, kw, cos, sin), local, whole, heads, mine, rank)
+                _check_graph_replays(lambda x: step(x, "exchange"), (qkv, qw, kw, cos, sin), local, whole, heads, mine,
+                                     rank)
             # Sequence parallelism: this rank's half of the tokens, with the table's offset.
             s = qkv.shape[1] // world
             seq = cudit.torch.qk_norm_rope(qkv[:, rank * s:(rank + 1) * s], qw, kw, cos, sin, num_heads=heads,

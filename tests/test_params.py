@@ -54,3 +54,12 @@ def test_codes_the_kernels_switch_on_match_the_python_tables():
     assert _enum(kernels / "cudit_common.cuh", "DTypeCode") == {"DT_" + k.upper(): v for k, v in DTYPE_CODES.items()}
     assert _enum(HEADER, "RopeMode") == {"ROPE_" + k.upper(): v for k, v in ROPE_CODES.items()}
     assert _enum(HEADER, "NormKind") == {"NORM_" + k.upper(): v for k, v in NORM_CODES.items()}
+
+
+def test_exchange_layout_and_stats_codes_match_the_header():
+    from cudit._params import MAX_RANKS, XCHG_HEADER
+    from cudit._variants import STATS_CODES
+
+    assert _enum(HEADER, "ExchangeLayout") == {"MAX_RANKS": MAX_RANKS, "XCHG_HEADER": XCHG_HEADER}
+    names = {"": "NONE", "sumsq": "WRITE", "given": "READ", "exchange": "EXCHANGE"}
+    assert _enum(HEADER, "StatsMode") == {"STATS_" + names[k]: v for k, v in STATS_CODES.items()}
