@@ -618,17 +618,12 @@ __device__ __forceinline__ float given_sumsq(const Params& p, u32 tok) {
     return p.stats[2 * (i64)tok + SIDE];
 }
 
-// STATS_EXCHANGE. A rank's words for its rows go to the other ranks' buffers at system scope;
-// the words the other ranks send are polled at system scope, past L1.
+// STATS_EXCHANGE. A rank's words for its rows go to the other ranks' buffers, and the words the
+// other ranks send are polled, as volatile accesses (relaxed, system scope, past L1). Not inline
+// asm: the compiler moves no memory access across that, and the row's later loads waited.
 typedef unsigned long long u64;
-__device__ __forceinline__ void store_sys(u64* a, u64 v) {
-    asm volatile("st.relaxed.sys.global.u64 [%0], %1;" ::"l"(a), "l"(v) : "memory");
-}
-__device__ __forceinline__ u64 load_sys(const u64* a) {
-    u64 v;
-    asm volatile("ld.relaxed.sys.global.u64 %0, [%1];" : "=l"(v) : "l"(a) : "memory");
-    return v;
-}
+__device__ __forceinline__ void store_sys(u64* a, u64 v) { *reinterpret_cast<volatile u64*>(a) = v; }
+__device__ __forceinline__ u64 load_sys(const u64* a) { return *reinterpret_cast<const volatile u64*>(a); }
 
 __device__ __forceinline__ u64* exchange_buffer(const Params& p, u32 rank) { return reinterpret_cast<u64*>(p.xchg[rank]); }
 
