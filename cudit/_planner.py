@@ -601,8 +601,9 @@ def _check_exchange(ex, tokens: Tokens) -> None:
         raise _fail("exchange", f"buffers with room for at least the call's {tokens.count} tokens",
                     f"room for {ex.tokens}")
     if exchange_words(ex.tokens, ex.ranks) >= 2**32:   # the kernel indexes a buffer's words in 32 bits
-        raise _fail("exchange", f"buffers of fewer than 2^32 words: room for at most "
-                    f"{(2**32 - XCHG_HEADER) // (4 * ex.ranks) - 1} tokens at {ex.ranks} ranks", f"room for {ex.tokens}")
+        most = (2**32 - XCHG_HEADER) // (4 * ex.ranks) - 1
+        raise _fail("exchange", f"buffers of fewer than 2^32 words: room for at most {most} tokens at {ex.ranks} ranks",
+                    f"room for {ex.tokens}")
 
 
 def _check_stats(req: Request, tokens: Tokens, d: int, q: Side, k: Side) -> tuple | None:
@@ -1028,7 +1029,7 @@ def launch_config(w: Work, device: DeviceSpec, tuning: Tuning) -> LaunchConfig:
     groups = -(-tokens * sides // (rows_per_block * k_ratio))   # blocks of one row group
     paced = f"{kind}-grid" if w.source == "grid" else kind   # no table read: paced on their own
     most, single_below = tuning.row_iters_for(paced, natural_parts(w.rope))
-    if one_row or w.stats == "exchange":   # exchange: blocks take consecutive tokens, whatever each rank's plan
+    if one_row or w.stats == "exchange":   # exchange: blocks take tokens in order, whatever each rank's plan
         most = 1
     if tuning.fixed_row_iters is not None:
         most, single_below = tuning.fixed_row_iters, 0

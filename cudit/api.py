@@ -251,7 +251,8 @@ def _request(split: bool, objs, options, view) -> Request:
     return Request(qkv=qkv, q_weight=v["q_weight"], k_weight=v["k_weight"], cos=v["cos"], sin=v["sin"],
                    num_heads=num_heads, eps=eps, interleave=bool(interleave), q_add_weight=v["q_add_weight"],
                    k_add_weight=v["k_add_weight"], num_txt_tokens=num_txt_tokens, seq_len=seq_len, out=out,
-                   sumsq=v["sumsq"], stats=stats, exchange=exchange, norm_width=norm_width, rope_offset=rope_offset, norm_type=norm_type,
+                   sumsq=v["sumsq"], stats=stats, exchange=exchange, norm_width=norm_width, rope_offset=rope_offset,
+                   norm_type=norm_type,
                    q_bias=v["q_bias"], k_bias=v["k_bias"], q_add_bias=v["q_add_bias"], k_add_bias=v["k_add_bias"],
                    positions=v["positions"], rotary_dim=rotary_dim, rope3d=rope3d, out_dtype=out_dtype,
                    scale_values=tuple(scale_values), **{r: v[r] for r in SCALES + AMAXES})

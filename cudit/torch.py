@@ -89,7 +89,7 @@ def _options(num_heads, eps, interleave, num_txt_tokens, seq_len, stats, norm_wi
             stats, norm, rotary_dim, None if rope3d is None else _rope3d(tuple(rope3d))) + api.NO_FP8
 
 
-def _tp_stats(q, k, num_heads, seq_len, sumsq, exchange_group):
+def _tp_inputs(q, k, num_heads, seq_len, sumsq, exchange_group):
     """(sumsq, the options' stats): one GPU, sums given, or over exchange_group's ranks in one
     pass (a cudit.Exchange over symmetric memory) or, where the group has none, two."""
     if exchange_group is None:
@@ -116,7 +116,7 @@ def _packed_(qkv, q_weight, k_weight, cos, sin, num_heads, eps=1e-6, interleave=
              k_add_weight=None, num_txt_tokens=0, seq_len=None, sumsq=None, norm_width=None, rope_offset=None,
              q_bias=None, k_bias=None, q_add_bias=None, k_add_bias=None, norm="rms", positions=None, rotary_dim=None,
              rope3d=None, exchange_group=None, out=None):
-    sumsq, stats = _tp_stats(qkv, None, num_heads, seq_len, sumsq, exchange_group)
+    sumsq, stats = _tp_inputs(qkv, None, num_heads, seq_len, sumsq, exchange_group)
     api.run(False, (qkv, None, out, None, q_weight, k_weight, q_add_weight, k_add_weight, cos, sin, sumsq, q_bias,
                     k_bias, q_add_bias, k_add_bias, positions) + _NO_QUANT_ARRAYS,
             _options(num_heads, eps, interleave, num_txt_tokens, seq_len, stats, norm_width, rope_offset, norm,
@@ -147,7 +147,7 @@ def _split_(q, k, q_weight, k_weight, cos, sin, num_heads=None, eps=1e-6, interl
             rope_offset=None, q_bias=None, k_bias=None, q_add_bias=None, k_add_bias=None, norm="rms", positions=None,
             rotary_dim=None, rope3d=None, exchange_group=None, out=None):
     q_out, k_out = out if out is not None else (None, None)
-    sumsq, stats = _tp_stats(q, k, num_heads, seq_len, sumsq, exchange_group)
+    sumsq, stats = _tp_inputs(q, k, num_heads, seq_len, sumsq, exchange_group)
     api.run(True, (q, k, q_out, k_out, q_weight, k_weight, q_add_weight, k_add_weight, cos, sin, sumsq, q_bias, k_bias,
                    q_add_bias, k_add_bias, positions) + _NO_QUANT_ARRAYS,
             _options(num_heads, eps, interleave, num_txt_tokens, seq_len, stats, norm_width, rope_offset, norm,
@@ -323,8 +323,8 @@ def _split_backward_fake(*args):
 # The functional operators carry a backward (the in-place ones raise under autograd: their
 # input, which the backward needs, is overwritten). Modes the backward lacks raise at forward.
 
-_NO_BACKWARD = (("sumsq", "tensor parallelism (sumsq)"), ("exchange_group", "tensor parallelism (tp_group)"), ("positions", "position ids"),
-                ("rotary_dim", "partial rotary (rotary_dim)"), ("rope3d", "Rope3D (rope)"))
+_NO_BACKWARD = (("sumsq", "tensor parallelism (sumsq)"), ("exchange_group", "tensor parallelism (tp_group)"),
+                ("positions", "position ids"), ("rotary_dim", "partial rotary (rotary_dim)"), ("rope3d", "Rope3D (rope)"))
 _SAVED = ("q_weight", "k_weight", "cos", "sin", "q_add_weight", "k_add_weight")
 _OPTIONS = ("num_heads", "eps", "interleave", "num_txt_tokens", "seq_len", "rope_offset")
 
