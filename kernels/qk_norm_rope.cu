@@ -619,8 +619,7 @@ __device__ __forceinline__ float given_sumsq(const Params& p, u32 tok) {
 }
 
 // STATS_EXCHANGE. A rank's words for its rows go to the other ranks' buffers, and the words the
-// other ranks send are polled, as volatile accesses (relaxed, system scope, past L1). Not inline
-// asm: the compiler moves no memory access across that, and the row's later loads waited.
+// other ranks send are polled, as volatile accesses: relaxed, system scope, past L1.
 typedef unsigned long long u64;
 __device__ __forceinline__ void store_sys(u64* a, u64 v) { *reinterpret_cast<volatile u64*>(a) = v; }
 __device__ __forceinline__ u64 load_sys(const u64* a) { return *reinterpret_cast<const volatile u64*>(a); }

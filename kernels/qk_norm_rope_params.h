@@ -114,7 +114,8 @@ typedef struct Params {
     cudit_u32 v_cols, v_col_blocks, v_groups;
     FastDiv v_lanes;
     // STATS_EXCHANGE: every rank's exchange buffer (mapped here: symmetric memory or peer
-    // access), this rank's index among them, and how many there are.
+    // access), this rank's index among them, how many there are, and the rows a rank's part of
+    // a half holds (two a token the buffers have room for).
     unsigned long long xchg[MAX_RANKS];
     cudit_u32 xchg_rank, xchg_ranks, xchg_rows;
     float freq[MAX_PAIRS];      // each pair's angular frequency, radians per position
