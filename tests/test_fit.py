@@ -21,6 +21,9 @@ SMEM = {(8, 0): 163 * 1024, (8, 6): 99 * 1024, (8, 9): 99 * 1024, (9, 0): 227 * 
         (12, 0): 99 * 1024}
 
 
+EXCHANGE = cudit.Exchange((BASE + 0x600000, BASE + 0x700000), 0, 65536)
+
+
 def all_plans(device):
     dtypes = ("bf16", "f16", "f32")
     tuning = tuning_for(device)
@@ -50,10 +53,12 @@ def all_plans(device):
             if w is not None:   # LayerNorm
                 yield make_plan(Request(qkv, w, w, num_heads=h, interleave=rope == "interleaved", norm_type="layer",
                                         q_bias=w, k_bias=w, **src), device, tuning)
-        if norm == "full":   # tensor parallelism: the given-sums variants, and the sums themselves
+        if norm == "full":   # tensor parallelism: the given-sums and one-pass variants, and the sums themselves
             sums = arr((tokens, 2), "f32", ptr=BASE + 0x300000)
             yield make_plan(Request(qkv, w, w, c, c, num_heads=h, interleave=rope == "interleaved", sumsq=sums,
                                     stats="given", norm_width=2 * h * d), device, tuning)
+            yield make_plan(Request(qkv, w, w, c, c, num_heads=h, interleave=rope == "interleaved", stats="exchange",
+                                    exchange=EXCHANGE, norm_width=2 * h * d), device, tuning)
             if rope == "none":
                 yield make_plan(Request(qkv, num_heads=h, sumsq=sums, stats="sumsq"), device, tuning)
 
