@@ -32,7 +32,6 @@ def main(argv=None) -> int:
     ap.add_argument("--heads", type=int, default=20, help="this rank's heads")
     ap.add_argument("--ranks", type=int, default=2)
     ap.add_argument("--reps", type=int, default=40)
-    ap.add_argument("--counter", action="store_true", help="set the count of calls before each (kernels that read it)")
     args = ap.parse_args(argv)
     T, h, R = args.tokens, args.heads, args.ranks
     g = torch.Generator(device="cuda").manual_seed(0)
@@ -55,8 +54,6 @@ def main(argv=None) -> int:
         w = words(sums[i], epoch)
         for r in range(R - 1):
             bufs[me][base + r * rows:base + (r + 1) * rows] = w
-        if args.counter:
-            bufs[me][0] = epoch - 1
 
     def timed(fn, prep=None, reps=args.reps):
         times = []

@@ -619,7 +619,12 @@ def _check_stats(req: Request, tokens: Tokens, d: int, q: Side, k: Side) -> tupl
         if req.sumsq is not None:
             raise _fail("sumsq", "None with exchange (the kernel trades the sums itself)", "an array")
         _check_exchange(req.exchange, tokens)
-        return _norm_widths(req, d, q, k)
+    else:
+        _check_sums(req, tokens)
+    return None if req.stats == "sumsq" else _norm_widths(req, d, q, k)
+
+
+def _check_sums(req: Request, tokens: Tokens) -> None:
     a = req.sumsq
     shapes = ((tokens.count, 2), (tokens.batch, tokens.seq, 2))
     if a is None:
@@ -629,11 +634,8 @@ def _check_stats(req: Request, tokens: Tokens, d: int, q: Side, k: Side) -> tupl
         raise _fail("sumsq", f"shape {shapes[0]} or {shapes[1]}: Q's and K's sums for each token", f"shape {a.shape}")
     if any(n > 1 and st != c for n, st, c in zip(a.shape, a.strides, contiguous_strides(a.shape))):
         raise _fail("sumsq", "a contiguous array", f"strides {a.strides}")
-    if req.stats == "sumsq":
-        if a.readonly:
-            raise _fail("sumsq", "a writable array", "a read-only one")
-        return None
-    return _norm_widths(req, d, q, k)
+    if req.stats == "sumsq" and a.readonly:
+        raise _fail("sumsq", "a writable array", "a read-only one")
 
 
 def _norm_widths(req: Request, d: int, q: Side, k: Side) -> tuple:
