@@ -77,9 +77,9 @@ SHARED_TABLE_BOUNDS = {("half", "full", 2): 640, ("interleaved", "head", 4): 768
 SHARED_TABLE_ARCH_BOUNDS = {("sm_100", "half", "full", 2): 512, ("sm_120", "half", "full", 2): 512}
 # LayerNorm variants hold a mean a head and add a bias: at the RMS bounds they spill.
 LAYER_MAX_THREADS = 512
-# Position-id variants read partial table vectors value by value: at the table bounds they spill.
-# By (source, LayerNorm).
-SOURCE_MAX_THREADS = {("pos", False): 512, ("pos", True): 384}
+# Position-id variants read partial table vectors value by value: at the table bounds those of
+# several vectors an item and the LayerNorm ones spill. By (source, LayerNorm[, vectors an item]).
+SOURCE_MAX_THREADS = {("pos", False, 2): 512, ("pos", False, 3): 512, ("pos", True): 384}
 # Variants built a second time without the rows-ahead code (suffix _na), for plans of several
 # row groups a block, which never ask for rows ahead, by (rope, norm, K).
 NO_AHEAD_VARIANTS = {("half", "head", 2)}
@@ -142,7 +142,8 @@ class Variant:
                 bound = min(bound, FP8_F16_MAX_THREADS.get(shape, bound))
             if arch in FP8_CALL_ARCHS:
                 bound = min(bound, FP8_CALL_MAX_THREADS.get(shape, bound))
-        return min(bound, SOURCE_MAX_THREADS.get((self.source, self.layer), bound))
+        key = (self.source, self.layer)
+        return min(bound, SOURCE_MAX_THREADS.get(key + (self.parts,), SOURCE_MAX_THREADS.get(key, bound)))
 
     def _rms_bound(self, arch: str) -> int:
         key = (self.rope, self.norm, self.heads_per_thread)

@@ -135,6 +135,7 @@ __device__ __forceinline__ u32 div(u32 n, const FastDiv& f) {
 // for the whole warp), every lane of the warp taking part: blocks hold whole warps
 // (cudit/_planner.py), so the shuffles take the constant full mask. A mask computed per lane
 // costs a convergence check per shuffle (four instructions more each, docs/dev/perf-notes.md v13).
+// Branch-free: the code around it may be scheduled across it.
 __device__ __forceinline__ float team_sum_warp(float v, u32 team) {
 #pragma unroll
     for (u32 off = 16; off > 0; off >>= 1) {
@@ -142,6 +143,35 @@ __device__ __forceinline__ float team_sum_warp(float v, u32 team) {
         if (off < team) v += o;
     }
     return v;
+}
+
+__device__ __forceinline__ void add_lane(float& v, u32 off) { v += __shfl_xor_sync(0xffffffffu, v, off); }
+
+template <u32 TEAM, typename V, int N>
+__device__ __forceinline__ void team_sums_of(V (&v)[N]) {
+#pragma unroll
+    for (u32 off = TEAM / 2; off > 0; off >>= 1) {
+#pragma unroll
+        for (int i = 0; i < N; ++i) add_lane(v[i], off);
+    }
+}
+
+// N sums over the same teams, by one branch on the team width and then shuffles at only its
+// distances (the N of one distance back to back): fewer instructions than team_sum_warp where a
+// row has many sums and narrow teams, but the branch keeps the compiler from moving other work
+// across the sums (perf-notes v25). The same order of additions as team_sum_warp.
+template <typename V, int N>
+__device__ __forceinline__ void team_sums_warp(V (&v)[N], u32 team) {
+    if (team >= 32u) {
+        team_sums_of<32>(v);
+    } else if (team == 16u) {
+        team_sums_of<16>(v);
+    } else if (team == 8u) {
+        team_sums_of<8>(v);
+    } else {
+#pragma unroll
+        for (int i = 0; i < N; ++i) v[i] = team_sum_warp(v[i], team);
+    }
 }
 
 // Programmatic dependent launch (sm_90+): no-ops when the launch did not ask for it; a second

@@ -17,28 +17,13 @@
 namespace cudit {
 namespace bwd {
 
-// Butterfly sums over the warp under the full mask, adding only partners closer than `width`
-// (a power of two <= 32): every lane of a group ends with the same bits (addition commutes).
-__device__ __forceinline__ float2 warp_sum(float2 v, u32 width) {
-#pragma unroll
-    for (u32 off = 16; off > 0; off >>= 1) {
-        const float a = __shfl_xor_sync(0xffffffffu, v.x, off);
-        const float b = __shfl_xor_sync(0xffffffffu, v.y, off);
-        if (off < width) {
-            v.x += a;
-            v.y += b;
-        }
-    }
-    return v;
-}
-
 // (sum x^2, sum g*x) over `width` consecutive lanes: a power of two <= 32 by shuffles, or whole
 // warps (width a multiple of 32): their sums through shared memory, added in order from the
 // row's first warp over its `per` warps. Every thread of the block calls it, with the two halves
 // of scratch in turn: a warp that writes one half again has passed the barrier of the call
 // between, which every warp reaches only after reading it (one barrier a call).
 __device__ __forceinline__ float2 group_sum(float2 v, u32 width, u32 first, u32 per, float2 (&scratch)[2][32], u32& turn) {
-    v = warp_sum(v, width);
+    v = make_float2(team_sum_warp(v.x, width), team_sum_warp(v.y, width));   // the same bits in every lane of a group
     if (width <= 32) return v;
     float2* half = scratch[turn];
     turn ^= 1u;
