@@ -75,8 +75,11 @@ ARCH_MAX_THREADS = {("sm_100", 1, "full", 4): 512, ("sm_100", 1, "full", 3): 640
 # by (rope, norm, K): their bound, and per architecture where that one spilled.
 SHARED_TABLE_BOUNDS = {("half", "full", 2): 640, ("interleaved", "head", 4): 768}
 SHARED_TABLE_ARCH_BOUNDS = {("sm_100", "half", "full", 2): 512, ("sm_120", "half", "full", 2): 512}
-# LayerNorm variants hold a mean a head and add a bias: at the RMS bounds they spill.
+# LayerNorm variants hold a mean a head and add a bias: at the RMS bounds most spill. By (vectors
+# an item, norm, K) where a higher bound fits on every architecture; LAYER_MAX_THREADS otherwise.
 LAYER_MAX_THREADS = 512
+LAYER_BOUNDS = {(1, "head", 4): 768}
+LAYER_ARCH_BOUNDS = {("sm_120", 1, "head", 4): 640}
 # Position-id variants read partial table vectors value by value: at the table bounds those of
 # several vectors an item and the LayerNorm ones spill. By (source, LayerNorm[, vectors an item]).
 SOURCE_MAX_THREADS = {("pos", False, 2): 512, ("pos", False, 3): 512, ("pos", True): 384}
@@ -134,7 +137,8 @@ class Variant:
         """The launch bound this variant is compiled with for an architecture ('' for the PTX)."""
         bound = self._rms_bound(arch)
         if self.layer:
-            bound = min(bound, LAYER_MAX_THREADS)
+            shape = (self.parts, self.norm, self.heads_per_thread)
+            bound = min(bound, LAYER_ARCH_BOUNDS.get((arch, *shape), LAYER_BOUNDS.get(shape, LAYER_MAX_THREADS)))
         if self.out:
             shape = (self.parts, self.norm, self.heads_per_thread)
             bound = min(bound, FP8_MAX_THREADS.get(shape, bound))

@@ -123,7 +123,11 @@ def run_fp8(f: F8):
                           f"expected {lo[~ok][:4]}..{hi[~ok][:4]}")
         top = FP8_FORMATS[f.fmt][2]
         if f.big > 1:
-            assert (np.abs(g) == top).any(), f"{name}: no value saturated"
+            # Values the scale takes past the range come out as its end. The fixed cases are sized
+            # to reach it; a random case's data may not (the bounds above hold either way).
+            over = np.abs(y * s[:, None]) > top
+            assert (np.abs(g[over]) == top).all(), f"{name}: a value past the range is not saturated"
+            assert over.any() or c.name.startswith("random"), f"{name}: the case saturates nothing"
         if name != "V":
             assert (g == 0).any(), f"{name}: the zero token is not zero"
     # Every byte outside Q, K (and V) as poisoned.
