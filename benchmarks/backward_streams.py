@@ -3,17 +3,17 @@ reductions) against the same tensors with one stream (two and two), beside Hunyu
 
     PYTHONPATH=. python benchmarks/backward_streams.py [REPEATS]
 """
+import dataclasses
 import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import backward_bench  # noqa: E402  (benchmarks/, beside this script)
-from bench import Shape, copy_bandwidth  # noqa: E402
+from bench import copy_bandwidth  # noqa: E402
 
-SHAPES = (Shape("FLUX.1", 24, 128, 4608, norm="head", n_txt=512, split=True),
-          Shape("FLUX.1-1stream", 24, 128, 4608, norm="head", split=True),
-          Shape("HunyuanVideo", 24, 128, 118800, norm="head", split=True),
-          Shape("WAN-14B", 40, 128, 32760, split=True))
+_BY_NAME = {s.name: s for s in backward_bench.SHAPES}
+SHAPES = (_BY_NAME["FLUX.1"], dataclasses.replace(_BY_NAME["FLUX.1"], name="FLUX.1-1stream", n_txt=0),
+          _BY_NAME["HunyuanVideo"], _BY_NAME["WAN-14B"])
 
 
 def main(repeats: int) -> int:

@@ -136,11 +136,10 @@ class Variant:
     def bound(self, arch: str = "") -> int:
         """The launch bound this variant is compiled with for an architecture ('' for the PTX)."""
         bound = self._rms_bound(arch)
+        shape = (self.parts, self.norm, self.heads_per_thread)
         if self.layer:
-            shape = (self.parts, self.norm, self.heads_per_thread)
             bound = min(bound, LAYER_ARCH_BOUNDS.get((arch, *shape), LAYER_BOUNDS.get(shape, LAYER_MAX_THREADS)))
         if self.out:
-            shape = (self.parts, self.norm, self.heads_per_thread)
             bound = min(bound, FP8_MAX_THREADS.get(shape, bound))
             if self.dtype == "f16":
                 bound = min(bound, FP8_F16_MAX_THREADS.get(shape, bound))

@@ -942,9 +942,7 @@ __device__ __forceinline__ void process_row(const Params& p, u32 tok, u32 row_in
 
         Scale sc[K > 0 ? K : 1];
         if constexpr (NORM == NORM_HEAD && LN) {
-            // LayerNorm's eight sums a row: one branch on the team width, then shuffles at only its
-            // distances (CogVideoX 5% faster); RMS rows keep team_sum_warp, branch-free, which their
-            // one-row blocks need (3-6% slower else: the branch stops the table's loads moving up).
+            // LayerNorm's eight sums a row pay for team_sums_warp's branch; RMS rows stay branch-free.
             Moments<LN> m[K > 0 ? K : 1] = {};
 #pragma unroll
             for (int k = 0; k < K; ++k) {
