@@ -36,7 +36,9 @@ FP8_OUT = "f8"
 FP8_IN_DTYPES = ("bf16", "f16")
 # Their bounds where the base variant's spilled (a scale and an amax a head held), by (vectors, norm, K),
 # and where fp16's conversions spilled beyond that.
-FP8_MAX_THREADS = {(1, "none", 2): 768, (1, "none", 1): 768, (2, "head", 2): 512, (3, "head", 0): 512}
+FP8_MAX_THREADS = {(1, "none", 2): 768, (1, "none", 1): 768, (2, "head", 2): 512, (3, "head", 0): 512,
+                   (1, "full", 4): 768, (1, "full", 3): 768, (1, "head", 4): 768, (2, "full", 2): 640,
+                   (3, "head", 1): 768}
 FP8_F16_MAX_THREADS = {(1, "full", 4): 640}
 # Targets without an fp8 conversion instruction (sm_80, sm_86 and the compute_80 PTX) call the
 # emulated conversion (kernels/qk_norm_rope.cu fp8x2): the bound where the call's registers spilled.
@@ -60,9 +62,12 @@ MAX_THREADS = {(1, 1): 1024, (1, 2): 768, (1, 3): 512, (1, 4): 512, (1, 0): 768,
 # Tighter bounds (more threads resident) where the variant fits them, by (vectors, norm, K).
 MAX_THREADS_BY_NORM = {(1, "full", 4): 768, (1, "full", 3): 768, (1, "full", 2): 768, (1, "none", 4): 768,
                        (1, "none", 2): 1024, (1, "head", 1): 768, (1, "head", 4): 768, (2, "head", 2): 640,
-                       (3, "head", 1): 768}
-# fp32 per-head rows of four heads keep their table in registers: the general bound.
-MAX_THREADS_BY_DTYPE = {("f32", 1, "head", 4): 512}
+                       (3, "head", 1): 896}
+# By (dtype, vectors, norm, K), where one activation dtype fits another bound: fp32 per-head rows of
+# four heads keep their table in registers; bf16 full-dim rows fit 64 registers (fp16's spill there).
+MAX_THREADS_BY_DTYPE = {("f32", 1, "head", 4): 512, ("bf16", 1, "full", 4): 1024, ("bf16", 1, "full", 3): 1024}
+# Tensor-parallel full-dim variants (STATS_CODES) hold the sums' exchange as well: at most this bound.
+STATS_MAX_THREADS = 768
 # Architectures whose ptxas spills a variant at the common bound get a looser one, by (arch,
 # vectors, norm, K).
 ARCH_MAX_THREADS = {("sm_100", 1, "full", 4): 512, ("sm_100", 1, "full", 3): 640, ("sm_100", 1, "full", 2): 640,
@@ -73,8 +78,9 @@ ARCH_MAX_THREADS = {("sm_100", 1, "full", 4): 512, ("sm_100", 1, "full", 3): 640
                     ("sm_80", 3, "head", 0): 384, ("sm_86", 3, "head", 0): 384, ("sm_89", 3, "head", 0): 384}
 # Variants built a second time for one [S, D] cos/sin slice shared by all heads (suffix _st),
 # by (rope, norm, K): their bound, and per architecture where that one spilled.
-SHARED_TABLE_BOUNDS = {("half", "full", 2): 640, ("interleaved", "head", 4): 768}
-SHARED_TABLE_ARCH_BOUNDS = {("sm_100", "half", "full", 2): 512, ("sm_120", "half", "full", 2): 512}
+SHARED_TABLE_BOUNDS = {("half", "full", 2): 896, ("interleaved", "head", 4): 896}
+SHARED_TABLE_ARCH_BOUNDS = {("sm_80", "half", "full", 2): 640, ("sm_100", "half", "full", 2): 512,
+                            ("sm_120", "half", "full", 2): 512}
 # LayerNorm variants hold a mean a head and add a bias: at the RMS bounds most spill. By (vectors
 # an item, norm, K) where a higher bound fits on every architecture; LAYER_MAX_THREADS otherwise.
 LAYER_MAX_THREADS = 512
@@ -137,6 +143,8 @@ class Variant:
         """The launch bound this variant is compiled with for an architecture ('' for the PTX)."""
         bound = self._rms_bound(arch)
         shape = (self.parts, self.norm, self.heads_per_thread)
+        if self.stats:
+            bound = min(bound, STATS_MAX_THREADS)
         if self.layer:
             bound = min(bound, LAYER_ARCH_BOUNDS.get((arch, *shape), LAYER_BOUNDS.get(shape, LAYER_MAX_THREADS)))
         if self.out:
