@@ -1,0 +1,170 @@
+"""Launch bounds swept per kernel variant (issue #8): which variant each shape launches, cubins of
+some variants at one bound, and shapes timed under several cubin directories in one process.
+
+    python benchmarks/bound_sweep.py map [--kind K]                       # GPU: shape -> kernels
+    python benchmarks/bound_sweep.py build OUT BOUND NAME[@BOUND][,..] [--arch sm_90]
+                                                                          # no GPU; BOUND 0: the table's
+    python benchmarks/bound_sweep.py time SHAPES DIR[,DIR..] [--rounds 3] [--kind K]
+
+`build` writes a cubin of just those variants (named as the shipped one) and a manifest with
+their registers and spills. K: forward (the shapes of benchmarks/bench.py), fp8 (fp8_bench.py)
+or backward (backward_bench.py). `time` takes shape names (`all` for every one), loads each
+directory's cubin in turn in this process (DIR `ship`: cudit/_cubins) and prints medians, % of
+copy and the ratio to the first directory. Every shape's variants must be in every directory.
+Results: docs/dev/perf-notes.md v26.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import sys
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+sys.path[:0] = [str(HERE), str(HERE.parent)]
+KINDS = ("forward", "fp8", "backward")
+
+
+def build(out: Path, bound: int, names: list, arch: str) -> None:
+    import build_cubins as b
+
+    v = b.variants
+    lines = []
+    for i, entry in enumerate(names):
+        name, _, own = entry.partition("@")   # NAME@BOUND: this one's bound
+        names[i], at = name, int(own or bound)
+        line = (v.BY_NAME.get(name) or v.BACKWARD_BY_NAME[name]).instantiation(arch)
+        lines.append(line if not at else f"{line.rsplit(',', 1)[0]}, {at})")   # the bound is the last argument
+    source = "\n".join([f'#include "{v.FAMILY}.cu"', f'#include "{v.FAMILY}_bwd.cu"', *lines]) + "\n"
+    v.instantiation_source = lambda _arch="": source
+    v.KERNEL_NAMES = frozenset(names) | {v.BACKWARD_REDUCE}
+    tools = b.toolchain()
+    out.mkdir(parents=True, exist_ok=True)
+    res = b.build_arch(arch, tools, out)
+    man = {"family": v.FAMILY, "toolkit": tools["version"], "archs": {arch: dict(res, digest="bound-sweep")}, "ptx": None}
+    (out / "manifest.json").write_text(json.dumps(man, indent=1) + "\n")
+    for name, k in sorted(res["kernels"].items()):
+        print(f"{arch} {bound or 'table'} {name} registers {k['registers']} stack {k['stack_bytes']} "
+              f"spill {k['spill_stores']}", flush=True)
+
+
+def forget_launches() -> None:
+    """Plans and launchers are made again at the next call, their kernels loaded again."""
+    from cudit import _launch, _planner, api
+
+    _launch._LAUNCHERS.clear()
+    _launch._BACKWARD.clear()
+    api.clear_warm()
+    _planner.clear_cache()
+
+
+def use_cubins(directory: Path) -> None:
+    """Load kernels from another directory from now on."""
+    from cudit import _modules
+
+    _modules.CUBIN_DIR = directory
+    _modules.load_kernel.cache_clear()
+    _modules._object_code.cache_clear()
+    forget_launches()
+
+
+def workload(kind: str, torch, l2_bytes: int) -> list:
+    """(shape, inputs, call, bytes) of each shape: the forward (bench), fp8 output (fp8_bench) or
+    the backward (backward_bench)."""
+    import backward_bench
+    import bench
+    import fp8_bench
+
+    out = []
+    if kind == "fp8":
+        for s in fp8_bench.SHAPES:
+            inputs = lambda s=s: fp8_bench.with_fp8_buffers([bench.make_inputs(s, torch) for _ in range(4)], torch)
+            out.append((s, inputs, lambda s=s: fp8_bench.fp8_call(s, torch), fp8_bench.fp8_bytes(s)))
+    elif kind == "backward":
+        for s in backward_bench.SHAPES:
+            prepare, run = backward_bench.backward_call(s, torch)
+            inputs = lambda s=s, prepare=prepare: [prepare(bench.make_inputs(s, torch)) for _ in range(2)]
+            out.append((s, inputs, lambda run=run: run, backward_bench.backward_bytes(s)))
+    else:
+        for s in bench.production_shapes():
+            out.append((s, lambda s=s: bench.rotation(s, torch, l2_bytes), lambda s=s: bench.cudit_call(s),
+                        bench.bytes_moved(s)))
+    return out
+
+
+def kernel_map(kind: str) -> None:
+    import torch
+
+    from cudit import _launch, _modules, _variants
+
+    used: list = []
+    load = _modules.load_kernel
+    _modules.load_kernel = lambda image, name: (used.append(name), load(image, name))[1]
+    image = _launch.device_state(0).image
+    kernels = _modules.manifest()["archs"][image.arch]["kernels"]
+    for s, inputs, call, _ in workload(kind, torch, 0):
+        forget_launches()
+        used.clear()
+        call()(inputs()[0])
+        torch.cuda.synchronize()
+        variant = lambda n: _variants.BY_NAME.get(n) or _variants.BACKWARD_BY_NAME.get(n)
+        info = [f"{n} ({kernels[n]['registers']} registers, bound {variant(n).bound(image.arch)})"
+                for n in sorted(set(used)) if variant(n)]
+        print(f"{s.name:<26} {', '.join(info)}", flush=True)
+        torch.cuda.empty_cache()
+
+
+def time_dirs(kind: str, shapes: str, dirs: list, rounds: int) -> None:
+    import torch
+
+    import bench
+
+    props = torch.cuda.get_device_properties(0)
+    copy = bench.copy_bandwidth(torch)
+    print(f"{props.name}; copy bandwidth {copy:.0f} GB/s; medians of {rounds} rounds, directories in turn")
+    paths = [HERE.parent / "cudit" / "_cubins" if d == "ship" else Path(d) for d in dirs]
+    want = None if shapes == "all" else set(shapes.split(","))
+    for s, make, call, nbytes in workload(kind, torch, props.L2_cache_size):
+        if want and s.name not in want:
+            continue
+        inputs, floor = make(), nbytes / copy / 1e3
+        times = [[] for _ in paths]
+        for _ in range(rounds):
+            for t, path in zip(times, paths):
+                use_cubins(path)
+                t.append(bench.time_call(call(), inputs, torch) * 1e3)
+        med = [statistics.median(t) for t in times]
+        print(f"{s.name:<26}" + "".join(f"  {d}: {m:7.1f} us {floor / m * 100:5.1f}% {m / med[0]:.3f}"
+                                         for d, m in zip(dirs, med)), flush=True)
+        del inputs
+        torch.cuda.empty_cache()
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = ap.add_subparsers(dest="cmd", required=True)
+    m = sub.add_parser("map")
+    m.add_argument("--kind", choices=KINDS, default="forward")
+    b = sub.add_parser("build")
+    b.add_argument("out", type=Path)
+    b.add_argument("bound", type=int)
+    b.add_argument("names")
+    b.add_argument("--arch", default="sm_90")
+    t = sub.add_parser("time")
+    t.add_argument("shapes")
+    t.add_argument("dirs")
+    t.add_argument("--rounds", type=int, default=3)
+    t.add_argument("--kind", choices=KINDS, default="forward")
+    args = ap.parse_args(argv)
+    if args.cmd == "map":
+        kernel_map(args.kind)
+    elif args.cmd == "build":
+        build(args.out, args.bound, args.names.split(","), args.arch)
+    else:
+        time_dirs(args.kind, args.shapes, args.dirs.split(","), args.rounds)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
