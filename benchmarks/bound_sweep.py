@@ -26,22 +26,31 @@ sys.path[:0] = [str(HERE), str(HERE.parent)]
 KINDS = ("forward", "fp8", "backward")
 
 
-def build(out: Path, bound: int, names: list, arch: str) -> None:
+def _variant(table, name: str):
+    """A forward or backward variant of the table by its kernel name (None: another kernel)."""
+    return table.BY_NAME.get(name) or table.BACKWARD_BY_NAME.get(name)
+
+
+def build(out: Path, bound: int, entries: list, arch: str) -> None:
     import build_cubins as b
 
     v = b.variants
+    wanted = [(name, int(own or bound)) for name, _, own in (e.partition("@") for e in entries)]   # NAME@BOUND
+    names = [name for name, _ in wanted]
     lines = []
-    for i, entry in enumerate(names):
-        name, _, own = entry.partition("@")   # NAME@BOUND: this one's bound
-        names[i], at = name, int(own or bound)
-        line = (v.BY_NAME.get(name) or v.BACKWARD_BY_NAME[name]).instantiation(arch)
+    for name, at in wanted:
+        line = _variant(v, name).instantiation(arch)
         lines.append(line if not at else f"{line.rsplit(',', 1)[0]}, {at})")   # the bound is the last argument
     source = "\n".join([f'#include "{v.FAMILY}.cu"', f'#include "{v.FAMILY}_bwd.cu"', *lines]) + "\n"
-    v.instantiation_source = lambda _arch="": source
-    v.KERNEL_NAMES = frozenset(names) | {v.BACKWARD_REDUCE}
     tools = b.toolchain()
     out.mkdir(parents=True, exist_ok=True)
-    res = b.build_arch(arch, tools, out)
+    # build_arch compiles the table's translation unit and expects its kernels: these instead.
+    saved = v.instantiation_source, v.KERNEL_NAMES
+    v.instantiation_source, v.KERNEL_NAMES = (lambda _arch="": source), frozenset(names) | {v.BACKWARD_REDUCE}
+    try:
+        res = b.build_arch(arch, tools, out)
+    finally:
+        v.instantiation_source, v.KERNEL_NAMES = saved
     man = {"family": v.FAMILY, "toolkit": tools["version"], "archs": {arch: dict(res, digest="bound-sweep")}, "ptx": None}
     (out / "manifest.json").write_text(json.dumps(man, indent=1) + "\n")
     for name, k in sorted(res["kernels"].items()):
@@ -108,9 +117,8 @@ def kernel_map(kind: str) -> None:
         used.clear()
         call()(inputs()[0])
         torch.cuda.synchronize()
-        variant = lambda n: _variants.BY_NAME.get(n) or _variants.BACKWARD_BY_NAME.get(n)
-        info = [f"{n} ({kernels[n]['registers']} registers, bound {variant(n).bound(image.arch)})"
-                for n in sorted(set(used)) if variant(n)]
+        info = [f"{n} ({kernels[n]['registers']} registers, bound {_variant(_variants, n).bound(image.arch)})"
+                for n in sorted(set(used)) if _variant(_variants, n)]
         print(f"{s.name:<26} {', '.join(info)}", flush=True)
         torch.cuda.empty_cache()
 
