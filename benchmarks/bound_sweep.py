@@ -4,7 +4,7 @@ some variants at one bound, and shapes timed under several cubin directories in 
     python benchmarks/bound_sweep.py map [--kind K]                       # GPU: shape -> kernels
     python benchmarks/bound_sweep.py build OUT BOUND NAME[@BOUND][,..] [--arch sm_90]
                                                                           # no GPU; BOUND 0: the table's
-    python benchmarks/bound_sweep.py time SHAPES DIR[,DIR..] [--rounds 3] [--kind K]
+    python benchmarks/bound_sweep.py time SHAPES DIR[,DIR..] [--rounds 3] [--kind K] [--heads-per-thread N]
 
 `build` writes a cubin of just those variants (named as the shipped one) and a manifest with
 their registers and spills. K: forward (the shapes of benchmarks/bench.py), fp8 (fp8_bench.py)
@@ -39,6 +39,8 @@ def build(out: Path, bound: int, entries: list, arch: str) -> None:
     names = [name for name, _ in wanted]
     lines = []
     for name, at in wanted:
+        if _variant(v, name) is None:
+            raise SystemExit(f"bound_sweep: no variant named {name}")
         line = _variant(v, name).instantiation(arch)
         lines.append(line if not at else f"{line.rsplit(',', 1)[0]}, {at})")   # the bound is the last argument
     source = "\n".join([f'#include "{v.FAMILY}.cu"', f'#include "{v.FAMILY}_bwd.cu"', *lines]) + "\n"
@@ -123,10 +125,12 @@ def kernel_map(kind: str) -> None:
         torch.cuda.empty_cache()
 
 
-def time_dirs(kind: str, shapes: str, dirs: list, rounds: int) -> None:
+def time_dirs(kind: str, shapes: str, dirs: list, rounds: int, heads_per_thread=None) -> None:
     import torch
 
     import bench
+
+    bench.apply_knobs(heads_per_thread)
 
     props = torch.cuda.get_device_properties(0)
     copy = bench.copy_bandwidth(torch)
@@ -164,13 +168,14 @@ def main(argv=None) -> int:
     t.add_argument("dirs")
     t.add_argument("--rounds", type=int, default=3)
     t.add_argument("--kind", choices=KINDS, default="forward")
+    t.add_argument("--heads-per-thread", type=int, help="tuning: force the planner's heads a thread")
     args = ap.parse_args(argv)
     if args.cmd == "map":
         kernel_map(args.kind)
     elif args.cmd == "build":
         build(args.out, args.bound, args.names.split(","), args.arch)
     else:
-        time_dirs(args.kind, args.shapes, args.dirs.split(","), args.rounds)
+        time_dirs(args.kind, args.shapes, args.dirs.split(","), args.rounds, args.heads_per_thread)
     return 0
 
 
