@@ -401,6 +401,13 @@ def _quant(req: Request, arrays: dict, data: ArrayInfo, q: Side, k: Side, ok: Si
     return Quant(kind, v_in, v_out)
 
 
+def _out_variant(req: Request, quant: Quant | None) -> str:
+    """The output form of the variants a call takes: the amax-tracking fp8 copy only where an amax is asked for."""
+    if quant is None:
+        return ""
+    return _variants.FP8_AMAX_OUT if any(getattr(req, r) is not None for r in AMAXES) else _variants.FP8_OUT
+
+
 def _check_quant_arrays(req: Request, heads: tuple) -> None:
     """Scales and amaxes: fp32, contiguous, one value or one a head of their side (Q, K, V)."""
     for role, n in zip(SCALES + AMAXES, heads + heads):
@@ -991,7 +998,7 @@ class Work:
     stats: str = ""          # tensor parallelism's sums of squares (STATS_KINDS)
     layer: bool = False      # LayerNorm
     source: str = "table"    # where the rotation comes from (_variants.ROPE_SOURCES)
-    out: str = ""            # _variants.FP8_OUT: fp8 output
+    out: str = ""            # _variants.OUT_CODES: fp8 output, with or without the amax
     k_heads: int = 0         # K's heads where fewer than `heads` (GQA), else 0
 
 
@@ -1131,7 +1138,7 @@ def make_plan(req: Request, device: DeviceSpec, tuning: Tuning) -> Plan:
 
     shared = cos_t is not None and cos_t.hs == 0 and sin_t.hs == 0
     work = Work(data.dtype, rope, norm, req.cos.dtype if cos_t else None, shared, d, max(q.heads, k.heads),
-                2 * tokens.count, req.stats, layer, source, _variants.FP8_OUT if quant else "",
+                2 * tokens.count, req.stats, layer, source, _out_variant(req, quant),
                 k.heads if k.heads < q.heads else 0)
     cfg = launch_config(work, device, tuning)
     if quant and quant.v_in:

@@ -31,19 +31,22 @@ STATS_CODES = {"": 0, "sumsq": 1, "given": 2, "exchange": 3}
 ROPE_SOURCES = {"table": 0, "pos": 1, "grid": 2}
 POS_TABLES = ("f32", "x16")
 # fp8 output (float8_e4m3fn or float8_e5m2, told apart at launch) from 16-bit activations, V
-# quantised in the same launch: a copy of every plain variant of these dtypes (suffix _f8).
+# quantised in the same launch: two copies of every plain variant of these dtypes, with scales
+# (suffix _f8) and also tracking the amax of |y| (_f8a, whose slots a head take registers).
 FP8_OUT = "f8"
+FP8_AMAX_OUT = "f8a"
+OUT_CODES = {"": 0, FP8_OUT: 1, FP8_AMAX_OUT: 2}   # kernels/qk_norm_rope_params.h OutKind
 FP8_IN_DTYPES = ("bf16", "f16")
-# Their bounds where the base variant's spilled (a scale and an amax a head held), by (vectors, norm, K),
-# and where fp16's conversions spilled beyond that.
+# Their bounds where the base variant's spilled (a scale a head held), by (vectors, norm, K), where
+# the amax's slots spilled beyond that, and where fp16's conversions spilled beyond both.
 FP8_MAX_THREADS = {(1, "none", 2): 768, (1, "none", 1): 768, (2, "head", 2): 512, (3, "head", 0): 512,
-                   (1, "full", 4): 768, (1, "full", 3): 768, (1, "head", 4): 768, (2, "full", 2): 640,
-                   (3, "head", 1): 768}
+                   (1, "full", 4): 896, (1, "full", 3): 768, (2, "full", 2): 640, (3, "head", 1): 768}
+FP8_AMAX_MAX_THREADS = {(1, "full", 4): 768, (1, "head", 4): 768}
 FP8_F16_MAX_THREADS = {(1, "full", 4): 640}
 # Targets without an fp8 conversion instruction (sm_80, sm_86 and the compute_80 PTX) call the
 # emulated conversion (kernels/qk_norm_rope.cu fp8x2): the bound where the call's registers spilled.
 FP8_CALL_ARCHS = ("sm_80", "sm_86", "")
-FP8_CALL_MAX_THREADS = {(1, "full", 4): 640, (1, "none", 4): 640, (3, "head", 1): 640}
+FP8_CALL_MAX_THREADS = {(1, "full", 4): 640, (1, "none", 4): 640, (3, "head", 1): 640, (1, "head", 4): 768}
 C_TYPES = {"f32": "float", "f16": "__half", "bf16": "__nv_bfloat16"}
 # cos/sin storage: fp32, the activations' own 16-bit type, or (x16) 16 bits whose kind is a
 # launch parameter, for the pairings no model uses (a bf16 table with f16 data, say): those get
@@ -128,7 +131,7 @@ class Variant:
     stats: str = ""              # STATS_CODES: full-dim rows' sums of squares, for tensor parallelism
     layer: bool = False          # LayerNorm (mean subtracted, bias added) instead of RMSNorm
     source: str = "table"        # ROPE_SOURCES
-    out: str = ""                # "": the activations' dtype; FP8_OUT: fp8 with scales
+    out: str = ""                # OUT_CODES: the activations' dtype, or fp8 (with the amax tracked)
 
     @property
     def name(self) -> str:
@@ -149,6 +152,8 @@ class Variant:
             bound = min(bound, LAYER_ARCH_BOUNDS.get((arch, *shape), LAYER_BOUNDS.get(shape, LAYER_MAX_THREADS)))
         if self.out:
             bound = min(bound, FP8_MAX_THREADS.get(shape, bound))
+            if self.out == FP8_AMAX_OUT:
+                bound = min(bound, FP8_AMAX_MAX_THREADS.get(shape, bound))
             if self.dtype == "f16":
                 bound = min(bound, FP8_F16_MAX_THREADS.get(shape, bound))
             if arch in FP8_CALL_ARCHS:
@@ -170,7 +175,7 @@ class Variant:
         """The line kernels/qk_norm_rope.cu expands into this variant (CUDIT_QKNR)."""
         args = (self.name, C_TYPES[self.dtype], TABLE_CLASSES[self.table or "f32"], ROPE_CODES[self.rope],
                 NORM_CODES[self.norm], self.heads_per_thread, self.parts, int(self.shared_table), int(self.ahead),
-                STATS_CODES[self.stats], int(self.layer), ROPE_SOURCES[self.source], int(bool(self.out)),
+                STATS_CODES[self.stats], int(self.layer), ROPE_SOURCES[self.source], OUT_CODES[self.out],
                 self.bound(arch))
         return f"CUDIT_QKNR({', '.join(str(a) for a in args)})"
 
@@ -216,7 +221,7 @@ def all_variants() -> tuple:
     # LayerNorm: a copy of every plain normalising variant, of each source.
     out += [dataclasses.replace(v, layer=True) for v in list(out)
             if v.norm != "none" and not (v.shared_table or not v.ahead or v.stats)]
-    out += [dataclasses.replace(v, out=FP8_OUT) for v in list(out)
+    out += [dataclasses.replace(v, out=o) for v in list(out) for o in (FP8_OUT, FP8_AMAX_OUT)
             if v.dtype in FP8_IN_DTYPES and v.source == "table" and not (v.layer or v.stats)]
     return tuple(out)
 

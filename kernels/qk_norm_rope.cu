@@ -798,11 +798,14 @@ __device__ __forceinline__ u32 row_ahead(const Params& p, u32 tok) {
     return p.ahead && tok < tokens && p.ahead < tokens - tok ? tok + p.ahead : NO_ROW;
 }
 
-// The output's storage: T, or Fp8 for the fp8 variants (OUT == 1).
+// The output's storage: T, or Fp8 for the fp8 variants.
 template <typename T, int OUT> struct OutOf {
     typedef T type;
 };
-template <typename T> struct OutOf<T, 1> {
+template <typename T> struct OutOf<T, OUT_FP8> {
+    typedef Fp8 type;
+};
+template <typename T> struct OutOf<T, OUT_FP8_AMAX> {
     typedef Fp8 type;
 };
 
@@ -843,7 +846,7 @@ __device__ __forceinline__ void flush_amax(float* amax, int hs, int h, bool vali
 
 template <int OUT, int K, int SIDE>
 __device__ __forceinline__ void flush_quant(const Params& p, int hl, int th, bool lane_active, const QuantSlots<K>& q) {
-    if (!OUT || K == 0 || !p.amax[SIDE]) return;   // the loop over heads flushes each head
+    if (OUT != OUT_FP8_AMAX || K == 0 || !p.amax[SIDE]) return;   // the loop over heads flushes each head
 #pragma unroll
     for (int k = 0; k < (K > 0 ? K : 1); ++k) {
         const int h = hl + k * th;
@@ -871,7 +874,7 @@ __device__ __forceinline__ void process_row(const Params& p, u32 tok, u32 row_in
     const bool active = tok < (p.total_rows >> 1) && (int)j < p.lanes_d;
 
     Row<T, C, O> row = locate_row<T, C, SIDE, SRC, O>(p, active ? tok : 0u, d);
-    const OutFmt fmt{p.out_kind, OUT && p.amax[SIDE] != nullptr};
+    const OutFmt fmt{p.out_kind, OUT == OUT_FP8_AMAX && p.amax[SIDE] != nullptr};
     // Under PDL the parameters and the index math above overlap the previous kernel's tail; the
     // first global access waits (perf-notes v9).
     wait_for_producer();
@@ -1063,7 +1066,7 @@ __device__ __forceinline__ void side_body(const Params& p, u32 sb) {
 // fp8 variants given V (Params.v_in): the blocks past qk_grid quantise V's values (no norm, no
 // rotation). A thread takes one column (one vector at one place of one head) of a group of
 // tokens, so its head, scale and amax slot stay fixed; four loads in flight a thread.
-template <typename T>
+template <typename T, int OUT>
 __device__ __forceinline__ void v_body(const Params& p, u32 vb) {
     constexpr int VEC = 16 / (int)sizeof(T);
     constexpr u32 BATCH = 4;
@@ -1078,7 +1081,7 @@ __device__ __forceinline__ void v_body(const Params& p, u32 vb) {
     Fp8* out = static_cast<Fp8*>(p.v_out) + (i64)h * sp.out_hs + d;
     wait_for_producer();
     Q8 q8{quant_scale<2>(p, active ? (int)h : 0), 0u};
-    const OutFmt fmt{p.out_kind, p.amax[2] != nullptr};
+    const OutFmt fmt{p.out_kind, OUT == OUT_FP8_AMAX && p.amax[2] != nullptr};
     for (u32 tok = group; active && tok < tokens; tok += BATCH * p.v_groups) {
         Packet<T, VEC> x[BATCH];
 #pragma unroll
@@ -1110,7 +1113,7 @@ __device__ __forceinline__ void qk_norm_rope_body(const Params& p) {
     static_assert(!OUT || (sizeof(T) == 2 && STATS == STATS_NONE), "fp8 output: 16-bit input, no sums");
     // V's blocks come after Q's and K's (spread among them, they measured slower: perf-notes v21).
     if (OUT && blockIdx.x >= p.qk_grid) {
-        v_body<T>(p, blockIdx.x - p.qk_grid);
+        v_body<T, OUT>(p, blockIdx.x - p.qk_grid);
         return;
     }
     // Params.sides: Q's blocks, then one of K's; two, alternating, where K's rows are Q's (side_lane)
@@ -1129,7 +1132,7 @@ __device__ __forceinline__ void qk_norm_rope_body(const Params& p) {
 //   CUDIT_QKNR(name, T, C, ROPE, NORM, K, PARTS, TABLE, AHEAD, STATS, LN, SRC, OUT, MAX_THREADS)
 // (C: cos/sin storage, float or Bits16, any when ROPE is none or SRC is the grid; TABLE:
 // TableKind; AHEAD: 0 or 1, rows-ahead code; STATS: StatsMode; LN: 1 for LayerNorm; SRC: RopeSource;
-// OUT: 1 for fp8 output)
+// OUT: OutKind)
 #define CUDIT_QKNR(NAME, T, C, ROPE, NORM, K, PARTS, TABLE, AHEAD, STATS, LN, SRC, OUT, MAX_THREADS)    \
     extern "C" __global__ void __launch_bounds__(MAX_THREADS, 1) NAME(const cudit::Params p) {         \
         cudit::qk_norm_rope_body<T, C, ROPE, NORM, K, PARTS, TABLE, AHEAD, STATS, LN, SRC, OUT>(p);   \

@@ -32,7 +32,10 @@ enum ExchangeLayout { MAX_RANKS = 8, XCHG_HEADER = 16 };
 // first rotary_dim values only; SRC_GRID, no table: 3-D RoPE angles computed from the token's
 // place on a (frames, height, width) grid.
 enum RopeSource { SRC_TABLE = 0, SRC_POS = 1, SRC_GRID = 2 };
-// fp8 output variants (OUT == 1): the format, a launch parameter (Params.out_kind).
+// A variant's output, its template argument: the activations' dtype; fp8 with scales; or fp8 that
+// also tracks the amax of |y| (its slots cost registers the others keep for warps).
+enum OutKind { OUT_SAME = 0, OUT_FP8 = 1, OUT_FP8_AMAX = 2 };
+// fp8 output's format, a launch parameter (Params.out_kind).
 enum Fp8Kind { FP8_E4M3 = 0, FP8_E5M2 = 1 };
 enum { MAX_PAIRS = 128 };   // D / 2 for the largest head_dim
 

@@ -69,6 +69,13 @@ def test_fp8_plans_keep_every_other_field_of_the_bf16_plan():
     assert fp8.config.grid == bf16.config.grid and bf16.config.v_blocks == 0 and b.out_kind == 0
 
 
+@pytest.mark.parametrize("role", ["q_amax", "k_amax", "v_amax"])
+def test_any_amax_takes_the_amax_tracking_copy_of_the_same_kernel(role):
+    plain = plan(**call()).config.variant
+    tracking = plan(**call(**{role: arr((1,), "f32", ptr=BASE + 0xC00000)})).config.variant
+    assert (plain.out, tracking.out) == ("f8", "f8a") and tracking.name == plain.name + "a"
+
+
 def test_scale_and_amax_arrays_set_their_head_strides_and_pointers():
     kw = call(q_scale=arr((4,), "f32", ptr=BASE + 0x900000), k_scale=arr((1,), "f32", ptr=BASE + 0xA00000),
               v_amax=arr((4,), "f32", ptr=BASE + 0xB00000), q_amax=arr((), "f32", ptr=BASE + 0xC00000))

@@ -54,6 +54,10 @@ def test_codes_the_kernels_switch_on_match_the_python_tables():
     assert _enum(kernels / "cudit_common.cuh", "DTypeCode") == {"DT_" + k.upper(): v for k, v in DTYPE_CODES.items()}
     assert _enum(HEADER, "RopeMode") == {"ROPE_" + k.upper(): v for k, v in ROPE_CODES.items()}
     assert _enum(HEADER, "NormKind") == {"NORM_" + k.upper(): v for k, v in NORM_CODES.items()}
+    from cudit._variants import OUT_CODES
+
+    assert _enum(HEADER, "OutKind") == {"OUT_" + {"": "SAME", "f8": "FP8", "f8a": "FP8_AMAX"}[k]: v
+                                        for k, v in OUT_CODES.items()}
 
 
 def test_exchange_layout_and_stats_codes_match_the_header():
