@@ -402,7 +402,7 @@ def _quant(req: Request, arrays: dict, data: ArrayInfo, q: Side, k: Side, ok: Si
 
 
 def _out_variant(req: Request, quant: Quant | None) -> str:
-    """The output form of the variants a call takes: the amax-tracking fp8 copy only where an amax is asked for."""
+    """The variants' output form for a call: fp8 tracking the amax only where one is asked for."""
     if quant is None:
         return ""
     return _variants.FP8_AMAX_OUT if any(getattr(req, r) is not None for r in AMAXES) else _variants.FP8_OUT
