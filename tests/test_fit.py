@@ -46,8 +46,9 @@ def all_plans(device):
             sources += [dict(cos=c, sin=c, positions=ids), dict(rope3d=grid)]
         if dtype in _variants.FP8_IN_DTYPES:   # fp8 output (RMS, tables by token), V of the packed input too
             out = arr(qkv.shape, "float8_e4m3fn", ptr=BASE + 0x500000)
-            yield make_plan(Request(qkv, w, w, num_heads=h, interleave=rope == "interleaved", out=out, **sources[0]),
-                            device, tuning)
+            for amax in ({}, {"q_amax": arr((1,), "f32", ptr=BASE + 0x580000)}):   # the amax-tracking copy
+                yield make_plan(Request(qkv, w, w, num_heads=h, interleave=rope == "interleaved", out=out, **amax,
+                                        **sources[0]), device, tuning)
         for src in sources:
             yield make_plan(Request(qkv, w, w, num_heads=h, interleave=rope == "interleaved", **src), device, tuning)
             if w is not None:   # LayerNorm
