@@ -7,11 +7,11 @@ some variants at one bound, and shapes timed under several cubin directories in 
     python benchmarks/bound_sweep.py time SHAPES DIR[,DIR..] [--rounds 3] [--kind K] [--heads-per-thread N]
 
 `build` writes a cubin of just those variants (named as the shipped one) and a manifest with
-their registers and spills. K: forward (the shapes of benchmarks/bench.py), fp8 (fp8_bench.py)
-or backward (backward_bench.py). `time` takes shape names (`all` for every one), loads each
-directory's cubin in turn in this process (DIR `ship`: cudit/_cubins) and prints medians, % of
-copy and the ratio to the first directory. Every shape's variants must be in every directory.
-Results: docs/dev/perf-notes.md v26.
+their registers and spills. K: forward (the shapes of benchmarks/bench.py), fp8 (fp8_bench.py;
+fp8-amax with amax outputs too) or backward (backward_bench.py). `time` takes shape names (`all`
+for every one), loads each directory's cubin in turn in this process (DIR `ship`: cudit/_cubins)
+and prints medians, % of copy and the ratio to the first directory. Every shape's variants must
+be in every directory. Results: docs/dev/perf-notes.md v26.
 """
 from __future__ import annotations
 
@@ -23,7 +23,7 @@ from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 sys.path[:0] = [str(HERE), str(HERE.parent)]
-KINDS = ("forward", "fp8", "backward")
+KINDS = ("forward", "fp8", "fp8-amax", "backward")
 
 
 def _variant(table, name: str):
@@ -88,10 +88,11 @@ def workload(kind: str, torch, l2_bytes: int) -> list:
     import fp8_bench
 
     out = []
-    if kind == "fp8":
+    if kind.startswith("fp8"):
         for s in fp8_bench.SHAPES:
             inputs = lambda s=s: fp8_bench.with_fp8_buffers([bench.make_inputs(s, torch) for _ in range(4)], torch)
-            out.append((s, inputs, lambda s=s: fp8_bench.fp8_call(s, torch), fp8_bench.fp8_bytes(s)))
+            call = lambda s=s: fp8_bench.fp8_call(s, torch, amax=kind == "fp8-amax")
+            out.append((s, inputs, call, fp8_bench.fp8_bytes(s)))
     elif kind == "backward":
         for s in backward_bench.SHAPES:
             prepare, run = backward_bench.backward_call(s, torch)

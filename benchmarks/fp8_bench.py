@@ -36,15 +36,17 @@ def fp8_bytes(s: Shape) -> int:
     return bytes_moved(s) - qk + 3 * v
 
 
-def fp8_call(s: Shape, torch):
+def fp8_call(s: Shape, torch, amax: bool = False):
     import cudit
 
     heads = (s.heads, s.hk, s.hk)
+    # amax: per-tensor amax of Q, K and V too (the amax-tracking kernels), raised call after call
+    amaxes = dict(zip(("q_amax", "k_amax", "v_amax"), torch.zeros(3, 1, device="cuda"))) if amax else {}
 
     def run(inp):
         qkv, qw, kw, cos, sin, extra, out, scales = inp
         cudit.qk_norm_rope(qkv, qw, kw, cos, sin, num_heads=heads, interleave=s.rope == "interleaved", out=out,
-                           q_scale=scales[0], k_scale=scales[1], v_scale=scales[2], **extra)
+                           q_scale=scales[0], k_scale=scales[1], v_scale=scales[2], **amaxes, **extra)
     return run
 
 
