@@ -39,9 +39,10 @@ def build(out: Path, bound: int, entries: list, arch: str) -> None:
     names = [name for name, _ in wanted]
     lines = []
     for name, at in wanted:
-        if _variant(v, name) is None:
+        variant = _variant(v, name)
+        if variant is None:
             raise SystemExit(f"bound_sweep: no variant named {name}")
-        line = _variant(v, name).instantiation(arch)
+        line = variant.instantiation(arch)
         lines.append(line if not at else f"{line.rsplit(',', 1)[0]}, {at})")   # the bound is the last argument
     source = "\n".join([f'#include "{v.FAMILY}.cu"', f'#include "{v.FAMILY}_bwd.cu"', *lines]) + "\n"
     tools = b.toolchain()

@@ -48,14 +48,12 @@ def _enum(path: Path, name: str) -> dict:
 
 
 def test_codes_the_kernels_switch_on_match_the_python_tables():
-    from cudit._variants import DTYPE_CODES, NORM_CODES, ROPE_CODES
+    from cudit._variants import DTYPE_CODES, NORM_CODES, OUT_CODES, ROPE_CODES
 
     kernels = HEADER.parent
     assert _enum(kernels / "cudit_common.cuh", "DTypeCode") == {"DT_" + k.upper(): v for k, v in DTYPE_CODES.items()}
     assert _enum(HEADER, "RopeMode") == {"ROPE_" + k.upper(): v for k, v in ROPE_CODES.items()}
     assert _enum(HEADER, "NormKind") == {"NORM_" + k.upper(): v for k, v in NORM_CODES.items()}
-    from cudit._variants import OUT_CODES
-
     assert _enum(HEADER, "OutKind") == {"OUT_" + {"": "SAME", "f8": "FP8", "f8a": "FP8_AMAX"}[k]: v
                                         for k, v in OUT_CODES.items()}
 
