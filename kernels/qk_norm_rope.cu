@@ -438,13 +438,30 @@ __device__ __forceinline__ void read_consts(int q, const Tab& tab, const HW& hw,
     if (ROPE == ROPE_INTERLEAVED) tab.get(q, v.c, v.s);
 }
 
-// fp8 output variants: a head slot's scale (y * scale is rounded) and the largest |y| seen
-// before scaling, as float bits: unsigned order is the order of non-negative floats, with NaN
-// above infinity, so a NaN output shows in the amax.
+// One head's fp8 output: its scale (y * scale is rounded) and, in the amax kernels, the largest
+// |y| seen before scaling, NaN once any was (flushed as float bits: unsigned order is the order
+// of non-negative floats, with NaN above infinity).
 struct Q8 {
-    float scale;
-    u32 amax;
+    float scale, amax;
 };
+// max(a, b), NaN if either is.
+__device__ __forceinline__ float max_nan(float a, float b) {
+    float r;
+    asm("max.NaN.f32 %0, %1, %2;" : "=f"(r) : "f"(a), "f"(b));
+    return r;
+}
+// A vector's max |x| as a tree (ptxas folds the abs into the max): a value an instruction, and a
+// chain of log2(VEC) instead of VEC.
+template <int VEC> __device__ __forceinline__ float max_abs(const float (&x)[VEC]) {
+    float m[VEC / 2];
+#pragma unroll
+    for (int e = 0; e < VEC / 2; ++e) m[e] = max_nan(fabsf(x[2 * e]), fabsf(x[2 * e + 1]));
+#pragma unroll
+    for (int w = VEC / 4; w >= 1; w /= 2)
+#pragma unroll
+        for (int e = 0; e < w; ++e) m[e] = max_nan(m[e], m[e + w]);
+    return m[0];
+}
 // The output format of a row (Params.out_kind) and whether any amax is asked for.
 struct OutFmt {
     int kind;
@@ -485,10 +502,7 @@ __device__ __forceinline__ void store_out(Fp8* dst, const float (&x)[VEC], Q8& q
     static_assert(VEC % 4 == 0, "fp8 vectors are whole 32-bit words");
     Packet<Fp8, VEC> o;
     u32* w = reinterpret_cast<u32*>(o.w);
-    if (fmt.track) {   // uniform branches, one a vector
-#pragma unroll
-        for (int e = 0; e < VEC; ++e) q.amax = max(q.amax, __float_as_uint(fabsf(x[e])));
-    }
+    if (fmt.track) q.amax = max_nan(q.amax, max_abs(x));   // uniform branches, one a vector
     if (fmt.kind == FP8_E5M2) to_fp8<__NV_E5M2>(x, q.scale, w);
     else to_fp8<__NV_E4M3>(x, q.scale, w);
     o.store(dst);
@@ -809,10 +823,10 @@ template <typename T> struct OutOf<T, OUT_FP8_AMAX> {
     typedef Fp8 type;
 };
 
-// fp8 variants: a slot for each head a thread holds (one for the loop over heads), kept over
+// fp8 variants: the scale of each head a thread holds (one for the loop over heads), kept over
 // all its rows: a thread's heads are the same in every row it takes.
 template <int K> struct QuantSlots {
-    Q8 slot[K > 0 ? K : 1];
+    float scale[K > 0 ? K : 1];
 };
 
 // Side i's scale for head h: one a head, one a side, or the launch's value.
@@ -830,27 +844,66 @@ __device__ __forceinline__ void init_quant(const Params& p, int hl, int th, Quan
 #pragma unroll
     for (int k = 0; k < (K > 0 ? K : 1); ++k) {
         const int h = hl + k * th;
-        q.slot[k] = Q8{quant_scale<SIDE>(p, h < p.side[SIDE].heads ? h : 0), 0u};
+        q.scale[k] = quant_scale<SIDE>(p, h < p.side[SIDE].heads ? h : 0);
     }
 }
 
-// amax[h * hs] raised to the |y| maxima (float bits) of a warp's lanes: reduced over the lanes
-// that share an address (all of them for one amax a side), then one atomic a group.
-__device__ __forceinline__ void flush_amax(float* amax, int hs, int h, bool valid, u32 bits) {
-    const int key = valid ? h * hs : -1;
-    const u32 group = __match_any_sync(0xffffffffu, key);
-    const u32 m = __reduce_max_sync(group, bits);
-    if (valid && m && (linear_tid() & 31u) == (u32)(__ffs(group) - 1))
-        atomicMax(reinterpret_cast<unsigned int*>(amax + key), m);
+// fp8 amax kernels gather a block's maxima in shared memory, an entry a head (one for a
+// per-tensor amax), and raise each global entry once a block at its end: warps' atomics on one
+// address are serialised by L2 (perf-notes v27). Heads past AMAX_SHARED go to global atomics.
+constexpr int AMAX_SHARED = 128;
+template <int OUT> __device__ __forceinline__ u32* block_amax() {
+    static_assert(OUT == OUT_FP8_AMAX, "only the amax kernels hold the block's maxima");
+    __shared__ u32 m[AMAX_SHARED];
+    return m;
+}
+template <int OUT> __device__ __forceinline__ void clear_block_amax() {
+    if constexpr (OUT == OUT_FP8_AMAX) {
+        u32* m = block_amax<OUT>();
+        for (u32 i = linear_tid(); i < (u32)AMAX_SHARED; i += blockDim.x * blockDim.y) m[i] = 0u;
+        __syncthreads();
+    }
 }
 
-template <int OUT, int K, int SIDE>
-__device__ __forceinline__ void flush_quant(const Params& p, int hl, int th, bool lane_active, const QuantSlots<K>& q) {
-    if (OUT != OUT_FP8_AMAX || K == 0 || !p.amax[SIDE]) return;   // the loop over heads flushes each head
+// Entry h * hs raised to the |y| maxima of a warp's lanes: reduced over the lanes that share an
+// entry, then one atomic a group, in shared memory (or global past AMAX_SHARED).
+__device__ __forceinline__ void flush_amax(float* amax, int hs, int h, bool valid, float lane_max) {
+    const u32 bits = __float_as_uint(lane_max);
+    const int entry = hs == 0 ? 0 : h;
+    const u32 group = __match_any_sync(0xffffffffu, valid ? entry : -1);
+    const u32 m = __reduce_max_sync(group, bits);
+    if (!valid || !m || (linear_tid() & 31u) != (u32)(__ffs(group) - 1)) return;
+    if (entry < AMAX_SHARED) atomicMax(block_amax<OUT_FP8_AMAX>() + entry, m);
+    else atomicMax(reinterpret_cast<unsigned int*>(amax + entry * hs), m);
+}
+// After every warp of the block has gathered: one global atomic an entry.
+template <int OUT> __device__ __forceinline__ void publish_amax(float* amax, int hs, int heads) {
+    if constexpr (OUT == OUT_FP8_AMAX) {
+        __syncthreads();
+        if (!amax) return;
+        const u32* m = block_amax<OUT>();
+        const u32 n = hs == 0 ? 1u : (u32)min(heads, AMAX_SHARED);
+        for (u32 i = linear_tid(); i < n; i += blockDim.x * blockDim.y)
+            if (m[i]) atomicMax(reinterpret_cast<unsigned int*>(amax + i * hs), m[i]);
+    }
+}
+
+// A row's maxima of the heads a thread holds, flushed at the row's end (held over rows, they cost
+// the registers of a block an SM: perf-notes v27); one flush for a per-tensor amax.
+template <int K, int SIDE>
+__device__ __forceinline__ void flush_row_amax(const Params& p, int hl, int th, bool active, const float (&m)[K]) {
+    const int hs = p.amax_hs[SIDE];
+    if (hs == 0) {
+        float all = 0.f;
 #pragma unroll
-    for (int k = 0; k < (K > 0 ? K : 1); ++k) {
+        for (int k = 0; k < K; ++k) all = max_nan(all, m[k]);
+        flush_amax(p.amax[SIDE], 0, 0, active, all);
+        return;
+    }
+#pragma unroll
+    for (int k = 0; k < K; ++k) {
         const int h = hl + k * th;
-        flush_amax(p.amax[SIDE], p.amax_hs[SIDE], h, lane_active && h < p.side[SIDE].heads, q.slot[k].amax);
+        flush_amax(p.amax[SIDE], hs, h, active && h < p.side[SIDE].heads, m[k]);
     }
 }
 
@@ -899,8 +952,16 @@ __device__ __forceinline__ void process_row(const Params& p, u32 tok, u32 row_in
     // take 48 and 24 registers.
     constexpr bool at_use = PARTS == 3;
     if (NORM == NORM_HEAD && active && !at_use) hw.load(row, stride, d);
+    // The |y| maxima of this row's heads (amax variants).
+    float row_amax[K > 0 ? K : 1] = {};
+    // fp8 without an amax: the scale joins the norm's factor, a multiply a head instead of a value.
+    constexpr bool fold_scale = OUT == OUT_FP8 && !LN && NORM != NORM_NONE;
     auto finish = [&](int k, int h, const It& item, Scale sc) {
-        Q8& q8 = quant.slot[k];
+        Q8 q8{quant.scale[k], 0.f};
+        if constexpr (fold_scale) {
+            sc.r *= q8.scale;
+            q8.scale = 1.f;
+        }
         auto finish_with = [&](const auto& rot) {
             if constexpr (at_use)
                 finish_three<T, C, O, ROPE, NORM, LN>(row, stride, h, d, item, sc, rot,
@@ -921,6 +982,7 @@ __device__ __forceinline__ void process_row(const Params& p, u32 tok, u32 row_in
         } else {
             finish_with(tab);
         }
+        row_amax[k] = q8.amax;
     };
 
     if (K > 0) {
@@ -980,6 +1042,7 @@ __device__ __forceinline__ void process_row(const Params& p, u32 tok, u32 row_in
                 tab.load(row.cos + h * row.cos_hs, row.sin + h * row.sin_hs, stride);
             finish(k, h, it[k], NORM == NORM_HEAD ? sc[k] : sc[0]);
         }
+        if (fmt.track) flush_row_amax<K, SIDE>(p, hl, th, active, row_amax);
     } else {
         // Heads beyond registers: loop. The trip count is uniform across the team (shuffles).
         if (SRC == SRC_TABLE && active && shared_table && !at_use) tab.load(row.cos, row.sin, stride);
@@ -1016,15 +1079,14 @@ __device__ __forceinline__ void process_row(const Params& p, u32 tok, u32 row_in
                 if (ok) m.add(it);
                 sc = norm_scale(team_sum_warp(m, p.tj), row.inv_n, p.eps, false);
             }
-            if (OUT) quant.slot[0].scale = quant_scale<SIDE>(p, ok ? h : 0);
+            if (OUT) quant.scale[0] = quant_scale<SIDE>(p, ok ? h : 0);
             if (ok) {
                 if (SRC == SRC_TABLE && ROPE != ROPE_NONE && !shared_table && !at_use)
                     tab.load(row.cos + h * row.cos_hs, row.sin + h * row.sin_hs, stride);
                 finish(0, h, it, sc);
             }
             if (fmt.track) {   // a head at a time: flushed before the thread's next head
-                flush_amax(p.amax[SIDE], p.amax_hs[SIDE], h, ok, quant.slot[0].amax);
-                quant.slot[0].amax = 0u;
+                flush_amax(p.amax[SIDE], p.amax_hs[SIDE], h, ok, row_amax[0]);
             }
         }
     }
@@ -1060,7 +1122,7 @@ __device__ __forceinline__ void side_body(const Params& p, u32 sb) {
         if (far_row != NO_ROW && (int)tl.j < p.lanes_d)
             prefetch_row<T, C, PARTS, K, SIDE>(p, far_row, d, tl.hl, sl.th, place.stride);
     }
-    flush_quant<OUT, K, SIDE>(p, tl.hl, sl.th, (int)tl.j < p.lanes_d, quant);
+    publish_amax<OUT>(p.amax[SIDE], p.amax_hs[SIDE], p.side[SIDE].heads);
 }
 
 // fp8 variants given V (Params.v_in): the blocks past qk_grid quantise V's values (no norm, no
@@ -1080,7 +1142,7 @@ __device__ __forceinline__ void v_body(const Params& p, u32 vb) {
     const T* in = static_cast<const T*>(p.v_in) + (i64)h * sp.in_hs + d;
     Fp8* out = static_cast<Fp8*>(p.v_out) + (i64)h * sp.out_hs + d;
     wait_for_producer();
-    Q8 q8{quant_scale<2>(p, active ? (int)h : 0), 0u};
+    Q8 q8{quant_scale<2>(p, active ? (int)h : 0), 0.f};
     const OutFmt fmt{p.out_kind, OUT == OUT_FP8_AMAX && p.amax[2] != nullptr};
     for (u32 tok = group; active && tok < tokens; tok += BATCH * p.v_groups) {
         Packet<T, VEC> x[BATCH];
@@ -1102,6 +1164,7 @@ __device__ __forceinline__ void v_body(const Params& p, u32 vb) {
     }
     release_dependents();
     if (fmt.track) flush_amax(p.amax[2], p.amax_hs[2], (int)h, active, q8.amax);
+    publish_amax<OUT>(p.amax[2], p.amax_hs[2], p.v.heads);
 }
 
 template <typename T, typename C, int ROPE, int NORM, int K, int PARTS, int TABLE, int AHEAD, int STATS, int LN,
@@ -1111,6 +1174,7 @@ __device__ __forceinline__ void qk_norm_rope_body(const Params& p) {
     static_assert(SRC == SRC_TABLE || (ROPE != ROPE_NONE && TABLE == TABLE_ANY && STATS == STATS_NONE),
                   "position ids and grids are the plain variants' other rope sources");
     static_assert(!OUT || (sizeof(T) == 2 && STATS == STATS_NONE), "fp8 output: 16-bit input, no sums");
+    clear_block_amax<OUT>();
     // V's blocks come after Q's and K's (spread among them, they measured slower: perf-notes v21).
     if (OUT && blockIdx.x >= p.qk_grid) {
         v_body<T, OUT>(p, blockIdx.x - p.qk_grid);

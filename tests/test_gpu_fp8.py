@@ -192,8 +192,12 @@ def cases():
                     ("perhead-table", Case(table="perhead", rope="half", heads=(8, 8, 8))),
                     ("x16-table-loop", Case(table_dtype="f16", heads=(6, 6, 6))),
                     ("many-heads-loop", Case(norm="full", heads=(48, 48, 48), S=5)),
-                    ("d256", Case(D=256, heads=(4, 4, 4), norm="full"))):
+                    ("d256", Case(D=256, heads=(4, 4, 4), norm="full")),
+                    # more heads than a block gathers in shared memory: the rest go straight to global atomics
+                    ("amax-heads-past-block", Case(D=64, heads=(136, 8, 136), norm="head", S=3))):
         out.append(F8(dataclasses.replace(c, name=name), scale="head", amax="head"))
+    for amax in ("tensor", "head"):   # many blocks raise one amax each
+        out.append(F8(Case("many-blocks", norm="full", heads=(12, 12, 12), S=1500), amax=amax))
     return out
 
 
