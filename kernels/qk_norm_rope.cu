@@ -890,7 +890,7 @@ template <int OUT> __device__ __forceinline__ void publish_amax(float* amax, int
 
 // A row's maxima of the heads a thread holds, flushed at the row's end (held over rows, they cost
 // the registers of a block an SM: perf-notes v27); one flush for a per-tensor amax.
-template <int K, int SIDE>
+template <int SIDE, int K>
 __device__ __forceinline__ void flush_row_amax(const Params& p, int hl, int th, bool active, const float (&m)[K]) {
     const int hs = p.amax_hs[SIDE];
     if (hs == 0) {
@@ -1042,7 +1042,7 @@ __device__ __forceinline__ void process_row(const Params& p, u32 tok, u32 row_in
                 tab.load(row.cos + h * row.cos_hs, row.sin + h * row.sin_hs, stride);
             finish(k, h, it[k], NORM == NORM_HEAD ? sc[k] : sc[0]);
         }
-        if (fmt.track) flush_row_amax<K, SIDE>(p, hl, th, active, row_amax);
+        if (fmt.track) flush_row_amax<SIDE>(p, hl, th, active, row_amax);
     } else {
         // Heads beyond registers: loop. The trip count is uniform across the team (shuffles).
         if (SRC == SRC_TABLE && active && shared_table && !at_use) tab.load(row.cos, row.sin, stride);
