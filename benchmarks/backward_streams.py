@@ -1,5 +1,6 @@
-"""The backward's cost of a second weight stream: FLUX.1 dual-stream (four launches and four
-reductions) against the same tensors with one stream (two and two), beside HunyuanVideo and WAN-14B.
+"""The backward's cost of a second weight stream: FLUX.1 dual-stream (a launch a side taking both
+streams, and four reductions) against the same tensors with one stream (two launches, two
+reductions), beside HunyuanVideo and WAN-14B.
 
     PYTHONPATH=. python benchmarks/backward_streams.py [REPEATS]
 """

@@ -1,5 +1,5 @@
 """The backward pass's planner: a forward call's arrays plus the output's gradient -> the launches
-of kernels/qk_norm_rope_bwd.cu (one a side and weight stream) and of its weight reductions.
+of kernels/qk_norm_rope_bwd.cu (one a side, both weight streams in it) and of its weight reductions.
 
 Pure Python like the forward planner, whose checks it reuses: bad input raises before anything
 runs, with or without a GPU.
@@ -25,16 +25,25 @@ WEIGHT_GRADS = ("dq_weight", "dk_weight", "dq_add_weight", "dk_add_weight")
 
 @dataclass(frozen=True)
 class Segment:
-    """One launch of the backward kernel: one side's rows of one weight stream."""
+    """One launch of the backward kernel: one side's rows, of one weight stream or (dual-stream)
+    two, each in blocks of its own."""
 
     variant: BackwardVariant
     block: tuple             # (team, rows a block); full-dim: the most, the launch takes the fewest that fill the GPU
-    rows: int                # rows (tokens of this side and stream)
+    rows: tuple              # rows (tokens of this side) of each stream
     template: bytes          # BwdParams with null pointers
     slots: tuple             # BwdParams' pointers: (role, byte offset) or None
-    grad: str | None         # the weight gradient its partial sums add up to, if one is wanted
-    grad_dtype: str | None   # its dtype
-    width: int               # that weight's length
+    grads: tuple             # each stream's weight gradient its blocks' partial sums add up to, or None
+    grad_dtype: str | None   # their dtype
+    width: int               # the weight's length
+
+    def stream_grids(self, grid: int) -> tuple:
+        """Blocks of each stream when the launch may take `grid` at once: as many as its rows
+        need, at most its share of the grid by rows (one at least while it has rows)."""
+        want = [-(-r // self.block[1]) for r in self.rows]
+        if sum(want) <= grid:
+            return tuple(want)
+        return tuple(min(w, max(1, round(grid * r / sum(self.rows)))) if r else 0 for w, r in zip(want, self.rows))
 
 
 @dataclass(frozen=True, eq=False)
@@ -43,7 +52,7 @@ class BackwardPlan:
 
     def workspace_floats(self, grids: list) -> int:
         """fp32 partial sums the largest segment writes, for the grids the launch gives them."""
-        return max([g * s.width for g, s in zip(grids, self.segments) if s.grad] + [0])
+        return max([g * s.width for g, s in zip(grids, self.segments) if any(s.grads)] + [0])
 
 
 def _unsupported(req: Request) -> None:
@@ -164,14 +173,14 @@ def plan_backward(req: Request, dout, dx, grads: dict, device: DeviceSpec, tunin
         name = "qk"[i]
         streams = [(0, req.num_txt_tokens, f"{name}_add_weight"), (req.num_txt_tokens, tokens.seq, f"{name}_weight")] \
             if dual else [(0, tokens.seq, f"{name}_weight")]
-        for begin, end, w_role in streams:
-            segments.append(_segment(req, tokens, d, side, gy, gx, (begin, end), w_role, norm, rope, dtype,
-                                     (cos_t, sin_t), grads, tuning))
+        segments.append(_segment(req, tokens, d, side, gy, gx, streams, norm, rope, dtype, (cos_t, sin_t), grads,
+                                 tuning))
     _planner._check_device({**req.arrays(), **grads, **gradients})
     return BackwardPlan(tuple(segments))
 
 
-def _segment(req, tokens, d, side, gy, gx, span, w_role, norm, rope, dtype, tables, grads, tuning) -> Segment:
+def _segment(req, tokens, d, side, gy, gx, streams, norm, rope, dtype, tables, grads, tuning) -> Segment:
+    """One side's launch; streams: (first position, end, weight role) of each weight stream."""
     vec = 16 // ITEMSIZE[dtype]
     lanes_d = d // (vec * natural_parts(rope))
     cos_t, sin_t = tables
@@ -179,31 +188,35 @@ def _segment(req, tokens, d, side, gy, gx, span, w_role, norm, rope, dtype, tabl
     shared = rope in SHARED_TABLE_ROPES and cos_t.hs == 0 and sin_t.hs == 0
     variant, tj, th, chunks = _geometry(lanes_d, d, side.heads, norm == "full", dtype, rope, norm, shared, tuning)
     team = tj * th
-    begin, end = span
     p = BwdParams()
     p.x_sb, p.x_ss, p.x_hs = side.sb, side.ss, side.hs
     p.dy_sb, p.dy_ss, p.dy_hs = gy.sb, gy.ss, gy.hs
     p.dx_sb, p.dx_ss, p.dx_hs = gx.sb, gx.ss, gx.hs
     _planner.table_fields(p, cos_t, sin_t, req.cos)
-    p.span = fast_div(max(1, end - begin))
-    p.s_begin, p.seq, p.rows = begin, tokens.seq, tokens.batch * (end - begin)
+    for i, (begin, end, _) in enumerate(streams):
+        p.span[i] = fast_div(max(1, end - begin))
+        p.s_begin[i], p.rows[i] = begin, tokens.batch * (end - begin)
+    p.seq = tokens.seq
     p.heads, p.tj, p.th, p.chunks, p.lanes_d, p.head_dim = side.heads, tj, th, chunks, lanes_d, d
     width = (side.heads * d if norm == "full" else d) if norm != "none" else 0
     p.width = width
-    w = getattr(req, w_role)
+    roles = [w_role for *_, w_role in streams]
+    w = getattr(req, roles[0])
     if w is not None:
-        p.w_dtype = DTYPE_CODES[w.dtype]
+        p.w_dtype = DTYPE_CODES[w.dtype]   # the streams' weights share shape and dtype (the forward checks)
     p.inv_n = 1.0 / (width or d)
     p.eps = float(req.eps)
-    grad = "d" + w_role if norm != "none" and grads.get("d" + w_role) is not None else None
+    wanted = tuple("d" + r if norm != "none" and grads.get("d" + r) is not None else None for r in roles)
+    normed = w is not None and norm != "none"
     slots = ((side.role, side.offset), (gy.role, gy.offset), (gx.role, gx.offset),
-             (w_role, 0) if w is not None and norm != "none" else None,
+             (roles[0], 0) if normed else None, (roles[-1], 0) if normed and len(roles) > 1 else None,
              ("cos", cos_t.offset * req.cos.itemsize) if cos_t is not None else None,
              ("sin", sin_t.offset * req.sin.itemsize) if cos_t is not None else None,
-             ("workspace", 0) if grad else None)
+             ("workspace", 0) if any(wanted) else None)
     rows_y = _most_threads(variant) if norm == "full" else min(_most_threads(variant), tuning.backward_block)
-    return Segment(variant, (team, max(1, rows_y // team)), p.rows, bytes(p), slots, grad,
-                   grads[grad].dtype if grad else None, width)
+    grad_dtype = next((grads[g].dtype for g in wanted if g), None)
+    return Segment(variant, (team, max(1, rows_y // team)), tuple(p.rows[:len(streams)]), bytes(p), slots, wanted,
+                   grad_dtype, width)
 
 
 def reduce_params(part: int, out: int, slots: int, width: int, dtype: str) -> bytes:

@@ -270,7 +270,8 @@ def consumer_stream(stream, handle: int, like, obj, capturing: bool) -> int:
 
 class BackwardLauncher:
     """A backward plan on one device: each segment's kernel and grid (as many blocks as the GPU
-    holds at once, at most one a row group), then the weight gradients' reductions."""
+    holds at once, at most one a row group, shared by its weight streams by rows), then the weight
+    gradients' reductions."""
 
     def __init__(self, device_id: int, plan, pdl: bool):
         from ._variants import BACKWARD_REDUCE
@@ -287,11 +288,11 @@ class BackwardLauncher:
             smem = 4 * threads * seg.variant.sums
             check_block_fits(seg.variant.name, threads, smem, st.spec, _modules.kernel_meta(man, st.image, seg.variant))
             per_sm = kernel.occupancy.max_active_blocks_per_multiprocessor(threads, smem)
-            grid = min(-(-seg.rows // block[1]), max(1, per_sm * st.spec.sms))
-            self.steps.append((seg, kernel.handle, block, smem, grid))
+            grids = seg.stream_grids(max(1, per_sm * st.spec.sms))
+            self.steps.append((seg, kernel.handle, block, smem, grids))
         self.reduce = _modules.load_kernel(st.image, BACKWARD_REDUCE).handle
         self.pdl = pdl and st.spec.arch >= (9, 0)
-        self.workspace_bytes = 4 * plan.workspace_floats([g for *_, g in self.steps])
+        self.workspace_bytes = 4 * plan.workspace_floats([sum(g) for *_, g in self.steps])
         self.context = st.context
 
     def launch(self, pointers: dict, workspace: int, stream: int) -> None:
@@ -304,17 +305,23 @@ class BackwardLauncher:
         if pushed:
             _check(driver.cuCtxPushCurrent(driver.CUcontext(self.context)))
         try:
-            for seg, kernel, block, smem, grid in self.steps:
-                if grid:
+            for seg, kernel, block, smem, grids in self.steps:
+                if sum(grids):
                     prm = BwdParams.from_buffer_copy(seg.template)
                     for i, slot in enumerate(seg.slots):
                         if slot is not None:
                             base = workspace if slot[0] == "workspace" else pointers[slot[0]]
                             struct.pack_into("<Q", prm, 8 * i, base + slot[1])
-                    _launch_struct(launch_config(grid, block, smem, self.pdl), kernel, bytes(prm), stream)
-                if seg.grad:   # no rows (every token text, say): the sum over no slots, zeros
-                    blob = reduce_params(workspace, pointers[seg.grad], grid, seg.width, seg.grad_dtype)
-                    _launch_struct(launch_config(-(-seg.width // 32), (32, 32), 0, self.pdl), self.reduce, blob, stream)
+                    prm.split = grids[0]
+                    _launch_struct(launch_config(sum(grids), block, smem, self.pdl), kernel, bytes(prm), stream)
+                first = 0   # a stream's partial sums follow the blocks of the streams before it
+                for grad, grid in zip(seg.grads, grids):
+                    if grad:   # no rows (every token text, say): the sum over no slots, zeros
+                        blob = reduce_params(workspace + 4 * first * seg.width, pointers[grad], grid, seg.width,
+                                             seg.grad_dtype)
+                        _launch_struct(launch_config(-(-seg.width // 32), (32, 32), 0, self.pdl), self.reduce, blob,
+                                       stream)
+                    first += grid
         finally:
             if pushed:
                 _check(driver.cuCtxPopCurrent())

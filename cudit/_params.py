@@ -63,14 +63,14 @@ class Params(ctypes.Structure):
 
 
 class BwdParams(ctypes.Structure):
-    """kernels/qk_norm_rope_params.h BwdParams: one side and one weight's rows of the backward."""
+    """kernels/qk_norm_rope_params.h BwdParams: one side's rows of the backward, in one or two weight streams."""
     _fields_ = [
-        ("x", ptr), ("dy", ptr), ("dx", ptr), ("w", ptr), ("cos", ptr), ("sin", ptr), ("part", ptr),
+        ("x", ptr), ("dy", ptr), ("dx", ptr), ("w", ptr * 2), ("cos", ptr), ("sin", ptr), ("part", ptr),
         ("x_sb", i64), ("x_ss", i64), ("x_hs", i64), ("dy_sb", i64), ("dy_ss", i64), ("dy_hs", i64),
         ("dx_sb", i64), ("dx_ss", i64), ("dx_hs", i64),
         ("cos_rb", i64), ("cos_rs", i64), ("cos_hs", i64), ("sin_rb", i64), ("sin_rs", i64), ("sin_hs", i64),
-        ("tab_rows", FastDiv), ("tab_inner", FastDiv), ("span", FastDiv),
-        ("s_begin", u32), ("seq", u32), ("rows", u32),
+        ("tab_rows", FastDiv), ("tab_inner", FastDiv), ("span", FastDiv * 2),
+        ("s_begin", u32 * 2), ("rows", u32 * 2), ("split", u32), ("seq", u32),
         ("heads", ctypes.c_int), ("tj", ctypes.c_int), ("th", ctypes.c_int), ("chunks", ctypes.c_int),
         ("lanes_d", ctypes.c_int),
         ("head_dim", ctypes.c_int), ("width", ctypes.c_int), ("w_dtype", ctypes.c_int), ("tab_dtype", ctypes.c_int),
@@ -78,7 +78,7 @@ class BwdParams(ctypes.Structure):
     ]
 
 
-BWD_POINTERS = 7   # x, dy, dx, w, cos, sin, part
+BWD_POINTERS = 8   # x, dy, dx, w (2), cos, sin, part
 
 
 class ReduceParams(ctypes.Structure):

@@ -9,8 +9,9 @@
 // Work decomposition (BwdParams): a row is one side of one token. A row's team is tj x th
 // threads: lane j < tj walks the head dim (items of PARTS vectors, as in the forward), head
 // lane hl takes heads hl, hl + th, ... (ITEMS of them, held in registers between the two
-// halves). blockDim = (team, rows a block); blocks take rows gridDim.x * blockDim.y apart, so
-// each block's weight partials cover a fixed set of rows: two runs give the same bits.
+// halves). blockDim = (team, rows a block); a weight stream's blocks take its rows (blocks x
+// blockDim.y) apart, so each block's weight partials cover a fixed set of rows of one stream: two
+// runs give the same bits.
 #include "cudit_common.cuh"
 #include "qk_norm_rope_params.h"
 
@@ -95,10 +96,11 @@ __device__ __forceinline__ void item_dz(const BwdParams& p, const Packet<T, VEC>
 
 // The norm weight of head h at this thread's values (per head: every head's is the same).
 template <int NORM, int PARTS, int VEC>
-__device__ __forceinline__ void item_weight(const BwdParams& p, int h, int d, int stride, float (&w)[PARTS][VEC]) {
+__device__ __forceinline__ void item_weight(const BwdParams& p, const void* wp, int h, int d, int stride,
+                                            float (&w)[PARTS][VEC]) {
 #pragma unroll
     for (int q = 0; q < PARTS; ++q)
-        load_floats<VEC>(p.w, p.w_dtype, (NORM == NORM_FULL ? h * p.head_dim : 0) + d + q * stride, w[q]);
+        load_floats<VEC>(wp, p.w_dtype, (NORM == NORM_FULL ? h * p.head_dim : 0) + d + q * stride, w[q]);
 }
 
 // acc[k * threads] += v (float4 k), and v = 0 for the next head's terms.
@@ -142,10 +144,19 @@ __device__ __forceinline__ void backward(const BwdParams& p, float4* acc) {
 #pragma unroll
     for (int v = 0; v < SLOTS * VEC / 4; ++v) acc[v * threads + tid] = make_float4(0.f, 0.f, 0.f, 0.f);
 
+    // This block's weight stream: its rows, this block's first and the step between them (each
+    // selected, not indexed by the stream: indexed, they took registers the per-head rows spilled for).
+    const bool st = blockIdx.x >= p.split;
+    const u32 first_row = (st ? blockIdx.x - p.split : blockIdx.x) * blockDim.y;
+    const u32 step = (st ? gridDim.x - p.split : p.split) * blockDim.y;
+    const FastDiv span = st ? p.span[1] : p.span[0];
+    const u32 rows = st ? p.rows[1] : p.rows[0], s_begin = st ? p.s_begin[1] : p.s_begin[0];
+    const void* wp = st ? p.w[1] : p.w[0];
+
     wait_for_producer();
     float wh[PARTS][VEC];   // per head: this thread's weight values, the same for all its heads and rows
     if (NORM == NORM_HEAD && lane_ok) {
-        item_weight<NORM, PARTS, VEC>(p, 0, d, stride, wh);
+        item_weight<NORM, PARTS, VEC>(p, wp, 0, d, stride, wh);
     } else {
 #pragma unroll
         for (int q = 0; q < PARTS; ++q)
@@ -153,11 +164,11 @@ __device__ __forceinline__ void backward(const BwdParams& p, float4* acc) {
             for (int e = 0; e < VEC; ++e) wh[q][e] = 0.f;
     }
 
-    for (u32 base = blockIdx.x * blockDim.y; base < p.rows; base += gridDim.x * blockDim.y) {
+    for (u32 base = first_row; base < rows; base += step) {
         const u32 row = base + threadIdx.y;
-        const bool row_ok = row < p.rows;
-        const u32 b = row_ok ? div(row, p.span) : 0;
-        const u32 s = row_ok ? p.s_begin + (row - b * p.span.d) : 0;
+        const bool row_ok = row < rows;
+        const u32 b = row_ok ? div(row, span) : 0;
+        const u32 s = row_ok ? s_begin + (row - b * span.d) : 0;
         const u32 tok = b * p.seq + s;
         const T* x = static_cast<const T*>(p.x) + (i64)b * p.x_sb + (i64)s * p.x_ss + d;
         const T* dy = static_cast<const T*>(p.dy) + (i64)b * p.dy_sb + (i64)s * p.dy_ss + d;
@@ -217,7 +228,7 @@ __device__ __forceinline__ void backward(const BwdParams& p, float4* acc) {
                 if (!(row_ok && lane_ok && h < p.heads)) continue;
                 float dz[PARTS][VEC], w[PARTS][VEC];
                 item_dz<T, ROPE, PARTS, VEC, SHARED>(p, py[m], cos_at + h * cos_hs, sin_at + h * sin_hs, stride, tc, tsn, dz);
-                if (NORM == NORM_FULL) item_weight<NORM, PARTS, VEC>(p, h, d, stride, w);
+                if (NORM == NORM_FULL) item_weight<NORM, PARTS, VEC>(p, wp, h, d, stride, w);
 #pragma unroll
                 for (int q = 0; q < PARTS; ++q) {
                     float xs[VEC];
@@ -254,7 +265,7 @@ __device__ __forceinline__ void backward(const BwdParams& p, float4* acc) {
                 const float c2 = r * r * r * p.inv_n * t.y;
                 float dz[PARTS][VEC], w[PARTS][VEC];
                 item_dz<T, ROPE, PARTS, VEC, SHARED>(p, py[m], cos_at + h * cos_hs, sin_at + h * sin_hs, stride, tc, tsn, dz);
-                if (NORM == NORM_FULL) item_weight<NORM, PARTS, VEC>(p, h, d, stride, w);
+                if (NORM == NORM_FULL) item_weight<NORM, PARTS, VEC>(p, wp, h, d, stride, w);
 #pragma unroll
                 for (int q = 0; q < PARTS; ++q) {
                     float xs[VEC], o[VEC];

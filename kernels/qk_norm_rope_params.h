@@ -124,13 +124,13 @@ typedef struct Params {
     float freq[MAX_PAIRS];      // each pair's angular frequency, radians per position
 } Params;
 
-// The backward kernel (qk_norm_rope_bwd.cu): one side (Q or K) of the tokens (b, s) with s in
-// [s_begin, s_begin + span), all using one weight; rows are those tokens, b-major.
+// The backward kernel (qk_norm_rope_bwd.cu): one side (Q or K) of the tokens (b, s) of one or two
+// weight streams, s in [s_begin, s_begin + span) of its stream; rows are those tokens, b-major.
 typedef struct BwdParams {
     const void* x;              // the forward's input, head 0 of token 0
     const void* dy;             // gradient of the forward's output
     void* dx;                   // gradient of the input (may alias dy)
-    const void* w;              // norm weight of these rows (null: RoPE only)
+    const void* w[2];           // norm weight of each stream's rows (null: RoPE only)
     const void* cos;
     const void* sin;
     float* part;                // [gridDim.x, width] fp32 partial weight gradients (null: none wanted)
@@ -140,10 +140,13 @@ typedef struct BwdParams {
     cudit_i64 cos_rb, cos_rs, cos_hs;
     cudit_i64 sin_rb, sin_rs, sin_hs;
     FastDiv tab_rows, tab_inner;      // as in Params
-    FastDiv span;                     // sequence positions a batch element has in this launch
-    cudit_u32 s_begin;                // the first of them
+    // Two weight streams (dual-stream: the text tokens, then the others) in one launch: blocks
+    // [0, split) take stream 0's rows, the rest stream 1's. One stream: split = gridDim.x.
+    FastDiv span[2];                  // sequence positions a batch element has in each stream
+    cudit_u32 s_begin[2];             // the first of them
+    cudit_u32 rows[2];                // batch * span
+    cudit_u32 split;
     cudit_u32 seq;                    // S
-    cudit_u32 rows;                   // batch * span
     int heads;
     int tj;                           // lanes along a head: lanes_d, or the next power of two
     int th;                           // lanes along the heads: a thread takes heads hl, hl + th, ...

@@ -6,7 +6,7 @@ import pytest
 
 from cudit import PlanError
 from cudit._backward import plan_backward
-from cudit._params import BwdParams
+from cudit._params import BWD_POINTERS, BwdParams
 from cudit._planner import Request
 from cudit._tuning import DeviceSpec, Tuning
 from cudit._variants import BACKWARD_BOUNDS
@@ -41,20 +41,42 @@ def params(seg) -> BwdParams:
 def test_one_segment_a_side_and_a_reduction_per_wanted_gradient():
     req, x = packed(q_weight=weights(), k_weight=weights(), cos=table(), sin=table())
     p = plan(req, grads={"dq_weight": weights()})
-    assert [s.grad for s in p.segments] == ["dq_weight", None]
+    assert [s.grads for s in p.segments] == [("dq_weight",), (None,)]
     assert all(s.variant.norm == "head" and s.variant.rope == "interleaved" for s in p.segments)
     k = params(p.segments[1])
     assert k.heads == 4 and k.chunks * k.th * p.segments[1].variant.items >= 4
     assert p.segments[1].slots[0] == ("qkv", 4 * D * 2)   # K starts after Q's heads
 
 
-def test_dual_stream_splits_each_side_at_the_text_tokens():
+def test_dual_stream_is_one_launch_a_side_split_at_the_text_tokens():
     req, x = packed(q_weight=weights(), k_weight=weights(), q_add_weight=weights(), k_add_weight=weights(),
                     num_txt_tokens=5)
     p = plan(req, grads={r: weights() for r in ("dq_weight", "dk_weight", "dq_add_weight", "dk_add_weight")})
-    spans = [(params(s).s_begin, params(s).rows) for s in p.segments]
-    assert spans == [(0, 2 * 5), (5, 2 * 59)] * 2
-    assert [s.slots[3][0] for s in p.segments] == ["q_add_weight", "q_weight", "k_add_weight", "k_weight"]
+    assert len(p.segments) == 2
+    for seg, side in zip(p.segments, "qk"):
+        prm = params(seg)
+        assert (list(prm.s_begin), list(prm.rows)) == ([0, 5], [2 * 5, 2 * 59]) and seg.rows == (10, 118)
+        assert [prm.span[i].d for i in (0, 1)] == [5, 59]
+        assert (seg.slots[3][0], seg.slots[4][0]) == (f"{side}_add_weight", f"{side}_weight")
+        assert seg.grads == (f"d{side}_add_weight", f"d{side}_weight")
+
+
+def test_one_stream_leaves_the_second_empty():
+    req, x = packed(q_weight=weights(), k_weight=weights())
+    seg = plan(req).segments[0]
+    assert seg.rows == (2 * 64,) and seg.slots[4] is None and list(params(seg).rows) == [128, 0]
+    assert len(seg.slots) == BWD_POINTERS and seg.slots[3] == ("q_weight", 0)
+
+
+@pytest.mark.parametrize("rows,grid,want", [((10, 118), 1000, (10, 118)),   # every row group its block
+                                            ((100, 900), 100, (10, 90)),    # the grid shared by rows
+                                            ((1, 999), 100, (1, 100)),      # a stream with rows keeps a block
+                                            ((64, 0), 10, (10, 0))])        # every token text
+def test_streams_share_the_grid_by_rows(rows, grid, want):
+    from cudit._backward import Segment
+
+    seg = Segment(None, (32, 1), rows, b"", (), (None,) * len(rows), None, 0)
+    assert seg.stream_grids(grid) == want
 
 
 @pytest.mark.parametrize("heads,norm", [((40, 40, 40), "full"), ((130, 2, 0), "head"), ((1, 1, 1), "head"),

@@ -126,6 +126,9 @@ def cases() -> list:
         dict(name="weights-bf16", w_dtype="bf16"), dict(name="weights-f16", w_dtype="f16", dtype="f16"),
         dict(name="dual", n_txt=5), dict(name="dual-full", n_txt=5, norm="full"),
         dict(name="dual-all-text", n_txt=37), dict(name="dual-split-half", n_txt=3, split=True, rope="half"),
+        # more row groups than the GPU holds at once: the streams share the grid by rows
+        dict(name="dual-grid-shared", n_txt=700, S=6000, B=1, heads=(2, 2, 2)),
+        dict(name="dual-grid-shared-full", n_txt=1, S=6000, B=1, heads=(2, 2, 0), norm="full"),
         dict(name="rope-offset", rope_offset=11), dict(name="eps0", eps=0.0),
         dict(name="d64", D=64), dict(name="d96", D=96), dict(name="d96-full-half", D=96, norm="full", rope="half"),
         dict(name="d256", D=256), dict(name="d256-f32", D=256, dtype="f32"), dict(name="d80-half", D=80, rope="half"),
