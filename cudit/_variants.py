@@ -46,7 +46,7 @@ FP8_F16_MAX_THREADS = {(1, "full", 4): 640}
 # Targets without an fp8 conversion instruction (sm_80, sm_86 and the compute_80 PTX) call the
 # emulated conversion (kernels/qk_norm_rope.cu fp8x2): the bound where the call's registers spilled.
 FP8_CALL_ARCHS = ("sm_80", "sm_86", "")
-FP8_CALL_MAX_THREADS = {(1, "full", 4): 640, (1, "none", 4): 640, (3, "head", 1): 640, (1, "head", 4): 768}
+FP8_CALL_MAX_THREADS = {(1, "full", 4): 640, (1, "none", 4): 640, (3, "head", 1): 512, (1, "head", 4): 768}
 C_TYPES = {"f32": "float", "f16": "__half", "bf16": "__nv_bfloat16"}
 # cos/sin storage: fp32, the activations' own 16-bit type, or (x16) 16 bits whose kind is a
 # launch parameter, for the pairings no model uses (a bf16 table with f16 data, say): those get
@@ -235,7 +235,8 @@ BY_NAME = {v.name: v for v in all_variants()}
 BACKWARD_ITEMS = (1, 2, 4)
 BACKWARD_BOUNDS = {(4, 1): 768, (8, 1): 768, (16, 1): 640, (32, 1): 576, (8, 2): 640, (16, 2): 512, (32, 2): 384}
 # (arch, dtype, held, parts) whose variants spilled at that bound: the bound they fit.
-BACKWARD_ARCH_BOUNDS = {("sm_80", "bf16", 32, 1): 512, ("sm_80", "f16", 32, 1): 512, ("sm_90", "f16", 32, 1): 512,
+BACKWARD_ARCH_BOUNDS = {("sm_80", "bf16", 32, 1): 512, ("sm_80", "f16", 32, 1): 512, ("sm_86", "f16", 32, 1): 512,
+                        ("sm_89", "f16", 32, 1): 512, ("sm_90", "f16", 32, 1): 512,
                         ("sm_80", "f32", 16, 1): 512, ("sm_86", "f32", 16, 1): 512, ("sm_89", "f32", 16, 1): 512}
 # Rope modes with a shared-table form (the token's table row held a row): rotate_half would hold
 # two table vectors an item, whose registers cost more than the reads save (perf-notes v20).
