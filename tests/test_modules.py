@@ -51,7 +51,7 @@ def test_cubin_is_cuda_elf_for_its_arch_with_no_spills(man, arch):
         bound = (v or bwd).bound(arch) if v or bwd else 1024
         assert k["registers"] * bound <= 65536, name
         if v:   # every block the planner may give this variant fits this architecture's bound
-            assert bound >= _variants.planner_bound(v.parts, v.heads_per_thread, v.layer, v.source), name
+            assert bound >= _variants.planner_bound(v.parts, v.heads_per_thread, v.layer, v.source, v.out), name
 
 
 def test_ptx_targets_the_oldest_arch(man):
