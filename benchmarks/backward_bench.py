@@ -144,9 +144,12 @@ def main(argv=None) -> int:
     ap.add_argument("--shapes", help="comma-separated names (default: all)")
     ap.add_argument("--items", type=int, help="sweep: heads a thread holds (Tuning.backward_items)")
     ap.add_argument("--block", type=int, help="sweep: threads a block for per-head rows (Tuning.backward_block)")
+    ap.add_argument("--stages", type=int, help="sweep: full-dim rows' x and dy staged (2) or held (0) (Tuning.backward_stages)")
     ap.add_argument("--no-steps", action="store_true", help="the backward alone, not the training steps")
     args = ap.parse_args(argv)
-    knobs = {k: v for k, v in (("backward_items", args.items), ("backward_block", args.block)) if v is not None}
+    knobs = {k: v for k, v in (("backward_items", args.items), ("backward_block", args.block),
+                                ("backward_stages", None if args.stages is None else (("full", args.stages),)))
+             if v is not None}
     if knobs:
         from cudit import _launch
 

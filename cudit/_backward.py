@@ -14,12 +14,13 @@ from ._arrays import ITEMSIZE, ArrayInfo
 from ._params import BwdParams, ReduceParams, fast_div
 from ._planner import Request, _fail
 from ._tuning import DeviceSpec, Tuning
-from ._variants import (BACKWARD_BY_NAME, BACKWARD_ITEMS, DTYPE_CODES, SHARED_TABLE_ROPES, BackwardVariant,
-                        natural_parts)
+from ._variants import (BACKWARD_BY_NAME, BACKWARD_ITEMS, DTYPE_CODES, SHARED_TABLE_ROPES, STAGED_NORMS,
+                        BackwardVariant, natural_parts)
 
 # Shared memory a block gets without opting in, less 1 KB for the kernel's own (its reduction
-# scratch): the rest holds the weight sums.
+# scratch): the rest holds the weight sums. Staged variants opt in to the device's most.
 SMEM_LIMIT = 47 * 1024
+OWN_SMEM = 1024
 WEIGHT_GRADS = ("dq_weight", "dk_weight", "dq_add_weight", "dk_add_weight")
 
 
@@ -108,9 +109,15 @@ def _weight_grads(req: Request, grads: dict) -> None:
         _planner._check_last_contiguous(grad, g)
 
 
-def _most_threads(v: BackwardVariant) -> int:
-    """A block's most threads: the variant's bound, and its weight sums within SMEM_LIMIT."""
-    return min(v.bound(), SMEM_LIMIT // (4 * v.sums) if v.sums else v.bound())
+def smem_budget(v: BackwardVariant, device: DeviceSpec) -> int:
+    """Dynamic shared memory a block of v may take: SMEM_LIMIT, or the device's opt-in most if staged."""
+    return max(SMEM_LIMIT, device.max_smem_per_block - OWN_SMEM) if v.stages else SMEM_LIMIT
+
+
+def _most_threads(v: BackwardVariant, device: DeviceSpec) -> int:
+    """A block's most threads: the variant's bound, and its shared memory within its budget."""
+    per = v.smem_per_thread
+    return min(v.bound(), smem_budget(v, device) // per if per else v.bound())
 
 
 def _legal_team(tj: int, th: int) -> bool:
@@ -119,24 +126,35 @@ def _legal_team(tj: int, th: int) -> bool:
 
 
 def _geometry(lanes_d: int, d: int, heads: int, full: bool, dtype: str, rope: str, norm: str, shared: bool,
-              tuning: Tuning):
-    """(variant, tj, th, chunks): the most heads a thread (more values in flight for the
-    registers: perf-notes v19) that give each head lane one chunk within the variant's bound;
-    else (per head, no full-dim sum to hold) the most head lanes that fit, looping over chunks."""
+              device: DeviceSpec, tuning: Tuning):
+    """(variant, tj, th, chunks): each head lane one chunk where a variant's block holds the row:
+    of the tuning's stages if one fits (their values in flight without registers: perf-notes v28),
+    else held in registers; of those, the fewest idle head slots (a team's head lanes come in
+    whole warps), then the most heads a thread (more values in flight: perf-notes v19). Else (per
+    head, no full-dim sum to hold) the most head lanes that fit, looping over chunks."""
     tj = _planner._next_pow2(lanes_d)
-    built = [v for v in (BackwardVariant(dtype, rope, norm, i, shared) for i in BACKWARD_ITEMS)
+    stages = tuning.backward_stages_for(norm)
+    if stages and norm not in STAGED_NORMS:
+        raise _fail("tuning", f"backward_stages for the norms built staged ({', '.join(STAGED_NORMS)})",
+                    f"{stages} for {norm!r} ({tuning.name})")
+    built = [v for v in (BackwardVariant(dtype, rope, norm, i, shared, sg) for sg in dict.fromkeys((stages, 0))
+                         for i in reversed(BACKWARD_ITEMS))
              if v.name in BACKWARD_BY_NAME and tuning.backward_items in (None, v.items)]
-    for v in reversed(built):
+    fits = []
+    for v in built:
         th = -(-heads // v.items)
         while not _legal_team(tj, th):
             th += 1
-        if tj * th <= _most_threads(v):
-            return v, tj, th, 1
+        if tj * th <= _most_threads(v, device):
+            fits.append((v, tj, th, 1))
+    if fits:   # of the first stages that fit: the fewest idle head slots, then the most heads a thread
+        return min((f for f in fits if f[0].stages == fits[0][0].stages),
+                   key=lambda f: (f[2] * f[0].items - heads, -f[0].items))
     if full:
-        most = max(v.items * (_most_threads(v) // tj) for v in built)
+        most = max(v.items * (_most_threads(v, device) // tj) for v in built)
         raise _fail("num_heads", f"at most {most} heads of {d} values for the backward of a full-dim norm", heads)
-    v = built[-1]
-    th = min(_most_threads(v), tuning.backward_block) // tj
+    v = built[0]
+    th = min(_most_threads(v, device), tuning.backward_block) // tj
     while not _legal_team(tj, th):
         th -= 1
     return v, tj, th, -(-heads // (v.items * th))
@@ -174,19 +192,19 @@ def plan_backward(req: Request, dout, dx, grads: dict, device: DeviceSpec, tunin
         streams = [(0, req.num_txt_tokens, f"{name}_add_weight"), (req.num_txt_tokens, tokens.seq, f"{name}_weight")] \
             if dual else [(0, tokens.seq, f"{name}_weight")]
         segments.append(_segment(req, tokens, d, side, gy, gx, streams, norm, rope, dtype, (cos_t, sin_t), grads,
-                                 tuning))
+                                 device, tuning))
     _planner._check_device({**req.arrays(), **grads, **gradients})
     return BackwardPlan(tuple(segments))
 
 
-def _segment(req, tokens, d, side, gy, gx, streams, norm, rope, dtype, tables, grads, tuning) -> Segment:
+def _segment(req, tokens, d, side, gy, gx, streams, norm, rope, dtype, tables, grads, device, tuning) -> Segment:
     """One side's launch; streams: (first position, end, weight role) of each weight stream."""
     vec = 16 // ITEMSIZE[dtype]
     lanes_d = d // (vec * natural_parts(rope))
     cos_t, sin_t = tables
     # One table row for every head: held a row, where that form is built.
     shared = rope in SHARED_TABLE_ROPES and cos_t.hs == 0 and sin_t.hs == 0
-    variant, tj, th, chunks = _geometry(lanes_d, d, side.heads, norm == "full", dtype, rope, norm, shared, tuning)
+    variant, tj, th, chunks = _geometry(lanes_d, d, side.heads, norm == "full", dtype, rope, norm, shared, device, tuning)
     team = tj * th
     p = BwdParams()
     p.x_sb, p.x_ss, p.x_hs = side.sb, side.ss, side.hs
@@ -213,11 +231,21 @@ def _segment(req, tokens, d, side, gy, gx, streams, norm, rope, dtype, tables, g
              ("cos", cos_t.offset * req.cos.itemsize) if cos_t is not None else None,
              ("sin", sin_t.offset * req.sin.itemsize) if cos_t is not None else None,
              ("workspace", 0) if any(wanted) else None)
-    rows_y = _most_threads(variant) if norm == "full" else min(_most_threads(variant), tuning.backward_block)
+    most = _most_threads(variant, device)
+    rows_y = most if norm == "full" else min(most, tuning.backward_block)
     grad_dtype = next((grads[g].dtype for g in wanted if g), None)
     return Segment(variant, (team, max(1, rows_y // team)), tuple(p.rows[:len(streams)]), bytes(p), slots, wanted,
                    grad_dtype, width)
 
 
-def reduce_params(part: int, out: int, slots: int, width: int, dtype: str) -> bytes:
-    return bytes(ReduceParams(part, out, slots, width, DTYPE_CODES[dtype]))
+REDUCE_LANES = 32   # values a reduction block adds up (kernels/qk_norm_rope_bwd.cu reduce_slots)
+
+
+def reduce_launch(streams: list, width: int, dtype: str) -> tuple:
+    """(blocks, params) of the one reduction of a launch's weight streams: (partial sums' address,
+    gradient's address, slots) each."""
+    p = ReduceParams()
+    for i, (part, out, slots) in enumerate(streams):
+        p.part[i], p.out[i], p.slots[i] = part, out, slots
+    p.width, p.out_dtype, p.blocks = width, DTYPE_CODES[dtype], -(-width // REDUCE_LANES)
+    return p.blocks * len(streams), bytes(p)

@@ -274,6 +274,7 @@ class BackwardLauncher:
     gradients' reductions."""
 
     def __init__(self, device_id: int, plan, pdl: bool):
+        from ._backward import smem_budget
         from ._variants import BACKWARD_REDUCE
 
         st = device_state(device_id)
@@ -283,9 +284,12 @@ class BackwardLauncher:
             kernel = _modules.load_kernel(st.image, seg.variant.name)
             # Full-dim rows sum over their block each row: the fewest rows a block that keep the
             # most threads resident; other rows keep the planner's.
-            block = _fewest_rows_filling(kernel, *seg.block, seg.variant.sums) if seg.variant.norm == "full" else seg.block
+            per = seg.variant.smem_per_thread
+            if seg.variant.stages:
+                allow_dynamic_smem(kernel, device_id, smem_budget(seg.variant, st.spec))
+            block = _fewest_rows_filling(kernel, *seg.block, per) if seg.variant.norm == "full" else seg.block
             threads = block[0] * block[1]
-            smem = 4 * threads * seg.variant.sums
+            smem = threads * per
             check_block_fits(seg.variant.name, threads, smem, st.spec, _modules.kernel_meta(man, st.image, seg.variant))
             per_sm = kernel.occupancy.max_active_blocks_per_multiprocessor(threads, smem)
             grids = seg.stream_grids(max(1, per_sm * st.spec.sms))
@@ -297,7 +301,7 @@ class BackwardLauncher:
 
     def launch(self, pointers: dict, workspace: int, stream: int) -> None:
         """pointers: role -> address (the plan's roles, and each wanted weight gradient's)."""
-        from ._backward import reduce_params
+        from ._backward import REDUCE_LANES, reduce_launch
         from ._params import BwdParams
 
         driver = driver_module()
@@ -314,30 +318,37 @@ class BackwardLauncher:
                             struct.pack_into("<Q", prm, 8 * i, base + slot[1])
                     prm.split = grids[0]
                     _launch_struct(launch_config(sum(grids), block, smem, self.pdl), kernel, bytes(prm), stream)
-                first = 0   # a stream's partial sums follow the blocks of the streams before it
-                for grad, grid in zip(seg.grads, grids):
-                    if grad:   # no rows (every token text, say): the sum over no slots, zeros
-                        blob = reduce_params(workspace + 4 * first * seg.width, pointers[grad], grid, seg.width,
-                                             seg.grad_dtype)
-                        _launch_struct(launch_config(-(-seg.width // 32), (32, 32), 0, self.pdl), self.reduce, blob,
-                                       stream)
-                    first += grid
+                # a stream's partial sums follow the blocks of the streams before it; a stream with no
+                # rows (every token text, say) sums no slots: zeros
+                firsts = [sum(grids[:i]) for i in range(len(grids))]
+                wanted = [(workspace + 4 * first * seg.width, pointers[grad], grid)
+                          for grad, grid, first in zip(seg.grads, grids, firsts) if grad]
+                if wanted:
+                    blocks, blob = reduce_launch(wanted, seg.width, seg.grad_dtype)
+                    _launch_struct(launch_config(blocks, (REDUCE_LANES, 32), 0, self.pdl), self.reduce, blob, stream)
         finally:
             if pushed:
                 _check(driver.cuCtxPopCurrent())
 
 
-def _fewest_rows_filling(kernel, team: int, most: int, sums: int) -> tuple:
+def _fewest_rows_filling(kernel, team: int, most: int, smem_per_thread: int) -> tuple:
     """(team, rows): the fewest rows a block, of whole warps (the warp-wide sums), that keep the
-    most threads resident by the kernel's occupancy (its registers, its weight sums' shared memory)."""
+    most threads resident by the kernel's occupancy (its registers, its shared memory)."""
     best = (0, most)
     for rows in range(1, most + 1):
         threads = team * rows
         if threads % 32 == 0:
-            resident = kernel.occupancy.max_active_blocks_per_multiprocessor(threads, 4 * threads * sums) * threads
+            resident = kernel.occupancy.max_active_blocks_per_multiprocessor(threads, threads * smem_per_thread) * threads
             if resident > best[0]:
                 best = (resident, rows)
     return team, best[1]
+
+
+def allow_dynamic_smem(kernel, device_id: int, nbytes: int) -> None:
+    """Let a kernel's blocks take nbytes of dynamic shared memory on a device (past 48 KB needs it)."""
+    driver = driver_module()
+    attr = driver.CUfunction_attribute.CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES
+    _check((driver.cuKernelSetAttribute(attr, nbytes, driver.CUkernel(int(kernel.handle)), driver.CUdevice(device_id))[0],))
 
 
 def _launch_struct(config, kernel, params: bytes, stream: int) -> None:

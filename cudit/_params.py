@@ -82,5 +82,5 @@ BWD_POINTERS = 8   # x, dy, dx, w (2), cos, sin, part
 
 
 class ReduceParams(ctypes.Structure):
-    _fields_ = [("part", ptr), ("out", ptr), ("slots", ctypes.c_int), ("width", ctypes.c_int),
-                ("out_dtype", ctypes.c_int)]
+    _fields_ = [("part", ptr * 2), ("out", ptr * 2), ("slots", ctypes.c_int * 2), ("width", ctypes.c_int),
+                ("out_dtype", ctypes.c_int), ("blocks", ctypes.c_int)]

@@ -57,6 +57,9 @@ class Tuning:
     backward_block: int = 256
     # The backward's heads a thread holds (sweeps; None: the planner's choice).
     backward_items: int | None = None
+    # The backward's x and dy by norm: staged through shared memory (2), or held in registers (0,
+    # the norms not listed).
+    backward_stages: tuple = (("full", 2),)
     # Knobs for sweeps (the benchmark's options): force heads a thread, or row groups a block.
     heads_per_thread: int | None = None
     fixed_row_iters: int | None = None
@@ -67,6 +70,9 @@ class Tuning:
 
     def block_target_for(self, norm: str, parts: int) -> int:
         return self._entry("block_targets", f"{norm}/{parts}")
+
+    def backward_stages_for(self, norm: str) -> int:
+        return dict(self.backward_stages).get(norm, 0)
 
     def _entry(self, field: str, kind: str):
         """A kind's entry; the default's where a table predates that kind."""
@@ -84,6 +90,7 @@ class Tuning:
         out = {k: v for k, v in asdict(self).items() if k not in ("heads_per_thread", "fixed_row_iters", "backward_items")}
         out["row_iters"] = {kind: f"{most} below {below}" for kind, (most, below) in self.row_iters}
         out["block_targets"] = dict(self.block_targets)
+        out["backward_stages"] = dict(self.backward_stages)
         return out
 
     @classmethod
@@ -97,6 +104,8 @@ class Tuning:
             data["row_iters"] = tuple((k, tuple(int(x) for x in v.split(" below "))) for k, v in data["row_iters"].items())
         if "block_targets" in data:
             data["block_targets"] = tuple((k, int(v)) for k, v in data["block_targets"].items())
+        if "backward_stages" in data:
+            data["backward_stages"] = tuple((k, int(v)) for k, v in data["backward_stages"].items())
         return cls(**data)
 
 

@@ -230,14 +230,23 @@ BY_NAME = {v.name: v for v in all_variants()}
 
 
 # The backward (kernels/qk_norm_rope_bwd.cu): heads a thread holds between its two halves, and
-# the launch bound by (values of x that makes a thread hold, vectors an item): the most threads
-# (the fewest registers, the most warps an SM) whose registers hold them with no spill.
-BACKWARD_ITEMS = (1, 2, 4)
-BACKWARD_BOUNDS = {(4, 1): 768, (8, 1): 768, (16, 1): 640, (32, 1): 576, (8, 2): 640, (16, 2): 512, (32, 2): 384}
-# (arch, dtype, held, parts) whose variants spilled at that bound: the bound they fit.
-BACKWARD_ARCH_BOUNDS = {("sm_80", "bf16", 32, 1): 512, ("sm_80", "f16", 32, 1): 512, ("sm_86", "f16", 32, 1): 512,
-                        ("sm_89", "f16", 32, 1): 512, ("sm_90", "f16", 32, 1): 512,
-                        ("sm_80", "f32", 16, 1): 512, ("sm_86", "f32", 16, 1): 512, ("sm_89", "f32", 16, 1): 512}
+# the launch bound by (values of x a thread takes a row, vectors an item, stages): the most
+# threads (the fewest registers, the most warps an SM) whose registers hold them with no spill.
+# Staged variants hold no x or dy but their full-dim weights and sums; their shared memory, not
+# their registers, often limits the threads an SM.
+BACKWARD_ITEMS = (1, 2, 3, 4)
+BACKWARD_STAGES = (0, 2)   # x and dy held in registers (0), or staged through shared memory (2)
+STAGED_NORMS = ("full",)   # the norms built staged: per-head rows lost by it (perf-notes v28)
+BACKWARD_BOUNDS = {(4, 1, 0): 768, (8, 1, 0): 768, (16, 1, 0): 640, (32, 1, 0): 576, (8, 2, 0): 640, (16, 2, 0): 512,
+                   (32, 2, 0): 384,
+                   (4, 1, 2): 896, (8, 1, 2): 896, (12, 1, 2): 768, (16, 1, 2): 768, (24, 1, 2): 512,
+                   (32, 1, 2): 512, (8, 2, 2): 896, (16, 2, 2): 512, (32, 2, 2): 384}
+# (arch, dtype, held, parts, stages) whose variants spilled at that bound: the bound they fit.
+BACKWARD_ARCH_BOUNDS = {("sm_80", "bf16", 32, 1, 0): 512, ("sm_80", "f16", 32, 1, 0): 512,
+                        ("sm_86", "f16", 32, 1, 0): 512, ("sm_89", "f16", 32, 1, 0): 512,
+                        ("sm_90", "f16", 32, 1, 0): 512, ("sm_80", "f32", 16, 1, 0): 512,
+                        ("sm_86", "f32", 16, 1, 0): 512, ("sm_89", "f32", 16, 1, 0): 512,
+                        ("sm_90", "f32", 16, 1, 2): 640}
 # Rope modes with a shared-table form (the token's table row held a row): rotate_half would hold
 # two table vectors an item, whose registers cost more than the reads save (perf-notes v20).
 SHARED_TABLE_ROPES = ("interleaved",)
@@ -251,10 +260,12 @@ class BackwardVariant:
     norm: str
     items: int                   # heads a thread holds
     shared_table: bool = False   # one cos/sin row for every head, read once a row and held
+    stages: int = 0              # 2: x and dy staged through shared memory, the next row's in flight
 
     @property
     def name(self) -> str:
-        return f"qknr_bwd_{self.dtype}_{self.rope}_{self.norm}_i{self.items}" + ("_st" if self.shared_table else "")
+        return (f"qknr_bwd_{self.dtype}_{self.rope}_{self.norm}_i{self.items}" + ("_st" if self.shared_table else "")
+                + (f"_s{self.stages}" if self.stages else ""))
 
     @property
     def vec(self) -> int:
@@ -272,8 +283,14 @@ class BackwardVariant:
         return 0 if self.norm == "none" else (self.items if self.norm == "full" else 1) * natural_parts(self.rope) * self.vec
 
     @property
+    def smem_per_thread(self) -> int:
+        """Dynamic shared memory a thread takes: its weight sums (staged full-dim rows: their
+        first half's dz, the sums written over it all at the end), and its staged x and dy."""
+        return 4 * self.sums + self.stages * 2 * 16 * self.items * natural_parts(self.rope)
+
+    @property
     def shape(self) -> tuple:
-        return self.held, natural_parts(self.rope)
+        return self.held, natural_parts(self.rope), self.stages
 
     def bound(self, arch: str = "") -> int:
         """The launch bound on one architecture; with none, the least on any (what plans keep to)."""
@@ -283,16 +300,17 @@ class BackwardVariant:
 
     def instantiation(self, arch: str = "") -> str:
         args = (self.name, C_TYPES[self.dtype], ROPE_CODES[self.rope], NORM_CODES[self.norm], self.items,
-                str(self.shared_table).lower(), self.bound(arch))
+                str(self.shared_table).lower(), self.stages, self.bound(arch))
         return f"CUDIT_QKNR_BWD({', '.join(str(a) for a in args)})"
 
 
 @functools.lru_cache(maxsize=None)
 def backward_variants() -> tuple:
-    return tuple(v for v in (BackwardVariant(dt, rope, norm, items, st) for dt, rope, norm, items, st in
-                             itertools.product(ACT_DTYPES, ROPE_CODES, NORM_CODES, BACKWARD_ITEMS, (False, True)))
+    return tuple(v for v in (BackwardVariant(dt, rope, norm, items, st, sg) for dt, rope, norm, items, st, sg in
+                             itertools.product(ACT_DTYPES, ROPE_CODES, NORM_CODES, BACKWARD_ITEMS, (False, True),
+                                               BACKWARD_STAGES))
                  if not (v.rope == "none" and v.norm == "none") and v.shape in BACKWARD_BOUNDS
-                 and (not v.shared_table or v.rope in SHARED_TABLE_ROPES))
+                 and (not v.shared_table or v.rope in SHARED_TABLE_ROPES) and (not v.stages or v.norm in STAGED_NORMS))
 
 
 BACKWARD_BY_NAME = {v.name: v for v in backward_variants()}

@@ -119,6 +119,23 @@ __device__ __forceinline__ void prefetch_l2(const void* p) {
     asm volatile("prefetch.global.L2 [%0];" ::"l"(p));
 }
 
+// 16 bytes from global to shared memory with no register between (sm_80+); zeros where !ok,
+// reading nothing. Issued by the thread that later reads them back, after cp_async_wait.
+__device__ __forceinline__ void cp_async16(void* smem, const void* gmem, bool ok) {
+    const u32 dst = (u32)__cvta_generic_to_shared(smem);
+    asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;" ::"r"(dst), "l"(gmem), "r"(ok ? 16 : 0) : "memory");
+}
+__device__ __forceinline__ void cp_async_commit() { asm volatile("cp.async.commit_group;" ::: "memory"); }
+// Until at most N of this thread's groups are in flight.
+template <int N> __device__ __forceinline__ void cp_async_wait() { asm volatile("cp.async.wait_group %0;" ::"n"(N) : "memory"); }
+// A 16-byte word of shared memory, read where used (volatile: never held in registers instead).
+__device__ __forceinline__ uint4 ld_shared16(const void* smem) {
+    uint4 v;
+    asm volatile("ld.shared.v4.u32 {%0, %1, %2, %3}, [%4];" : "=r"(v.x), "=r"(v.y), "=r"(v.z), "=r"(v.w)
+                 : "r"((u32)__cvta_generic_to_shared(smem)));
+    return v;
+}
+
 // Thread index in the block, x fastest (blocks may be 2-D: x = lane in a team, y = team).
 __device__ __forceinline__ u32 linear_tid() { return threadIdx.y * blockDim.x + threadIdx.x; }
 

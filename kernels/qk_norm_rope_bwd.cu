@@ -119,12 +119,52 @@ __device__ __forceinline__ void add_sums(float4* acc, u32 threads, float (&v)[VE
     for (int e = 0; e < VEC; ++e) v[e] = 0.f;
 }
 
-template <typename T, int ROPE, int NORM, int ITEMS, bool SHARED>
+// Row `row` of a stream (rows of it in all, `span` positions a batch element from s_begin): its
+// x, dy and dx at this thread's lane d, and its table row's offsets.
+template <typename T, int ROPE>
+struct RowAt {
+    bool ok;
+    const T* x;
+    const T* dy;
+    T* dx;
+    i64 cos_at, sin_at;
+};
+
+template <typename T, int ROPE>
+__device__ __forceinline__ RowAt<T, ROPE> row_at(const BwdParams& p, u32 row, u32 rows, const FastDiv& span,
+                                                 u32 s_begin, int d) {
+    RowAt<T, ROPE> r;
+    r.ok = row < rows;
+    const u32 b = r.ok ? div(row, span) : 0;
+    const u32 s = r.ok ? s_begin + (row - b * span.d) : 0;
+    const u32 tok = b * p.seq + s;
+    r.x = static_cast<const T*>(p.x) + (i64)b * p.x_sb + (i64)s * p.x_ss + d;
+    r.dy = static_cast<const T*>(p.dy) + (i64)b * p.dy_sb + (i64)s * p.dy_ss + d;
+    r.dx = static_cast<T*>(p.dx) + (i64)b * p.dx_sb + (i64)s * p.dx_ss + d;
+    r.cos_at = r.sin_at = 0;
+    if (ROPE != ROPE_NONE) {
+        const u32 trow = tok - div(tok, p.tab_rows) * p.tab_rows.d;
+        const u32 tb = div(trow, p.tab_inner);
+        const u32 ts = trow - tb * p.tab_inner.d;
+        r.cos_at = (i64)tb * p.cos_rb + (i64)ts * p.cos_rs + d;
+        r.sin_at = (i64)tb * p.sin_rb + (i64)ts * p.sin_rs + d;
+    }
+    return r;
+}
+
+// STAGES 2: a thread's x and dy of its next row (or chunk) are copied into shared memory while it
+// works on the current one, and read there where used; 0: held in registers between the halves.
+template <typename T, int ROPE, int NORM, int ITEMS, bool SHARED, int STAGES>
 __device__ __forceinline__ void backward(const BwdParams& p, float4* acc) {
     constexpr int VEC = 16 / (int)sizeof(T);
     constexpr int PARTS = ROPE == ROPE_HALF ? 2 : 1;
     constexpr int WM = NORM == NORM_FULL ? ITEMS : 1;    // weight slices a thread sums into
     constexpr int SLOTS = NORM == NORM_NONE ? 0 : WM * PARTS;
+    static_assert(STAGES == 0 || STAGES == 2, "two stages or none");
+    // Staged full-dim rows: a thread's weights (the same heads every row) and their gradient sums
+    // held in registers, freed by x and dy; the sums go to shared memory once, at the end. The
+    // first half's dz waits in shared memory for the second (not computed again).
+    constexpr bool HOLD_W = NORM == NORM_FULL && STAGES;
     __shared__ float2 scratch[2][32];
     u32 turn = 0;
 
@@ -141,8 +181,17 @@ __device__ __forceinline__ void backward(const BwdParams& p, float4* acc) {
     // The weight-gradient sums a thread keeps across its rows, in shared memory (its registers go
     // to the values in flight): float4 k of slot (m, q) of thread tid at acc[(slot * VEC/4 + k) * threads + tid].
     const u32 tid = linear_tid(), threads = blockDim.x * blockDim.y;
+    if (!HOLD_W)
 #pragma unroll
-    for (int v = 0; v < SLOTS * VEC / 4; ++v) acc[v * threads + tid] = make_float4(0.f, 0.f, 0.f, 0.f);
+        for (int v = 0; v < SLOTS * VEC / 4; ++v) acc[v * threads + tid] = make_float4(0.f, 0.f, 0.f, 0.f);
+    // Staged x (0) and dy (1) of item (m, q) in stage g, a 16-byte word a thread each: after the
+    // sums, or (HOLD_W) where the sums go at the end.
+    float4* const staged = HOLD_W ? acc : acc + SLOTS * VEC / 4 * threads;
+    auto word = [&](int g, int m, int q, int which) { return staged + (((g * ITEMS + m) * PARTS + q) * 2 + which) * threads + tid; };
+    // HOLD_W: float4 k of item (m, q)'s dz, after the stages.
+    auto dz_word = [&](int m, int q, int k) {
+        return staged + (STAGES * ITEMS * PARTS * 2 + (m * PARTS + q) * (VEC / 4) + k) * threads + tid;
+    };
 
     // This block's weight stream: its rows, this block's first and the step between them (each
     // selected, not indexed by the stream: indexed, they took registers the per-head rows spilled for).
@@ -164,23 +213,43 @@ __device__ __forceinline__ void backward(const BwdParams& p, float4* acc) {
             for (int e = 0; e < VEC; ++e) wh[q][e] = 0.f;
     }
 
-    for (u32 base = first_row; base < rows; base += step) {
-        const u32 row = base + threadIdx.y;
-        const bool row_ok = row < rows;
-        const u32 b = row_ok ? div(row, span) : 0;
-        const u32 s = row_ok ? s_begin + (row - b * span.d) : 0;
-        const u32 tok = b * p.seq + s;
-        const T* x = static_cast<const T*>(p.x) + (i64)b * p.x_sb + (i64)s * p.x_ss + d;
-        const T* dy = static_cast<const T*>(p.dy) + (i64)b * p.dy_sb + (i64)s * p.dy_ss + d;
-        T* dx = static_cast<T*>(p.dx) + (i64)b * p.dx_sb + (i64)s * p.dx_ss + d;
-        i64 cos_at = 0, sin_at = 0;
-        if (ROPE != ROPE_NONE) {
-            const u32 trow = tok - div(tok, p.tab_rows) * p.tab_rows.d;
-            const u32 tb = div(trow, p.tab_inner);
-            const u32 ts = trow - tb * p.tab_inner.d;
-            cos_at = (i64)tb * p.cos_rb + (i64)ts * p.cos_rs + d;
-            sin_at = (i64)tb * p.sin_rb + (i64)ts * p.sin_rs + d;
+    float wf[HOLD_W ? ITEMS : 1][PARTS][VEC], dwf[HOLD_W ? ITEMS : 1][PARTS][VEC];   // HOLD_W: weights, their sums
+    if (HOLD_W) {
+#pragma unroll
+        for (int m = 0; m < ITEMS; ++m) {
+            const int h = (int)hl + m * p.th;
+#pragma unroll
+            for (int q = 0; q < PARTS; ++q)
+#pragma unroll
+                for (int e = 0; e < VEC; ++e) wf[m][q][e] = dwf[m][q][e] = 0.f;
+            if (lane_ok && h < p.heads) item_weight<NORM, PARTS, VEC>(p, wp, h, d, stride, wf[m]);
         }
+    }
+
+    // The loads of chunk `chunk` of the rows at `base` into stage g, as one group.
+    auto stage_in = [&](u32 base, int chunk, int g) {
+        const RowAt<T, ROPE> r = row_at<T, ROPE>(p, base + threadIdx.y, rows, span, s_begin, d);
+        const int first = chunk * ITEMS * p.th + (int)hl;
+#pragma unroll
+        for (int m = 0; m < ITEMS; ++m) {
+            const int h = first + m * p.th;
+            const bool ok = r.ok && lane_ok && h < p.heads;
+#pragma unroll
+            for (int q = 0; q < PARTS; ++q) {
+                cp_async16(word(g, m, q, 0), ok ? r.x + h * x_hs + q * stride : p.x, ok);
+                cp_async16(word(g, m, q, 1), ok ? r.dy + h * dy_hs + q * stride : p.dy, ok);
+            }
+        }
+        cp_async_commit();
+    };
+    int g = 0;
+    if (STAGES && first_row < rows) stage_in(first_row, 0, 0);
+
+    for (u32 base = first_row; base < rows; base += step) {
+        const RowAt<T, ROPE> r = row_at<T, ROPE>(p, base + threadIdx.y, rows, span, s_begin, d);
+        const bool row_ok = r.ok;
+        T* const dx = r.dx;
+        const i64 cos_at = r.cos_at, sin_at = r.sin_at;
         float tc[PARTS][VEC], tsn[PARTS][VEC];   // SHARED: this thread's slice of the token's table row
         if (SHARED && ROPE != ROPE_NONE && row_ok && lane_ok) load_table<PARTS, VEC>(p, cos_at, sin_at, stride, tc, tsn);
 
@@ -188,27 +257,50 @@ __device__ __forceinline__ void backward(const BwdParams& p, float4* acc) {
         for (int chunk = 0; chunk < p.chunks; ++chunk) {
             const int first = chunk * ITEMS * p.th + (int)hl;
             Packet<T, VEC> px[ITEMS][PARTS], py[ITEMS][PARTS];   // x and dy as stored: all a thread holds
+            if (STAGES) {   // the next chunk's (or row's) loads out before this one's math
+                const bool last = chunk + 1 == p.chunks;
+                if (!last || base + step < rows) {
+                    stage_in(last ? base + step : base, last ? 0 : chunk + 1, g ^ 1);
+                } else {
+                    cp_async_commit();
+                }
+                cp_async_wait<1>();
+            } else {
 #pragma unroll
-            for (int m = 0; m < ITEMS; ++m) {
-                const int h = first + m * p.th;
-                const bool ok = row_ok && lane_ok && h < p.heads;
+                for (int m = 0; m < ITEMS; ++m) {
+                    const int h = first + m * p.th;
+                    const bool ok = row_ok && lane_ok && h < p.heads;
 #pragma unroll
-                for (int q = 0; q < PARTS; ++q) {
-                    if (ok) {
-                        px[m][q].load(x + h * x_hs + q * stride);
-                        py[m][q].load(dy + h * dy_hs + q * stride);
-                    } else {
-                        px[m][q] = py[m][q] = Packet<T, VEC>{};
+                    for (int q = 0; q < PARTS; ++q) {
+                        if (ok) {
+                            px[m][q].load(r.x + h * x_hs + q * stride);
+                            py[m][q].load(r.dy + h * dy_hs + q * stride);
+                        } else {
+                            px[m][q] = py[m][q] = Packet<T, VEC>{};
+                        }
                     }
                 }
             }
+            // x or dy (which 0 or 1) of item (m, q): held, or read from this chunk's stage.
+            auto held = [&](int m, int q, int which) {
+                if (!STAGES) return which ? py[m][q] : px[m][q];
+                Packet<T, VEC> v;
+                *reinterpret_cast<uint4*>(v.w) = ld_shared16(word(g, m, q, which));
+                return v;
+            };
+            auto dy_of = [&](int m, Packet<T, VEC> (&out)[PARTS]) {
+#pragma unroll
+                for (int q = 0; q < PARTS; ++q) out[q] = held(m, q, 1);
+            };
             if (NORM == NORM_NONE) {
 #pragma unroll
                 for (int m = 0; m < ITEMS; ++m) {
                     const int h = first + m * p.th;
                     if (!(row_ok && lane_ok && h < p.heads)) continue;
                     float dz[PARTS][VEC];
-                    item_dz<T, ROPE, PARTS, VEC, SHARED>(p, py[m], cos_at + h * cos_hs, sin_at + h * sin_hs, stride, tc, tsn, dz);
+                    Packet<T, VEC> y[PARTS];
+                    dy_of(m, y);
+                    item_dz<T, ROPE, PARTS, VEC, SHARED>(p, y, cos_at + h * cos_hs, sin_at + h * sin_hs, stride, tc, tsn, dz);
 #pragma unroll
                     for (int q = 0; q < PARTS; ++q) {
                         Packet<T, VEC> out;
@@ -216,6 +308,7 @@ __device__ __forceinline__ void backward(const BwdParams& p, float4* acc) {
                         out.store(dx + h * dx_hs + q * stride);
                     }
                 }
+                g ^= STAGES ? 1 : 0;
                 continue;   // the next chunk
             }
 
@@ -227,17 +320,23 @@ __device__ __forceinline__ void backward(const BwdParams& p, float4* acc) {
                 sums[m] = make_float2(0.f, 0.f);
                 if (!(row_ok && lane_ok && h < p.heads)) continue;
                 float dz[PARTS][VEC], w[PARTS][VEC];
-                item_dz<T, ROPE, PARTS, VEC, SHARED>(p, py[m], cos_at + h * cos_hs, sin_at + h * sin_hs, stride, tc, tsn, dz);
-                if (NORM == NORM_FULL) item_weight<NORM, PARTS, VEC>(p, wp, h, d, stride, w);
+                Packet<T, VEC> y[PARTS];
+                dy_of(m, y);
+                item_dz<T, ROPE, PARTS, VEC, SHARED>(p, y, cos_at + h * cos_hs, sin_at + h * sin_hs, stride, tc, tsn, dz);
+                if (NORM == NORM_FULL && !HOLD_W) item_weight<NORM, PARTS, VEC>(p, wp, h, d, stride, w);
 #pragma unroll
                 for (int q = 0; q < PARTS; ++q) {
                     float xs[VEC];
-                    px[m][q].to_floats(xs);
+                    held(m, q, 0).to_floats(xs);
 #pragma unroll
                     for (int e = 0; e < VEC; ++e) {
                         sums[m].x += xs[e] * xs[e];
-                        sums[m].y += (NORM == NORM_FULL ? w : wh)[q][e] * dz[q][e] * xs[e];
+                        sums[m].y += (HOLD_W ? wf[m] : NORM == NORM_FULL ? w : wh)[q][e] * dz[q][e] * xs[e];
                     }
+                    if (HOLD_W)
+#pragma unroll
+                        for (int k = 0; k < VEC / 4; ++k)
+                            *dz_word(m, q, k) = make_float4(dz[q][4 * k], dz[q][4 * k + 1], dz[q][4 * k + 2], dz[q][4 * k + 3]);
                 }
             }
             if (NORM == NORM_FULL) {
@@ -264,31 +363,60 @@ __device__ __forceinline__ void backward(const BwdParams& p, float4* acc) {
                 const float r = rsqrtf(t.x * p.inv_n + p.eps);
                 const float c2 = r * r * r * p.inv_n * t.y;
                 float dz[PARTS][VEC], w[PARTS][VEC];
-                item_dz<T, ROPE, PARTS, VEC, SHARED>(p, py[m], cos_at + h * cos_hs, sin_at + h * sin_hs, stride, tc, tsn, dz);
-                if (NORM == NORM_FULL) item_weight<NORM, PARTS, VEC>(p, wp, h, d, stride, w);
+                if (HOLD_W) {
+#pragma unroll
+                    for (int q = 0; q < PARTS; ++q)
+#pragma unroll
+                        for (int k = 0; k < VEC / 4; ++k) {
+                            const uint4 v = ld_shared16(dz_word(m, q, k));
+                            dz[q][4 * k] = __uint_as_float(v.x);
+                            dz[q][4 * k + 1] = __uint_as_float(v.y);
+                            dz[q][4 * k + 2] = __uint_as_float(v.z);
+                            dz[q][4 * k + 3] = __uint_as_float(v.w);
+                        }
+                } else {
+                    Packet<T, VEC> y[PARTS];
+                    dy_of(m, y);
+                    item_dz<T, ROPE, PARTS, VEC, SHARED>(p, y, cos_at + h * cos_hs, sin_at + h * sin_hs, stride, tc, tsn, dz);
+                }
+                if (NORM == NORM_FULL && !HOLD_W) item_weight<NORM, PARTS, VEC>(p, wp, h, d, stride, w);
 #pragma unroll
                 for (int q = 0; q < PARTS; ++q) {
                     float xs[VEC], o[VEC];
-                    px[m][q].to_floats(xs);
+                    held(m, q, 0).to_floats(xs);
 #pragma unroll
                     for (int e = 0; e < VEC; ++e) {
                         const float u = dz[q][e] * r;   // dz * r: dx's first term over w, dw's over x
-                        o[e] = (NORM == NORM_FULL ? w : wh)[q][e] * u - xs[e] * c2;
-                        dw[q][e] += u * xs[e];
+                        o[e] = (HOLD_W ? wf[m] : NORM == NORM_FULL ? w : wh)[q][e] * u - xs[e] * c2;
+                        (HOLD_W ? dwf[m] : dw)[q][e] += u * xs[e];
                     }
                     Packet<T, VEC> out;
                     out.from_floats(o);
                     out.store(dx + h * dx_hs + q * stride);
-                    if (NORM == NORM_FULL) add_sums<VEC>(acc + (m * PARTS + q) * (VEC / 4) * threads + tid, threads, dw[q]);
+                    if (NORM == NORM_FULL && !HOLD_W)
+                        add_sums<VEC>(acc + (m * PARTS + q) * (VEC / 4) * threads + tid, threads, dw[q]);
                 }
             }
             if (NORM == NORM_HEAD && row_ok && lane_ok)
 #pragma unroll
                 for (int q = 0; q < PARTS; ++q) add_sums<VEC>(acc + q * (VEC / 4) * threads + tid, threads, dw[q]);
+            g ^= STAGES ? 1 : 0;
         }
     }
     release_dependents();
     if (NORM == NORM_NONE || !p.part) return;
+    if (HOLD_W) {   // the staging area becomes the sums' once every thread has read its last stage
+        cp_async_wait<0>();
+        __syncthreads();
+#pragma unroll
+        for (int m = 0; m < ITEMS; ++m)
+#pragma unroll
+            for (int q = 0; q < PARTS; ++q)
+#pragma unroll
+                for (int k = 0; k < VEC / 4; ++k)
+                    acc[((m * PARTS + q) * (VEC / 4) + k) * threads + tid] =
+                        make_float4(dwf[m][q][4 * k], dwf[m][q][4 * k + 1], dwf[m][q][4 * k + 2], dwf[m][q][4 * k + 3]);
+    }
 
     // The block's partial weight gradient: each value summed over the threads that hold it, in a
     // fixed order. NORM_HEAD: value (j, e) of part q is held by every head lane of every row;
@@ -315,26 +443,30 @@ __device__ __forceinline__ void backward(const BwdParams& p, float4* acc) {
     }
 }
 
-// out[p] = sum over slots of part[slot * width + p]: 32 values a block, 32 slot lanes each, then
-// the lanes' sums in order. out_dtype: DTypeCode of the weight.
+// out[p] = sum over slots of part[slot * width + p] for one weight stream: 32 values a block, 32
+// slot lanes each, then the lanes' sums in order. out_dtype: DTypeCode of the weight.
 __device__ __forceinline__ void reduce_slots(const ReduceParams& p) {
     __shared__ float sums[32][33];
-    const int v = blockIdx.x * 32 + threadIdx.x;
+    const bool st = blockIdx.x >= (u32)p.blocks;
+    const float* part = st ? p.part[1] : p.part[0];
+    void* out = st ? p.out[1] : p.out[0];
+    const int slots = st ? p.slots[1] : p.slots[0];
+    const int v = (blockIdx.x - (st ? p.blocks : 0)) * 32 + threadIdx.x;
     float s = 0.f;
     wait_for_producer();
     if (v < p.width)
-        for (int slot = threadIdx.y; slot < p.slots; slot += 32) s += p.part[(i64)slot * p.width + v];
+        for (int slot = threadIdx.y; slot < slots; slot += 32) s += part[(i64)slot * p.width + v];
     sums[threadIdx.y][threadIdx.x] = s;
     __syncthreads();
     if (threadIdx.y != 0 || v >= p.width) return;
     float t = 0.f;
     for (int y = 0; y < 32; ++y) t += sums[y][threadIdx.x];
     if (p.out_dtype == DT_F32) {
-        static_cast<float*>(p.out)[v] = t;
+        static_cast<float*>(out)[v] = t;
     } else if (p.out_dtype == DT_F16) {
-        static_cast<__half*>(p.out)[v] = __float2half_rn(t);
+        static_cast<__half*>(out)[v] = __float2half_rn(t);
     } else {
-        static_cast<__nv_bfloat16*>(p.out)[v] = __float2bfloat16_rn(t);
+        static_cast<__nv_bfloat16*>(out)[v] = __float2bfloat16_rn(t);
     }
 }
 
@@ -342,10 +474,10 @@ __device__ __forceinline__ void reduce_slots(const ReduceParams& p) {
 }  // namespace cudit
 
 // One entry point a variant; the build (cudit/_variants.py BackwardVariant) writes these lines.
-#define CUDIT_QKNR_BWD(NAME, T, ROPE, NORM, ITEMS, SHARED, MAX_THREADS)                                 \
+#define CUDIT_QKNR_BWD(NAME, T, ROPE, NORM, ITEMS, SHARED, STAGES, MAX_THREADS)                                 \
     extern "C" __global__ void __launch_bounds__(MAX_THREADS, 1) NAME(const cudit::BwdParams p) {         \
         extern __shared__ float4 cudit_sums[];                                                             \
-        cudit::bwd::backward<T, ROPE, NORM, ITEMS, SHARED>(p, cudit_sums);                                 \
+        cudit::bwd::backward<T, ROPE, NORM, ITEMS, SHARED, STAGES>(p, cudit_sums);                               \
     }
 
 extern "C" __global__ void __launch_bounds__(1024, 1) qknr_bwd_reduce(const cudit::ReduceParams p) {

@@ -158,11 +158,13 @@ typedef struct BwdParams {
     float inv_n, eps;
 } BwdParams;
 
-// The backward's second pass: out[p] = the sum over slots of part[slot * width + p], in order.
+// The backward's second pass, for each weight stream i of a launch: out[i][p] = the sum over its
+// slots of part[i][slot * width + p], in order. Blocks [i * blocks, (i + 1) * blocks) take stream i.
 typedef struct ReduceParams {
-    const float* part;
-    void* out;
-    int slots, width, out_dtype;
+    const float* part[2];
+    void* out[2];
+    int slots[2];
+    int width, out_dtype, blocks;
 } ReduceParams;
 
 #ifdef __cplusplus

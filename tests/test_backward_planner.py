@@ -88,9 +88,53 @@ def test_every_head_is_covered_within_the_bound(heads, norm):
         prm = params(seg)
         team, rows = seg.block
         assert team * rows <= BACKWARD_BOUNDS[seg.variant.shape]
-        assert 4 * team * rows * seg.variant.sums + 512 <= 48 * 1024   # with the kernel's static scratch
+        assert team * rows * seg.variant.smem_per_thread + 512 <= 48 * 1024   # with the kernel's static scratch
         assert prm.chunks * prm.th * seg.variant.items >= h
         assert norm == "head" or prm.chunks == 1
+
+
+H200 = DeviceSpec(arch=(9, 0), max_smem_per_block=227 * 1024)
+
+
+def full_dim(heads):
+    return packed(heads=heads, q_weight=weights(heads[0] * D), k_weight=weights(heads[1] * D))[0]
+
+
+def test_full_dim_rows_are_staged_where_the_shared_memory_holds_them():
+    req = full_dim((40, 40, 0))
+    for seg in plan_backward(req, req.qkv, req.qkv, {}, H200, Tuning()).segments:
+        team, rows = seg.block
+        assert seg.variant.stages == 2 and team * rows <= seg.variant.bound()
+        assert team * rows * seg.variant.smem_per_thread <= 227 * 1024 - 1024
+        assert params(seg).th * seg.variant.items >= 40
+    # the same rows with the register-held form where the tuning asks for it
+    held = plan_backward(req, req.qkv, req.qkv, {}, H200, Tuning(backward_stages=()))
+    assert {seg.variant.stages for seg in held.segments} == {0}
+
+
+@pytest.mark.parametrize("heads,items", [(12, 3), (40, 4), (24, 4)])
+def test_full_dim_rows_leave_the_fewest_head_slots_idle(heads, items):
+    # 16 lanes a head: an odd count of head lanes is no whole warp, so 12 heads at four a
+    # thread would take 4 lanes (16 slots), at three 4 lanes (12 slots)
+    req = full_dim((heads, heads, 0))
+    for seg in plan_backward(req, req.qkv, req.qkv, {}, H200, Tuning()).segments:
+        prm = params(seg)
+        assert (seg.variant.items, prm.th * seg.variant.items >= heads) == (items, True)
+        assert seg.block[0] % 32 == 0
+
+
+def test_full_dim_rows_too_wide_to_stage_are_held_in_registers():
+    req = full_dim((60, 60, 0))   # 48 KB a block: staged rows of up to 30 heads
+    for seg in plan(req).segments:
+        assert seg.variant.stages == 0 and params(seg).th * seg.variant.items >= 60
+        assert seg.block[0] * seg.block[1] <= seg.variant.bound()
+
+
+def test_per_head_rows_are_not_staged_and_a_table_asking_it_is_refused():
+    req, x = packed(q_weight=weights(), k_weight=weights())
+    assert {s.variant.stages for s in plan_backward(req, x, x, {}, H200, Tuning()).segments} == {0}
+    with pytest.raises(PlanError, match=r"^tuning: expected backward_stages for the norms built staged"):
+        plan_backward(req, x, x, {}, H200, Tuning(backward_stages=(("head", 2),)))
 
 
 def test_full_dim_rows_too_wide_to_hold_are_refused_by_name():
@@ -191,11 +235,11 @@ def test_full_dim_blocks_take_the_fewest_rows_that_keep_the_most_threads_residen
     from cudit._launch import _fewest_rows_filling
 
     # 64-thread rows at 96 registers: one row a block fits ten blocks (640 threads); four rows, two (512)
-    assert _fewest_rows_filling(_occupancy(), 64, 8, 32) == (64, 1)
+    assert _fewest_rows_filling(_occupancy(), 64, 8, 4 * 32) == (64, 1)
     # 16-thread rows: blocks are whole warps, so at least two rows
-    assert _fewest_rows_filling(_occupancy(), 16, 16, 8) == (16, 2)
+    assert _fewest_rows_filling(_occupancy(), 16, 16, 4 * 8) == (16, 2)
     # shared memory the limit: the fewest rows of the most resident threads
-    team, rows = _fewest_rows_filling(_occupancy(regs=32, smem_per_sm=64 * 1024), 32, 16, 256)
+    team, rows = _fewest_rows_filling(_occupancy(regs=32, smem_per_sm=64 * 1024), 32, 16, 4 * 256)
     assert (team, rows) == (32, 1)
 
 
@@ -206,3 +250,15 @@ def test_per_head_blocks_follow_the_tuning_table(block):
     for seg in p.segments:
         team, rows = seg.block
         assert team * rows <= max(block, team) and team * (rows + 1) > block
+
+
+def test_one_reduction_takes_each_stream_of_a_launch_in_blocks_of_its_own():
+    from cudit._backward import REDUCE_LANES, reduce_launch
+    from cudit._params import ReduceParams
+
+    blocks, blob = reduce_launch([(0x1000, 0x2000, 3), (0x3000, 0x4000, 5)], 130, "bf16")
+    p = ReduceParams.from_buffer_copy(blob)
+    assert p.blocks * REDUCE_LANES >= 130 > (p.blocks - 1) * REDUCE_LANES and blocks == 2 * p.blocks
+    assert (list(p.part), list(p.out), list(p.slots)) == ([0x1000, 0x3000], [0x2000, 0x4000], [3, 5])
+    one, _ = reduce_launch([(0x1000, 0x2000, 3)], 130, "f32")
+    assert one == p.blocks

@@ -139,6 +139,8 @@ def cases() -> list:
         dict(name="many-heads-head", heads=(130, 2, 0), norm="head", S=5),
         dict(name="many-heads-f32-half", heads=(64, 64, 0), norm="full", rope="half", dtype="f32", S=3),
         dict(name="long", S=2049, B=1, heads=(2, 2, 2)),
+        # rows a block takes in turn: the staged form's next row in flight while one is worked
+        dict(name="long-full", S=1500, B=1, heads=(12, 12, 0), norm="full", split=True),
     ]
     out += [replace(base, **kw) for kw in named]
     return out
@@ -181,6 +183,21 @@ def test_backward_mode(case):
 @pytest.mark.parametrize("case", random_cases(120), ids=str)
 def test_backward_random(case):
     run_backward(case, check_repeat=False)
+
+
+@pytest.fixture
+def held_full_dim():
+    """Full-dim rows with x and dy held in registers, as where the staged form does not fit."""
+    from cudit import _launch
+
+    before = _launch.set_tuning(_launch.device_state(0).tuning.with_knobs(backward_stages=()))
+    yield
+    _launch.set_tuning(before)
+
+
+@pytest.mark.parametrize("case", [c for c in cases() + random_cases(120) if c.norm == "full"], ids=str)
+def test_backward_full_dim_held(case, held_full_dim):
+    run_backward(case)
 
 
 # ------------------------------------------------------------------ torch autograd
