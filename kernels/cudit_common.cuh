@@ -128,12 +128,6 @@ __device__ __forceinline__ void cp_async16(void* smem, const void* gmem, bool ok
 __device__ __forceinline__ void cp_async_commit() { asm volatile("cp.async.commit_group;" ::: "memory"); }
 // Until at most N of this thread's groups are in flight.
 template <int N> __device__ __forceinline__ void cp_async_wait() { asm volatile("cp.async.wait_group %0;" ::"n"(N) : "memory"); }
-// A 16-byte word of shared memory written for a later ld_shared16 of the same thread (volatile:
-// kept in order with it, which the compiler cannot see through the asm).
-__device__ __forceinline__ void st_shared16(void* smem, float a, float b, float c, float d) {
-    asm volatile("st.shared.v4.f32 [%0], {%1, %2, %3, %4};" ::"r"((u32)__cvta_generic_to_shared(smem)), "f"(a), "f"(b),
-                 "f"(c), "f"(d));
-}
 // A 16-byte word of shared memory, read where used (volatile: never held in registers instead).
 __device__ __forceinline__ uint4 ld_shared16(const void* smem) {
     uint4 v;

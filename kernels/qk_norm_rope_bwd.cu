@@ -336,7 +336,7 @@ __device__ __forceinline__ void backward(const BwdParams& p, float4* acc) {
                     if (HOLD_W)
 #pragma unroll
                         for (int k = 0; k < VEC / 4; ++k)
-                            st_shared16(dz_word(m, q, k), dz[q][4 * k], dz[q][4 * k + 1], dz[q][4 * k + 2], dz[q][4 * k + 3]);
+                            *dz_word(m, q, k) = make_float4(dz[q][4 * k], dz[q][4 * k + 1], dz[q][4 * k + 2], dz[q][4 * k + 3]);
                 }
             }
             if (NORM == NORM_FULL) {
