@@ -11,7 +11,7 @@ from dataclasses import dataclass
 
 from . import _planner
 from ._arrays import ITEMSIZE, ArrayInfo
-from ._params import BwdParams, ReduceParams, fast_div
+from ._params import REDUCE_STREAMS, BwdParams, ReduceParams, fast_div
 from ._planner import Request, _fail
 from ._tuning import DeviceSpec, Tuning
 from ._variants import (BACKWARD_BY_NAME, BACKWARD_ITEMS, DTYPE_CODES, SHARED_TABLE_ROPES, STAGED_NORMS,
@@ -49,11 +49,11 @@ class Segment:
 
 @dataclass(frozen=True, eq=False)
 class BackwardPlan:
-    segments: tuple          # Segments in launch order; a gradient's reduction follows its segment
+    segments: tuple          # Segments in launch order; one reduction after them all adds up their gradients
 
     def workspace_floats(self, grids: list) -> int:
-        """fp32 partial sums the largest segment writes, for the grids the launch gives them."""
-        return max([g * s.width for g, s in zip(grids, self.segments) if any(s.grads)] + [0])
+        """fp32 partial sums the segments write, one after another, for the grids the launch gives them."""
+        return sum(g * s.width for g, s in zip(grids, self.segments) if any(s.grads))
 
 
 def _unsupported(req: Request) -> None:
@@ -241,11 +241,16 @@ def _segment(req, tokens, d, side, gy, gx, streams, norm, rope, dtype, tables, g
 REDUCE_LANES = 32   # values a reduction block adds up (kernels/qk_norm_rope_bwd.cu reduce_slots)
 
 
-def reduce_launch(streams: list, width: int, dtype: str) -> tuple:
-    """(blocks, params) of the one reduction of a launch's weight streams: (partial sums' address,
-    gradient's address, slots) each."""
+def reduce_launch(streams: list) -> tuple:
+    """(blocks, params) of the one reduction of a call's weight streams, each (partial sums'
+    address, gradient's address, slots, width, gradient's dtype), in blocks of its own."""
+    if not 0 < len(streams) <= REDUCE_STREAMS:
+        raise ValueError(f"a reduction takes 1 to {REDUCE_STREAMS} weight streams, not {len(streams)}")
     p = ReduceParams()
-    for i, (part, out, slots) in enumerate(streams):
-        p.part[i], p.out[i], p.slots[i] = part, out, slots
-    p.width, p.out_dtype, p.blocks = width, DTYPE_CODES[dtype], -(-width // REDUCE_LANES)
-    return p.blocks * len(streams), bytes(p)
+    blocks = 0
+    for i, (part, out, slots, width, dtype) in enumerate(streams):
+        p.part[i], p.out[i], p.slots[i], p.width[i], p.out_dtype[i] = part, out, slots, width, DTYPE_CODES[dtype]
+        p.first[i] = blocks
+        blocks += -(-width // REDUCE_LANES)
+    p.first[len(streams)], p.streams = blocks, len(streams)
+    return blocks, bytes(p)

@@ -270,8 +270,8 @@ def consumer_stream(stream, handle: int, like, obj, capturing: bool) -> int:
 
 class BackwardLauncher:
     """A backward plan on one device: each segment's kernel and grid (as many blocks as the GPU
-    holds at once, at most one a row group, shared by its weight streams by rows), then the weight
-    gradients' reductions."""
+    holds at once, at most one a row group, shared by its weight streams by rows), then one
+    reduction of every weight gradient."""
 
     def __init__(self, device_id: int, plan, pdl: bool):
         from ._backward import smem_budget
@@ -309,23 +309,26 @@ class BackwardLauncher:
         if pushed:
             _check(driver.cuCtxPushCurrent(driver.CUcontext(self.context)))
         try:
+            wanted, offset = [], workspace
             for seg, kernel, block, smem, grids in self.steps:
                 if sum(grids):
                     prm = BwdParams.from_buffer_copy(seg.template)
                     for i, slot in enumerate(seg.slots):
                         if slot is not None:
-                            base = workspace if slot[0] == "workspace" else pointers[slot[0]]
+                            base = offset if slot[0] == "workspace" else pointers[slot[0]]
                             struct.pack_into("<Q", prm, 8 * i, base + slot[1])
                     prm.split = grids[0]
                     _launch_struct(launch_config(sum(grids), block, smem, self.pdl), kernel, bytes(prm), stream)
                 # a stream's partial sums follow the blocks of the streams before it; a stream with no
                 # rows (every token text, say) sums no slots: zeros
                 firsts = [sum(grids[:i]) for i in range(len(grids))]
-                wanted = [(workspace + 4 * first * seg.width, pointers[grad], grid)
-                          for grad, grid, first in zip(seg.grads, grids, firsts) if grad]
-                if wanted:
-                    blocks, blob = reduce_launch(wanted, seg.width, seg.grad_dtype)
-                    _launch_struct(launch_config(blocks, (REDUCE_LANES, 32), 0, self.pdl), self.reduce, blob, stream)
+                wanted += [(offset + 4 * first * seg.width, pointers[grad], grid, seg.width, seg.grad_dtype)
+                           for grad, grid, first in zip(seg.grads, grids, firsts) if grad]
+                if any(seg.grads):
+                    offset += 4 * sum(grids) * seg.width
+            if wanted:   # one launch for every gradient: the sides' launches run back to back
+                blocks, blob = reduce_launch(wanted)
+                _launch_struct(launch_config(blocks, (REDUCE_LANES, 32), 0, self.pdl), self.reduce, blob, stream)
         finally:
             if pushed:
                 _check(driver.cuCtxPopCurrent())

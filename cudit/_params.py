@@ -81,6 +81,10 @@ class BwdParams(ctypes.Structure):
 BWD_POINTERS = 8   # x, dy, dx, w (2), cos, sin, part
 
 
+REDUCE_STREAMS = 4   # weight streams one reduction launch takes: two a side, both sides
+
+
 class ReduceParams(ctypes.Structure):
-    _fields_ = [("part", ptr * 2), ("out", ptr * 2), ("slots", ctypes.c_int * 2), ("width", ctypes.c_int),
-                ("out_dtype", ctypes.c_int), ("blocks", ctypes.c_int)]
+    _fields_ = [("part", ptr * REDUCE_STREAMS), ("out", ptr * REDUCE_STREAMS), ("slots", ctypes.c_int * REDUCE_STREAMS),
+                ("width", ctypes.c_int * REDUCE_STREAMS), ("out_dtype", ctypes.c_int * REDUCE_STREAMS),
+                ("first", ctypes.c_int * (REDUCE_STREAMS + 1)), ("streams", ctypes.c_int)]

@@ -443,27 +443,41 @@ __device__ __forceinline__ void backward(const BwdParams& p, float4* acc) {
     }
 }
 
-// out[p] = sum over slots of part[slot * width + p] for one weight stream: 32 values a block, 32
-// slot lanes each, then the lanes' sums in order. out_dtype: DTypeCode of the weight.
+// out[v] = sum over slots of part[slot * width + v] for one weight stream: 32 values a block, 32
+// slot lanes each, then the lanes' sums in order. A lane loads REDUCE_BATCH of its slots at once
+// (a loop unrolled over a run-time count leaves its remainder one load at a time), then adds
+// them in order. out_dtype: DTypeCode of the weight.
+constexpr int REDUCE_BATCH = 16;
 __device__ __forceinline__ void reduce_slots(const ReduceParams& p) {
     __shared__ float sums[32][33];
-    const bool st = blockIdx.x >= (u32)p.blocks;
-    const float* part = st ? p.part[1] : p.part[0];
-    void* out = st ? p.out[1] : p.out[0];
-    const int slots = st ? p.slots[1] : p.slots[0];
-    const int v = (blockIdx.x - (st ? p.blocks : 0)) * 32 + threadIdx.x;
+    int i = 0;
+#pragma unroll
+    for (int k = 1; k < REDUCE_STREAMS; ++k)
+        if (k < p.streams && (int)blockIdx.x >= p.first[k]) i = k;
+    const float* part = p.part[i];
+    const int width = p.width[i], slots = p.slots[i];
+    const int v = ((int)blockIdx.x - p.first[i]) * 32 + (int)threadIdx.x;
     float s = 0.f;
     wait_for_producer();
-    if (v < p.width)
-        for (int slot = threadIdx.y; slot < slots; slot += 32) s += part[(i64)slot * p.width + v];
+    for (int base = threadIdx.y; v < width && base < slots; base += 32 * REDUCE_BATCH) {
+        float t[REDUCE_BATCH];
+#pragma unroll
+        for (int u = 0; u < REDUCE_BATCH; ++u) {
+            const int slot = base + 32 * u;
+            t[u] = slot < slots ? __ldcg(part + (i64)slot * width + v) : 0.f;
+        }
+#pragma unroll
+        for (int u = 0; u < REDUCE_BATCH; ++u) s += t[u];
+    }
     sums[threadIdx.y][threadIdx.x] = s;
     __syncthreads();
-    if (threadIdx.y != 0 || v >= p.width) return;
+    if (threadIdx.y != 0 || v >= width) return;
     float t = 0.f;
     for (int y = 0; y < 32; ++y) t += sums[y][threadIdx.x];
-    if (p.out_dtype == DT_F32) {
+    void* out = p.out[i];
+    if (p.out_dtype[i] == DT_F32) {
         static_cast<float*>(out)[v] = t;
-    } else if (p.out_dtype == DT_F16) {
+    } else if (p.out_dtype[i] == DT_F16) {
         static_cast<__half*>(out)[v] = __float2half_rn(t);
     } else {
         static_cast<__nv_bfloat16*>(out)[v] = __float2bfloat16_rn(t);
@@ -480,6 +494,6 @@ __device__ __forceinline__ void reduce_slots(const ReduceParams& p) {
         cudit::bwd::backward<T, ROPE, NORM, ITEMS, SHARED, STAGES>(p, cudit_sums);                               \
     }
 
-extern "C" __global__ void __launch_bounds__(1024, 1) qknr_bwd_reduce(const cudit::ReduceParams p) {
+extern "C" __global__ void __launch_bounds__(1024, 2) qknr_bwd_reduce(const cudit::ReduceParams p) {
     cudit::bwd::reduce_slots(p);
 }

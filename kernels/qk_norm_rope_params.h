@@ -158,13 +158,18 @@ typedef struct BwdParams {
     float inv_n, eps;
 } BwdParams;
 
-// The backward's second pass, for each weight stream i of a launch: out[i][p] = the sum over its
-// slots of part[i][slot * width + p], in order. Blocks [i * blocks, (i + 1) * blocks) take stream i.
+// The backward's second pass, for each weight stream i of a call (up to two a side, both sides):
+// out[i][v] = the sum over its slots of part[i][slot * width[i] + v], in order. Blocks
+// [first[i], first[i + 1]) take stream i (first[streams] is the grid).
+#define REDUCE_STREAMS 4
 typedef struct ReduceParams {
-    const float* part[2];
-    void* out[2];
-    int slots[2];
-    int width, out_dtype, blocks;
+    const float* part[REDUCE_STREAMS];
+    void* out[REDUCE_STREAMS];
+    int slots[REDUCE_STREAMS];
+    int width[REDUCE_STREAMS];
+    int out_dtype[REDUCE_STREAMS];
+    int first[REDUCE_STREAMS + 1];
+    int streams;
 } ReduceParams;
 
 #ifdef __cplusplus

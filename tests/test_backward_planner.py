@@ -48,6 +48,16 @@ def test_one_segment_a_side_and_a_reduction_per_wanted_gradient():
     assert p.segments[1].slots[0] == ("qkv", 4 * D * 2)   # K starts after Q's heads
 
 
+def test_the_workspace_holds_every_sides_partial_sums_at_once():
+    # one reduction follows both sides' launches, so their partial sums live side by side
+    req, x = packed(q_weight=weights(), k_weight=weights(), cos=table(), sin=table())
+    both = plan(req, grads={"dq_weight": weights(), "dk_weight": weights()})
+    widths = [s.width for s in both.segments]
+    assert both.workspace_floats([3, 5]) == 3 * widths[0] + 5 * widths[1]
+    assert plan(req, grads={"dk_weight": weights()}).workspace_floats([3, 5]) == 5 * widths[1]
+    assert plan(req).workspace_floats([3, 5]) == 0
+
+
 def test_dual_stream_is_one_launch_a_side_split_at_the_text_tokens():
     req, x = packed(q_weight=weights(), k_weight=weights(), q_add_weight=weights(), k_add_weight=weights(),
                     num_txt_tokens=5)
@@ -252,13 +262,20 @@ def test_per_head_blocks_follow_the_tuning_table(block):
         assert team * rows <= max(block, team) and team * (rows + 1) > block
 
 
-def test_one_reduction_takes_each_stream_of_a_launch_in_blocks_of_its_own():
+def test_one_reduction_takes_every_stream_of_a_call_in_blocks_of_its_own():
     from cudit._backward import REDUCE_LANES, reduce_launch
-    from cudit._params import ReduceParams
+    from cudit._params import REDUCE_STREAMS, ReduceParams
 
-    blocks, blob = reduce_launch([(0x1000, 0x2000, 3), (0x3000, 0x4000, 5)], 130, "bf16")
+    streams = [(0x1000, 0x2000, 3, 130, "bf16"), (0x3000, 0x4000, 5, 130, "bf16"), (0x5000, 0x6000, 7, 64, "f32")]
+    blocks, blob = reduce_launch(streams)
     p = ReduceParams.from_buffer_copy(blob)
-    assert p.blocks * REDUCE_LANES >= 130 > (p.blocks - 1) * REDUCE_LANES and blocks == 2 * p.blocks
-    assert (list(p.part), list(p.out), list(p.slots)) == ([0x1000, 0x3000], [0x2000, 0x4000], [3, 5])
-    one, _ = reduce_launch([(0x1000, 0x2000, 3)], 130, "f32")
-    assert one == p.blocks
+    firsts = list(p.first)[:p.streams + 1]
+    assert p.streams == 3 and firsts[-1] == blocks
+    for i, (part, out, slots, width, _) in enumerate(streams):
+        n = firsts[i + 1] - firsts[i]   # each stream's blocks cover its width, 32 values a block
+        assert n * REDUCE_LANES >= width > (n - 1) * REDUCE_LANES
+        assert (p.part[i], p.out[i], p.slots[i], p.width[i]) == (part, out, slots, width)
+    assert p.out_dtype[0] != p.out_dtype[2]
+    with pytest.raises(ValueError):
+        reduce_launch(streams * 2)
+    assert len(streams * 2) > REDUCE_STREAMS
