@@ -11,7 +11,7 @@ from dataclasses import dataclass
 
 from . import _planner
 from ._arrays import ITEMSIZE, ArrayInfo
-from ._params import REDUCE_STREAMS, BwdParams, ReduceParams, fast_div
+from ._params import BWD_POINTERS, REDUCE_STREAMS, BwdParams, ReduceParams, bwd_pointer, fast_div
 from ._planner import Request, _fail
 from ._tuning import DeviceSpec, Tuning
 from ._variants import (BACKWARD_BY_NAME, BACKWARD_ITEMS, DTYPE_CODES, SHARED_TABLE_ROPES, STAGED_NORMS,
@@ -26,25 +26,32 @@ WEIGHT_GRADS = ("dq_weight", "dk_weight", "dq_add_weight", "dk_add_weight")
 
 @dataclass(frozen=True)
 class Segment:
-    """One launch of the backward kernel: one side's rows, of one weight stream or (dual-stream)
-    two, each in blocks of its own."""
+    """One launch of the backward kernel: one side's rows, or both sides' where their rows are
+    alike, each of one weight stream or (dual-stream) two, each stream of a side in blocks of its own."""
 
     variant: BackwardVariant
     block: tuple             # (team, rows a block); full-dim: the most, the launch takes the fewest that fill the GPU
-    rows: tuple              # rows (tokens of this side) of each stream
+    rows: tuple              # rows (tokens of a side) of each stream, the same for each side
     template: bytes          # BwdParams with null pointers
     slots: tuple             # BwdParams' pointers: (role, byte offset) or None
-    grads: tuple             # each stream's weight gradient its blocks' partial sums add up to, or None
+    grads: tuple             # for each side, each stream: the weight gradient its blocks' partial sums add up to, or None
     grad_dtype: str | None   # their dtype
     width: int               # the weight's length
+    sides: int = 1           # sides in the launch: Q's blocks, then K's
 
     def stream_grids(self, grid: int) -> tuple:
-        """Blocks of each stream when the launch may take `grid` at once: as many as its rows
-        need, at most its share of the grid by rows (one at least while it has rows)."""
-        want = [-(-r // self.block[1]) for r in self.rows]
+        """Blocks of each side's streams (side-major) when the launch may take `grid` at once: as
+        many as its rows need, at most its share of the grid by rows (one at least while it has rows)."""
+        rows = self.rows * self.sides
+        want = [-(-r // self.block[1]) for r in rows]
         if sum(want) <= grid:
             return tuple(want)
-        return tuple(min(w, max(1, round(grid * r / sum(self.rows)))) if r else 0 for w, r in zip(want, self.rows))
+        return tuple(min(w, max(1, round(grid * r / sum(rows)))) if r else 0 for w, r in zip(want, rows))
+
+    def side_splits(self, grids: tuple) -> tuple:
+        """(blocks of the first side, each side's blocks of its first stream) for BwdParams."""
+        n = len(self.rows)
+        return sum(grids[:n]), tuple(grids[i * n] for i in range(self.sides))
 
 
 @dataclass(frozen=True, eq=False)
@@ -186,56 +193,80 @@ def plan_backward(req: Request, dout, dx, grads: dict, device: DeviceSpec, tunin
     if rope != "none":
         cos_t, sin_t = _planner._rope_tables(req, d, q, k, tokens, vec, d)
     dual = bool(req.num_txt_tokens) and norm != "none"
-    segments = []
-    for i, (side, gy, gx) in enumerate(((q, gq, xq), (k, gk, xk))):
-        name = "qk"[i]
-        streams = [(0, req.num_txt_tokens, f"{name}_add_weight"), (req.num_txt_tokens, tokens.seq, f"{name}_weight")] \
-            if dual else [(0, tokens.seq, f"{name}_weight")]
-        segments.append(_segment(req, tokens, d, side, gy, gx, streams, norm, rope, dtype, (cos_t, sin_t), grads,
-                                 device, tuning))
-    _planner._check_device({**req.arrays(), **grads, **gradients})
-    return BackwardPlan(tuple(segments))
-
-
-def _segment(req, tokens, d, side, gy, gx, streams, norm, rope, dtype, tables, grads, device, tuning) -> Segment:
-    """One side's launch; streams: (first position, end, weight role) of each weight stream."""
-    vec = 16 // ITEMSIZE[dtype]
     lanes_d = d // (vec * natural_parts(rope))
-    cos_t, sin_t = tables
     # One table row for every head: held a row, where that form is built.
     shared = rope in SHARED_TABLE_ROPES and cos_t.hs == 0 and sin_t.hs == 0
-    variant, tj, th, chunks = _geometry(lanes_d, d, side.heads, norm == "full", dtype, rope, norm, shared, device, tuning)
-    team = tj * th
+    sides = [_Side(name, side, gy, gx, _geometry(lanes_d, d, side.heads, norm == "full", dtype, rope, norm, shared,
+                                                 device, tuning), getattr(req, f"{name}_weight"))
+             for name, side, gy, gx in (("q", q, gq, xq), ("k", k, gk, xk))]
+    # Both sides in one launch where their rows are alike (not under GQA): one ramp and one tail.
+    groups = [sides] if _alike(*sides) else [[s] for s in sides]
+    segments = tuple(_segment(req, tokens, d, lanes_d, group, dual, norm, (cos_t, sin_t), grads, device, tuning)
+                     for group in groups)
+    _planner._check_device({**req.arrays(), **grads, **gradients})
+    return BackwardPlan(segments)
+
+
+@dataclass(frozen=True)
+class _Side:
+    name: str                # "q" or "k"
+    x: object                # _planner side views of the input, the output's gradient and the input's
+    dy: object
+    dx: object
+    geometry: tuple          # _geometry's (variant, tj, th, chunks)
+    weight: ArrayInfo | None
+
+
+def _alike(a: _Side, b: _Side) -> bool:
+    """Whether two sides share a launch: the same heads, geometry and weight dtype (BwdParams' shared fields)."""
+    dtypes = [None if s.weight is None else s.weight.dtype for s in (a, b)]
+    return a.x.heads == b.x.heads and a.geometry == b.geometry and dtypes[0] == dtypes[1]
+
+
+def _segment(req, tokens, d, lanes_d, group: list, dual: bool, norm: str, tables, grads, device, tuning) -> Segment:
+    """One launch of a group's sides (one, or Q and K alike)."""
+    cos_t, sin_t = tables
+    variant, tj, th, chunks = group[0].geometry
+    heads = group[0].x.heads
     p = BwdParams()
-    p.x_sb, p.x_ss, p.x_hs = side.sb, side.ss, side.hs
-    p.dy_sb, p.dy_ss, p.dy_hs = gy.sb, gy.ss, gy.hs
-    p.dx_sb, p.dx_ss, p.dx_hs = gx.sb, gx.ss, gx.hs
+    slots = [None] * BWD_POINTERS
+    wanted = []
+    for i, s in enumerate(group):
+        p.x_sb[i], p.x_ss[i], p.x_hs[i] = s.x.sb, s.x.ss, s.x.hs
+        p.dy_sb[i], p.dy_ss[i], p.dy_hs[i] = s.dy.sb, s.dy.ss, s.dy.hs
+        p.dx_sb[i], p.dx_ss[i], p.dx_hs[i] = s.dx.sb, s.dx.ss, s.dx.hs
+        for field, view in (("x", s.x), ("dy", s.dy), ("dx", s.dx)):
+            slots[bwd_pointer(field, i)] = (view.role, view.offset)
+        roles = [f"{s.name}_add_weight", f"{s.name}_weight"] if dual else [f"{s.name}_weight"]
+        normed = getattr(req, roles[0]) is not None and norm != "none"
+        for j, role in enumerate(roles):
+            if normed:
+                slots[bwd_pointer("w", i, j)] = (role, 0)
+            wanted.append("d" + role if normed and grads.get("d" + role) is not None else None)
     _planner.table_fields(p, cos_t, sin_t, req.cos)
-    for i, (begin, end, _) in enumerate(streams):
+    if cos_t is not None:
+        slots[bwd_pointer("cos")] = ("cos", cos_t.offset * req.cos.itemsize)
+        slots[bwd_pointer("sin")] = ("sin", sin_t.offset * req.sin.itemsize)
+    if any(wanted):
+        slots[bwd_pointer("part")] = ("workspace", 0)
+    streams = [(0, req.num_txt_tokens), (req.num_txt_tokens, tokens.seq)] if dual else [(0, tokens.seq)]
+    for i, (begin, end) in enumerate(streams):
         p.span[i] = fast_div(max(1, end - begin))
         p.s_begin[i], p.rows[i] = begin, tokens.batch * (end - begin)
     p.seq = tokens.seq
-    p.heads, p.tj, p.th, p.chunks, p.lanes_d, p.head_dim = side.heads, tj, th, chunks, lanes_d, d
-    width = (side.heads * d if norm == "full" else d) if norm != "none" else 0
+    p.heads, p.tj, p.th, p.chunks, p.lanes_d, p.head_dim = heads, tj, th, chunks, lanes_d, d
+    width = (heads * d if norm == "full" else d) if norm != "none" else 0
     p.width = width
-    roles = [w_role for *_, w_role in streams]
-    w = getattr(req, roles[0])
-    if w is not None:
-        p.w_dtype = DTYPE_CODES[w.dtype]   # the streams' weights share shape and dtype (the forward checks)
+    if group[0].weight is not None:
+        p.w_dtype = DTYPE_CODES[group[0].weight.dtype]   # a side's streams share shape and dtype (the forward checks)
     p.inv_n = 1.0 / (width or d)
     p.eps = float(req.eps)
-    wanted = tuple("d" + r if norm != "none" and grads.get("d" + r) is not None else None for r in roles)
-    normed = w is not None and norm != "none"
-    slots = ((side.role, side.offset), (gy.role, gy.offset), (gx.role, gx.offset),
-             (roles[0], 0) if normed else None, (roles[-1], 0) if normed and len(roles) > 1 else None,
-             ("cos", cos_t.offset * req.cos.itemsize) if cos_t is not None else None,
-             ("sin", sin_t.offset * req.sin.itemsize) if cos_t is not None else None,
-             ("workspace", 0) if any(wanted) else None)
     most = _most_threads(variant, device)
+    team = tj * th
     rows_y = most if norm == "full" else min(most, tuning.backward_block)
     grad_dtype = next((grads[g].dtype for g in wanted if g), None)
-    return Segment(variant, (team, max(1, rows_y // team)), tuple(p.rows[:len(streams)]), bytes(p), slots, wanted,
-                   grad_dtype, width)
+    return Segment(variant, (team, max(1, rows_y // team)), tuple(p.rows[:len(streams)]), bytes(p), tuple(slots),
+                   tuple(wanted), grad_dtype, width, len(group))
 
 
 REDUCE_LANES = 32   # values a reduction block adds up (kernels/qk_norm_rope_bwd.cu reduce_slots)

@@ -270,7 +270,7 @@ def consumer_stream(stream, handle: int, like, obj, capturing: bool) -> int:
 
 class BackwardLauncher:
     """A backward plan on one device: each segment's kernel and grid (as many blocks as the GPU
-    holds at once, at most one a row group, shared by its weight streams by rows), then one
+    holds at once, at most one a row group, shared by its sides' weight streams by rows), then one
     reduction of every weight gradient."""
 
     def __init__(self, device_id: int, plan, pdl: bool):
@@ -317,7 +317,8 @@ class BackwardLauncher:
                         if slot is not None:
                             base = offset if slot[0] == "workspace" else pointers[slot[0]]
                             struct.pack_into("<Q", prm, 8 * i, base + slot[1])
-                    prm.split = grids[0]
+                    prm.side_blocks, splits = seg.side_splits(grids)
+                    prm.split[:len(splits)] = splits
                     _launch_struct(launch_config(sum(grids), block, smem, self.pdl), kernel, bytes(prm), stream)
                 # a stream's partial sums follow the blocks of the streams before it; a stream with no
                 # rows (every token text, say) sums no slots: zeros

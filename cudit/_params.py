@@ -63,14 +63,16 @@ class Params(ctypes.Structure):
 
 
 class BwdParams(ctypes.Structure):
-    """kernels/qk_norm_rope_params.h BwdParams: one side's rows of the backward, in one or two weight streams."""
+    """kernels/qk_norm_rope_params.h BwdParams: one or both sides' rows of the backward, each in one or
+    two weight streams."""
     _fields_ = [
-        ("x", ptr), ("dy", ptr), ("dx", ptr), ("w", ptr * 2), ("cos", ptr), ("sin", ptr), ("part", ptr),
-        ("x_sb", i64), ("x_ss", i64), ("x_hs", i64), ("dy_sb", i64), ("dy_ss", i64), ("dy_hs", i64),
-        ("dx_sb", i64), ("dx_ss", i64), ("dx_hs", i64),
+        ("x", ptr * 2), ("dy", ptr * 2), ("dx", ptr * 2), ("w", (ptr * 2) * 2), ("cos", ptr), ("sin", ptr),
+        ("part", ptr),
+        ("x_sb", i64 * 2), ("x_ss", i64 * 2), ("x_hs", i64 * 2), ("dy_sb", i64 * 2), ("dy_ss", i64 * 2),
+        ("dy_hs", i64 * 2), ("dx_sb", i64 * 2), ("dx_ss", i64 * 2), ("dx_hs", i64 * 2),
         ("cos_rb", i64), ("cos_rs", i64), ("cos_hs", i64), ("sin_rb", i64), ("sin_rs", i64), ("sin_hs", i64),
         ("tab_rows", FastDiv), ("tab_inner", FastDiv), ("span", FastDiv * 2),
-        ("s_begin", u32 * 2), ("rows", u32 * 2), ("split", u32), ("seq", u32),
+        ("s_begin", u32 * 2), ("rows", u32 * 2), ("split", u32 * 2), ("side_blocks", u32), ("seq", u32),
         ("heads", ctypes.c_int), ("tj", ctypes.c_int), ("th", ctypes.c_int), ("chunks", ctypes.c_int),
         ("lanes_d", ctypes.c_int),
         ("head_dim", ctypes.c_int), ("width", ctypes.c_int), ("w_dtype", ctypes.c_int), ("tab_dtype", ctypes.c_int),
@@ -78,7 +80,17 @@ class BwdParams(ctypes.Structure):
     ]
 
 
-BWD_POINTERS = 8   # x, dy, dx, w (2), cos, sin, part
+# BwdParams' pointers, 8 bytes each from its start: x, dy, dx of each side, w[side][stream], cos, sin, part.
+BWD_POINTERS = 13
+
+
+def bwd_pointer(field: str, side: int = 0, stream: int = 0) -> int:
+    """The index of one of BwdParams' pointers (its byte offset over 8)."""
+    if field in ("x", "dy", "dx"):
+        return 2 * ("x", "dy", "dx").index(field) + side
+    if field == "w":
+        return 6 + 2 * side + stream
+    return 10 + ("cos", "sin", "part").index(field)
 
 
 REDUCE_STREAMS = 4   # weight streams one reduction launch takes: two a side, both sides

@@ -246,6 +246,8 @@ BACKWARD_ARCH_BOUNDS = {("sm_80", "bf16", 32, 1, 0): 512, ("sm_80", "f16", 32, 1
                         ("sm_86", "f16", 32, 1, 0): 512, ("sm_89", "f16", 32, 1, 0): 512,
                         ("sm_90", "f16", 32, 1, 0): 512, ("sm_80", "f32", 16, 1, 0): 512,
                         ("sm_86", "f32", 16, 1, 0): 512, ("sm_89", "f32", 16, 1, 0): 512,
+                        ("sm_90", "f32", 16, 1, 0): 512, ("sm_80", "f32", 8, 1, 0): 640,
+                        ("sm_86", "f32", 8, 1, 0): 640, ("sm_89", "f32", 8, 1, 0): 640, ("sm_90", "f32", 8, 1, 0): 640,
                         ("sm_90", "f32", 16, 1, 2): 640}
 # Rope modes with a shared-table form (the token's table row held a row): rotate_half would hold
 # two table vectors an item, whose registers cost more than the reads save (perf-notes v20).

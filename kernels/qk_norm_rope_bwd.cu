@@ -9,9 +9,10 @@
 // Work decomposition (BwdParams): a row is one side of one token. A row's team is tj x th
 // threads: lane j < tj walks the head dim (items of PARTS vectors, as in the forward), head
 // lane hl takes heads hl, hl + th, ... (ITEMS of them, held in registers between the two
-// halves). blockDim = (team, rows a block); a weight stream's blocks take its rows (blocks x
-// blockDim.y) apart, so each block's weight partials cover a fixed set of rows of one stream: two
-// runs give the same bits.
+// halves). blockDim = (team, rows a block); a launch takes one side or both (Q's blocks, then
+// K's), and each side's weight streams take blocks of their own, which step over the stream's
+// rows (blocks x blockDim.y) apart, so each block's weight partials cover a fixed set of rows of
+// one stream: two runs give the same bits.
 #include "cudit_common.cuh"
 #include "qk_norm_rope_params.h"
 
@@ -131,16 +132,16 @@ struct RowAt {
 };
 
 template <typename T, int ROPE>
-__device__ __forceinline__ RowAt<T, ROPE> row_at(const BwdParams& p, u32 row, u32 rows, const FastDiv& span,
+__device__ __forceinline__ RowAt<T, ROPE> row_at(const BwdParams& p, u32 side, u32 row, u32 rows, const FastDiv& span,
                                                  u32 s_begin, int d) {
     RowAt<T, ROPE> r;
     r.ok = row < rows;
     const u32 b = r.ok ? div(row, span) : 0;
     const u32 s = r.ok ? s_begin + (row - b * span.d) : 0;
     const u32 tok = b * p.seq + s;
-    r.x = static_cast<const T*>(p.x) + (i64)b * p.x_sb + (i64)s * p.x_ss + d;
-    r.dy = static_cast<const T*>(p.dy) + (i64)b * p.dy_sb + (i64)s * p.dy_ss + d;
-    r.dx = static_cast<T*>(p.dx) + (i64)b * p.dx_sb + (i64)s * p.dx_ss + d;
+    r.x = static_cast<const T*>(p.x[side]) + (i64)b * p.x_sb[side] + (i64)s * p.x_ss[side] + d;
+    r.dy = static_cast<const T*>(p.dy[side]) + (i64)b * p.dy_sb[side] + (i64)s * p.dy_ss[side] + d;
+    r.dx = static_cast<T*>(p.dx[side]) + (i64)b * p.dx_sb[side] + (i64)s * p.dx_ss[side] + d;
     r.cos_at = r.sin_at = 0;
     if (ROPE != ROPE_NONE) {
         const u32 trow = tok - div(tok, p.tab_rows) * p.tab_rows.d;
@@ -154,8 +155,11 @@ __device__ __forceinline__ RowAt<T, ROPE> row_at(const BwdParams& p, u32 row, u3
 
 // STAGES 2: a thread's x and dy of its next row (or chunk) are copied into shared memory while it
 // works on the current one, and read there where used; 0: held in registers between the halves.
+// side: the launch's side this block takes, its fields indexed where read (a copy of the code a
+// side ran slower: perf-notes v29); block: the block among that side's `blocks`.
 template <typename T, int ROPE, int NORM, int ITEMS, bool SHARED, int STAGES>
-__device__ __forceinline__ void backward(const BwdParams& p, float4* acc) {
+__device__ __forceinline__ void backward(const BwdParams& p, float4* acc, u32 side, u32 block, u32 blocks) {
+    __shared__ float2 scratch[2][32];
     constexpr int VEC = 16 / (int)sizeof(T);
     constexpr int PARTS = ROPE == ROPE_HALF ? 2 : 1;
     constexpr int WM = NORM == NORM_FULL ? ITEMS : 1;    // weight slices a thread sums into
@@ -165,7 +169,6 @@ __device__ __forceinline__ void backward(const BwdParams& p, float4* acc) {
     // held in registers, freed by x and dy; the sums go to shared memory once, at the end. The
     // first half's dz waits in shared memory for the second (not computed again).
     constexpr bool HOLD_W = NORM == NORM_FULL && STAGES;
-    __shared__ float2 scratch[2][32];
     u32 turn = 0;
 
     const u32 j = threadIdx.x % (u32)p.tj, hl = threadIdx.x / (u32)p.tj;
@@ -175,7 +178,7 @@ __device__ __forceinline__ void backward(const BwdParams& p, float4* acc) {
     const u32 width = NORM == NORM_FULL ? blockDim.x : (u32)p.tj;
     const u32 per = width / 32, first_warp = per ? linear_tid() / 32 / per * per : 0;   // a row's warps
     // Head offsets fit 32 bits (the planner checks): one multiply a head.
-    const int x_hs = (int)p.x_hs, dy_hs = (int)p.dy_hs, dx_hs = (int)p.dx_hs, cos_hs = (int)p.cos_hs,
+    const int x_hs = (int)p.x_hs[side], dy_hs = (int)p.dy_hs[side], dx_hs = (int)p.dx_hs[side], cos_hs = (int)p.cos_hs,
               sin_hs = (int)p.sin_hs;
 
     // The weight-gradient sums a thread keeps across its rows, in shared memory (its registers go
@@ -195,12 +198,13 @@ __device__ __forceinline__ void backward(const BwdParams& p, float4* acc) {
 
     // This block's weight stream: its rows, this block's first and the step between them (each
     // selected, not indexed by the stream: indexed, they took registers the per-head rows spilled for).
-    const bool st = blockIdx.x >= p.split;
-    const u32 first_row = (st ? blockIdx.x - p.split : blockIdx.x) * blockDim.y;
-    const u32 step = (st ? gridDim.x - p.split : p.split) * blockDim.y;
+    const u32 split = p.split[side];
+    const bool st = block >= split;
+    const u32 first_row = (st ? block - split : block) * blockDim.y;
+    const u32 step = (st ? blocks - split : split) * blockDim.y;
     const FastDiv span = st ? p.span[1] : p.span[0];
     const u32 rows = st ? p.rows[1] : p.rows[0], s_begin = st ? p.s_begin[1] : p.s_begin[0];
-    const void* wp = st ? p.w[1] : p.w[0];
+    const void* wp = st ? p.w[side][1] : p.w[side][0];
 
     wait_for_producer();
     float wh[PARTS][VEC];   // per head: this thread's weight values, the same for all its heads and rows
@@ -228,7 +232,7 @@ __device__ __forceinline__ void backward(const BwdParams& p, float4* acc) {
 
     // The loads of chunk `chunk` of the rows at `base` into stage g, as one group.
     auto stage_in = [&](u32 base, int chunk, int g) {
-        const RowAt<T, ROPE> r = row_at<T, ROPE>(p, base + threadIdx.y, rows, span, s_begin, d);
+        const RowAt<T, ROPE> r = row_at<T, ROPE>(p, side, base + threadIdx.y, rows, span, s_begin, d);
         const int first = chunk * ITEMS * p.th + (int)hl;
 #pragma unroll
         for (int m = 0; m < ITEMS; ++m) {
@@ -236,8 +240,8 @@ __device__ __forceinline__ void backward(const BwdParams& p, float4* acc) {
             const bool ok = r.ok && lane_ok && h < p.heads;
 #pragma unroll
             for (int q = 0; q < PARTS; ++q) {
-                cp_async16(word(g, m, q, 0), ok ? r.x + h * x_hs + q * stride : p.x, ok);
-                cp_async16(word(g, m, q, 1), ok ? r.dy + h * dy_hs + q * stride : p.dy, ok);
+                cp_async16(word(g, m, q, 0), ok ? r.x + h * x_hs + q * stride : p.x[side], ok);
+                cp_async16(word(g, m, q, 1), ok ? r.dy + h * dy_hs + q * stride : p.dy[side], ok);
             }
         }
         cp_async_commit();
@@ -246,7 +250,7 @@ __device__ __forceinline__ void backward(const BwdParams& p, float4* acc) {
     if (STAGES && first_row < rows) stage_in(first_row, 0, 0);
 
     for (u32 base = first_row; base < rows; base += step) {
-        const RowAt<T, ROPE> r = row_at<T, ROPE>(p, base + threadIdx.y, rows, span, s_begin, d);
+        const RowAt<T, ROPE> r = row_at<T, ROPE>(p, side, base + threadIdx.y, rows, span, s_begin, d);
         const bool row_ok = r.ok;
         T* const dx = r.dx;
         const i64 cos_at = r.cos_at, sin_at = r.sin_at;
@@ -491,7 +495,9 @@ __device__ __forceinline__ void reduce_slots(const ReduceParams& p) {
 #define CUDIT_QKNR_BWD(NAME, T, ROPE, NORM, ITEMS, SHARED, STAGES, MAX_THREADS)                                 \
     extern "C" __global__ void __launch_bounds__(MAX_THREADS, 1) NAME(const cudit::BwdParams p) {         \
         extern __shared__ float4 cudit_sums[];                                                             \
-        cudit::bwd::backward<T, ROPE, NORM, ITEMS, SHARED, STAGES>(p, cudit_sums);                               \
+        const cudit::u32 k = blockIdx.x >= p.side_blocks;                                                  \
+        cudit::bwd::backward<T, ROPE, NORM, ITEMS, SHARED, STAGES>(                                        \
+            p, cudit_sums, k, k ? blockIdx.x - p.side_blocks : blockIdx.x, k ? gridDim.x - p.side_blocks : p.side_blocks); \
     }
 
 extern "C" __global__ void __launch_bounds__(1024, 2) qknr_bwd_reduce(const cudit::ReduceParams p) {

@@ -124,28 +124,31 @@ typedef struct Params {
     float freq[MAX_PAIRS];      // each pair's angular frequency, radians per position
 } Params;
 
-// The backward kernel (qk_norm_rope_bwd.cu): one side (Q or K) of the tokens (b, s) of one or two
-// weight streams, s in [s_begin, s_begin + span) of its stream; rows are those tokens, b-major.
+// The backward kernel (qk_norm_rope_bwd.cu): one or both sides (Q, K) of the tokens (b, s) of one
+// or two weight streams, s in [s_begin, s_begin + span) of its stream; rows are those tokens,
+// b-major. Per-side fields are indexed by the launch's side: blocks [0, side_blocks) take side 0
+// (Q, or the launch's one side), the rest side 1 (K).
 typedef struct BwdParams {
-    const void* x;              // the forward's input, head 0 of token 0
-    const void* dy;             // gradient of the forward's output
-    void* dx;                   // gradient of the input (may alias dy)
-    const void* w[2];           // norm weight of each stream's rows (null: RoPE only)
+    const void* x[2];           // the forward's input, head 0 of token 0
+    const void* dy[2];          // gradient of the forward's output
+    void* dx[2];                // gradient of the input (may alias dy)
+    const void* w[2][2];        // [side][stream] norm weight of each stream's rows (null: RoPE only)
     const void* cos;
     const void* sin;
     float* part;                // [gridDim.x, width] fp32 partial weight gradients (null: none wanted)
-    cudit_i64 x_sb, x_ss, x_hs;
-    cudit_i64 dy_sb, dy_ss, dy_hs;
-    cudit_i64 dx_sb, dx_ss, dx_hs;
+    cudit_i64 x_sb[2], x_ss[2], x_hs[2];
+    cudit_i64 dy_sb[2], dy_ss[2], dy_hs[2];
+    cudit_i64 dx_sb[2], dx_ss[2], dx_hs[2];
     cudit_i64 cos_rb, cos_rs, cos_hs;
     cudit_i64 sin_rb, sin_rs, sin_hs;
     FastDiv tab_rows, tab_inner;      // as in Params
-    // Two weight streams (dual-stream: the text tokens, then the others) in one launch: blocks
-    // [0, split) take stream 0's rows, the rest stream 1's. One stream: split = gridDim.x.
+    // Two weight streams (dual-stream: the text tokens, then the others) in one launch: a side's
+    // first split[side] blocks take stream 0's rows, the rest stream 1's (one stream: all of them).
     FastDiv span[2];                  // sequence positions a batch element has in each stream
     cudit_u32 s_begin[2];             // the first of them
     cudit_u32 rows[2];                // batch * span
-    cudit_u32 split;
+    cudit_u32 split[2];
+    cudit_u32 side_blocks;
     cudit_u32 seq;                    // S
     int heads;
     int tj;                           // lanes along a head: lanes_d, or the next power of two

@@ -6,7 +6,7 @@ import pytest
 
 from cudit import PlanError
 from cudit._backward import plan_backward
-from cudit._params import BWD_POINTERS, BwdParams
+from cudit._params import BWD_POINTERS, BwdParams, bwd_pointer
 from cudit._planner import Request
 from cudit._tuning import DeviceSpec, Tuning
 from cudit._variants import BACKWARD_BOUNDS
@@ -38,19 +38,36 @@ def params(seg) -> BwdParams:
     return BwdParams.from_buffer_copy(seg.template)
 
 
-def test_one_segment_a_side_and_a_reduction_per_wanted_gradient():
+def test_alike_sides_share_one_launch_q_first():
     req, x = packed(q_weight=weights(), k_weight=weights(), cos=table(), sin=table())
     p = plan(req, grads={"dq_weight": weights()})
-    assert [s.grads for s in p.segments] == [("dq_weight",), (None,)]
-    assert all(s.variant.norm == "head" and s.variant.rope == "interleaved" for s in p.segments)
-    k = params(p.segments[1])
-    assert k.heads == 4 and k.chunks * k.th * p.segments[1].variant.items >= 4
-    assert p.segments[1].slots[0] == ("qkv", 4 * D * 2)   # K starts after Q's heads
+    (seg,) = p.segments
+    assert seg.sides == 2 and seg.grads == ("dq_weight", None)
+    assert seg.variant.norm == "head" and seg.variant.rope == "interleaved"
+    prm = params(seg)
+    assert prm.heads == 4 and prm.chunks * prm.th * seg.variant.items >= 4
+    assert seg.slots[bwd_pointer("x", 0)] == ("qkv", 0)
+    assert seg.slots[bwd_pointer("x", 1)] == ("qkv", 4 * D * 2)   # K starts after Q's heads
+    assert (seg.slots[bwd_pointer("w", 0)], seg.slots[bwd_pointer("w", 1)]) == (("q_weight", 0), ("k_weight", 0))
 
 
-def test_the_workspace_holds_every_sides_partial_sums_at_once():
-    # one reduction follows both sides' launches, so their partial sums live side by side
-    req, x = packed(q_weight=weights(), k_weight=weights(), cos=table(), sin=table())
+def test_sides_unlike_under_gqa_take_a_launch_each():
+    req, x = packed(heads=(8, 2, 2), q_weight=weights(), k_weight=weights(), cos=table(), sin=table())
+    p = plan(req, grads={"dq_weight": weights(), "dk_weight": weights()})
+    assert [(s.sides, s.grads) for s in p.segments] == [(1, ("dq_weight",)), (1, ("dk_weight",))]
+    k = p.segments[1]
+    assert params(k).heads == 2 and k.slots[bwd_pointer("x", 0)] == ("qkv", 8 * D * 2)   # K's fields at side 0
+    assert k.slots[bwd_pointer("w", 0)] == ("k_weight", 0) and k.slots[bwd_pointer("x", 1)] is None
+
+
+def test_sides_with_weights_of_other_dtypes_take_a_launch_each():
+    req, x = packed(q_weight=weights(), k_weight=weights(dtype="bf16"))
+    assert [s.sides for s in plan(req).segments] == [1, 1]
+
+
+def test_the_workspace_holds_every_launchs_partial_sums_at_once():
+    # one reduction follows every launch, so the partial sums of all of them live side by side
+    req, x = packed(heads=(8, 2, 2), q_weight=weights(), k_weight=weights(), cos=table(), sin=table())
     both = plan(req, grads={"dq_weight": weights(), "dk_weight": weights()})
     widths = [s.width for s in both.segments]
     assert both.workspace_floats([3, 5]) == 3 * widths[0] + 5 * widths[1]
@@ -58,24 +75,26 @@ def test_the_workspace_holds_every_sides_partial_sums_at_once():
     assert plan(req).workspace_floats([3, 5]) == 0
 
 
-def test_dual_stream_is_one_launch_a_side_split_at_the_text_tokens():
+def test_dual_stream_is_one_launch_split_at_the_text_tokens():
     req, x = packed(q_weight=weights(), k_weight=weights(), q_add_weight=weights(), k_add_weight=weights(),
                     num_txt_tokens=5)
     p = plan(req, grads={r: weights() for r in ("dq_weight", "dk_weight", "dq_add_weight", "dk_add_weight")})
-    assert len(p.segments) == 2
-    for seg, side in zip(p.segments, "qk"):
-        prm = params(seg)
-        assert (list(prm.s_begin), list(prm.rows)) == ([0, 5], [2 * 5, 2 * 59]) and seg.rows == (10, 118)
-        assert [prm.span[i].d for i in (0, 1)] == [5, 59]
-        assert (seg.slots[3][0], seg.slots[4][0]) == (f"{side}_add_weight", f"{side}_weight")
-        assert seg.grads == (f"d{side}_add_weight", f"d{side}_weight")
+    (seg,) = p.segments
+    prm = params(seg)
+    assert (list(prm.s_begin), list(prm.rows)) == ([0, 5], [2 * 5, 2 * 59]) and seg.rows == (10, 118)
+    assert [prm.span[i].d for i in (0, 1)] == [5, 59]
+    for i, side in enumerate("qk"):
+        assert (seg.slots[bwd_pointer("w", i, 0)], seg.slots[bwd_pointer("w", i, 1)]) == \
+            ((f"{side}_add_weight", 0), (f"{side}_weight", 0))
+    assert seg.grads == ("dq_add_weight", "dq_weight", "dk_add_weight", "dk_weight")
 
 
 def test_one_stream_leaves_the_second_empty():
     req, x = packed(q_weight=weights(), k_weight=weights())
     seg = plan(req).segments[0]
-    assert seg.rows == (2 * 64,) and seg.slots[4] is None and list(params(seg).rows) == [128, 0]
-    assert len(seg.slots) == BWD_POINTERS and seg.slots[3] == ("q_weight", 0)
+    assert seg.rows == (2 * 64,) and list(params(seg).rows) == [128, 0]
+    assert len(seg.slots) == BWD_POINTERS and seg.slots[bwd_pointer("w", 0)] == ("q_weight", 0)
+    assert seg.slots[bwd_pointer("w", 0, 1)] is None and seg.slots[bwd_pointer("w", 1, 1)] is None
 
 
 @pytest.mark.parametrize("rows,grid,want", [((10, 118), 1000, (10, 118)),   # every row group its block
@@ -87,6 +106,17 @@ def test_streams_share_the_grid_by_rows(rows, grid, want):
 
     seg = Segment(None, (32, 1), rows, b"", (), (None,) * len(rows), None, 0)
     assert seg.stream_grids(grid) == want
+
+
+def test_two_sides_share_the_grid_side_major():
+    from cudit._backward import Segment
+
+    seg = Segment(None, (32, 1), (100, 900), b"", (), (None,) * 4, None, 0, sides=2)
+    grids = seg.stream_grids(200)
+    assert grids == (10, 90, 10, 90)
+    assert seg.side_splits(grids) == (100, (10, 10))   # Q's blocks, and each side's first stream's
+    one = Segment(None, (32, 1), (64,), b"", (), (None,) * 2, None, 0, sides=2)
+    assert one.side_splits(one.stream_grids(1000)) == (64, (64, 64))
 
 
 @pytest.mark.parametrize("heads,norm", [((40, 40, 40), "full"), ((130, 2, 0), "head"), ((1, 1, 1), "head"),

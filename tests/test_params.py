@@ -65,3 +65,19 @@ def test_exchange_layout_and_stats_codes_match_the_header():
     assert _enum(HEADER, "ExchangeLayout") == {"MAX_RANKS": MAX_RANKS, "XCHG_HEADER": XCHG_HEADER}
     names = {"": "NONE", "sumsq": "WRITE", "given": "READ", "exchange": "EXCHANGE"}
     assert _enum(HEADER, "StatsMode") == {"STATS_" + names[k]: v for k, v in STATS_CODES.items()}
+
+
+def test_backward_pointer_indices_are_the_struct_offsets():
+    from cudit._params import BWD_POINTERS, bwd_pointer
+
+    at = {}
+    for field, n in (("x", 2), ("dy", 2), ("dx", 2)):
+        for side in range(n):
+            at[bwd_pointer(field, side)] = getattr(BwdParams, field).offset + 8 * side
+    for side in range(2):
+        for stream in range(2):
+            at[bwd_pointer("w", side, stream)] = BwdParams.w.offset + 8 * (2 * side + stream)
+    for field in ("cos", "sin", "part"):
+        at[bwd_pointer(field)] = getattr(BwdParams, field).offset
+    assert sorted(at) == list(range(BWD_POINTERS))
+    assert all(offset == 8 * i for i, offset in at.items())
