@@ -5,7 +5,6 @@ call (torch.profiler's device trace), and the call's span, for the shapes named.
 """
 import statistics
 import sys
-from collections import defaultdict
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -47,17 +46,11 @@ def main(names: str) -> int:
     print(torch.cuda.get_device_properties(0).name)
     for s in shapes:
         calls = timeline(s, torch)
-        cols = defaultdict(list)
-        for c in calls:
-            for i, (name, start, dur) in enumerate(c):
-                cols[i].append((name, start, dur))
-            cols["span"].append(max(st + d for _, st, d in c))
         print(f"{s.name}: median of {len(calls)} replays, us")
-        for i in range(len(calls[0])):
-            name = cols[i][0][0]
-            print(f"  {name[:60]:<60} start {statistics.median(x[1] for x in cols[i]):7.1f}"
-                  f"  dur {statistics.median(x[2] for x in cols[i]):7.1f}")
-        print(f"  span {statistics.median(cols['span']):.1f}")
+        for launch in zip(*calls):   # one kernel's entries over the replays
+            print(f"  {launch[0][0][:60]:<60} start {statistics.median(x[1] for x in launch):7.1f}"
+                  f"  dur {statistics.median(x[2] for x in launch):7.1f}")
+        print(f"  span {statistics.median(max(st + d for _, st, d in c) for c in calls):.1f}")
     return 0
 
 

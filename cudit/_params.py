@@ -80,17 +80,13 @@ class BwdParams(ctypes.Structure):
     ]
 
 
-# BwdParams' pointers, 8 bytes each from its start: x, dy, dx of each side, w[side][stream], cos, sin, part.
-BWD_POINTERS = 13
-
-
 def bwd_pointer(field: str, side: int = 0, stream: int = 0) -> int:
-    """The index of one of BwdParams' pointers (its byte offset over 8)."""
-    if field in ("x", "dy", "dx"):
-        return 2 * ("x", "dy", "dx").index(field) + side
-    if field == "w":
-        return 6 + 2 * side + stream
-    return 10 + ("cos", "sin", "part").index(field)
+    """The index of one of BwdParams' pointers, which lead the struct 8 bytes each (its byte offset
+    over 8): x, dy, dx by side, w by side and stream, cos, sin, part."""
+    return getattr(BwdParams, field).offset // 8 + (2 * side + stream if field == "w" else side)
+
+
+BWD_POINTERS = bwd_pointer("part") + 1
 
 
 REDUCE_STREAMS = 4   # weight streams one reduction launch takes: two a side, both sides
