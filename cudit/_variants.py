@@ -95,6 +95,16 @@ SOURCE_MAX_THREADS = {("pos", False, 2): 512, ("pos", False, 3): 512, ("pos", Tr
 # Variants built a second time without the rows-ahead code (suffix _na), for plans of several
 # row groups a block, which never ask for rows ahead, by (rope, norm, K).
 NO_AHEAD_VARIANTS = {("half", "head", 2)}
+# Variants that also carry rows without per-head predicates, taken by blocks whose every head
+# lane holds all K heads (kernels/qk_norm_rope.cu every_head_held), by (rope, norm, K, source,
+# shared table): plain RMS forms of natural width. Elsewhere the second path spilled or measured
+# slower (perf-notes v31). Their bound by (arch, dtype, table class, norm, K) where the path spilled.
+EVERY_HEAD_PATHS = {("interleaved", "head", 4, "table", True), ("interleaved", "full", 3, "table", False),
+                    ("interleaved", "full", 4, "grid", False), ("interleaved", "full", 4, "pos", False)}
+EVERY_ARCH_BOUNDS = {("sm_90", "bf16", "f32", "head", 4): 768, ("sm_90", "f16", "f32", "head", 4): 768,
+                     ("sm_90", "bf16", "x16", "full", 4): 768,
+                     ("sm_120", "bf16", "f32", "head", 4): 640, ("sm_120", "f16", "f32", "head", 4): 640,
+                     ("sm_120", "bf16", "bf16", "head", 4): 768, ("sm_120", "f16", "f16", "head", 4): 768}
 # Per-head rows whose items hold more vectors than the rope needs: vectors -> (activation
 # dtypes, most heads a thread). Two: fp32 heads over 128 values; three: D / VEC three times a
 # power of two (D = 96), so a head's lanes stay a power of two inside a warp.
@@ -142,6 +152,13 @@ class Variant:
         table = f"_{self.table}" if self.table else ""
         return f"qknr_{self.dtype}_{self.rope}{table}_{self.norm}_k{self.heads_per_thread}{suffix}"
 
+    @property
+    def every_path(self) -> bool:
+        """Whether it carries the rows of all heads held without per-head predicates."""
+        plain = not (self.layer or self.out or self.stats) and self.parts == natural_parts(self.rope)
+        key = (self.rope, self.norm, self.heads_per_thread, self.source, self.shared_table)
+        return plain and key in EVERY_HEAD_PATHS
+
     def bound(self, arch: str = "") -> int:
         """The launch bound this variant is compiled with for an architecture ('' for the PTX)."""
         bound = self._rms_bound(arch)
@@ -158,6 +175,9 @@ class Variant:
                 bound = min(bound, FP8_F16_MAX_THREADS.get(shape, bound))
             if arch in FP8_CALL_ARCHS:
                 bound = min(bound, FP8_CALL_MAX_THREADS.get(shape, bound))
+        if self.every_path:
+            key = (arch, self.dtype, self.table, self.norm, self.heads_per_thread)
+            bound = min(bound, EVERY_ARCH_BOUNDS.get(key, bound))
         key = (self.source, self.layer)
         return min(bound, SOURCE_MAX_THREADS.get(key + (self.parts,), SOURCE_MAX_THREADS.get(key, bound)))
 
@@ -176,7 +196,7 @@ class Variant:
         args = (self.name, C_TYPES[self.dtype], TABLE_CLASSES[self.table or "f32"], ROPE_CODES[self.rope],
                 NORM_CODES[self.norm], self.heads_per_thread, self.parts, int(self.shared_table), int(self.ahead),
                 STATS_CODES[self.stats], int(self.layer), ROPE_SOURCES[self.source], OUT_CODES[self.out],
-                self.bound(arch))
+                int(self.every_path), self.bound(arch))
         return f"CUDIT_QKNR({', '.join(str(a) for a in args)})"
 
 
@@ -293,6 +313,13 @@ class BackwardVariant:
     @property
     def shape(self) -> tuple:
         return self.held, natural_parts(self.rope), self.stages
+
+    @property
+    def every_path(self) -> bool:
+        """Whether it carries the rows of all heads held without per-head predicates."""
+        plain = not (self.layer or self.out or self.stats) and self.parts == natural_parts(self.rope)
+        key = (self.rope, self.norm, self.heads_per_thread, self.source, self.shared_table)
+        return plain and key in EVERY_HEAD_PATHS
 
     def bound(self, arch: str = "") -> int:
         """The launch bound on one architecture; with none, the least on any (what plans keep to)."""

@@ -908,7 +908,7 @@ __device__ __forceinline__ void flush_row_amax(const Params& p, int hl, int th, 
 }
 
 template <typename T, typename C, int ROPE, int NORM, int K, int PARTS, int TABLE, int STATS, int LN, int SRC, int OUT,
-          int SIDE>
+          int SIDE, bool EVERY>
 __device__ __forceinline__ void process_row(const Params& p, u32 tok, u32 row_in_block, u32 parity, u32 far_row,
                                             QuantSlots<K>& quant) {
     typedef typename OutOf<T, OUT>::type O;
@@ -985,21 +985,24 @@ __device__ __forceinline__ void process_row(const Params& p, u32 tok, u32 row_in
         row_amax[k] = q8.amax;
     };
 
+    // EVERY: this thread holds all K of its heads and its row exists (every_head_held).
+    auto held = [&](int h) { return EVERY || (active && h < row.heads); };
+    const bool live = EVERY || active;
     if (K > 0) {
         It it[K > 0 ? K : 1];
 #pragma unroll
         for (int k = 0; k < K; ++k) {
             const int h = hl + k * th;
-            if (active && h < row.heads) load_item(row, stride, h, it[k]);
+            if (held(h)) load_item(row, stride, h, it[k]);
         }
-        if (active && early_table) tab.load(row.cos, row.sin, stride);
-        if (SRC == SRC_GRID && active) grid.compute(p, row.gpos, d, stride);   // while the loads are in flight
-        if (SRC == SRC_POS && !at_use && active) pos_slice.load(pos_table);
+        if (live && early_table) tab.load(row.cos, row.sin, stride);
+        if (SRC == SRC_GRID && live) grid.compute(p, row.gpos, d, stride);   // while the loads are in flight
+        if (SRC == SRC_POS && !at_use && live) pos_slice.load(pos_table);
         if (ahead_in_row<NORM, PARTS>() && far_row != NO_ROW && (int)j < p.lanes_d)
             prefetch_row<T, C, PARTS, K, SIDE>(p, far_row, d, hl, th, stride);
         // Per-head tables (LTX-2) into L1 in several-vector items only: in the one-vector variants the
         // extra addressing made ptxas spill. A late shared slice: one request serves all heads.
-        if (SRC == SRC_TABLE && ROPE != ROPE_NONE && active) {
+        if (SRC == SRC_TABLE && ROPE != ROPE_NONE && live) {
             if (PARTS > 1 && !shared_table) prefetch_head_tables<PARTS, K>(row, hl, th, stride);
             else if (late_table && shared_table) prefetch_head_tables<PARTS, 1>(row, hl, th, stride);
         }
@@ -1012,7 +1015,7 @@ __device__ __forceinline__ void process_row(const Params& p, u32 tok, u32 row_in
 #pragma unroll
             for (int k = 0; k < K; ++k) {
                 const int h = hl + k * th;
-                if (active && h < row.heads) m[k].add(it[k]);
+                if (held(h)) m[k].add(it[k]);
             }
             team_sums_warp(m, p.tj);
 #pragma unroll
@@ -1022,7 +1025,7 @@ __device__ __forceinline__ void process_row(const Params& p, u32 tok, u32 row_in
             for (int k = 0; k < K; ++k) {
                 const int h = hl + k * th;
                 Moments<LN> m{};
-                if (active && h < row.heads) m.add(it[k]);
+                if (held(h)) m.add(it[k]);
                 sc[k] = norm_scale(team_sum_warp(m, p.tj), row.inv_n, p.eps, false);
             }
         } else if (NORM == NORM_FULL) {
@@ -1030,19 +1033,21 @@ __device__ __forceinline__ void process_row(const Params& p, u32 tok, u32 row_in
 #pragma unroll
             for (int k = 0; k < K; ++k) {
                 const int h = hl + k * th;
-                if (summed && active && h < row.heads) m.add(it[k]);
+                if (summed && held(h)) m.add(it[k]);
             }
             if (!full_row_scale<STATS, SIDE>(p, m, given, tok, row_in_block, parity, row.inv_n, epoch, sc[0])) return;
         }
 #pragma unroll
         for (int k = 0; k < K; ++k) {
             const int h = hl + k * th;
-            if (!(active && h < row.heads)) continue;
+            if (!held(h)) continue;
             if (SRC == SRC_TABLE && ROPE != ROPE_NONE && !early_table && TABLE != TABLE_SHARED && !at_use)
                 tab.load(row.cos + h * row.cos_hs, row.sin + h * row.sin_hs, stride);
             finish(k, h, it[k], NORM == NORM_HEAD ? sc[k] : sc[0]);
+            // Without per-head branches ptxas would read every head's table ahead, and spill.
+            if (EVERY && k + 1 < K) __syncwarp();
         }
-        if (fmt.track) flush_row_amax<SIDE>(p, hl, th, active, row_amax);
+        if (fmt.track) flush_row_amax<SIDE>(p, hl, th, live, row_amax);
     } else {
         // Heads beyond registers: loop. The trip count is uniform across the team (shuffles).
         if (SRC == SRC_TABLE && active && shared_table && !at_use) tab.load(row.cos, row.sin, stride);
@@ -1092,12 +1097,22 @@ __device__ __forceinline__ void process_row(const Params& p, u32 tok, u32 row_in
     }
 }
 
+// Whether every row block sb of side SIDE takes exists, every lane of its teams holds a vector and
+// every head lane K heads (WAN, FLUX, HunyuanVideo): such blocks run their rows without per-head
+// predicates (perf-notes v31). Uniform over the block, as team_sum's barriers need.
+template <int NORM, int K, int PARTS, int SIDE>
+__device__ __forceinline__ bool every_head_held(const Params& p, u32 sb) {
+    const SideLane sl = side_lane<NORM, K, PARTS, SIDE>(p);
+    const u32 last = (sb + 1u) * sl.rows - 1u + (p.iters - 1u) * p.step;
+    return K > 0 && last < (p.total_rows >> 1) && p.lanes_d == (int)p.tj && p.side[SIDE].heads == K * sl.th;
+}
+
 // Block sb of side SIDE: its rows are consecutive tokens of that side, and it takes p.iters of
 // them a row, p.step tokens apart. AHEAD == 0: variants for blocks that never ask for rows ahead
 // (Params.ahead is 0 for them), built without that code.
 template <typename T, typename C, int ROPE, int NORM, int K, int PARTS, int TABLE, int AHEAD, int STATS, int LN,
-          int SRC, int OUT, int SIDE>
-__device__ __forceinline__ void side_body(const Params& p, u32 sb) {
+          int SRC, int OUT, int SIDE, bool EVERY>
+__device__ __forceinline__ void side_rows(const Params& p, u32 sb) {
     const SideLane sl = side_lane<NORM, K, PARTS, SIDE>(p);
     const TeamLane tl = team_lane<NORM>(p, sl.lane);
     const Place place = lane_place<T, ROPE, SRC, PARTS>(p, tl.j);
@@ -1114,8 +1129,8 @@ __device__ __forceinline__ void side_body(const Params& p, u32 sb) {
             prefetch_row<T, C, PARTS, K, SIDE>(p, next, d, tl.hl, sl.th, place.stride);
         }
         const u32 far_row = AHEAD && ahead_in_row<NORM, PARTS>() && i == 0 ? row_ahead(p, tok) : NO_ROW;
-        process_row<T, C, ROPE, NORM, K, PARTS, TABLE, STATS, LN, SRC, OUT, SIDE>(p, tok, sl.row, i & 1u, far_row,
-                                                                                 quant);
+        process_row<T, C, ROPE, NORM, K, PARTS, TABLE, STATS, LN, SRC, OUT, SIDE, EVERY>(p, tok, sl.row, i & 1u,
+                                                                                        far_row, quant);
     }
     if (AHEAD && !ahead_in_row<NORM, PARTS>()) {
         const u32 far_row = row_ahead(p, first);
@@ -1123,6 +1138,19 @@ __device__ __forceinline__ void side_body(const Params& p, u32 sb) {
             prefetch_row<T, C, PARTS, K, SIDE>(p, far_row, d, tl.hl, sl.th, place.stride);
     }
     publish_amax<OUT>(p.amax[SIDE], p.amax_hs[SIDE], p.side[SIDE].heads);
+}
+
+// EVERY: the variant carries that path too (cudit/_variants.py EVERY_HEAD_PATHS).
+template <typename T, typename C, int ROPE, int NORM, int K, int PARTS, int TABLE, int AHEAD, int STATS, int LN,
+          int SRC, int OUT, int EVERY, int SIDE>
+__device__ __forceinline__ void side_body(const Params& p, u32 sb) {
+    if constexpr (EVERY && K > 0) {
+        if (every_head_held<NORM, K, PARTS, SIDE>(p, sb)) {
+            side_rows<T, C, ROPE, NORM, K, PARTS, TABLE, AHEAD, STATS, LN, SRC, OUT, SIDE, true>(p, sb);
+            return;
+        }
+    }
+    side_rows<T, C, ROPE, NORM, K, PARTS, TABLE, AHEAD, STATS, LN, SRC, OUT, SIDE, false>(p, sb);
 }
 
 // fp8 variants given V (Params.v_in): the blocks past qk_grid quantise V's values (no norm, no
@@ -1168,7 +1196,7 @@ __device__ __forceinline__ void v_body(const Params& p, u32 vb) {
 }
 
 template <typename T, typename C, int ROPE, int NORM, int K, int PARTS, int TABLE, int AHEAD, int STATS, int LN,
-          int SRC, int OUT>
+          int SRC, int OUT, int EVERY>
 __device__ __forceinline__ void qk_norm_rope_body(const Params& p) {
     static_assert(STATS == STATS_NONE || (NORM == NORM_FULL && !LN), "sums of squares are full-dim RMS rows'");
     static_assert(SRC == SRC_TABLE || (ROPE != ROPE_NONE && TABLE == TABLE_ANY && STATS == STATS_NONE),
@@ -1185,21 +1213,21 @@ __device__ __forceinline__ void qk_norm_rope_body(const Params& p) {
     const u32 period = alternate ? blockIdx.x >> 1 : div(blockIdx.x, p.sides);
     const u32 at = alternate ? blockIdx.x & 1u : blockIdx.x - period * p.sides.d;
     const u32 last = alternate ? 1u : p.k_ratio;
-    if (at == last) side_body<T, C, ROPE, NORM, K, PARTS, TABLE, AHEAD, STATS, LN, SRC, OUT, 1>(p, period);
-    else side_body<T, C, ROPE, NORM, K, PARTS, TABLE, AHEAD, STATS, LN, SRC, OUT, 0>(p, period * last + at);
+    if (at == last) side_body<T, C, ROPE, NORM, K, PARTS, TABLE, AHEAD, STATS, LN, SRC, OUT, EVERY, 1>(p, period);
+    else side_body<T, C, ROPE, NORM, K, PARTS, TABLE, AHEAD, STATS, LN, SRC, OUT, EVERY, 0>(p, period * last + at);
     end_exchange<STATS>(p);
 }
 
 }  // namespace cudit
 
 // build_cubins.py appends one line per variant:
-//   CUDIT_QKNR(name, T, C, ROPE, NORM, K, PARTS, TABLE, AHEAD, STATS, LN, SRC, OUT, MAX_THREADS)
+//   CUDIT_QKNR(name, T, C, ROPE, NORM, K, PARTS, TABLE, AHEAD, STATS, LN, SRC, OUT, EVERY, MAX_THREADS)
 // (C: cos/sin storage, float or Bits16, any when ROPE is none or SRC is the grid; TABLE:
 // TableKind; AHEAD: 0 or 1, rows-ahead code; STATS: StatsMode; LN: 1 for LayerNorm; SRC: RopeSource;
-// OUT: OutKind)
-#define CUDIT_QKNR(NAME, T, C, ROPE, NORM, K, PARTS, TABLE, AHEAD, STATS, LN, SRC, OUT, MAX_THREADS)    \
+// OUT: OutKind; EVERY: 1, also the rows of all heads held without per-head predicates)
+#define CUDIT_QKNR(NAME, T, C, ROPE, NORM, K, PARTS, TABLE, AHEAD, STATS, LN, SRC, OUT, EVERY, MAX_THREADS)   \
     extern "C" __global__ void __launch_bounds__(MAX_THREADS, 1) NAME(const cudit::Params p) {         \
-        cudit::qk_norm_rope_body<T, C, ROPE, NORM, K, PARTS, TABLE, AHEAD, STATS, LN, SRC, OUT>(p);   \
+        cudit::qk_norm_rope_body<T, C, ROPE, NORM, K, PARTS, TABLE, AHEAD, STATS, LN, SRC, OUT, EVERY>(p); \
     }
 
 // The benchmark's baseline for launch-bound shapes and host overhead: a launch that does nothing.

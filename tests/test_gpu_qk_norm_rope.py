@@ -278,7 +278,7 @@ def test_model_several_row_groups_a_block(case, several_groups):
 
 
 def test_case_names_are_unique():
-    names = [c.name for c in CASES + MODELS + RANDOM_SOURCES]
+    names = [c.name for c in CASES + MODELS + RANDOM_SOURCES + [c for c, _ in EVERY_PATH_CASES]]
     assert len(names) == len(set(names))
 
 
@@ -326,3 +326,46 @@ def test_random_rope_source(case):
     import cudit
 
     run_case(case, cudit.qk_norm_rope)
+
+
+def every_path_blocks(plan) -> tuple:
+    """(blocks that take the all-heads-held path, blocks that do not) of a plan, by the kernel's
+    rule (kernels/qk_norm_rope.cu every_head_held); (0, 0) for a variant without that path."""
+    from cudit._params import Params
+
+    c, p = plan.config, Params.from_buffer_copy(plan.template)
+    if not c.variant.every_path:
+        return 0, 0
+    tokens, rows = p.total_rows // 2, c.block // c.team
+    held = c.lanes_d == c.tj and all(p.side[s].heads == c.variant.heads_per_thread * c.th for s in (0, 1))
+    last_rows = [(sb + 1) * rows - 1 + (p.iters - 1) * p.step for sb in range(c.grid // 2)]
+    taken = sum(held and last < tokens for last in last_rows)
+    return taken, len(last_rows) - taken
+
+
+# The variants that carry the all-heads-held path (cudit/_variants.py EVERY_HEAD_PATHS): shapes
+# whose blocks all take it, whose head lanes are short of K heads (the other path only), and, at
+# three row groups a block, whose last blocks lack rows (both paths in one launch).
+EVERY_PATH_CASES = [
+    (Case("every-head-k4-all", heads=(24, 24, 24), B=2, S=64), "all"),
+    (Case("every-head-k4-heads-short", heads=(23, 23, 23), S=40), "none"),
+    (Case("every-full-k4-grid", heads=(40, 40, 40), norm="full", grid=(3, 6, 8), B=2, S=144), "all"),
+    (Case("every-head-k4-last-short", heads=(24, 24, 24), n_txt=7, B=1, S=61), "some"),
+    (Case("every-head-k4-f16-table", heads=(48, 48, 48), dtype="f16", table_dtype="f16", S=37), "some"),
+    (Case("every-full-k3-d256", heads=(6, 6, 6), D=256, norm="full", B=2, S=31), "some"),
+    (Case("every-full-k4-positions", heads=(12, 12, 12), norm="full", rotary=128, positions="int64",
+          pos_2d=True, B=2, S=29), "some"),
+]
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("case,taken", EVERY_PATH_CASES, ids=str)
+def test_all_heads_held_path(case, taken, full_size_geometry):
+    restore = tuned(small_grid_threads=0, one_row_blocks_up_to=0, fixed_row_iters=3, full_grid=1) \
+        if taken == "some" else lambda: None
+    try:
+        (plan,) = launched_plans(case)
+    finally:
+        restore()
+    yes, no = every_path_blocks(plan)
+    assert {"all": yes > 0 and no == 0, "some": yes > 0 and no > 0, "none": yes == 0 and no > 0}[taken], (yes, no)
