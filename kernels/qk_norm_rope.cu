@@ -1098,7 +1098,7 @@ __device__ __forceinline__ void process_row(const Params& p, u32 tok, u32 row_in
 }
 
 // Whether every row block sb of side SIDE takes exists, every lane of its teams holds a vector and
-// every head lane K heads (WAN, FLUX, HunyuanVideo): such blocks run their rows without per-head
+// every head lane K heads (FLUX, HunyuanVideo): such blocks run their rows without per-head
 // predicates (perf-notes v31). Uniform over the block, as team_sum's barriers need.
 template <int NORM, int K, int PARTS, int SIDE>
 __device__ __forceinline__ bool every_head_held(const Params& p, u32 sb) {

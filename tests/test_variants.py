@@ -1,0 +1,24 @@
+"""The variant table's second-path entries (cudit/_variants.py EVERY_HEAD_PATHS): no stale keys,
+and the flag reaches the kernel's instantiation."""
+from cudit._variants import ARCHS, EVERY_ARCH_BOUNDS, EVERY_HEAD_PATHS, all_variants
+
+
+def every_path_variants() -> list:
+    return [v for v in all_variants() if v.every_path]
+
+
+def test_every_head_path_keys_each_name_a_built_variant():
+    keys = {(v.rope, v.norm, v.heads_per_thread, v.source, v.shared_table) for v in every_path_variants()}
+    assert keys == EVERY_HEAD_PATHS
+
+
+def test_every_head_path_bounds_each_name_a_variant_carrying_the_path():
+    carried = {(a, v.dtype, v.table, v.norm, v.heads_per_thread) for v in every_path_variants() for a in ARCHS}
+    assert set(EVERY_ARCH_BOUNDS) <= carried
+
+
+def test_only_plain_forms_carry_the_path_and_the_kernel_is_told():
+    for v in all_variants():
+        assert not v.every_path or not (v.layer or v.out or v.stats)
+        every_arg = v.instantiation("sm_90").rstrip(")").split(", ")[-2]
+        assert every_arg == str(int(v.every_path)), v.name
