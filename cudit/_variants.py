@@ -314,13 +314,6 @@ class BackwardVariant:
     def shape(self) -> tuple:
         return self.held, natural_parts(self.rope), self.stages
 
-    @property
-    def every_path(self) -> bool:
-        """Whether it carries the rows of all heads held without per-head predicates."""
-        plain = not (self.layer or self.out or self.stats) and self.parts == natural_parts(self.rope)
-        key = (self.rope, self.norm, self.heads_per_thread, self.source, self.shared_table)
-        return plain and key in EVERY_HEAD_PATHS
-
     def bound(self, arch: str = "") -> int:
         """The launch bound on one architecture; with none, the least on any (what plans keep to)."""
         if not arch:
