@@ -1104,7 +1104,7 @@ template <int NORM, int K, int PARTS, int SIDE>
 __device__ __forceinline__ bool every_head_held(const Params& p, u32 sb) {
     const SideLane sl = side_lane<NORM, K, PARTS, SIDE>(p);
     const u32 last = (sb + 1u) * sl.rows - 1u + (p.iters - 1u) * p.step;
-    return K > 0 && last < (p.total_rows >> 1) && p.lanes_d == (int)p.tj && p.side[SIDE].heads == K * sl.th;
+    return last < (p.total_rows >> 1) && p.lanes_d == (int)p.tj && p.side[SIDE].heads == K * sl.th;
 }
 
 // Block sb of side SIDE: its rows are consecutive tokens of that side, and it takes p.iters of

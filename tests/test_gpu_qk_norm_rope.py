@@ -329,8 +329,9 @@ def test_random_rope_source(case):
 
 
 def every_path_blocks(plan) -> tuple:
-    """(blocks that take the all-heads-held path, blocks that do not) of a plan, by the kernel's
-    rule (kernels/qk_norm_rope.cu every_head_held); (0, 0) for a variant without that path."""
+    """(blocks that take the all-heads-held path, blocks that do not) of a plan whose K rows are
+    Q's (no narrower GQA teams), by the kernel's rule (kernels/qk_norm_rope.cu every_head_held);
+    (0, 0) for a variant without that path."""
     from cudit._params import Params
 
     c, p = plan.config, Params.from_buffer_copy(plan.template)
