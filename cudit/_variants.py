@@ -29,6 +29,7 @@ STATS_CODES = {"": 0, "sumsq": 1, "given": 2, "exchange": 3}
 # picked by position ids, rotating only the table's width (partial rotary); or 3-D RoPE angles
 # computed from each token's place on a video grid (no table). Suffixes of the last two.
 ROPE_SOURCES = {"table": 0, "pos": 1, "grid": 2}
+TABLE_SHARED, TABLE_ONCE = 1, 2   # kernels/qk_norm_rope.cu TableKind flags
 POS_TABLES = ("f32", "x16")
 # fp8 output (float8_e4m3fn or float8_e5m2, told apart at launch) from 16-bit activations, V
 # quantised in the same launch: two copies of every plain variant of these dtypes, with scales
@@ -105,6 +106,14 @@ EVERY_ARCH_BOUNDS = {("sm_90", "bf16", "f32", "head", 4): 768, ("sm_90", "f16", 
                      ("sm_90", "bf16", "x16", "full", 4): 768,
                      ("sm_120", "bf16", "f32", "head", 4): 640, ("sm_120", "f16", "f32", "head", 4): 640,
                      ("sm_120", "bf16", "bf16", "head", 4): 768, ("sm_120", "f16", "f16", "head", 4): 768}
+# Variants that read a shared cos/sin slice once a row, after the sums, and hold it over the
+# thread's heads (TableKind TABLE_ONCE), where reading it again for each head kept L1's data pipe
+# busiest (perf-notes v32), by (rope, norm, K, shared table): plain RMS forms of natural width
+# with the rows-ahead code (the _na forms spilled). Their bound by (arch, dtype, table class, norm)
+# where the held slice spilled.
+ONCE_TABLE_PATHS = {("half", "full", 2, True), ("half", "head", 2, False)}
+ONCE_ARCH_BOUNDS = {(a, dtype, "f32", "full"): 640 for a in ("sm_86", "sm_89", "sm_90") for dtype in ("bf16", "f16")}
+ONCE_ARCH_BOUNDS.update({(a, "f16", "f16", "full"): 768 for a in ("sm_86", "sm_89", "sm_90")})
 # Per-head rows whose items hold more vectors than the rope needs: vectors -> (activation
 # dtypes, most heads a thread). Two: fp32 heads over 128 values; three: D / VEC three times a
 # power of two (D = 96), so a head's lanes stay a power of two inside a warp.
@@ -153,11 +162,21 @@ class Variant:
         return f"qknr_{self.dtype}_{self.rope}{table}_{self.norm}_k{self.heads_per_thread}{suffix}"
 
     @property
+    def once_table(self) -> bool:
+        """Whether it reads a shared table slice once a row and holds it over its heads."""
+        key = (self.rope, self.norm, self.heads_per_thread, self.shared_table)
+        return self.plain and self.ahead and self.source == "table" and key in ONCE_TABLE_PATHS
+
+    @property
+    def plain(self) -> bool:
+        """RMS rows of natural width, written in the activations' dtype, with no sums exchanged."""
+        return not (self.layer or self.out or self.stats) and self.parts == natural_parts(self.rope)
+
+    @property
     def every_path(self) -> bool:
         """Whether it carries the rows of all heads held without per-head predicates."""
-        plain = not (self.layer or self.out or self.stats) and self.parts == natural_parts(self.rope)
         key = (self.rope, self.norm, self.heads_per_thread, self.source, self.shared_table)
-        return plain and key in EVERY_HEAD_PATHS
+        return self.plain and key in EVERY_HEAD_PATHS
 
     def bound(self, arch: str = "") -> int:
         """The launch bound this variant is compiled with for an architecture ('' for the PTX)."""
@@ -178,6 +197,8 @@ class Variant:
         if self.every_path:
             key = (arch, self.dtype, self.table, self.norm, self.heads_per_thread)
             bound = min(bound, EVERY_ARCH_BOUNDS.get(key, bound))
+        if self.once_table:
+            bound = min(bound, ONCE_ARCH_BOUNDS.get((arch, self.dtype, self.table, self.norm), bound))
         key = (self.source, self.layer)
         return min(bound, SOURCE_MAX_THREADS.get(key + (self.parts,), SOURCE_MAX_THREADS.get(key, bound)))
 
@@ -191,10 +212,15 @@ class Variant:
         return MAX_THREADS_BY_DTYPE.get((self.dtype, *shape),
                                         MAX_THREADS_BY_NORM.get(shape, MAX_THREADS[(self.parts, self.heads_per_thread)]))
 
+    @property
+    def table_kind(self) -> int:
+        """kernels/qk_norm_rope.cu TableKind: its flags."""
+        return TABLE_SHARED * self.shared_table | TABLE_ONCE * self.once_table
+
     def instantiation(self, arch: str = "") -> str:
         """The line kernels/qk_norm_rope.cu expands into this variant (CUDIT_QKNR)."""
         args = (self.name, C_TYPES[self.dtype], TABLE_CLASSES[self.table or "f32"], ROPE_CODES[self.rope],
-                NORM_CODES[self.norm], self.heads_per_thread, self.parts, int(self.shared_table), int(self.ahead),
+                NORM_CODES[self.norm], self.heads_per_thread, self.parts, self.table_kind, int(self.ahead),
                 STATS_CODES[self.stats], int(self.layer), ROPE_SOURCES[self.source], OUT_CODES[self.out],
                 int(self.every_path), self.bound(arch))
         return f"CUDIT_QKNR({', '.join(str(a) for a in args)})"

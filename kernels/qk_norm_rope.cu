@@ -27,9 +27,11 @@
 
 namespace cudit {
 
-// TABLE_ANY: shared or per-head cos/sin, told apart at run time by the head strides.
+// Flags. TABLE_ANY: shared or per-head cos/sin, told apart at run time by the head strides.
 // TABLE_SHARED: the planner promises one [S, D] slice for all heads (cos_hs == sin_hs == 0).
-enum TableKind : int { TABLE_ANY = 0, TABLE_SHARED = 1 };
+// TABLE_ONCE: a shared slice is read once a row, after the sums, and held over the thread's heads
+// (fewer L1 wavefronts for more registers: cudit/_variants.py ONCE_TABLE_PATHS).
+enum TableKind : int { TABLE_ANY = 0, TABLE_SHARED = 1, TABLE_ONCE = 2 };
 
 template <typename T, int PARTS> struct Item {
     static constexpr int VEC = 16 / (int)sizeof(T);
@@ -938,13 +940,14 @@ __device__ __forceinline__ void process_row(const Params& p, u32 tok, u32 row_in
     const float given = given_sumsq<STATS, SIDE>(p, tok);
     const u32 epoch = exchange_epoch<STATS>(p);
     constexpr bool summed = NORM == NORM_FULL && STATS != STATS_READ;   // the row's own sum is needed
-    const bool shared_table = ROPE != ROPE_NONE && (TABLE == TABLE_SHARED || (row.cos_hs == 0 && row.sin_hs == 0));
+    const bool shared_table = ROPE != ROPE_NONE && ((TABLE & TABLE_SHARED) || (row.cos_hs == 0 && row.sin_hs == 0));
     // Per-head rows of two vectors an item, or of four 16-bit heads a thread, and TABLE_SHARED
     // variants: the shared table slice is requested into L1 early and read per head after the
     // reduction, not held through the loads, so these variants fit 96 and 80 registers
     // (cudit/_variants.py bounds; perf-notes v7-v9).
-    constexpr bool late_table = TABLE == TABLE_SHARED || (NORM == NORM_HEAD && (PARTS > 1 || (K == 4 && sizeof(T) == 2)));
+    constexpr bool late_table = (TABLE & TABLE_SHARED) || (NORM == NORM_HEAD && (PARTS > 1 || (K == 4 && sizeof(T) == 2)));
     const bool early_table = SRC == SRC_TABLE && shared_table && !late_table;
+    const bool once_table = (TABLE & TABLE_ONCE) && shared_table;
     TableSlice<C, VEC, PARTS> tab;
     tab.dtype = p.tab_dtype;
     HeadWeights<VEC, PARTS, LN> hw;
@@ -977,7 +980,7 @@ __device__ __forceinline__ void process_row(const Params& p, u32 tok, u32 row_in
             finish_with(pos_slice);
         } else if constexpr (at_use) {
             finish_with(TableAt<C, VEC>{row.cos + h * row.cos_hs, row.sin + h * row.sin_hs, stride, p.tab_dtype});
-        } else if constexpr (TABLE == TABLE_SHARED) {
+        } else if constexpr (TABLE == TABLE_SHARED) {   // not TABLE_ONCE: read where used
             finish_with(TableAt<C, VEC>{row.cos, row.sin, stride, p.tab_dtype});
         } else {
             finish_with(tab);
@@ -1037,11 +1040,12 @@ __device__ __forceinline__ void process_row(const Params& p, u32 tok, u32 row_in
             }
             if (!full_row_scale<STATS, SIDE>(p, m, given, tok, row_in_block, parity, row.inv_n, epoch, sc[0])) return;
         }
+        if (SRC == SRC_TABLE && live && once_table) tab.load(row.cos, row.sin, stride);
 #pragma unroll
         for (int k = 0; k < K; ++k) {
             const int h = hl + k * th;
             if (!held(h)) continue;
-            if (SRC == SRC_TABLE && ROPE != ROPE_NONE && !early_table && TABLE != TABLE_SHARED && !at_use)
+            if (SRC == SRC_TABLE && ROPE != ROPE_NONE && !early_table && !once_table && TABLE != TABLE_SHARED && !at_use)
                 tab.load(row.cos + h * row.cos_hs, row.sin + h * row.sin_hs, stride);
             finish(k, h, it[k], NORM == NORM_HEAD ? sc[k] : sc[0]);
             // Without per-head branches ptxas would read every head's table ahead, and spill.

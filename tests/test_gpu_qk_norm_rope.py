@@ -370,3 +370,24 @@ def test_all_heads_held_path(case, taken, full_size_geometry):
         restore()
     yes, no = every_path_blocks(plan)
     assert {"all": yes > 0 and no == 0, "some": yes > 0 and no > 0, "none": yes == 0 and no > 0}[taken], (yes, no)
+
+
+
+# rotate_half rows of two heads a thread whose variants read a shared table slice once a row
+# (cudit/_variants.py ONCE_TABLE_PATHS): each table dtype, and a per-head table, whose rows read
+# their own slices head by head in the same variant. run_case checks them against the reference.
+ONCE_TABLE_CASES = [
+    Case("once-full-half-shared", heads=(12, 12, 12), norm="full", rope="half", B=2, S=33),
+    Case("once-head-half-shared", heads=(24, 24, 24), rope="half", n_txt=5, B=2, S=41),
+    Case("once-full-half-f16-table", heads=(40, 40, 40), norm="full", rope="half", dtype="f16", table_dtype="f16",
+         S=29),
+    Case("once-head-half-perhead-table", heads=(24, 24, 24), rope="half", table="perhead", table_rows="T", B=2,
+         S=17),
+]
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("case", ONCE_TABLE_CASES, ids=str)
+def test_table_read_once_a_row(case, full_size_geometry):
+    (plan,) = launched_plans(case)
+    assert plan.config.variant.once_table, plan.kernel

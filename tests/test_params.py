@@ -58,6 +58,13 @@ def test_codes_the_kernels_switch_on_match_the_python_tables():
                                         for k, v in OUT_CODES.items()}
 
 
+def test_table_kind_flags_match_the_kernel():
+    from cudit._variants import TABLE_ONCE, TABLE_SHARED
+
+    kinds = _enum(HEADER.parent / "qk_norm_rope.cu", "TableKind")
+    assert kinds == {"TABLE_ANY": 0, "TABLE_SHARED": TABLE_SHARED, "TABLE_ONCE": TABLE_ONCE}
+
+
 def test_exchange_layout_and_stats_codes_match_the_header():
     from cudit._params import MAX_RANKS, XCHG_HEADER
     from cudit._variants import STATS_CODES

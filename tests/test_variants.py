@@ -1,6 +1,7 @@
-"""The variant table's second-path entries (cudit/_variants.py EVERY_HEAD_PATHS): no stale keys,
-and the flag reaches the kernel's instantiation."""
-from cudit._variants import ARCHS, EVERY_ARCH_BOUNDS, EVERY_HEAD_PATHS, all_variants
+"""The variant table's entries for second forms of a variant (cudit/_variants.py EVERY_HEAD_PATHS,
+ONCE_TABLE_PATHS): no stale keys, and the flag reaches the kernel's instantiation."""
+from cudit._variants import (ARCHS, EVERY_ARCH_BOUNDS, EVERY_HEAD_PATHS, ONCE_ARCH_BOUNDS, ONCE_TABLE_PATHS,
+                             TABLE_ONCE, TABLE_SHARED, all_variants)
 
 
 def every_path_variants() -> list:
@@ -22,3 +23,24 @@ def test_only_plain_forms_carry_the_path_and_the_kernel_is_told():
         assert not v.every_path or not (v.layer or v.out or v.stats)
         every_arg = v.instantiation("sm_90").rstrip(")").split(", ")[-2]
         assert every_arg == str(int(v.every_path)), v.name
+
+
+def once_table_variants() -> list:
+    return [v for v in all_variants() if v.once_table]
+
+
+def test_once_table_keys_each_name_a_built_variant():
+    keys = {(v.rope, v.norm, v.heads_per_thread, v.shared_table) for v in once_table_variants()}
+    assert keys == ONCE_TABLE_PATHS
+
+
+def test_once_table_bounds_each_name_a_variant_carrying_the_form():
+    carried = {(a, v.dtype, v.table, v.norm) for v in once_table_variants() for a in ARCHS}
+    assert set(ONCE_ARCH_BOUNDS) <= carried
+
+
+def test_only_plain_table_forms_read_the_slice_once_and_the_kernel_is_told():
+    for v in all_variants():
+        assert not v.once_table or (v.plain and v.source == "table")
+        table_arg = int(v.instantiation("sm_90").rstrip(")").split(", ")[7])
+        assert table_arg == TABLE_SHARED * v.shared_table | TABLE_ONCE * v.once_table, v.name
