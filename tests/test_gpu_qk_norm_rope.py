@@ -372,7 +372,6 @@ def test_all_heads_held_path(case, taken, full_size_geometry):
     assert {"all": yes > 0 and no == 0, "some": yes > 0 and no > 0, "none": yes == 0 and no > 0}[taken], (yes, no)
 
 
-
 # rotate_half rows of two heads a thread whose variants read a shared table slice once a row
 # (cudit/_variants.py ONCE_TABLE_PATHS): each table dtype, and a per-head table, whose rows read
 # their own slices head by head in the same variant. run_case checks them against the reference.
