@@ -1050,7 +1050,6 @@ def launch_config(w: Work, device: DeviceSpec, tuning: Tuning) -> LaunchConfig:
     waves = _ahead_waves(iters, w.norm, parts, tuning)
     variant = Variant(
         w.dtype, w.rope, w.norm, k, parts, table, shared_table=k == shared_k and not (w.stats or w.layer),
-        ahead=waves > 0 or w.layer or w.source != "table" or (w.rope, w.norm, k) not in _variants.NO_AHEAD_VARIANTS,
         stats=w.stats, layer=w.layer, source=w.source, out=w.out)
     return LaunchConfig(variant, lanes_d, geo.tj, geo.th, geo.block, iters, grid, waves, k_ratio=k_ratio, k_th=k_th)
 

@@ -93,9 +93,6 @@ LAYER_ARCH_BOUNDS = {("sm_120", 1, "head", 4): 640}
 # Position-id variants read partial table vectors value by value: at the table bounds those of
 # several vectors an item and the LayerNorm ones spill. By (source, LayerNorm[, vectors an item]).
 SOURCE_MAX_THREADS = {("pos", False, 2): 512, ("pos", False, 3): 512, ("pos", True): 384}
-# Variants built a second time without the rows-ahead code (suffix _na), for plans of several
-# row groups a block, which never ask for rows ahead, by (rope, norm, K).
-NO_AHEAD_VARIANTS = {("half", "head", 2)}
 # Variants that also carry rows without per-head predicates, taken by blocks whose every head
 # lane holds all K heads (kernels/qk_norm_rope.cu every_head_held), by (rope, norm, K, source,
 # shared table): plain RMS forms of natural width. Elsewhere the second path spilled or measured
@@ -108,9 +105,8 @@ EVERY_ARCH_BOUNDS = {("sm_90", "bf16", "f32", "head", 4): 768, ("sm_90", "f16", 
                      ("sm_120", "bf16", "bf16", "head", 4): 768, ("sm_120", "f16", "f16", "head", 4): 768}
 # Variants that read a shared cos/sin slice once a row, after the sums, and hold it over the
 # thread's heads (TableKind TABLE_ONCE), where reading it again for each head kept L1's data pipe
-# busiest (perf-notes v32), by (rope, norm, K, shared table): plain RMS forms of natural width
-# with the rows-ahead code (the _na forms spilled). Their bound by (arch, dtype, table class, norm)
-# where the held slice spilled.
+# busiest (perf-notes v32), by (rope, norm, K, shared table): plain RMS forms of natural width.
+# Their bound by (arch, dtype, table class, norm) where the held slice spilled.
 ONCE_TABLE_PATHS = {("half", "full", 2, True), ("half", "head", 2, False)}
 ONCE_ARCH_BOUNDS = {(a, dtype, "f32", "full"): 640 for a in ("sm_86", "sm_89", "sm_90") for dtype in ("bf16", "f16")}
 ONCE_ARCH_BOUNDS.update({(a, "f16", "f16", "full"): 768 for a in ("sm_86", "sm_89", "sm_90")})
@@ -146,7 +142,6 @@ class Variant:
     parts: int                   # vectors an item holds
     table: str | None = "f32"    # cos/sin class (TABLE_CLASSES); None without rope
     shared_table: bool = False   # one slice for all heads (cos_hs == sin_hs == 0)
-    ahead: bool = True           # carries the rows-ahead code
     stats: str = ""              # STATS_CODES: full-dim rows' sums of squares, for tensor parallelism
     layer: bool = False          # LayerNorm (mean subtracted, bias added) instead of RMSNorm
     source: str = "table"        # ROPE_SOURCES
@@ -155,7 +150,7 @@ class Variant:
     @property
     def name(self) -> str:
         suffix = (f"_p{self.parts}" if self.parts != natural_parts(self.rope) else "") + \
-            ("_st" if self.shared_table else "") + ("" if self.ahead else "_na") + (f"_{self.stats}" if self.stats else "") + \
+            ("_st" if self.shared_table else "") + (f"_{self.stats}" if self.stats else "") + \
             ("_ln" if self.layer else "") + ("" if self.source == "table" else f"_{self.source}") + \
             (f"_{self.out}" if self.out else "")
         table = f"_{self.table}" if self.table else ""
@@ -165,7 +160,7 @@ class Variant:
     def once_table(self) -> bool:
         """Whether it reads a shared table slice once a row and holds it over its heads."""
         key = (self.rope, self.norm, self.heads_per_thread, self.shared_table)
-        return self.plain and self.ahead and self.source == "table" and key in ONCE_TABLE_PATHS
+        return self.plain and self.source == "table" and key in ONCE_TABLE_PATHS
 
     @property
     def plain(self) -> bool:
@@ -220,7 +215,7 @@ class Variant:
     def instantiation(self, arch: str = "") -> str:
         """The line kernels/qk_norm_rope.cu expands into this variant (CUDIT_QKNR)."""
         args = (self.name, C_TYPES[self.dtype], TABLE_CLASSES[self.table or "f32"], ROPE_CODES[self.rope],
-                NORM_CODES[self.norm], self.heads_per_thread, self.parts, self.table_kind, int(self.ahead),
+                NORM_CODES[self.norm], self.heads_per_thread, self.parts, self.table_kind,
                 STATS_CODES[self.stats], int(self.layer), ROPE_SOURCES[self.source], OUT_CODES[self.out],
                 int(self.every_path), self.bound(arch))
         return f"CUDIT_QKNR({', '.join(str(a) for a in args)})"
@@ -253,20 +248,18 @@ def all_variants() -> tuple:
                         if s != "sumsq" or (rope == "none" and k == 0)]
             if (rope, norm, k) in SHARED_TABLE_BOUNDS:
                 out.append(Variant(dt, rope, norm, k, parts, table, shared_table=True))
-            if (rope, norm, k) in NO_AHEAD_VARIANTS:
-                out.append(Variant(dt, rope, norm, k, parts, table, ahead=False))
             if norm == "head" and rope != "half":
                 out += [Variant(dt, rope, norm, k, more, table) for more, (dts, most) in EXTRA_PARTS.items()
                         if dt in dts and k <= most]
     # The other rope sources: a copy of every plain rotating variant's shape, for position ids
     # with fp32 tables and 16-bit ones of either kind (read where used, so the run-time kind
-    # costs little), and for the grid with none (no shared-table, no-ahead or tensor-parallel forms).
-    shapes = [v for v in out if v.rope != "none" and v.table == "f32" and v.ahead and not (v.shared_table or v.stats)]
+    # costs little), and for the grid with none (no shared-table or tensor-parallel forms).
+    shapes = [v for v in out if v.rope != "none" and v.table == "f32" and not (v.shared_table or v.stats)]
     out += [dataclasses.replace(v, source="pos", table=t) for v in shapes for t in POS_TABLES]
     out += [dataclasses.replace(v, source="grid", table=None) for v in shapes]
     # LayerNorm: a copy of every plain normalising variant, of each source.
     out += [dataclasses.replace(v, layer=True) for v in list(out)
-            if v.norm != "none" and not (v.shared_table or not v.ahead or v.stats)]
+            if v.norm != "none" and not (v.shared_table or v.stats)]
     out += [dataclasses.replace(v, out=o) for v in list(out) for o in (FP8_OUT, FP8_AMAX_OUT)
             if v.dtype in FP8_IN_DTYPES and v.source == "table" and not (v.layer or v.stats)]
     return tuple(out)

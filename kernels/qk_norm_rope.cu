@@ -1112,9 +1112,8 @@ __device__ __forceinline__ bool every_head_held(const Params& p, u32 sb) {
 }
 
 // Block sb of side SIDE: its rows are consecutive tokens of that side, and it takes p.iters of
-// them a row, p.step tokens apart. AHEAD == 0: variants for blocks that never ask for rows ahead
-// (Params.ahead is 0 for them), built without that code.
-template <typename T, typename C, int ROPE, int NORM, int K, int PARTS, int TABLE, int AHEAD, int STATS, int LN,
+// them a row, p.step tokens apart.
+template <typename T, typename C, int ROPE, int NORM, int K, int PARTS, int TABLE, int STATS, int LN,
           int SRC, int OUT, int SIDE, bool EVERY>
 __device__ __forceinline__ void side_rows(const Params& p, u32 sb) {
     const SideLane sl = side_lane<NORM, K, PARTS, SIDE>(p);
@@ -1132,11 +1131,11 @@ __device__ __forceinline__ void side_rows(const Params& p, u32 sb) {
             wait_for_producer();   // a global access (process_row waits too: a no-op the second time)
             prefetch_row<T, C, PARTS, K, SIDE>(p, next, d, tl.hl, sl.th, place.stride);
         }
-        const u32 far_row = AHEAD && ahead_in_row<NORM, PARTS>() && i == 0 ? row_ahead(p, tok) : NO_ROW;
+        const u32 far_row = ahead_in_row<NORM, PARTS>() && i == 0 ? row_ahead(p, tok) : NO_ROW;
         process_row<T, C, ROPE, NORM, K, PARTS, TABLE, STATS, LN, SRC, OUT, SIDE, EVERY>(p, tok, sl.row, i & 1u,
                                                                                         far_row, quant);
     }
-    if (AHEAD && !ahead_in_row<NORM, PARTS>()) {
+    if (!ahead_in_row<NORM, PARTS>()) {
         const u32 far_row = row_ahead(p, first);
         if (far_row != NO_ROW && (int)tl.j < p.lanes_d)
             prefetch_row<T, C, PARTS, K, SIDE>(p, far_row, d, tl.hl, sl.th, place.stride);
@@ -1145,16 +1144,16 @@ __device__ __forceinline__ void side_rows(const Params& p, u32 sb) {
 }
 
 // EVERY: the variant carries that path too (cudit/_variants.py EVERY_HEAD_PATHS).
-template <typename T, typename C, int ROPE, int NORM, int K, int PARTS, int TABLE, int AHEAD, int STATS, int LN,
+template <typename T, typename C, int ROPE, int NORM, int K, int PARTS, int TABLE, int STATS, int LN,
           int SRC, int OUT, int EVERY, int SIDE>
 __device__ __forceinline__ void side_body(const Params& p, u32 sb) {
     if constexpr (EVERY && K > 0) {
         if (every_head_held<NORM, K, PARTS, SIDE>(p, sb)) {
-            side_rows<T, C, ROPE, NORM, K, PARTS, TABLE, AHEAD, STATS, LN, SRC, OUT, SIDE, true>(p, sb);
+            side_rows<T, C, ROPE, NORM, K, PARTS, TABLE, STATS, LN, SRC, OUT, SIDE, true>(p, sb);
             return;
         }
     }
-    side_rows<T, C, ROPE, NORM, K, PARTS, TABLE, AHEAD, STATS, LN, SRC, OUT, SIDE, false>(p, sb);
+    side_rows<T, C, ROPE, NORM, K, PARTS, TABLE, STATS, LN, SRC, OUT, SIDE, false>(p, sb);
 }
 
 // fp8 variants given V (Params.v_in): the blocks past qk_grid quantise V's values (no norm, no
@@ -1199,7 +1198,7 @@ __device__ __forceinline__ void v_body(const Params& p, u32 vb) {
     publish_amax<OUT>(p.amax[2], p.amax_hs[2], p.v.heads);
 }
 
-template <typename T, typename C, int ROPE, int NORM, int K, int PARTS, int TABLE, int AHEAD, int STATS, int LN,
+template <typename T, typename C, int ROPE, int NORM, int K, int PARTS, int TABLE, int STATS, int LN,
           int SRC, int OUT, int EVERY>
 __device__ __forceinline__ void qk_norm_rope_body(const Params& p) {
     static_assert(STATS == STATS_NONE || (NORM == NORM_FULL && !LN), "sums of squares are full-dim RMS rows'");
@@ -1217,21 +1216,21 @@ __device__ __forceinline__ void qk_norm_rope_body(const Params& p) {
     const u32 period = alternate ? blockIdx.x >> 1 : div(blockIdx.x, p.sides);
     const u32 at = alternate ? blockIdx.x & 1u : blockIdx.x - period * p.sides.d;
     const u32 last = alternate ? 1u : p.k_ratio;
-    if (at == last) side_body<T, C, ROPE, NORM, K, PARTS, TABLE, AHEAD, STATS, LN, SRC, OUT, EVERY, 1>(p, period);
-    else side_body<T, C, ROPE, NORM, K, PARTS, TABLE, AHEAD, STATS, LN, SRC, OUT, EVERY, 0>(p, period * last + at);
+    if (at == last) side_body<T, C, ROPE, NORM, K, PARTS, TABLE, STATS, LN, SRC, OUT, EVERY, 1>(p, period);
+    else side_body<T, C, ROPE, NORM, K, PARTS, TABLE, STATS, LN, SRC, OUT, EVERY, 0>(p, period * last + at);
     end_exchange<STATS>(p);
 }
 
 }  // namespace cudit
 
 // build_cubins.py appends one line per variant:
-//   CUDIT_QKNR(name, T, C, ROPE, NORM, K, PARTS, TABLE, AHEAD, STATS, LN, SRC, OUT, EVERY, MAX_THREADS)
+//   CUDIT_QKNR(name, T, C, ROPE, NORM, K, PARTS, TABLE, STATS, LN, SRC, OUT, EVERY, MAX_THREADS)
 // (C: cos/sin storage, float or Bits16, any when ROPE is none or SRC is the grid; TABLE:
-// TableKind; AHEAD: 0 or 1, rows-ahead code; STATS: StatsMode; LN: 1 for LayerNorm; SRC: RopeSource;
+// TableKind; STATS: StatsMode; LN: 1 for LayerNorm; SRC: RopeSource;
 // OUT: OutKind; EVERY: 1, also the rows of all heads held without per-head predicates)
-#define CUDIT_QKNR(NAME, T, C, ROPE, NORM, K, PARTS, TABLE, AHEAD, STATS, LN, SRC, OUT, EVERY, MAX_THREADS)   \
+#define CUDIT_QKNR(NAME, T, C, ROPE, NORM, K, PARTS, TABLE, STATS, LN, SRC, OUT, EVERY, MAX_THREADS)   \
     extern "C" __global__ void __launch_bounds__(MAX_THREADS, 1) NAME(const cudit::Params p) {         \
-        cudit::qk_norm_rope_body<T, C, ROPE, NORM, K, PARTS, TABLE, AHEAD, STATS, LN, SRC, OUT, EVERY>(p); \
+        cudit::qk_norm_rope_body<T, C, ROPE, NORM, K, PARTS, TABLE, STATS, LN, SRC, OUT, EVERY>(p); \
     }
 
 // The benchmark's baseline for launch-bound shapes and host overhead: a launch that does nothing.

@@ -260,8 +260,7 @@ def test_model_asking_l2_for_rows_ahead(case, rows_ahead):
 
 @pytest.fixture
 def several_groups():
-    """Three row groups a block: the next-group requests run, and per-head rotate_half rows
-    take their variant without rows-ahead code (_na)."""
+    """Three row groups a block: the next-group requests run, and no rows ahead are asked for."""
     restore = tuned(small_grid_threads=0, one_row_blocks_up_to=0, fixed_row_iters=3, full_grid=1)
     yield
     restore()
@@ -270,11 +269,12 @@ def several_groups():
 @pytest.mark.gpu
 @pytest.mark.parametrize("case", MODELS, ids=str)
 def test_model_several_row_groups_a_block(case, several_groups):
+    from cudit import _launch
     from cudit._params import Params
 
     (plan,) = launched_plans(case)
     assert Params.from_buffer_copy(plan.template).iters == 3
-    assert plan.kernel.endswith("_na") == (case.rope == "half" and case.norm == "head" and not case.grid)
+    assert [Params.from_buffer_copy(x.template).ahead for x in _launch._LAUNCHERS.values()] == [0]
 
 
 def test_case_names_are_unique():
