@@ -942,9 +942,9 @@ __device__ __forceinline__ void process_row(const Params& p, u32 tok, u32 row_in
     constexpr bool summed = NORM == NORM_FULL && STATS != STATS_READ;   // the row's own sum is needed
     const bool shared_table = ROPE != ROPE_NONE && ((TABLE & TABLE_SHARED) || (row.cos_hs == 0 && row.sin_hs == 0));
     // Per-head rows of two vectors an item, or of four 16-bit heads a thread, and TABLE_SHARED
-    // variants: the shared table slice is requested into L1 early and read per head after the
-    // reduction, not held through the loads, so these variants fit 96 and 80 registers
-    // (cudit/_variants.py bounds; perf-notes v7-v9).
+    // variants: the shared table slice is requested into L1 early and read after the reduction
+    // (per head, or once where TABLE_ONCE), not held through the loads, so these variants fit 96
+    // and 80 registers (cudit/_variants.py bounds; perf-notes v7-v9, v32).
     constexpr bool late_table = (TABLE & TABLE_SHARED) || (NORM == NORM_HEAD && (PARTS > 1 || (K == 4 && sizeof(T) == 2)));
     const bool early_table = SRC == SRC_TABLE && shared_table && !late_table;
     const bool once_table = (TABLE & TABLE_ONCE) && shared_table;
@@ -1045,7 +1045,7 @@ __device__ __forceinline__ void process_row(const Params& p, u32 tok, u32 row_in
         for (int k = 0; k < K; ++k) {
             const int h = hl + k * th;
             if (!held(h)) continue;
-            if (SRC == SRC_TABLE && ROPE != ROPE_NONE && !early_table && !once_table && TABLE != TABLE_SHARED && !at_use)
+            if (SRC == SRC_TABLE && ROPE != ROPE_NONE && !early_table && !once_table && !(TABLE & TABLE_SHARED) && !at_use)
                 tab.load(row.cos + h * row.cos_hs, row.sin + h * row.sin_hs, stride);
             finish(k, h, it[k], NORM == NORM_HEAD ? sc[k] : sc[0]);
             // Without per-head branches ptxas would read every head's table ahead, and spill.
