@@ -129,12 +129,15 @@ def make_inputs(s: Shape, torch, device="cuda"):
     rows, width = (t, s.heads * s.d) if s.table == "perhead" else (s.tokens, s.d)
     ang = torch.rand(rows, width, device=device, generator=g) * 6.2831853
     cos, sin = torch.cos(ang).to(dt[s.table_dtype]), torch.sin(ang).to(dt[s.table_dtype])
+
+    def like(t):   # from the seeded generator too: the same inputs at every call
+        return torch.rand(t.shape, device=device, generator=g)
+
     extra = {}
     if s.n_txt:
-        extra = dict(q_add_weight=torch.rand_like(qw) + 0.5, k_add_weight=torch.rand_like(kw) + 0.5,
-                     num_txt_tokens=s.n_txt)
+        extra = dict(q_add_weight=like(qw) + 0.5, k_add_weight=like(kw) + 0.5, num_txt_tokens=s.n_txt)
     if s.layer:
-        extra.update(norm="layer", q_bias=torch.rand_like(qw) - 0.5, k_bias=torch.rand_like(kw) - 0.5)
+        extra.update(norm="layer", q_bias=like(qw) - 0.5, k_bias=like(kw) - 0.5)
     return qkv, qw, kw, cos, sin, extra
 
 

@@ -89,7 +89,7 @@ SHARED_TABLE_ARCH_BOUNDS = {("sm_80", "half", "full", 2): 640, ("sm_100", "half"
 # an item, norm, K) where a higher bound fits on every architecture; LAYER_MAX_THREADS otherwise.
 LAYER_MAX_THREADS = 512
 LAYER_BOUNDS = {(1, "head", 4): 768}
-LAYER_ARCH_BOUNDS = {("sm_120", 1, "head", 4): 640}
+LAYER_ARCH_BOUNDS = {("sm_120", 1, "head", 4): 640, ("sm_86", 1, "head", 4): 640, ("sm_89", 1, "head", 4): 640}
 # Position-id variants read partial table vectors value by value: at the table bounds those of
 # several vectors an item and the LayerNorm ones spill. By (source, LayerNorm[, vectors an item]).
 SOURCE_MAX_THREADS = {("pos", False, 2): 512, ("pos", False, 3): 512, ("pos", True): 384}

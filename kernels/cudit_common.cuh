@@ -164,19 +164,61 @@ __device__ __forceinline__ float team_sum_warp(float v, u32 team) {
 
 __device__ __forceinline__ void add_lane(float& v, u32 off) { v += __shfl_xor_sync(0xffffffffu, v, off); }
 
-template <u32 TEAM, typename V, int N>
-__device__ __forceinline__ void team_sums_of(V (&v)[N]) {
+constexpr int log2_of(u32 n) { return n > 1u ? 1 + log2_of(n >> 1) : 0; }
+
+// One level of a scattered sum: of its 2n values this lane keeps the half its bit `off` selects,
+// adding its partner's of them, and forwards the other half: n shuffles, not 2n.
+template <int N>
+__device__ __forceinline__ void keep_half(float (&v)[N], int n, u32 off, bool upper) {
 #pragma unroll
-    for (u32 off = TEAM / 2; off > 0; off >>= 1) {
+    for (int i = 0; i < n; ++i) {
+        const float send = upper ? v[i] : v[i + n];
+        const float keep = upper ? v[i + n] : v[i];
+        v[i] = keep + __shfl_xor_sync(0xffffffffu, send, off);
+    }
+}
+// The inverse: this lane's n values and its partner's, back in their order (2n).
+template <int N>
+__device__ __forceinline__ void join_halves(float (&v)[N], int n, u32 off, bool upper) {
 #pragma unroll
-        for (int i = 0; i < N; ++i) add_lane(v[i], off);
+    for (int i = 0; i < n; ++i) {
+        const float mine = v[i];
+        const float other = __shfl_xor_sync(0xffffffffu, mine, off);
+        v[i] = upper ? other : mine;
+        v[i + n] = upper ? mine : other;
     }
 }
 
-// N sums over the same teams, by one branch on the team width and then shuffles at only its
-// distances (the N of one distance back to back): fewer instructions than team_sum_warp where a
-// row has many sums and narrow teams, but the branch keeps the compiler from moving other work
-// across the sums (perf-notes v25). The same order of additions as team_sum_warp.
+// N sums over TEAM aligned lanes (powers of two), every lane ending with all N totals: the
+// butterfly's levels and pairs, but while a lane holds several values a level forwards only half
+// of them (reduce-scatter), and the totals are gathered back at the end. Every total has the
+// butterfly's bits (a + b == b + a) for about half its shuffles, each an L1 wavefront.
+template <u32 TEAM, int N>
+__device__ __forceinline__ void team_sums_scattered(float (&v)[N]) {
+    static_assert((N & (N - 1)) == 0 && (TEAM & (TEAM - 1u)) == 0, "powers of two");
+    constexpr int LEVELS = log2_of(TEAM), SCATTERED = log2_of(N) < LEVELS ? log2_of(N) : LEVELS;
+    const u32 lane = linear_tid() & 31u;
+#pragma unroll
+    for (int l = 0; l < SCATTERED; ++l) keep_half(v, N >> (l + 1), TEAM >> (l + 1), (lane & (TEAM >> (l + 1))) != 0u);
+#pragma unroll
+    for (u32 off = (TEAM >> SCATTERED) / 2; off > 0; off >>= 1)
+#pragma unroll
+        for (int i = 0; i < (N >> SCATTERED); ++i) add_lane(v[i], off);
+#pragma unroll
+    for (int l = SCATTERED - 1; l >= 0; --l) join_halves(v, N >> (l + 1), TEAM >> (l + 1), (lane & (TEAM >> (l + 1))) != 0u);
+}
+
+// V: float, or a struct of floats (LayerNorm's sum and sum of squares), summed as its floats.
+template <u32 TEAM, typename V, int N>
+__device__ __forceinline__ void team_sums_of(V (&v)[N]) {
+    constexpr int F = N * (int)(sizeof(V) / sizeof(float));
+    team_sums_scattered<TEAM>(*reinterpret_cast<float (*)[F]>(&v));
+}
+
+// N sums over the same teams, by one branch on the team width and then scattered shuffles at
+// only its distances: fewer instructions and L1 wavefronts than team_sum_warp where a row has
+// many sums and narrow teams, but the branch keeps the compiler from moving other work across the
+// sums (perf-notes v25, v33). The same order of additions as team_sum_warp.
 template <typename V, int N>
 __device__ __forceinline__ void team_sums_warp(V (&v)[N], u32 team) {
     if (team >= 32u) {
