@@ -1148,9 +1148,25 @@ def make_plan(req: Request, device: DeviceSpec, tuning: Tuning) -> Plan:
     prm = _params(req, cfg, tokens, d, q, k, oq, ok, widths, dual, cos_t, sin_t)
     _source_params(prm, rotary, pos, cos_t, grid)
     _quant_params(prm, req, quant, cfg, tokens, d, vec)
+    if source == "table" and not (dual or req.stats or (quant and quant.v_in)):
+        _batch_major(prm, tokens, cos_t, sin_t)
     if req.stats == "exchange":
         _exchange_params(prm, req.exchange)
     return Plan(cfg, bytes(prm), _slots(req, dual, cos_t, sin_t, q, k, oq, ok, quant))
+
+
+def _batch_major(p: Params, tokens: Tokens, cos_t: Table | None, sin_t: Table | None) -> None:
+    """Rows in position-major order (row r: position r // B of batch element r % B) where the batch
+    shares one cos/sin row a position: its B reads of a row then come together and hit the cache,
+    not DRAM again a batch element later. The kernel's (b, s) arithmetic runs with the roles of the
+    two axes swapped: seq is B, and the strides trade places."""
+    if tokens.batch == 1 or cos_t is None or not cos_t.inner == sin_t.inner == cos_t.rows == tokens.seq:
+        return
+    for sp in p.side:
+        sp.in_sb, sp.in_ss, sp.out_sb, sp.out_ss = sp.in_ss, sp.in_sb, sp.out_ss, sp.out_sb
+    p.seq = fast_div(tokens.batch)
+    p.tab_rows, p.tab_inner = fast_div(tokens.count), fast_div(tokens.batch)   # row r: outer r // B, inner r % B
+    p.cos_rb, p.cos_rs, p.sin_rb, p.sin_rs = cos_t.rs, 0, sin_t.rs, 0
 
 
 def _exchange_params(p: Params, ex: Exchange) -> None:

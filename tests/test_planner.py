@@ -50,6 +50,24 @@ def params(p) -> Params:
     return Params.from_buffer_copy(p.template)
 
 
+def token_rows(prm, side=0) -> set:
+    """(input, output, cos, sin) element offsets of every row of a side, and whether it takes the
+    text weights, as the kernel's locate_row and table_rows compute them from the row's index."""
+    sp, out = prm.side[side], set()
+    for r in range(prm.total_rows // 2):
+        b, s = divmod(r, prm.seq.d)
+        tb, ts = divmod(r % prm.tab_rows.d, prm.tab_inner.d)
+        out.add((b * sp.in_sb + s * sp.in_ss, b * sp.out_sb + s * sp.out_ss, tb * prm.cos_rb + ts * prm.cos_rs,
+                 tb * prm.sin_rb + ts * prm.sin_rs, s < prm.num_txt))
+    return out
+
+
+def expected_rows(batch, seq, sb, ss, table_row, txt=0) -> set:
+    """Token (b, s) at b * sb + s * ss in place, paired with cos/sin at table_row(b, s)."""
+    return {(b * sb + s * ss, b * sb + s * ss, table_row(b, s), table_row(b, s), s < txt)
+            for b in range(batch) for s in range(seq)}
+
+
 def covers(p, total_rows, heads):
     """A plan's layout covers every row and head once: the invariants every launch keeps."""
     c, prm = cfg(p), params(p)
@@ -168,8 +186,8 @@ def test_split_views_of_a_bshd_buffer():
     c, sn = table((1, s, 1, D))
     p = make_plan(Request((q, k), qw, kw, c, sn))
     prm = params(p)
-    assert (prm.side[0].in_sb, prm.side[0].in_ss, prm.side[0].in_hs) == (strides[0], strides[1], D)
-    assert prm.cos_hs == 0 and prm.tab_rows.d == s
+    assert prm.side[0].in_hs == D and prm.cos_hs == 0
+    assert token_rows(prm) == expected_rows(b, s, strides[0], strides[1], lambda _, t: t * D)
 
 
 def test_per_head_tables_and_batch_tables():
@@ -188,6 +206,35 @@ def test_dual_stream_points_text_rows_at_add_weights():
     req = Request(packed(), qw, kw, num_heads=4, q_add_weight=qa, k_add_weight=ka, num_txt_tokens=7)
     prm = bind(make_plan(req), req)
     assert prm.num_txt == 7 and prm.w_txt[0] == BASE + 0x500000 and prm.w_txt[1] == BASE + 0x600000
+
+
+def test_a_batch_sharing_one_table_reads_each_table_row_in_consecutive_rows():
+    # CFG-style batches: batch element 1's copy of a position follows element 0's, so that the
+    # second read of the table row comes from cache; every token keeps its data and table row.
+    qw, kw = weights(D)
+    c, s = table((64, D))
+    prm = params(make_plan(Request(packed(), qw, kw, c, s, num_heads=4)))
+    rows = [divmod(r % prm.tab_rows.d, prm.tab_inner.d) for r in range(128)]
+    table_rows = [tb * prm.cos_rb + ts * prm.cos_rs for tb, ts in rows]
+    assert table_rows[0::2] == table_rows[1::2]
+    width = 3 * 4 * D
+    assert token_rows(prm) == expected_rows(2, 64, 64 * width, width, lambda _, t: t * D)
+
+
+@pytest.mark.parametrize("case", ["per-batch table", "text tokens", "one element", "position ids"])
+def test_tokens_keep_their_data_table_rows_and_text_weights(case):
+    qw, kw = weights(D)
+    width, b = 3 * 4 * D, 1 if case == "one element" else 2
+    c, s = table((2, 64, D) if case == "per-batch table" else (64, D))
+    extra = dict(q_add_weight=qw, k_add_weight=kw, num_txt_tokens=7) if case == "text tokens" else {}
+    if case == "position ids":
+        extra = dict(positions=arr((2, 64), "int32", ptr=BASE + 0x800000))
+    prm = params(make_plan(Request(packed(b=b), qw, kw, c, s, num_heads=4, **extra)))
+    if case == "position ids":   # rows are read by id: only the data's places matter here
+        assert {r[0] for r in token_rows(prm)} == {bb * 64 * width + t * width for bb in range(2) for t in range(64)}
+        return
+    row = (lambda bb, t: bb * 64 * D + t * D) if case == "per-batch table" else (lambda _, t: t * D)
+    assert token_rows(prm) == expected_rows(b, 64, 64 * width, width, row, 7 if extra else 0)
 
 
 def test_out_of_place_has_its_own_strides():
@@ -622,7 +669,8 @@ def test_rope_offset_reads_the_table_from_that_sequence_row(ndim):
     req = Request(packed(s=S), None, None, c, s, num_heads=4, rope_offset=start)
     prm = bind(make_plan(req), req)
     assert prm.cos == BASE + 0x300000 + start * D * 4 and prm.sin == BASE + 0x400000 + start * D * 4
-    assert prm.tab_rows.d == S and prm.tab_inner.d == S   # the batch's rows repeat the same S rows
+    width = 3 * 4 * D   # the batch's rows repeat the same S rows
+    assert token_rows(prm) == expected_rows(2, S, S * width, width, lambda _, t: t * D)
 
 
 def test_sums_of_squares_take_their_own_tuning_entry():
