@@ -15,6 +15,7 @@ import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+import card_state  # noqa: E402
 from bench import Shape, copy_bandwidth, eager_fn, make_inputs, time_call  # noqa: E402
 
 SHAPES = [
@@ -99,7 +100,9 @@ def measure(s: Shape, torch, l2_bytes: int, steps: bool = True) -> dict:
     prepare, run = backward_call(s, torch)
     states = [prepare(i) for i in inputs]
     row = {"shape": s.name, "bytes": backward_bytes(s)}
-    row["backward_ms"] = time_call(run, states, torch)
+    with card_state.sampled(torch.cuda.current_device()) as card:   # a power-capped card reads slower (perf-notes v34)
+        row["backward_ms"] = time_call(run, states, torch)
+    row["card"] = card
     bufs = [torch.randn(backward_bytes(s) // 4, device="cuda", dtype=torch.bfloat16) for _ in states]
     row["mul_ms"] = time_call(lambda b: b.mul_(1.0), bufs, torch)
     del bufs, states
@@ -121,19 +124,25 @@ def measure(s: Shape, torch, l2_bytes: int, steps: bool = True) -> dict:
 
 def report(rows: list, copy_gbs: float, device: str) -> str:
     lines = [f"# {device}; copy {copy_gbs:.0f} GB/s. Backward: read x and dy, write dx (+ tables, weights).",
-             f"{'shape':<18}{'bwd us':>9}{'% copy':>8}{'mul_ %':>8}{'% mul_':>8}"
-             f"{'step us':>10}{'eager us':>10}{'x':>6}{'compile us':>12}{'x':>6}"]
+             f"{'shape':<18}{'bwd us':>9}{'% copy':>8}{'mul_ %':>8}{'% mul_':>8}{'SM MHz':>12}{'W max':>7}"
+             f"{'step us':>10}{'eager us':>10}{'x':>6}{'compile us':>12}{'x':>6}  slowdown"]
     for r in rows:
         gbs = r["bytes"] / r["backward_ms"] / 1e6
         mul = r["bytes"] / r["mul_ms"] / 1e6
         line = (f"{r['shape']:<18}{r['backward_ms'] * 1e3:>9.1f}{100 * gbs / copy_gbs:>8.1f}"
-                f"{100 * mul / copy_gbs:>8.1f}{100 * gbs / mul:>8.1f}")
+                f"{100 * mul / copy_gbs:>8.1f}{100 * gbs / mul:>8.1f}{_clock(r.get('card', {})):>12}"
+                f"{r.get('card', {}).get('power_w_max', float('nan')):>7.0f}")
         if "step_cudit_ms" in r:
             line += (f"{r['step_cudit_ms'] * 1e3:>10.1f}{r['step_eager_ms'] * 1e3:>10.1f}"
                      f"{r['step_eager_ms'] / r['step_cudit_ms']:>6.2f}{r['step_compile_ms'] * 1e3:>12.1f}"
                      f"{r['step_compile_ms'] / r['step_cudit_ms']:>6.2f}")
-        lines.append(line)
+        lines.append(line + "  " + ", ".join(r.get("card", {}).get("slowdown", [])))
     return "\n".join(lines)
+
+
+def _clock(card: dict) -> str:
+    """'min-median' SM MHz of the backward's timing, or '-' where no sample was read."""
+    return f"{card['sm_mhz_min']:.0f}-{card['sm_mhz_median']:.0f}" if card else "-"
 
 
 def main(argv=None) -> int:
