@@ -11,6 +11,7 @@ driver then lowers the SM clock, and the same call reads slower than on a card w
 from __future__ import annotations
 
 import contextlib
+import os
 import shutil
 import statistics
 import subprocess
@@ -43,14 +44,22 @@ def summarize(text: str) -> dict:
             "slowdown": [name for bit, name in SLOWDOWNS.items() if seen & bit]}
 
 
+def smi_id(ordinal: int) -> str:
+    """nvidia-smi's id of the CUDA device `ordinal`: its CUDA_VISIBLE_DEVICES entry (an index or a
+    UUID, both of which nvidia-smi takes) where that is set, else the ordinal."""
+    visible = [v.strip() for v in os.environ.get("CUDA_VISIBLE_DEVICES", "").split(",") if v.strip()]
+    return visible[ordinal] if ordinal < len(visible) else str(ordinal)
+
+
 @contextlib.contextmanager
-def sampled(device: int = 0, period_ms: int = 100):
-    """Sample the card while the body runs; the yielded dict is filled in on exit ({} without nvidia-smi)."""
+def sampled(ordinal: int = 0, period_ms: int = 100):
+    """Sample CUDA device `ordinal` while the body runs; the yielded dict is filled in on exit ({}
+    without nvidia-smi)."""
     state: dict = {}
     smi = shutil.which("nvidia-smi")
     proc = None
     if smi:
-        proc = subprocess.Popen([smi, f"--id={device}", f"--query-gpu={QUERY}", "--format=csv,noheader,nounits",
+        proc = subprocess.Popen([smi, f"--id={smi_id(ordinal)}", f"--query-gpu={QUERY}", "--format=csv,noheader,nounits",
                                  f"-lms={period_ms}"], stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
     try:
         yield state

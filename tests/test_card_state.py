@@ -31,3 +31,10 @@ def test_without_nvidia_smi_the_body_runs_and_the_state_stays_empty(monkeypatch)
     with card_state.sampled() as state:
         ran = True
     assert ran and state == {}
+
+
+def test_the_sampled_card_is_the_cuda_device_as_the_visible_list_names_it(monkeypatch):
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "3, GPU-1234")
+    assert card_state.smi_id(0) == "3" and card_state.smi_id(1) == "GPU-1234"
+    monkeypatch.delenv("CUDA_VISIBLE_DEVICES")
+    assert card_state.smi_id(1) == "1"
