@@ -10,6 +10,11 @@ cudit/_variants.py, the table the runtime picks from.
     python build_cubins.py                 # all architectures into cudit/_cubins
     python build_cubins.py --arch sm_90    # a subset (repeatable)
     python build_cubins.py --force         # rebuild even when up to date
+
+Each output is also kept in a build cache keyed by the sources' digest ($CUDIT_BUILD_CACHE, else
+$XDG_CACHE_HOME/cudit/build or ~/.cache/cudit/build; "off" turns it off), so that a second build
+of the same sources (an sdist's wheel after an install from the tree, a reinstall) copies instead
+of compiling.
 """
 from __future__ import annotations
 
@@ -20,9 +25,11 @@ import importlib.util
 import json
 import os
 import re
+import shutil
 import subprocess
 import sys
 import tempfile
+import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent
@@ -71,7 +78,15 @@ def toolchain() -> dict:
         raise SystemExit(f"build_cubins: no ptxas at {ptxas} (nvidia-cuda-nvcc-cu12)")
     version = subprocess.run([str(ptxas), "--version"], capture_output=True, text=True, check=True).stdout
     release = re.search(r"release (\d+\.\d+)", version)
-    return {"include": str(include), "ptxas": str(ptxas), "version": release.group(1) if release else "?"}
+    return {"include": str(include), "ptxas": str(ptxas), "version": release.group(1) if release else "?",
+            "nvrtc": nvrtc_version()}
+
+
+def nvrtc_version() -> str:
+    _preload_nvrtc()
+    from cuda.bindings import nvrtc
+
+    return "{}.{}".format(*_nvrtc_check(nvrtc.nvrtcVersion()))
 
 
 def source_digest(tools: dict) -> str:
@@ -79,7 +94,7 @@ def source_digest(tools: dict) -> str:
     for path in sorted(KERNELS.glob("*")) + [Path(__file__), VARIANTS_FILE]:
         h.update(path.name.encode())
         h.update(path.read_bytes())
-    h.update(tools["version"].encode())
+    h.update(f"{tools['version']} {tools['nvrtc']}".encode())
     return h.hexdigest()
 
 
@@ -176,16 +191,60 @@ def up_to_date(old: dict, arch: str, digest: str, out: Path) -> bool:
     return bool(entry) and entry.get("digest") == digest and (out / entry["file"]).exists()
 
 
+def cache_dir(digest: str) -> Path | None:
+    """Where outputs of these exact sources and tools are kept; None when the cache is off."""
+    root = os.environ.get("CUDIT_BUILD_CACHE") or \
+        Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "cudit" / "build"
+    return None if str(root) == "off" else Path(root) / digest
+
+
+def _copy_atomic(src: Path, dst: Path) -> None:
+    tmp = dst.with_name(f".{dst.name}.{os.getpid()}")
+    shutil.copyfile(src, tmp)
+    os.replace(tmp, dst)
+
+
+def from_cache(cache: Path | None, key: str, out: Path) -> dict | None:
+    """The cached output `key` copied into out, and its manifest entry; None on a miss."""
+    if cache is None:
+        return None
+    try:
+        entry = json.loads((cache / f"{key}.json").read_text())
+        _copy_atomic(cache / entry["file"], out / entry["file"])
+    except (OSError, ValueError, KeyError):
+        return None
+    return entry
+
+
+def to_cache(cache: Path | None, key: str, entry: dict, out: Path) -> None:
+    if cache is None:
+        return
+    try:
+        cache.mkdir(parents=True, exist_ok=True)
+        _copy_atomic(out / entry["file"], cache / entry["file"])
+        tmp = cache / f".{key}.json.{os.getpid()}"
+        tmp.write_text(json.dumps(entry))
+        os.replace(tmp, cache / f"{key}.json")   # the entry last: it marks the output complete
+    except OSError as e:
+        print(f"build_cubins: not cached ({e})", flush=True)
+
+
+def _timed(fn, *args):
+    t0 = time.monotonic()
+    return fn(*args), time.monotonic() - t0
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--arch", action="append", choices=ARCHS, help="build only these (repeatable)")
     ap.add_argument("--out", type=Path, default=DEFAULT_OUT)
-    ap.add_argument("--force", action="store_true")
+    ap.add_argument("--force", action="store_true", help="compile even when up to date or cached")
     ap.add_argument("--jobs", type=int, default=os.cpu_count() or 1)
     args = ap.parse_args(argv)
 
     tools = toolchain()
     digest = source_digest(tools)
+    cache = cache_dir(digest)
     out: Path = args.out
     out.mkdir(parents=True, exist_ok=True)
     old = load_manifest(out)
@@ -199,22 +258,33 @@ def main(argv=None) -> int:
         "ptx": old.get("ptx") if old.get("ptx", {}).get("digest") == digest else None,
     }
     todo = [a for a in archs if args.force or not up_to_date(old, a, digest, out)]
+    current = sorted(set(archs) - set(todo))
     need_ptx = args.force or manifest["ptx"] is None or not (out / manifest["ptx"]["file"]).exists()
+    if not args.force:
+        cached = {a: e for a in todo if (e := from_cache(cache, a, out))}
+        manifest["archs"].update(cached)
+        todo = [a for a in todo if a not in cached]
+        if need_ptx and (e := from_cache(cache, PTX_ARCH, out)):
+            manifest["ptx"], need_ptx = e, False
+        if cached:
+            print(f"build_cubins: from the build cache {cache}: {', '.join(cached)}", flush=True)
 
     with concurrent.futures.ProcessPoolExecutor(max_workers=max(1, args.jobs)) as pool:
-        futures = {pool.submit(build_arch, a, tools, out): a for a in todo}
+        futures = {pool.submit(_timed, build_arch, a, tools, out): a for a in todo}
         ptx_future = pool.submit(build_ptx, tools, out) if need_ptx else None
         for fut in concurrent.futures.as_completed(futures):
             arch = futures[fut]
-            manifest["archs"][arch] = dict(fut.result(), digest=digest)
-            worst = max(manifest["archs"][arch]["kernels"].values(), key=lambda k: k["registers"])
-            print(f"build_cubins: {arch}: {len(manifest['archs'][arch]['kernels'])} kernels, "
-                  f"max {worst['registers']} registers", flush=True)
+            result, seconds = fut.result()
+            manifest["archs"][arch] = dict(result, digest=digest)
+            to_cache(cache, arch, manifest["archs"][arch], out)
+            worst = max(result["kernels"].values(), key=lambda k: k["registers"])
+            print(f"build_cubins: {arch}: {len(result['kernels'])} kernels, "
+                  f"max {worst['registers']} registers, {seconds:.0f} s", flush=True)
         if ptx_future is not None:
             manifest["ptx"] = dict(ptx_future.result(), digest=digest)
-    skipped = sorted(set(archs) - set(todo))
-    if skipped:
-        print(f"build_cubins: up to date: {', '.join(skipped)}")
+            to_cache(cache, PTX_ARCH, manifest["ptx"], out)
+    if current:
+        print(f"build_cubins: up to date: {', '.join(current)}")
     manifest["archs"] = dict(sorted(manifest["archs"].items(), key=lambda kv: int(kv[0][3:])))
     (out / "manifest.json").write_text(json.dumps(manifest, indent=1) + "\n")
     return 0
