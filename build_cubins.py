@@ -48,7 +48,7 @@ def _load_variants():
 
 
 variants = _load_variants()
-ARCHS, PTX_ARCH, FAMILY = variants.ARCHS, variants.PTX_ARCH, variants.FAMILY
+ARCHS, PTX_ARCH, PTX_SOURCE, FAMILY = variants.ARCHS, variants.PTX_ARCH, variants.PTX_SOURCE, variants.FAMILY
 
 
 def _wheel_dir(package: str) -> Path:
@@ -155,6 +155,8 @@ def parse_ptxas_report(report: str) -> dict:
 
 
 def build_arch(arch: str, tools: dict, out: Path) -> dict:
+    """One architecture's cubin and its resource report; PTX_SOURCE's build also keeps its PTX,
+    the one shipped for GPUs newer than every cubin (entry["ptx"])."""
     ptx = compile_ptx("compute_" + arch[3:], tools, arch)
     cubin = out / f"{FAMILY}.{arch}.cubin"
     with tempfile.TemporaryDirectory() as tmp:
@@ -170,13 +172,12 @@ def build_arch(arch: str, tools: dict, out: Path) -> dict:
     missing = variants.KERNEL_NAMES - set(kernels)
     if missing:
         raise SystemExit(f"build_cubins: ptxas report for {arch} lacks {sorted(missing)}")
-    return {"file": cubin.name, "kernels": kernels}
-
-
-def build_ptx(tools: dict, out: Path) -> dict:
-    path = out / f"{FAMILY}.{PTX_ARCH}.ptx"
-    path.write_text(compile_ptx(PTX_ARCH, tools))
-    return {"arch": PTX_ARCH, "file": path.name}
+    entry = {"file": cubin.name, "kernels": kernels}
+    if arch == PTX_SOURCE:
+        shipped = out / f"{FAMILY}.{PTX_ARCH}.ptx"
+        shipped.write_text(ptx)
+        entry["ptx"] = {"arch": PTX_ARCH, "file": shipped.name}
+    return entry
 
 
 def load_manifest(out: Path) -> dict:
@@ -204,27 +205,34 @@ def _copy_atomic(src: Path, dst: Path) -> None:
     os.replace(tmp, dst)
 
 
-def from_cache(cache: Path | None, key: str, out: Path) -> dict | None:
-    """The cached output `key` copied into out, and its manifest entry; None on a miss."""
+def _files(entry: dict) -> list:
+    """The output files a build entry names: its cubin, and the PTX beside PTX_SOURCE's."""
+    return [entry["file"]] + ([entry["ptx"]["file"]] if "ptx" in entry else [])
+
+
+def from_cache(cache: Path | None, arch: str, out: Path) -> dict | None:
+    """The cached build of `arch` copied into out, and its entry; None on a miss."""
     if cache is None:
         return None
     try:
-        entry = json.loads((cache / f"{key}.json").read_text())
-        _copy_atomic(cache / entry["file"], out / entry["file"])
-    except (OSError, ValueError, KeyError):
+        entry = json.loads((cache / f"{arch}.json").read_text())
+        for name in _files(entry):
+            _copy_atomic(cache / name, out / name)
+    except (OSError, ValueError, KeyError, TypeError):
         return None
     return entry
 
 
-def to_cache(cache: Path | None, key: str, entry: dict, out: Path) -> None:
+def to_cache(cache: Path | None, arch: str, entry: dict, out: Path) -> None:
     if cache is None:
         return
     try:
         cache.mkdir(parents=True, exist_ok=True)
-        _copy_atomic(out / entry["file"], cache / entry["file"])
-        tmp = cache / f".{key}.json.{os.getpid()}"
+        for name in _files(entry):
+            _copy_atomic(out / name, cache / name)
+        tmp = cache / f".{arch}.json.{os.getpid()}"
         tmp.write_text(json.dumps(entry))
-        os.replace(tmp, cache / f"{key}.json")   # the entry last: it marks the output complete
+        os.replace(tmp, cache / f"{arch}.json")   # the entry last: it marks the build complete
     except OSError as e:
         print(f"build_cubins: not cached ({e})", flush=True)
 
@@ -257,32 +265,37 @@ def main(argv=None) -> int:
         "archs": {a: e for a, e in old.get("archs", {}).items() if a in ARCHS and up_to_date(old, a, digest, out)},
         "ptx": old.get("ptx") if old.get("ptx", {}).get("digest") == digest else None,
     }
-    todo = [a for a in archs if args.force or not up_to_date(old, a, digest, out)]
+    ptx_ok = manifest["ptx"] is not None and (out / manifest["ptx"]["file"]).exists()
+    todo = [a for a in archs if args.force or not up_to_date(old, a, digest, out) or (a == PTX_SOURCE and not ptx_ok)]
     current = sorted(set(archs) - set(todo))
-    need_ptx = args.force or manifest["ptx"] is None or not (out / manifest["ptx"]["file"]).exists()
-    if not args.force:
-        cached = {a: e for a in todo if (e := from_cache(cache, a, out))}
-        manifest["archs"].update(cached)
-        todo = [a for a in todo if a not in cached]
-        if need_ptx and (e := from_cache(cache, PTX_ARCH, out)):
-            manifest["ptx"], need_ptx = e, False
-        if cached:
-            print(f"build_cubins: from the build cache {cache}: {', '.join(cached)}", flush=True)
+
+    def record(arch: str, entry: dict) -> dict:
+        entry = dict(entry, digest=digest)
+        if "ptx" in entry:
+            manifest["ptx"] = dict(entry.pop("ptx"), digest=digest)
+        manifest["archs"][arch] = entry
+        return entry
+
+    cached = []
+    for arch in [] if args.force else todo:
+        entry = from_cache(cache, arch, out)
+        if entry:
+            record(arch, entry)
+            cached.append(arch)
+    todo = [a for a in todo if a not in cached]
+    if cached:
+        print(f"build_cubins: from the build cache {cache}: {', '.join(cached)}", flush=True)
 
     with concurrent.futures.ProcessPoolExecutor(max_workers=max(1, args.jobs)) as pool:
         futures = {pool.submit(_timed, build_arch, a, tools, out): a for a in todo}
-        ptx_future = pool.submit(build_ptx, tools, out) if need_ptx else None
         for fut in concurrent.futures.as_completed(futures):
             arch = futures[fut]
             result, seconds = fut.result()
-            manifest["archs"][arch] = dict(result, digest=digest)
-            to_cache(cache, arch, manifest["archs"][arch], out)
-            worst = max(result["kernels"].values(), key=lambda k: k["registers"])
-            print(f"build_cubins: {arch}: {len(result['kernels'])} kernels, "
-                  f"max {worst['registers']} registers, {seconds:.0f} s", flush=True)
-        if ptx_future is not None:
-            manifest["ptx"] = dict(ptx_future.result(), digest=digest)
-            to_cache(cache, PTX_ARCH, manifest["ptx"], out)
+            to_cache(cache, arch, result, out)
+            kernels = record(arch, result)["kernels"]
+            worst = max(kernels.values(), key=lambda k: k["registers"])
+            print(f"build_cubins: {arch}: {len(kernels)} kernels, max {worst['registers']} registers"
+                  f"{' (and the PTX)' if arch == PTX_SOURCE else ''}, {seconds:.0f} s", flush=True)
     if current:
         print(f"build_cubins: up to date: {', '.join(current)}")
     manifest["archs"] = dict(sorted(manifest["archs"].items(), key=lambda kv: int(kv[0][3:])))

@@ -8,6 +8,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ._errors import NoImageError
+from ._variants import PTX_SOURCE
 
 # CUDIT_CUBIN_DIR: a developer's knob to load another build (A/B timing of kernel variants).
 CUBIN_DIR = Path(os.environ.get("CUDIT_CUBIN_DIR") or Path(__file__).resolve().parent / "_cubins")
@@ -53,14 +54,13 @@ def select_image(device_arch: tuple, man: dict, driver_version: str = "unknown")
 
 
 def kernel_meta(man: dict, image: Image, variant) -> dict:
-    """Registers, shared memory and launch bound of a variant's kernel (the PTX has no report:
-    assume the register cap)."""
-    arch = image.arch if image.kind == "cubin" else ""
-    bound = variant.bound(arch)
+    """Registers, shared memory and launch bound of a variant's kernel (the PTX, compiled with
+    PTX_SOURCE's bounds, has no report: assume the register cap)."""
     if image.kind == "ptx":
+        bound = variant.bound(PTX_SOURCE)
         return {"registers": 65536 // bound, "static_smem": 512, "max_threads": bound}
     try:
-        return {"max_threads": bound, **man["archs"][arch]["kernels"][variant.name]}
+        return {"max_threads": variant.bound(image.arch), **man["archs"][image.arch]["kernels"][variant.name]}
     except KeyError:
         raise NoImageError(
             f"the cubins have no kernel {variant.name}: they predate this runtime (rebuild with "

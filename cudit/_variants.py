@@ -14,6 +14,7 @@ from dataclasses import dataclass
 
 ARCHS = ("sm_80", "sm_86", "sm_89", "sm_90", "sm_100", "sm_120")
 PTX_ARCH = "compute_80"   # the oldest virtual arch: the driver JITs it for GPUs newer than every cubin
+PTX_SOURCE = "sm_80"      # the shipped PTX is this cubin's front-end output, its launch bounds included
 FAMILY = "qk_norm_rope"
 
 ACT_DTYPES = ("bf16", "f16", "f32")
@@ -174,7 +175,7 @@ class Variant:
         return self.plain and key in EVERY_HEAD_PATHS
 
     def bound(self, arch: str = "") -> int:
-        """The launch bound this variant is compiled with for an architecture ('' for the PTX)."""
+        """The launch bound this variant is compiled with for an architecture ('': with no per-arch override)."""
         bound = self._rms_bound(arch)
         shape = (self.parts, self.norm, self.heads_per_thread)
         if self.stats:
@@ -366,7 +367,7 @@ def planner_bound(parts: int, k: int, layer: bool = False, source: str = "table"
     every variant it may pick."""
     key = (parts, k, layer, source, out)
     return min(v.bound(arch) for v in all_variants() if (v.parts, v.heads_per_thread, v.layer, v.source, v.out) == key
-               for arch in ARCHS + ("",))
+               for arch in ARCHS)
 
 
 def instantiation_source(arch: str = "") -> str:

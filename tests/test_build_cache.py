@@ -17,17 +17,15 @@ def stub(monkeypatch, tmp_path):
         calls.append(arch)
         name = f"{build_cubins.FAMILY}.{arch}.cubin"
         (out / name).write_bytes(f"cubin {arch} {tools_['version']}".encode())
-        return {"file": name, "kernels": {"k": {"registers": 32}}}
-
-    def build_ptx(tools_, out):
-        calls.append(build_cubins.PTX_ARCH)
-        name = f"{build_cubins.FAMILY}.{build_cubins.PTX_ARCH}.ptx"
-        (out / name).write_text("ptx")
-        return {"arch": build_cubins.PTX_ARCH, "file": name}
+        entry = {"file": name, "kernels": {"k": {"registers": 32}}}
+        if arch == build_cubins.PTX_SOURCE:
+            ptx = f"{build_cubins.FAMILY}.{build_cubins.PTX_ARCH}.ptx"
+            (out / ptx).write_text("ptx")
+            entry["ptx"] = {"arch": build_cubins.PTX_ARCH, "file": ptx}
+        return entry
 
     monkeypatch.setattr(build_cubins, "toolchain", lambda: dict(tools))
     monkeypatch.setattr(build_cubins, "build_arch", build_arch)
-    monkeypatch.setattr(build_cubins, "build_ptx", build_ptx)
     # Threads see the stubs; worker processes might not.
     monkeypatch.setattr(concurrent.futures, "ProcessPoolExecutor", concurrent.futures.ThreadPoolExecutor)
     monkeypatch.setenv("CUDIT_BUILD_CACHE", str(tmp_path / "cache"))
@@ -39,20 +37,27 @@ def build(out, *extra):
     return json.loads((out / "manifest.json").read_text())
 
 
-def every_output():
-    return sorted([*build_cubins.ARCHS, build_cubins.PTX_ARCH])
-
-
 def test_second_tree_copies_from_the_cache(stub, tmp_path):
     calls, _ = stub
     first = build(tmp_path / "a")
-    assert sorted(calls) == every_output()
+    assert sorted(calls) == sorted(build_cubins.ARCHS)
     second = build(tmp_path / "b")
-    assert sorted(calls) == every_output()          # nothing compiled again
+    assert sorted(calls) == sorted(build_cubins.ARCHS)          # nothing compiled again
     assert second == first
     for arch, entry in first["archs"].items():
         assert (tmp_path / "b" / entry["file"]).read_bytes() == (tmp_path / "a" / entry["file"]).read_bytes()
-    assert (tmp_path / "b" / first["ptx"]["file"]).exists()
+    assert second["ptx"] == first["ptx"]
+    assert (tmp_path / "b" / first["ptx"]["file"]).read_text() == "ptx"
+
+
+def test_missing_ptx_rebuilds_its_source_arch(stub, tmp_path, monkeypatch):
+    calls, _ = stub
+    first = build(tmp_path / "a")
+    (tmp_path / "a" / first["ptx"]["file"]).unlink()
+    monkeypatch.setenv("CUDIT_BUILD_CACHE", "off")
+    again = build(tmp_path / "a")
+    assert calls.count(build_cubins.PTX_SOURCE) == 2 and calls.count("sm_90") == 1
+    assert (tmp_path / "a" / again["ptx"]["file"]).exists()
 
 
 def test_changed_toolkit_misses_the_cache(stub, tmp_path):
@@ -60,7 +65,7 @@ def test_changed_toolkit_misses_the_cache(stub, tmp_path):
     first = build(tmp_path / "a")
     tools["nvrtc"] = "12.8"
     second = build(tmp_path / "b")
-    assert sorted(calls) == sorted(every_output() * 2)
+    assert sorted(calls) == sorted(list(build_cubins.ARCHS) * 2)
     assert second["archs"]["sm_90"]["digest"] != first["archs"]["sm_90"]["digest"]
 
 

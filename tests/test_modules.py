@@ -1,4 +1,5 @@
 """Shipped cubins: manifest, ELF headers, resource report, and which image a GPU gets."""
+import re
 import struct
 
 import pytest
@@ -58,6 +59,16 @@ def test_ptx_targets_the_oldest_arch(man):
     text = (_modules.CUBIN_DIR / man["ptx"]["file"]).read_text()
     assert ".target sm_80" in text
     assert all(f".entry {name}(" in text for name in _variants.KERNEL_NAMES)
+
+
+def test_ptx_bounds_are_what_the_runtime_assumes(man):
+    text = (_modules.CUBIN_DIR / man["ptx"]["file"]).read_text()
+    found = {m.group(1): int(m.group(2)) for m in re.finditer(r"\.entry (\w+)\(.*?\)\s*\.maxntid (\d+),", text, re.S)}
+    image = Image("ptx", man["ptx"]["arch"], man["ptx"]["file"])
+    variants = {**_variants.BY_NAME, **_variants.BACKWARD_BY_NAME}
+    assert set(variants) <= set(found)
+    for name, v in variants.items():
+        assert found[name] == kernel_meta(man, image, v)["max_threads"], name
 
 
 FAKE = {"archs": {"sm_80": {"file": "a"}, "sm_86": {"file": "b"}, "sm_90": {"file": "c"},
