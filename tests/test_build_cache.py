@@ -75,6 +75,7 @@ def test_force_compiles_and_off_keeps_nothing(stub, tmp_path, monkeypatch):
     build(tmp_path / "b", "--force", "--arch", "sm_90")
     assert calls.count("sm_90") == 2
     monkeypatch.setenv("CUDIT_BUILD_CACHE", "off")
+    monkeypatch.chdir(tmp_path)   # where a cache named "off" would appear
     build(tmp_path / "c", "--arch", "sm_80")
     assert calls.count("sm_80") == 2
     assert not (tmp_path / "off").exists()
