@@ -18,6 +18,10 @@ GUARD = 64  # elements before and after every tested view
 # |out - ref| <= ATOL + RTOL * |ref|: RTOL is the output dtype's half-ulp, relative.
 RTOL = {"bf16": 2.0**-8, "f16": 2.0**-11, "f32": 1e-6}
 ATOL = {"bf16": 1e-5, "f16": 1e-5, "f32": 1e-6}
+# Values a normal draw never gives (Case.specials), each planted at a few Q and K elements: inf
+# and NaN make their rows NaN where the reference's do; fp16's largest, smallest subnormal and
+# smallest normal, and -0, must come out within tolerance.
+SPECIAL_VALUES = (math.inf, -math.inf, math.nan, 65504.0, -65504.0, 2.0**-24, -(2.0**-14), -0.0)
 
 
 def torch_dtype(name):
@@ -60,6 +64,7 @@ class Case:
     grid_text: int = 0            #   text tokens outside the grid, before it unless text_last
     text_last: bool = False
     rope_offset: int | None = None  # with grid: this call's tokens start at this sequence token
+    specials: bool = False        # SPECIAL_VALUES planted among the random Q and K values
     seed: int = field(default=0, compare=False)
 
     def __str__(self):
@@ -189,6 +194,17 @@ def _rope_source(c: Case, rng):
     return extra, tabs[0], tabs[1]
 
 
+def _plant_specials(data, lay: Guarded, rng, each: int = 3):
+    """SPECIAL_VALUES, each at `each` random Q/K elements of a case's buffer."""
+    import torch
+
+    mask = torch.zeros(lay.numel, dtype=torch.bool)
+    lay.mark(mask)
+    at = rng.choice(torch.nonzero(mask).flatten().numpy(), size=each * len(SPECIAL_VALUES), replace=False)
+    values = torch.tensor(np.repeat(SPECIAL_VALUES, each), dtype=data.dtype)
+    data[torch.from_numpy(at).to(data.device)] = values.to(data.device)
+
+
 def run_case(c: Case, qk_norm_rope, backend="torch"):
     """Run one case through qk_norm_rope and check it; returns the worst error / tolerance."""
     import torch
@@ -197,6 +213,8 @@ def run_case(c: Case, qk_norm_rope, backend="torch"):
     lay = _layouts(c)
     hq, hk, _ = c.heads
     data = _to(rng.standard_normal(lay.numel) * 2.0, c.dtype)
+    if c.specials:
+        _plant_specials(data, lay, rng)
     original = data.clone()
     x = lay.make_view(data)
     qw, kw = _weights(c, rng, hq), _weights(c, rng, hk)
@@ -246,11 +264,14 @@ def run_case(c: Case, qk_norm_rope, backend="torch"):
     host_x = lay.make_view(host)
     np_x = tuple(t.numpy() for t in host_x) if c.split else host_x.numpy()
     h = lambda t: None if t is None else t.double().cpu().numpy()  # noqa: E731
-    ref = qk_norm_rope_ref(np_x, h(qw), h(kw), h(cos), h(sin), num_heads=heads if c.ndim != 4 or not c.split else None,
-                           eps=c.eps, interleave=c.rope != "half", q_add_weight=h(qa), k_add_weight=h(ka),
-                           num_txt_tokens=c.n_txt, seq_len=c.S if c.seq_len_arg else None,
-                           norm="layer" if c.layer else "rms", **{r: h(b) for r, b in biases.items()},
-                           **{r: (v.cpu().numpy() if r == "positions" else v) for r, v in source.items()})
+    with np.errstate(invalid="ignore", over="ignore"):     # inf * 0 of planted specials
+        ref = qk_norm_rope_ref(np_x, h(qw), h(kw), h(cos), h(sin),
+                               num_heads=heads if c.ndim != 4 or not c.split else None, eps=c.eps,
+                               interleave=c.rope != "half", q_add_weight=h(qa), k_add_weight=h(ka),
+                               num_txt_tokens=c.n_txt, seq_len=c.S if c.seq_len_arg else None,
+                               norm="layer" if c.layer else "rms", **{r: h(b) for r, b in biases.items()},
+                               **{r: (v.cpu().numpy() if r == "positions" else v)
+                                  for r, v in source.items()})
 
     if c.out:
         expected = poison.double().cpu()        # NaN outside the region, as the kernel must leave it
@@ -275,9 +296,13 @@ def run_case(c: Case, qk_norm_rope, backend="torch"):
     raw_before, raw_after = before.cpu().view(bits), result.cpu().view(bits)
     outside = ~mask
     assert torch.equal(raw_after[outside], raw_before[outside]), "bytes outside Q/K changed"
-    # Inside: finite and within tolerance of the float64 reference.
+    # Inside: NaN exactly where the reference is, elsewhere finite and within its tolerance.
     g, e = got[mask], expected[mask]
-    assert torch.isfinite(g).all(), f"{int((~torch.isfinite(g)).sum())} non-finite outputs (unwritten?)"
+    nan = torch.isnan(e)
+    assert torch.equal(torch.isnan(g), nan), (f"{int((torch.isnan(g) & ~nan).sum())} NaN outputs where the reference "
+                                              f"has none (unwritten?), {int((nan & ~torch.isnan(g)).sum())} lost")
+    g, e = g[~nan], e[~nan]
+    assert torch.isfinite(g).all(), f"{int((~torch.isfinite(g)).sum())} infinite outputs"
     tol = ATOL[c.dtype] + RTOL[c.dtype] * e.abs()
     err = (g - e).abs()
     worst = float((err / tol).max())

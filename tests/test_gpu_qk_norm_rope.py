@@ -278,7 +278,7 @@ def test_model_several_row_groups_a_block(case, several_groups):
 
 
 def test_case_names_are_unique():
-    names = [c.name for c in CASES + MODELS + RANDOM_SOURCES + [c for c, _ in EVERY_PATH_CASES]]
+    names = [c.name for c in CASES + MODELS + RANDOM_SOURCES + [c for c, _ in EVERY_PATH_CASES + SPECIAL_CASES]]
     assert len(names) == len(set(names))
 
 
@@ -390,3 +390,32 @@ ONCE_TABLE_CASES = [
 def test_table_read_once_a_row(case, full_size_geometry):
     (plan,) = launched_plans(case)
     assert plan.config.variant.once_table, plan.kernel
+
+
+# Planted inf, NaN and fp16's extremes (gpu_cases.SPECIAL_VALUES), with the heads a thread the
+# plan must take: fp16 full-dim rows of three and four heads read them for the output by integer
+# ops (kernels/qk_norm_rope.cu output_by_bits), the other rows by conversion, for contrast.
+SPECIAL_CASES = [
+    (Case("specials-f16-full-k4", heads=(40, 40, 40), norm="full", dtype="f16", specials=True, B=2, S=24), 4),
+    (Case("specials-f16-full-k4-f16-table", heads=(24, 24, 24), norm="full", dtype="f16", table_dtype="f16",
+          specials=True, B=2, S=24), 4),
+    (Case("specials-f16-full-k4-norm-only", heads=(24, 24, 24), norm="full", rope="none", dtype="f16",
+          specials=True, S=40), 4),
+    (Case("specials-f16-full-k4-grid", heads=(40, 40, 40), norm="full", dtype="f16", grid=(2, 4, 6), specials=True,
+          B=2, S=48), 4),
+    (Case("specials-f16-full-k3-d256", heads=(6, 6, 6), D=256, norm="full", dtype="f16", specials=True, B=2, S=24), 3),
+    (Case("specials-f16-full-k3-positions", heads=(6, 6, 6), D=256, norm="full", dtype="f16", rotary=128,
+          positions="int32", specials=True, B=2, S=24), 3),
+    (Case("specials-f16-full-layer", heads=(40, 40, 40), norm="full", layer=True, dtype="f16", specials=True, S=24),
+     None),
+    (Case("specials-f16-head", heads=(24, 24, 24), dtype="f16", specials=True, B=2, S=24), None),
+    (Case("specials-bf16-full-k4", heads=(40, 40, 40), norm="full", specials=True, B=2, S=24), 4),
+]
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("case,heads_per_thread", SPECIAL_CASES, ids=str)
+def test_special_values(case, heads_per_thread, full_size_geometry):
+    (plan,) = launched_plans(case)
+    if heads_per_thread:
+        assert plan.config.variant.heads_per_thread == heads_per_thread, plan.kernel
