@@ -263,7 +263,7 @@ def main(argv=None) -> int:
         "toolkit": tools["version"],
         # Keep what other invocations built, so that `--arch` adds to the set.
         "archs": {a: e for a, e in old.get("archs", {}).items() if a in ARCHS and up_to_date(old, a, digest, out)},
-        "ptx": old.get("ptx") if old.get("ptx", {}).get("digest") == digest else None,
+        "ptx": old.get("ptx") if (old.get("ptx") or {}).get("digest") == digest else None,
     }
     ptx_ok = manifest["ptx"] is not None and (out / manifest["ptx"]["file"]).exists()
     todo = [a for a in archs if args.force or not up_to_date(old, a, digest, out) or (a == PTX_SOURCE and not ptx_ok)]

@@ -207,7 +207,8 @@ __device__ __forceinline__ Scale norm_scale(const Moments<0>& m, float inv_n, fl
 }
 __device__ __forceinline__ Scale norm_scale(const Moments<1>& m, float inv_n, float eps, bool exact) {
     const float mean = m.sum * inv_n;
-    const float v = fmaxf(m.sq * inv_n - mean * mean, 0.f) + eps;
+    const float var = m.sq * inv_n - mean * mean;
+    const float v = (var < 0.f ? 0.f : var) + eps;   // rounding's negatives clamped; a NaN (inf - inf) kept
     return {exact ? 1.f / sqrtf(v) : rsqrtf(v), mean};
 }
 

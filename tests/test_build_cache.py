@@ -88,3 +88,11 @@ def test_incomplete_cache_entry_compiles(stub, tmp_path):
     (cache / first["archs"]["sm_90"]["file"]).unlink()
     build(tmp_path / "b", "--arch", "sm_90")
     assert calls.count("sm_90") == 2
+
+
+def test_arches_added_one_build_at_a_time(stub, tmp_path):
+    calls, _ = stub
+    build(tmp_path / "a", "--arch", "sm_90")                    # a manifest without the PTX
+    both = build(tmp_path / "a", "--arch", build_cubins.PTX_SOURCE)
+    assert sorted(both["archs"]) == sorted(["sm_90", build_cubins.PTX_SOURCE]) and both["ptx"] is not None
+    assert calls == ["sm_90", build_cubins.PTX_SOURCE]

@@ -392,9 +392,8 @@ def test_table_read_once_a_row(case, full_size_geometry):
     assert plan.config.variant.once_table, plan.kernel
 
 
-# Planted inf, NaN and fp16's extremes (gpu_cases.SPECIAL_VALUES), with the heads a thread the
-# plan must take: fp16 full-dim rows of three and four heads read them for the output by integer
-# ops (kernels/qk_norm_rope.cu output_by_bits), the other rows by conversion, for contrast.
+# Planted inf, NaN and fp16's extremes (gpu_cases.SPECIAL_VALUES) through each conversion path:
+# the heads a thread the plan must take, where the variant matters; RMS and LayerNorm rows.
 SPECIAL_CASES = [
     (Case("specials-f16-full-k4", heads=(40, 40, 40), norm="full", dtype="f16", specials=True, B=2, S=24), 4),
     (Case("specials-f16-full-k4-f16-table", heads=(24, 24, 24), norm="full", dtype="f16", table_dtype="f16",
@@ -404,10 +403,11 @@ SPECIAL_CASES = [
     (Case("specials-f16-full-k4-grid", heads=(40, 40, 40), norm="full", dtype="f16", grid=(2, 4, 6), specials=True,
           B=2, S=48), 4),
     (Case("specials-f16-full-k3-d256", heads=(6, 6, 6), D=256, norm="full", dtype="f16", specials=True, B=2, S=24), 3),
-    (Case("specials-f16-full-k3-positions", heads=(6, 6, 6), D=256, norm="full", dtype="f16", rotary=128,
+    (Case("specials-f16-full-k3-positions", heads=(6, 6, 6), D=256, norm="full", dtype="f16", rotary=256,
           positions="int32", specials=True, B=2, S=24), 3),
     (Case("specials-f16-full-layer", heads=(40, 40, 40), norm="full", layer=True, dtype="f16", specials=True, S=24),
      None),
+    (Case("specials-bf16-head-layer", heads=(48, 48, 48), D=64, layer=True, specials=True, B=2, S=24), None),
     (Case("specials-f16-head", heads=(24, 24, 24), dtype="f16", specials=True, B=2, S=24), None),
     (Case("specials-bf16-full-k4", heads=(40, 40, 40), norm="full", specials=True, B=2, S=24), 4),
 ]
