@@ -1000,6 +1000,7 @@ class Work:
     source: str = "table"    # where the rotation comes from (_variants.ROPE_SOURCES)
     out: str = ""            # _variants.OUT_CODES: fp8 output, with or without the amax
     k_heads: int = 0         # K's heads where fewer than `heads` (GQA), else 0
+    q_heads: int = 0         # Q's heads where fewer than K's, else 0
 
 
 def launch_config(w: Work, device: DeviceSpec, tuning: Tuning) -> LaunchConfig:
@@ -1051,7 +1052,19 @@ def launch_config(w: Work, device: DeviceSpec, tuning: Tuning) -> LaunchConfig:
     variant = Variant(
         w.dtype, w.rope, w.norm, k, parts, table, shared_table=k == shared_k and not (w.stats or w.layer),
         stats=w.stats, layer=w.layer, source=w.source, out=w.out)
+    if k_ratio == 1 and all_heads_held(w, geo, lanes_d, tokens, rows_per_block * iters):
+        variant = _variants.BY_NAME.get(dataclasses.replace(variant, all_heads=True).name, variant)
     return LaunchConfig(variant, lanes_d, geo.tj, geo.th, geo.block, iters, grid, waves, k_ratio=k_ratio, k_th=k_th)
+
+
+def all_heads_held(w: Work, geo: Geometry, lanes_d: int, tokens: int, rows: int) -> bool:
+    """Whether every block of a launch whose sides share one geometry holds whole rows: each lane
+    along D a vector, each head lane K heads of both sides, and each of its `rows` rows (rows a
+    block x row groups) a token. Such launches may take the variant built with only those rows
+    (kernels/qk_norm_rope.cu EVERY_ONLY), which checks none of it."""
+    k = geo.heads_per_thread
+    heads = {w.q_heads or w.heads, w.k_heads or w.heads}
+    return k > 0 and lanes_d == geo.tj and heads == {k * geo.th} and tokens % rows == 0
 
 
 def _k_side(geo: Geometry, w: Work, parts: int) -> tuple:
@@ -1138,7 +1151,7 @@ def make_plan(req: Request, device: DeviceSpec, tuning: Tuning) -> Plan:
     shared = cos_t is not None and cos_t.hs == 0 and sin_t.hs == 0
     work = Work(data.dtype, rope, norm, req.cos.dtype if cos_t else None, shared, d, max(q.heads, k.heads),
                 2 * tokens.count, req.stats, layer, source, _out_variant(req, quant),
-                k.heads if k.heads < q.heads else 0)
+                k.heads if k.heads < q.heads else 0, q.heads if q.heads < k.heads else 0)
     cfg = launch_config(work, device, tuning)
     if quant and quant.v_in:
         cfg = dataclasses.replace(cfg, v_blocks=-(-quant.v_in.heads * (d // vec) // cfg.block) * -(-tokens.count // V_TOKENS))

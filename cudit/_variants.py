@@ -31,6 +31,7 @@ STATS_CODES = {"": 0, "sumsq": 1, "given": 2, "exchange": 3}
 # computed from each token's place on a video grid (no table). Suffixes of the last two.
 ROPE_SOURCES = {"table": 0, "pos": 1, "grid": 2}
 TABLE_SHARED, TABLE_ONCE = 1, 2   # kernels/qk_norm_rope.cu TableKind flags
+EVERY_NONE, EVERY_TOO, EVERY_ONLY = 0, 1, 2   # kernels/qk_norm_rope.cu EveryPath
 POS_TABLES = ("f32", "x16")
 # fp8 output (float8_e4m3fn or float8_e5m2, told apart at launch) from 16-bit activations, V
 # quantised in the same launch: two copies of every plain variant of these dtypes, with scales
@@ -104,6 +105,16 @@ EVERY_ARCH_BOUNDS = {("sm_90", "bf16", "f32", "head", 4): 768, ("sm_90", "f16", 
                      ("sm_90", "bf16", "x16", "full", 4): 768,
                      ("sm_120", "bf16", "f32", "head", 4): 640, ("sm_120", "f16", "f32", "head", 4): 640,
                      ("sm_120", "bf16", "bf16", "head", 4): 768, ("sm_120", "f16", "f16", "head", 4): 768}
+# Variants built a second time with that path alone (suffix _all), which the planner picks where
+# every block qualifies (_planner.all_heads_held): where both paths in one kernel spilled or the
+# general rows' registers cost warps (perf-notes v31, v37). By (rope, norm, K, source, shared
+# table), for these activation dtypes; their bound, and by (arch, dtype, table class) where it spilled.
+ALL_HEADS_PATHS = {("interleaved", "full", 4, "table", False)}
+ALL_HEADS_DTYPES = ("bf16", "f16")
+ALL_HEADS_BOUND = 1024
+ALL_HEADS_ARCH_BOUNDS = {(a, dtype, table): bound for dtype in ALL_HEADS_DTYPES
+                         for a, table, bound in (("sm_100", "f32", 640), ("sm_100", dtype, 768),
+                                                 ("sm_120", "f32", 768), ("sm_120", dtype, 896))}
 # Variants that read a shared cos/sin slice once a row, after the sums, and hold it over the
 # thread's heads (TableKind TABLE_ONCE), where reading it again for each head kept L1's data pipe
 # busiest (perf-notes v32), by (rope, norm, K, shared table): plain RMS forms of natural width.
@@ -147,13 +158,14 @@ class Variant:
     layer: bool = False          # LayerNorm (mean subtracted, bias added) instead of RMSNorm
     source: str = "table"        # ROPE_SOURCES
     out: str = ""                # OUT_CODES: the activations' dtype, or fp8 (with the amax tracked)
+    all_heads: bool = False      # only rows of all heads held (ALL_HEADS_PATHS)
 
     @property
     def name(self) -> str:
         suffix = (f"_p{self.parts}" if self.parts != natural_parts(self.rope) else "") + \
             ("_st" if self.shared_table else "") + (f"_{self.stats}" if self.stats else "") + \
             ("_ln" if self.layer else "") + ("" if self.source == "table" else f"_{self.source}") + \
-            (f"_{self.out}" if self.out else "")
+            (f"_{self.out}" if self.out else "") + ("_all" if self.all_heads else "")
         table = f"_{self.table}" if self.table else ""
         return f"qknr_{self.dtype}_{self.rope}{table}_{self.norm}_k{self.heads_per_thread}{suffix}"
 
@@ -172,7 +184,12 @@ class Variant:
     def every_path(self) -> bool:
         """Whether it carries the rows of all heads held without per-head predicates."""
         key = (self.rope, self.norm, self.heads_per_thread, self.source, self.shared_table)
-        return self.plain and key in EVERY_HEAD_PATHS
+        return self.all_heads or (self.plain and key in EVERY_HEAD_PATHS)
+
+    @property
+    def every_code(self) -> int:
+        """kernels/qk_norm_rope.cu EveryPath."""
+        return EVERY_ONLY if self.all_heads else (EVERY_TOO if self.every_path else EVERY_NONE)
 
     def bound(self, arch: str = "") -> int:
         """The launch bound this variant is compiled with for an architecture ('': with no per-arch override)."""
@@ -190,7 +207,7 @@ class Variant:
                 bound = min(bound, FP8_F16_MAX_THREADS.get(shape, bound))
             if arch in FP8_CALL_ARCHS:
                 bound = min(bound, FP8_CALL_MAX_THREADS.get(shape, bound))
-        if self.every_path:
+        if self.every_path and not self.all_heads:
             key = (arch, self.dtype, self.table, self.norm, self.heads_per_thread)
             bound = min(bound, EVERY_ARCH_BOUNDS.get(key, bound))
         if self.once_table:
@@ -199,6 +216,8 @@ class Variant:
         return min(bound, SOURCE_MAX_THREADS.get(key + (self.parts,), SOURCE_MAX_THREADS.get(key, bound)))
 
     def _rms_bound(self, arch: str) -> int:
+        if self.all_heads:
+            return ALL_HEADS_ARCH_BOUNDS.get((arch, self.dtype, self.table), ALL_HEADS_BOUND)
         key = (self.rope, self.norm, self.heads_per_thread)
         if self.shared_table:
             return SHARED_TABLE_ARCH_BOUNDS.get((arch, *key), SHARED_TABLE_BOUNDS[key])
@@ -218,7 +237,7 @@ class Variant:
         args = (self.name, C_TYPES[self.dtype], TABLE_CLASSES[self.table or "f32"], ROPE_CODES[self.rope],
                 NORM_CODES[self.norm], self.heads_per_thread, self.parts, self.table_kind,
                 STATS_CODES[self.stats], int(self.layer), ROPE_SOURCES[self.source], OUT_CODES[self.out],
-                int(self.every_path), self.bound(arch))
+                self.every_code, self.bound(arch))
         return f"CUDIT_QKNR({', '.join(str(a) for a in args)})"
 
 
@@ -263,6 +282,8 @@ def all_variants() -> tuple:
             if v.norm != "none" and not (v.shared_table or v.stats)]
     out += [dataclasses.replace(v, out=o) for v in list(out) for o in (FP8_OUT, FP8_AMAX_OUT)
             if v.dtype in FP8_IN_DTYPES and v.source == "table" and not (v.layer or v.stats)]
+    out += [dataclasses.replace(v, all_heads=True) for v in list(out) if v.plain and v.dtype in ALL_HEADS_DTYPES
+            and (v.rope, v.norm, v.heads_per_thread, v.source, v.shared_table) in ALL_HEADS_PATHS]
     return tuple(out)
 
 

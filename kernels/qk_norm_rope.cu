@@ -32,6 +32,10 @@ namespace cudit {
 // TABLE_ONCE: a shared slice is read once a row, after the sums, and held over the thread's heads
 // (fewer L1 wavefronts for more registers: cudit/_variants.py ONCE_TABLE_PATHS).
 enum TableKind : int { TABLE_ANY = 0, TABLE_SHARED = 1, TABLE_ONCE = 2 };
+// Rows of all heads held without per-head predicates (every_head_held): EVERY_NONE, not compiled;
+// EVERY_TOO, beside the general rows, taken block by block; EVERY_ONLY, alone, where the planner
+// has shown that every block's rows qualify (cudit/_variants.py EVERY_HEAD_PATHS, ALL_HEADS_PATHS).
+enum EveryPath : int { EVERY_NONE = 0, EVERY_TOO = 1, EVERY_ONLY = 2 };
 
 template <typename T, int PARTS> struct Item {
     static constexpr int VEC = 16 / (int)sizeof(T);
@@ -1144,11 +1148,14 @@ __device__ __forceinline__ void side_rows(const Params& p, u32 sb) {
     publish_amax<OUT>(p.amax[SIDE], p.amax_hs[SIDE], p.side[SIDE].heads);
 }
 
-// EVERY: the variant carries that path too (cudit/_variants.py EVERY_HEAD_PATHS).
+// EVERY (EveryPath): whether the variant carries that path, beside the other or alone.
 template <typename T, typename C, int ROPE, int NORM, int K, int PARTS, int TABLE, int STATS, int LN,
           int SRC, int OUT, int EVERY, int SIDE>
 __device__ __forceinline__ void side_body(const Params& p, u32 sb) {
-    if constexpr (EVERY && K > 0) {
+    if constexpr (EVERY == EVERY_ONLY && K > 0) {
+        side_rows<T, C, ROPE, NORM, K, PARTS, TABLE, STATS, LN, SRC, OUT, SIDE, true>(p, sb);
+        return;
+    } else if constexpr (EVERY == EVERY_TOO && K > 0) {
         if (every_head_held<NORM, K, PARTS, SIDE>(p, sb)) {
             side_rows<T, C, ROPE, NORM, K, PARTS, TABLE, STATS, LN, SRC, OUT, SIDE, true>(p, sb);
             return;
@@ -1228,7 +1235,7 @@ __device__ __forceinline__ void qk_norm_rope_body(const Params& p) {
 //   CUDIT_QKNR(name, T, C, ROPE, NORM, K, PARTS, TABLE, STATS, LN, SRC, OUT, EVERY, MAX_THREADS)
 // (C: cos/sin storage, float or Bits16, any when ROPE is none or SRC is the grid; TABLE:
 // TableKind; STATS: StatsMode; LN: 1 for LayerNorm; SRC: RopeSource;
-// OUT: OutKind; EVERY: 1, also the rows of all heads held without per-head predicates)
+// OUT: OutKind; EVERY: EveryPath)
 #define CUDIT_QKNR(NAME, T, C, ROPE, NORM, K, PARTS, TABLE, STATS, LN, SRC, OUT, EVERY, MAX_THREADS)   \
     extern "C" __global__ void __launch_bounds__(MAX_THREADS, 1) NAME(const cudit::Params p) {         \
         cudit::qk_norm_rope_body<T, C, ROPE, NORM, K, PARTS, TABLE, STATS, LN, SRC, OUT, EVERY>(p); \

@@ -4,6 +4,7 @@ import math
 import numpy as np
 import pytest
 
+from fakes import blocks_holding_all_heads
 from gpu_cases import Case, run_case
 
 
@@ -329,19 +330,9 @@ def test_random_rope_source(case):
 
 
 def every_path_blocks(plan) -> tuple:
-    """(blocks that take the all-heads-held path, blocks that do not) of a plan whose K rows are
-    Q's (no narrower GQA teams), by the kernel's rule (kernels/qk_norm_rope.cu every_head_held);
-    (0, 0) for a variant without that path."""
-    from cudit._params import Params
-
-    c, p = plan.config, Params.from_buffer_copy(plan.template)
-    if not c.variant.every_path:
-        return 0, 0
-    tokens, rows = p.total_rows // 2, c.block // c.team
-    held = c.lanes_d == c.tj and all(p.side[s].heads == c.variant.heads_per_thread * c.th for s in (0, 1))
-    last_rows = [(sb + 1) * rows - 1 + (p.iters - 1) * p.step for sb in range(c.grid // 2)]
-    taken = sum(held and last < tokens for last in last_rows)
-    return taken, len(last_rows) - taken
+    """(blocks that take the all-heads-held path, blocks that do not); (0, 0) for a variant
+    without that path."""
+    return blocks_holding_all_heads(plan) if plan.config.variant.every_path else (0, 0)
 
 
 # The variants that carry the all-heads-held path (cudit/_variants.py EVERY_HEAD_PATHS): shapes
@@ -370,6 +361,35 @@ def test_all_heads_held_path(case, taken, full_size_geometry):
         restore()
     yes, no = every_path_blocks(plan)
     assert {"all": yes > 0 and no == 0, "some": yes > 0 and no > 0, "none": yes == 0 and no > 0}[taken], (yes, no)
+
+
+# Full-dim rows of four heads a thread where every block holds all its heads and rows: the
+# variants built with only those rows (cudit/_variants.py ALL_HEADS_PATHS), each table class, a
+# block of several rows, several row groups a block, text weights and split outputs. And where a
+# block lacks a row or a head lane a head, the general variant. run_case checks them all.
+ALL_HEADS_CASES = [
+    (Case("all-heads-f16", heads=(40, 40, 40), norm="full", dtype="f16", B=2, S=24), None, True),
+    (Case("all-heads-f16-table", heads=(12, 12, 12), norm="full", dtype="f16", table_dtype="f16", B=2, S=30),
+     None, True),
+    (Case("all-heads-row-groups", heads=(12, 12, 12), norm="full", B=2, S=36), 3, True),
+    (Case("all-heads-split-text", heads=(24, 24, 24), norm="full", split=True, out=True, n_txt=5, S=40),
+     None, True),
+    (Case("all-heads-last-row-short", heads=(12, 12, 12), norm="full", dtype="f16", B=1, S=35), 3, False),
+    (Case("all-heads-lane-short", heads=(10, 10, 10), norm="full", S=32), None, False),
+]
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("case,row_iters,alone", ALL_HEADS_CASES, ids=str)
+def test_rows_of_all_heads_alone(case, row_iters, alone, full_size_geometry):
+    restore = tuned(fixed_row_iters=row_iters, full_grid=1) if row_iters else lambda: None
+    try:
+        (plan,) = launched_plans(case)
+    finally:
+        restore()
+    assert plan.config.variant.all_heads == alone, plan.kernel
+    yes, no = blocks_holding_all_heads(plan)
+    assert no == 0 if alone else no > 0, (yes, no)
 
 
 # rotate_half rows of two heads a thread whose variants read a shared table slice once a row

@@ -65,6 +65,13 @@ def test_table_kind_flags_match_the_kernel():
     assert kinds == {"TABLE_ANY": 0, "TABLE_SHARED": TABLE_SHARED, "TABLE_ONCE": TABLE_ONCE}
 
 
+def test_every_path_codes_match_the_kernel():
+    from cudit._variants import EVERY_NONE, EVERY_ONLY, EVERY_TOO
+
+    paths = _enum(HEADER.parent / "qk_norm_rope.cu", "EveryPath")
+    assert paths == {"EVERY_NONE": EVERY_NONE, "EVERY_TOO": EVERY_TOO, "EVERY_ONLY": EVERY_ONLY}
+
+
 def test_exchange_layout_and_stats_codes_match_the_header():
     from cudit._params import MAX_RANKS, XCHG_HEADER
     from cudit._variants import STATS_CODES

@@ -12,7 +12,7 @@ from cudit._params import POINTERS, Params, fast_div
 from cudit._planner import Geometry, PlanError, Request, geometry, plan
 from cudit._tuning import DeviceSpec, Tuning
 from cudit._variants import MAX_K
-from fakes import BASE, arr
+from fakes import BASE, arr, blocks_holding_all_heads
 
 D = 128
 DEVICE = DeviceSpec(arch=(9, 0))
@@ -133,6 +133,27 @@ def test_launch_bound_grids_take_two_heads_a_thread_per_the_tuning():
     assert cfg(make_plan(req, Tuning(small_grid_threads=0))).variant.heads_per_thread == 4
     assert cfg(make_plan(req, Tuning(small_grid_threads=10**9))).variant.heads_per_thread == 2
     assert cfg(make_plan(req, Tuning(heads_per_thread=1))).variant.heads_per_thread == 1   # the sweep knob
+
+
+FULL_DIM_PLANS = list(itertools.product(
+    ((12, 12), (40, 40), (10, 10), (16, 8), (8, 16)),   # Q's and K's heads: K lanes short of heads, GQA
+    ((1, 4096), (2, 36), (1, 35)),                        # batch, tokens: whole blocks or not
+    ("bf16", "f16", "f32"), ("f32", "own", None),         # activations; cos/sin (own: the activations' dtype)
+    (None, 3),                                            # row groups a block: the tuning's, or three
+))
+
+
+@pytest.mark.parametrize("heads,tokens,dtype,tab,row_iters", FULL_DIM_PLANS, ids=str)
+def test_variants_of_all_heads_alone_exactly_where_every_block_holds_them(heads, tokens, dtype, tab, row_iters):
+    (hq, hk), (b, s) = heads, tokens
+    qw, kw = arr((hq * D,), "f32", ptr=BASE + 0x100000), arr((hk * D,), "f32", ptr=BASE + 0x200000)
+    rope = table((s, D), dtype if tab == "own" else tab) if tab else (None, None)
+    req = Request(arr((b, s, (hq + 2 * hk) * D), dtype), qw, kw, *rope, num_heads=(hq, hk, hk))
+    p = make_plan(req, Tuning(small_grid_threads=0, one_row_blocks_up_to=0, fixed_row_iters=row_iters, full_grid=1))
+    v = cfg(p).variant
+    yes, no = blocks_holding_all_heads(p)
+    alone = dataclasses.replace(v, all_heads=True).name in _variants.BY_NAME or v.all_heads
+    assert v.all_heads == (alone and yes > 0 and no == 0), (v.name, yes, no)
 
 
 def test_full_dim_rows_split_heads_alike_for_any_token_count():

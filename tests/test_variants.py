@@ -1,28 +1,43 @@
 """The variant table's entries for second forms of a variant (cudit/_variants.py EVERY_HEAD_PATHS,
-ONCE_TABLE_PATHS): no stale keys, and the flag reaches the kernel's instantiation."""
-from cudit._variants import (ARCHS, EVERY_ARCH_BOUNDS, EVERY_HEAD_PATHS, ONCE_ARCH_BOUNDS, ONCE_TABLE_PATHS,
-                             TABLE_ONCE, TABLE_SHARED, all_variants)
+ALL_HEADS_PATHS, ONCE_TABLE_PATHS): no stale keys, and the flag reaches the kernel's instantiation."""
+import dataclasses
+
+from cudit._variants import (ALL_HEADS_ARCH_BOUNDS, ALL_HEADS_PATHS, ARCHS, BY_NAME, EVERY_ARCH_BOUNDS,
+                             EVERY_HEAD_PATHS, EVERY_NONE, EVERY_ONLY, EVERY_TOO, ONCE_ARCH_BOUNDS,
+                             ONCE_TABLE_PATHS, TABLE_ONCE, TABLE_SHARED, all_variants)
 
 
-def every_path_variants() -> list:
-    return [v for v in all_variants() if v.every_path]
+def every_path_variants(alone: bool) -> list:
+    return [v for v in all_variants() if v.every_path and v.all_heads == alone]
+
+
+def path_key(v) -> tuple:
+    return v.rope, v.norm, v.heads_per_thread, v.source, v.shared_table
 
 
 def test_every_head_path_keys_each_name_a_built_variant():
-    keys = {(v.rope, v.norm, v.heads_per_thread, v.source, v.shared_table) for v in every_path_variants()}
-    assert keys == EVERY_HEAD_PATHS
+    assert {path_key(v) for v in every_path_variants(alone=False)} == EVERY_HEAD_PATHS
+    assert {path_key(v) for v in every_path_variants(alone=True)} == ALL_HEADS_PATHS
 
 
 def test_every_head_path_bounds_each_name_a_variant_carrying_the_path():
-    carried = {(a, v.dtype, v.table, v.norm, v.heads_per_thread) for v in every_path_variants() for a in ARCHS}
+    carried = {(a, v.dtype, v.table, v.norm, v.heads_per_thread) for v in every_path_variants(False) for a in ARCHS}
     assert set(EVERY_ARCH_BOUNDS) <= carried
+    alone = {(a, v.dtype, v.table) for v in every_path_variants(True) for a in ARCHS}
+    assert set(ALL_HEADS_ARCH_BOUNDS) <= alone
 
 
 def test_only_plain_forms_carry_the_path_and_the_kernel_is_told():
     for v in all_variants():
         assert not v.every_path or not (v.layer or v.out or v.stats)
-        every_arg = v.instantiation("sm_90").rstrip(")").split(", ")[-2]
-        assert every_arg == str(int(v.every_path)), v.name
+        every_arg = int(v.instantiation("sm_90").rstrip(")").split(", ")[-2])
+        assert every_arg == (EVERY_ONLY if v.all_heads else EVERY_TOO if v.every_path else EVERY_NONE), v.name
+
+
+def test_each_variant_of_all_heads_alone_has_its_general_form():
+    for v in every_path_variants(alone=True):
+        general = dataclasses.replace(v, all_heads=False)
+        assert general.name in BY_NAME and not general.every_path, v.name
 
 
 def once_table_variants() -> list:
