@@ -1226,6 +1226,7 @@ def _params(req, cfg: LaunchConfig, tokens, d, q, k, oq, ok, widths, dual, cos_t
     p.num_txt = req.num_txt_tokens if dual else 0
     p.total_rows = 2 * tokens.count
     p.team, p.tj, p.th, p.iters = cfg.team, cfg.tj, cfg.th, cfg.iters
+    p.tj_shift = cfg.tj.bit_length() - 1 if _is_pow2(cfg.tj) else 0
     p.lanes = fast_div(cfg.tj)
     p.head_dim = d
     p.lanes_d = cfg.lanes_d

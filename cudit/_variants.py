@@ -108,13 +108,29 @@ EVERY_ARCH_BOUNDS = {("sm_90", "bf16", "f32", "head", 4): 768, ("sm_90", "f16", 
 # Variants built a second time with that path alone (suffix _all), which the planner picks where
 # every block qualifies (_planner.all_heads_held): where both paths in one kernel spilled or the
 # general rows' registers cost warps (perf-notes v31, v37). By (rope, norm, K, source, shared
-# table), for these activation dtypes; their bound, and by (arch, dtype, table class) where it spilled.
-ALL_HEADS_PATHS = {("interleaved", "full", 4, "table", False)}
+# table), for these activation dtypes. Their bounds, the largest with no spill, one a target in
+# ARCHS order, by (dtype, table class, rope, norm, K, shared table).
+ALL_HEADS_PATHS = {("interleaved", "full", 4, "table", False), ("interleaved", "head", 4, "table", True),
+                   ("half", "full", 2, "table", False), ("half", "full", 2, "table", True)}
 ALL_HEADS_DTYPES = ("bf16", "f16")
-ALL_HEADS_BOUND = 1024
-ALL_HEADS_ARCH_BOUNDS = {(a, dtype, table): bound for dtype in ALL_HEADS_DTYPES
-                         for a, table, bound in (("sm_100", "f32", 640), ("sm_100", dtype, 768),
-                                                 ("sm_120", "f32", 768), ("sm_120", dtype, 896))}
+ALL_HEADS_BOUNDS = {
+    ("bf16", "f32", "interleaved", "full", 4, False): (1024, 1024, 1024, 1024, 640, 768),
+    ("bf16", "bf16", "interleaved", "full", 4, False): (1024, 1024, 1024, 1024, 768, 896),
+    ("f16", "f32", "interleaved", "full", 4, False): (1024, 1024, 1024, 1024, 640, 768),
+    ("f16", "f16", "interleaved", "full", 4, False): (1024, 1024, 1024, 1024, 768, 896),
+    ("bf16", "f32", "interleaved", "head", 4, True): (1024, 1024, 1024, 896, 768, 640),
+    ("bf16", "bf16", "interleaved", "head", 4, True): (1024, 1024, 1024, 896, 768, 768),
+    ("f16", "f32", "interleaved", "head", 4, True): (1024, 1024, 1024, 896, 768, 640),
+    ("f16", "f16", "interleaved", "head", 4, True): (1024, 1024, 1024, 896, 768, 768),
+    ("bf16", "f32", "half", "full", 2, False): (640, 640, 640, 640, 512, 512),
+    ("bf16", "bf16", "half", "full", 2, False): (896, 896, 896, 896, 768, 768),
+    ("bf16", "f32", "half", "full", 2, True): (768, 768, 768, 768, 640, 512),
+    ("bf16", "bf16", "half", "full", 2, True): (896, 896, 896, 896, 768, 640),
+    ("f16", "f32", "half", "full", 2, False): (640, 640, 640, 640, 512, 512),
+    ("f16", "f16", "half", "full", 2, False): (768, 768, 768, 768, 768, 768),
+    ("f16", "f32", "half", "full", 2, True): (640, 640, 640, 640, 640, 512),
+    ("f16", "f16", "half", "full", 2, True): (768, 896, 896, 768, 768, 640),
+}
 # Variants that read a shared cos/sin slice once a row, after the sums, and hold it over the
 # thread's heads (TableKind TABLE_ONCE), where reading it again for each head kept L1's data pipe
 # busiest (perf-notes v32), by (rope, norm, K, shared table): plain RMS forms of natural width.
@@ -193,6 +209,10 @@ class Variant:
 
     def bound(self, arch: str = "") -> int:
         """The launch bound this variant is compiled with for an architecture ('': with no per-arch override)."""
+        if self.all_heads:
+            bounds = ALL_HEADS_BOUNDS[(self.dtype, self.table, self.rope, self.norm, self.heads_per_thread,
+                                       self.shared_table)]
+            return bounds[ARCHS.index(arch)] if arch else min(bounds)
         bound = self._rms_bound(arch)
         shape = (self.parts, self.norm, self.heads_per_thread)
         if self.stats:
@@ -207,7 +227,7 @@ class Variant:
                 bound = min(bound, FP8_F16_MAX_THREADS.get(shape, bound))
             if arch in FP8_CALL_ARCHS:
                 bound = min(bound, FP8_CALL_MAX_THREADS.get(shape, bound))
-        if self.every_path and not self.all_heads:
+        if self.every_path:
             key = (arch, self.dtype, self.table, self.norm, self.heads_per_thread)
             bound = min(bound, EVERY_ARCH_BOUNDS.get(key, bound))
         if self.once_table:
@@ -216,8 +236,6 @@ class Variant:
         return min(bound, SOURCE_MAX_THREADS.get(key + (self.parts,), SOURCE_MAX_THREADS.get(key, bound)))
 
     def _rms_bound(self, arch: str) -> int:
-        if self.all_heads:
-            return ALL_HEADS_ARCH_BOUNDS.get((arch, self.dtype, self.table), ALL_HEADS_BOUND)
         key = (self.rope, self.norm, self.heads_per_thread)
         if self.shared_table:
             return SHARED_TABLE_ARCH_BOUNDS.get((arch, *key), SHARED_TABLE_BOUNDS[key])

@@ -779,8 +779,11 @@ struct TeamLane {
     int hl;
 };
 
-template <int NORM>
+// EV: the rows' EveryPath. The variants of that path alone read the shift from the parameters,
+// which saved them a register (72 at 896 threads on sm_90: perf-notes v37).
+template <int NORM, int EV>
 __device__ __forceinline__ TeamLane team_lane(const Params& p, u32 lane) {
+    if (NORM != NORM_FULL && EV == EVERY_ONLY) return {lane & (p.tj - 1u), (int)(lane >> p.tj_shift)};
     if (NORM != NORM_FULL) return {lane & (p.tj - 1u), (int)(lane >> (31 - __clz(p.tj)))};
     const u32 hl = div(lane, p.lanes);
     return {lane - hl * p.tj, (int)hl};
@@ -915,14 +918,14 @@ __device__ __forceinline__ void flush_row_amax(const Params& p, int hl, int th, 
 }
 
 template <typename T, typename C, int ROPE, int NORM, int K, int PARTS, int TABLE, int STATS, int LN, int SRC, int OUT,
-          int SIDE, bool EVERY>
+          int SIDE, int EV>
 __device__ __forceinline__ void process_row(const Params& p, u32 tok, u32 row_in_block, u32 parity, u32 far_row,
                                             QuantSlots<K>& quant) {
     typedef typename OutOf<T, OUT>::type O;
     constexpr int VEC = Item<T, PARTS>::VEC;
     typedef Item<T, PARTS> It;
     const SideLane sl = side_lane<NORM, K, PARTS, SIDE>(p);
-    const TeamLane tl = team_lane<NORM>(p, sl.lane);
+    const TeamLane tl = team_lane<NORM, EV>(p, sl.lane);
     const int th = sl.th;
     const u32 j = tl.j;
     const int hl = tl.hl;
@@ -993,9 +996,10 @@ __device__ __forceinline__ void process_row(const Params& p, u32 tok, u32 row_in
         row_amax[k] = q8.amax;
     };
 
-    // EVERY: this thread holds all K of its heads and its row exists (every_head_held).
-    auto held = [&](int h) { return EVERY || (active && h < row.heads); };
-    const bool live = EVERY || active;
+    // EV (not EVERY_NONE): this thread holds all K of its heads and its row exists (every_head_held).
+    constexpr bool every = EV != EVERY_NONE;
+    auto held = [&](int h) { return every || (active && h < row.heads); };
+    const bool live = every || active;
     if (K > 0) {
         It it[K > 0 ? K : 1];
 #pragma unroll
@@ -1054,7 +1058,7 @@ __device__ __forceinline__ void process_row(const Params& p, u32 tok, u32 row_in
                 tab.load(row.cos + h * row.cos_hs, row.sin + h * row.sin_hs, stride);
             finish(k, h, it[k], NORM == NORM_HEAD ? sc[k] : sc[0]);
             // Without per-head branches ptxas would read every head's table ahead, and spill.
-            if (EVERY && k + 1 < K) __syncwarp();
+            if (every && k + 1 < K) __syncwarp();
         }
         if (fmt.track) flush_row_amax<SIDE>(p, hl, th, live, row_amax);
     } else {
@@ -1119,10 +1123,10 @@ __device__ __forceinline__ bool every_head_held(const Params& p, u32 sb) {
 // Block sb of side SIDE: its rows are consecutive tokens of that side, and it takes p.iters of
 // them a row, p.step tokens apart.
 template <typename T, typename C, int ROPE, int NORM, int K, int PARTS, int TABLE, int STATS, int LN,
-          int SRC, int OUT, int SIDE, bool EVERY>
+          int SRC, int OUT, int SIDE, int EV>
 __device__ __forceinline__ void side_rows(const Params& p, u32 sb) {
     const SideLane sl = side_lane<NORM, K, PARTS, SIDE>(p);
-    const TeamLane tl = team_lane<NORM>(p, sl.lane);
+    const TeamLane tl = team_lane<NORM, EV>(p, sl.lane);
     const Place place = lane_place<T, ROPE, SRC, PARTS>(p, tl.j);
     const int d = place.d;
     const u32 tokens = p.total_rows >> 1;
@@ -1137,7 +1141,7 @@ __device__ __forceinline__ void side_rows(const Params& p, u32 sb) {
             prefetch_row<T, C, PARTS, K, SIDE>(p, next, d, tl.hl, sl.th, place.stride);
         }
         const u32 far_row = ahead_in_row<NORM, PARTS>() && i == 0 ? row_ahead(p, tok) : NO_ROW;
-        process_row<T, C, ROPE, NORM, K, PARTS, TABLE, STATS, LN, SRC, OUT, SIDE, EVERY>(p, tok, sl.row, i & 1u,
+        process_row<T, C, ROPE, NORM, K, PARTS, TABLE, STATS, LN, SRC, OUT, SIDE, EV>(p, tok, sl.row, i & 1u,
                                                                                         far_row, quant);
     }
     if (!ahead_in_row<NORM, PARTS>()) {
@@ -1153,15 +1157,15 @@ template <typename T, typename C, int ROPE, int NORM, int K, int PARTS, int TABL
           int SRC, int OUT, int EVERY, int SIDE>
 __device__ __forceinline__ void side_body(const Params& p, u32 sb) {
     if constexpr (EVERY == EVERY_ONLY && K > 0) {
-        side_rows<T, C, ROPE, NORM, K, PARTS, TABLE, STATS, LN, SRC, OUT, SIDE, true>(p, sb);
+        side_rows<T, C, ROPE, NORM, K, PARTS, TABLE, STATS, LN, SRC, OUT, SIDE, EVERY_ONLY>(p, sb);
         return;
     } else if constexpr (EVERY == EVERY_TOO && K > 0) {
         if (every_head_held<NORM, K, PARTS, SIDE>(p, sb)) {
-            side_rows<T, C, ROPE, NORM, K, PARTS, TABLE, STATS, LN, SRC, OUT, SIDE, true>(p, sb);
+            side_rows<T, C, ROPE, NORM, K, PARTS, TABLE, STATS, LN, SRC, OUT, SIDE, EVERY_TOO>(p, sb);
             return;
         }
     }
-    side_rows<T, C, ROPE, NORM, K, PARTS, TABLE, STATS, LN, SRC, OUT, SIDE, false>(p, sb);
+    side_rows<T, C, ROPE, NORM, K, PARTS, TABLE, STATS, LN, SRC, OUT, SIDE, EVERY_NONE>(p, sb);
 }
 
 // fp8 variants given V (Params.v_in): the blocks past qk_grid quantise V's values (no norm, no

@@ -78,6 +78,7 @@ typedef struct Params {
     cudit_u32 total_rows;             // tokens * 2: a row is one side (Q or K) of one token
     cudit_u32 team;                   // threads per row (blockDim.x): tj * th
     cudit_u32 tj;                     // lanes along the head dim (a power of two >= lanes_d)
+    cudit_u32 tj_shift;               // log2(tj) where tj is a power of two, else 0
     cudit_u32 th;                     // lanes along the heads: thread takes heads hl, hl + th, ...
     cudit_u32 iters;                  // row groups a block processes in turn
     cudit_u32 ahead;                  // rows: also ask L2 for row + ahead, a later wave's (0: no; the launcher sets it)

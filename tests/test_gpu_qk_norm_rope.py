@@ -363,10 +363,11 @@ def test_all_heads_held_path(case, taken, full_size_geometry):
     assert {"all": yes > 0 and no == 0, "some": yes > 0 and no > 0, "none": yes == 0 and no > 0}[taken], (yes, no)
 
 
-# Full-dim rows of four heads a thread where every block holds all its heads and rows: the
-# variants built with only those rows (cudit/_variants.py ALL_HEADS_PATHS), each table class, a
-# block of several rows, several row groups a block, text weights and split outputs. And where a
-# block lacks a row or a head lane a head, the general variant. run_case checks them all.
+# Rows where every block holds all its heads and rows: the variants built with only those rows
+# (cudit/_variants.py ALL_HEADS_PATHS: full-dim four heads a thread, per-head four with a shared
+# table, full-dim rotate_half two), each table class, a block of several rows, several row groups
+# a block, text weights and split outputs. And where a block lacks a row or a head lane a head,
+# the general variant. run_case checks them all.
 ALL_HEADS_CASES = [
     (Case("all-heads-f16", heads=(40, 40, 40), norm="full", dtype="f16", B=2, S=24), None, True),
     (Case("all-heads-f16-table", heads=(12, 12, 12), norm="full", dtype="f16", table_dtype="f16", B=2, S=30),
@@ -376,6 +377,16 @@ ALL_HEADS_CASES = [
      None, True),
     (Case("all-heads-last-row-short", heads=(12, 12, 12), norm="full", dtype="f16", B=1, S=35), 3, False),
     (Case("all-heads-lane-short", heads=(10, 10, 10), norm="full", S=32), None, False),
+    (Case("all-heads-head-text", heads=(24, 24, 24), n_txt=7, B=2, S=32), None, True),
+    (Case("all-heads-head-f16-table", heads=(48, 48, 48), dtype="f16", table_dtype="f16", S=37), None, True),
+    (Case("all-heads-head-row-groups", heads=(24, 24, 24), split=True, B=2, S=30), 3, True),
+    (Case("all-heads-head-lane-short", heads=(23, 23, 23), S=40), None, False),
+    (Case("all-heads-half-shared", heads=(12, 12, 12), norm="full", rope="half", B=2, S=33), None, True),
+    (Case("all-heads-half-perhead-bf16", heads=(32, 32, 32), norm="full", rope="half", table="perhead",
+          table_rows="T", table_dtype="bf16", S=20), None, True),
+    (Case("all-heads-half-f16", heads=(40, 40, 40), norm="full", rope="half", dtype="f16", table_dtype="f16",
+          out=True, S=29), None, True),
+    (Case("all-heads-half-last-row-short", heads=(12, 12, 12), norm="full", rope="half", S=31), 3, False),
 ]
 
 

@@ -135,25 +135,28 @@ def test_launch_bound_grids_take_two_heads_a_thread_per_the_tuning():
     assert cfg(make_plan(req, Tuning(heads_per_thread=1))).variant.heads_per_thread == 1   # the sweep knob
 
 
-FULL_DIM_PLANS = list(itertools.product(
+ALL_HEADS_PLANS = list(itertools.product(
     ((12, 12), (40, 40), (10, 10), (16, 8), (8, 16)),   # Q's and K's heads: K lanes short of heads, GQA
     ((1, 4096), (2, 36), (1, 35)),                        # batch, tokens: whole blocks or not
     ("bf16", "f16", "f32"), ("f32", "own", None),         # activations; cos/sin (own: the activations' dtype)
     (None, 3),                                            # row groups a block: the tuning's, or three
+    ("full", "head"), (True, False),                      # norm; interleaved or rotate_half
 ))
 
 
-@pytest.mark.parametrize("heads,tokens,dtype,tab,row_iters", FULL_DIM_PLANS, ids=str)
-def test_variants_of_all_heads_alone_exactly_where_every_block_holds_them(heads, tokens, dtype, tab, row_iters):
+@pytest.mark.parametrize("heads,tokens,dtype,tab,row_iters,norm,interleave", ALL_HEADS_PLANS, ids=str)
+def test_variants_of_all_heads_alone_exactly_where_every_block_holds_them(heads, tokens, dtype, tab, row_iters, norm,
+                                                                          interleave):
     (hq, hk), (b, s) = heads, tokens
-    qw, kw = arr((hq * D,), "f32", ptr=BASE + 0x100000), arr((hk * D,), "f32", ptr=BASE + 0x200000)
+    width = {"full": (hq * D, hk * D), "head": (D, D)}[norm]
+    qw, kw = arr((width[0],), "f32", ptr=BASE + 0x100000), arr((width[1],), "f32", ptr=BASE + 0x200000)
     rope = table((s, D), dtype if tab == "own" else tab) if tab else (None, None)
-    req = Request(arr((b, s, (hq + 2 * hk) * D), dtype), qw, kw, *rope, num_heads=(hq, hk, hk))
+    req = Request(arr((b, s, (hq + 2 * hk) * D), dtype), qw, kw, *rope, num_heads=(hq, hk, hk), interleave=interleave)
     p = make_plan(req, Tuning(small_grid_threads=0, one_row_blocks_up_to=0, fixed_row_iters=row_iters, full_grid=1))
     v = cfg(p).variant
     yes, no = blocks_holding_all_heads(p)
     alone = dataclasses.replace(v, all_heads=True).name in _variants.BY_NAME or v.all_heads
-    assert v.all_heads == (alone and yes > 0 and no == 0), (v.name, yes, no)
+    assert v.all_heads == (alone and cfg(p).k_ratio == 1 and yes > 0 and no == 0), (v.name, yes, no)
 
 
 def test_full_dim_rows_split_heads_alike_for_any_token_count():
@@ -538,7 +541,8 @@ def test_full_dim_rotate_half_has_its_own_variant_for_a_table_shared_by_the_head
     qw, kw = weights(12 * D)
     c, s = table((8192, 12 * D if per_head else D))
     p = make_plan(Request(packed(b=1, s=8192, h=12), qw, kw, c, s, num_heads=12, interleave=False))
-    assert p.kernel == "qknr_bf16_half_f32_full_k2" + ("" if per_head else "_st")
+    general = dataclasses.replace(cfg(p).variant, all_heads=False)   # 12 heads, 8192 tokens: all held
+    assert general.name == "qknr_bf16_half_f32_full_k2" + ("" if per_head else "_st") and cfg(p).variant.all_heads
     assert cfg(p).variant.shared_table == (not per_head)
     if not per_head:   # the lighter variant's blocks fill whole warps
         assert cfg(p).block % 32 == 0

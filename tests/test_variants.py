@@ -2,7 +2,7 @@
 ALL_HEADS_PATHS, ONCE_TABLE_PATHS): no stale keys, and the flag reaches the kernel's instantiation."""
 import dataclasses
 
-from cudit._variants import (ALL_HEADS_ARCH_BOUNDS, ALL_HEADS_PATHS, ARCHS, BY_NAME, EVERY_ARCH_BOUNDS,
+from cudit._variants import (ALL_HEADS_BOUNDS, ALL_HEADS_PATHS, ARCHS, BY_NAME, EVERY_ARCH_BOUNDS,
                              EVERY_HEAD_PATHS, EVERY_NONE, EVERY_ONLY, EVERY_TOO, ONCE_ARCH_BOUNDS,
                              ONCE_TABLE_PATHS, TABLE_ONCE, TABLE_SHARED, all_variants)
 
@@ -23,8 +23,8 @@ def test_every_head_path_keys_each_name_a_built_variant():
 def test_every_head_path_bounds_each_name_a_variant_carrying_the_path():
     carried = {(a, v.dtype, v.table, v.norm, v.heads_per_thread) for v in every_path_variants(False) for a in ARCHS}
     assert set(EVERY_ARCH_BOUNDS) <= carried
-    alone = {(a, v.dtype, v.table) for v in every_path_variants(True) for a in ARCHS}
-    assert set(ALL_HEADS_ARCH_BOUNDS) <= alone
+    alone = {(v.dtype, v.table, v.rope, v.norm, v.heads_per_thread, v.shared_table) for v in every_path_variants(True)}
+    assert set(ALL_HEADS_BOUNDS) == alone and all(len(b) == len(ARCHS) for b in ALL_HEADS_BOUNDS.values())
 
 
 def test_only_plain_forms_carry_the_path_and_the_kernel_is_told():
@@ -37,7 +37,7 @@ def test_only_plain_forms_carry_the_path_and_the_kernel_is_told():
 def test_each_variant_of_all_heads_alone_has_its_general_form():
     for v in every_path_variants(alone=True):
         general = dataclasses.replace(v, all_heads=False)
-        assert general.name in BY_NAME and not general.every_path, v.name
+        assert general.name in BY_NAME, v.name
 
 
 def once_table_variants() -> list:
