@@ -71,7 +71,7 @@ def write_package(ref: str, out: Path, archs=()) -> Path:
 
 
 def import_package(name: str):
-    """Import an A/B copy; one written without cubins loads this tree's (CUDIT_CUBIN_DIR)."""
+    """Import an A/B copy: its own cubins where it has them, else this tree's (CUDIT_CUBIN_DIR)."""
     import importlib
     import importlib.util
     import os
@@ -80,7 +80,9 @@ def import_package(name: str):
     if spec is None:
         raise SystemExit(f"{name} is not importable: PYTHONPATH should hold the folder it was written to")
     saved = os.environ.get("CUDIT_CUBIN_DIR")
-    if not (Path(spec.origin).parent / "_cubins").is_dir():
+    if (Path(spec.origin).parent / "_cubins").is_dir():   # its own build, whatever this tree loads
+        os.environ.pop("CUDIT_CUBIN_DIR", None)
+    else:
         import cudit._modules
 
         os.environ["CUDIT_CUBIN_DIR"] = str(cudit._modules.CUBIN_DIR)   # read once, at its import
