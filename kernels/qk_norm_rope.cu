@@ -735,8 +735,8 @@ __device__ __forceinline__ void prefetch_row(const Params& p, u32 tok, int d, in
     });
 }
 
-// Per-head table rows (LTX-2) are read per head after the reduction: requested now, their
-// latency overlaps the data loads (full-dim weight slices lose that way: perf-notes v5).
+// Table slices read after the reduction: requested into L1 now, their latency overlaps the data
+// loads (full-dim weight slices lose that way: perf-notes v5).
 template <int PARTS, int K, typename T, typename C, typename O>
 __device__ __forceinline__ void prefetch_head_tables(const Row<T, C, O>& row, int hl, int th, int stride) {
     for_thread_heads<K>(hl, th, row.heads, [&](int h) {
@@ -1012,10 +1012,12 @@ __device__ __forceinline__ void process_row(const Params& p, u32 tok, u32 row_in
         if (SRC == SRC_POS && !at_use && live) pos_slice.load(pos_table);
         if (ahead_in_row<NORM, PARTS>() && far_row != NO_ROW && (int)j < p.lanes_d)
             prefetch_row<T, C, PARTS, K, SIDE>(p, far_row, d, hl, th, stride);
-        // Per-head tables (LTX-2) into L1 in several-vector items only: in the one-vector variants the
-        // extra addressing made ptxas spill. A late shared slice: one request serves all heads.
+        // Per-head tables into L1 in several-vector per-head items only: in the one-vector variants the
+        // extra addressing made ptxas spill, and full-dim rows (LTX-2) wait on L2, which the request
+        // and the later read would each cross (perf-notes v38). A late shared slice: one request
+        // serves all heads.
         if (SRC == SRC_TABLE && ROPE != ROPE_NONE && live) {
-            if (PARTS > 1 && !shared_table) prefetch_head_tables<PARTS, K>(row, hl, th, stride);
+            if (PARTS > 1 && NORM == NORM_HEAD && !shared_table) prefetch_head_tables<PARTS, K>(row, hl, th, stride);
             else if (late_table && shared_table) prefetch_head_tables<PARTS, 1>(row, hl, th, stride);
         }
         release_dependents();
