@@ -1048,7 +1048,8 @@ def launch_config(w: Work, device: DeviceSpec, tuning: Tuning) -> LaunchConfig:
     if grid > MAX_GRID_X:
         raise PlanError(f"qkv: {w.rows} rows need {grid} blocks, over the grid limit")
     k = geo.heads_per_thread
-    waves = _ahead_waves(iters, w.norm, parts, tuning)
+    head_tables = w.source == "table" and w.table is not None and not w.shared_table
+    waves = _ahead_waves(iters, w.norm, parts, tuning, head_tables)
     variant = Variant(
         w.dtype, w.rope, w.norm, k, parts, table, shared_table=k == shared_k and not (w.stats or w.layer),
         stats=w.stats, layer=w.layer, source=w.source, out=w.out)
@@ -1086,12 +1087,14 @@ def _shared_table_k(rope: str, norm: str):
     return next((k for r, n, k in _variants.SHARED_TABLE_BOUNDS if (r, n) == (rope, norm)), None)
 
 
-def _ahead_waves(iters: int, norm: str, parts: int, tuning: Tuning) -> float:
+def _ahead_waves(iters: int, norm: str, parts: int, tuning: Tuning, head_tables: bool = False) -> float:
     """Params.ahead in waves of resident blocks (0: none): grids of one row group a block."""
     if iters != 1:
         return 0.0
     if parts == 3:
         return tuning.ahead_waves_three_vector
+    if head_tables:
+        return tuning.ahead_waves_head_tables
     return tuning.ahead_waves_in_row if norm == "full" or parts > 1 else tuning.ahead_waves_after_row
 
 

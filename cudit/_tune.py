@@ -34,6 +34,7 @@ CANDIDATES = {
     "ahead_waves_in_row": (0.0, 0.25, 0.5, 1.0),
     "ahead_waves_after_row": (0.5, 1.25, 2.0),
     "ahead_waves_three_vector": (0.5, 0.875, 1.25),
+    "ahead_waves_head_tables": (0.0, 0.25, 0.5),
     "one_row_blocks_up_to": (0, 16 * 1024, 64 * 1024),
 }
 NOISE = 0.005   # a candidate must be this much faster to replace the value in force

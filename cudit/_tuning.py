@@ -50,6 +50,9 @@ class Tuning:
     ahead_waves_in_row: float = 0.5
     ahead_waves_after_row: float = 1.25
     ahead_waves_three_vector: float = 0.875
+    # Rows whose cos/sin are per head (LTX-2): their tables double what crosses L2, which rows
+    # asked ahead then compete with (perf-notes v38).
+    ahead_waves_head_tables: float = 0.5
     small_grid_threads: int = 128 * 1024  # launch-bound grids up to this many threads take K = 2
     one_row_blocks_up_to: int = 16 * 1024  # grids of at most this many rows give each row a block
     # The backward's threads a block for rows with no block-wide sum (per head, no norm): full-dim

@@ -244,7 +244,7 @@ def launched_plans(case) -> list:
 def rows_ahead():
     """A distance of a twentieth of a wave: these short grids then have rows ahead to request."""
     restore = tuned(small_grid_threads=0, one_row_blocks_up_to=0, ahead_waves_in_row=0.05,
-                    ahead_waves_after_row=0.05, ahead_waves_three_vector=0.05)
+                    ahead_waves_after_row=0.05, ahead_waves_three_vector=0.05, ahead_waves_head_tables=0.05)
     yield
     restore()
 

@@ -567,6 +567,18 @@ def test_rows_ahead_only_for_one_group_a_block_at_the_tuning_distance():
                          Tuning(ahead_waves_three_vector=0.25))).ahead_waves == 0.25
 
 
+@pytest.mark.parametrize("rope", ["half", "interleaved"])
+def test_rows_with_per_head_tables_ask_ahead_at_their_own_distance(rope):
+    qw, kw = weights(4 * D)
+    c, s = table((4096, 4 * D), "bf16")                     # one slice a head (LTX-2)
+    knobs = Tuning(ahead_waves_head_tables=0.125, ahead_waves_in_row=0.75)
+    req = Request(arr((1, 4096, 12 * D)), qw, kw, c, s, num_heads=4, interleave=rope == "interleaved")
+    assert cfg(make_plan(req, knobs)).ahead_waves == 0.125
+    shared = Request(arr((1, 4096, 12 * D)), qw, kw, *table((4096, D), "bf16"), num_heads=4,
+                     interleave=rope == "interleaved")
+    assert cfg(make_plan(shared, knobs)).ahead_waves == 0.75
+
+
 @pytest.mark.parametrize("data,tdtype,fast", [("bf16", "bf16", True), ("bf16", "f32", True), ("f16", "f16", True),
                                               ("bf16", "f16", False), ("f16", "bf16", False), ("f32", "bf16", False)])
 def test_tables_of_another_16_bit_type_take_the_looping_variant_and_pass_their_kind(data, tdtype, fast):
