@@ -104,7 +104,7 @@ EVERY_HEAD_PATHS = {("interleaved", "head", 4, "table", True), ("interleaved", "
 EVERY_ARCH_BOUNDS = {("sm_90", "bf16", "f32", "head", 4): 768, ("sm_90", "f16", "f32", "head", 4): 768,
                      ("sm_90", "bf16", "x16", "full", 4): 768,
                      ("sm_120", "bf16", "f32", "head", 4): 640, ("sm_120", "f16", "f32", "head", 4): 640,
-                     ("sm_120", "bf16", "bf16", "head", 4): 768, ("sm_120", "f16", "f16", "head", 4): 768}
+                     ("sm_120", "bf16", "bf16", "head", 4): 704, ("sm_120", "f16", "f16", "head", 4): 704}
 # Variants built a second time with that path alone (suffix _all), which the planner picks where
 # every block qualifies (_planner.all_heads_held): where both paths in one kernel spilled or the
 # general rows' registers cost warps (perf-notes v31, v37). By (rope, norm, K, source, shared
@@ -119,16 +119,16 @@ ALL_HEADS_BOUNDS = {
     ("f16", "f32", "interleaved", "full", 4, False): (1024, 1024, 1024, 1024, 640, 768),
     ("f16", "f16", "interleaved", "full", 4, False): (1024, 1024, 1024, 1024, 768, 896),
     ("bf16", "f32", "interleaved", "head", 4, True): (1024, 1024, 1024, 896, 768, 640),
-    ("bf16", "bf16", "interleaved", "head", 4, True): (1024, 1024, 1024, 896, 768, 768),
+    ("bf16", "bf16", "interleaved", "head", 4, True): (1024, 1024, 1024, 896, 768, 704),
     ("f16", "f32", "interleaved", "head", 4, True): (1024, 1024, 1024, 896, 768, 640),
-    ("f16", "f16", "interleaved", "head", 4, True): (1024, 1024, 1024, 896, 768, 768),
+    ("f16", "f16", "interleaved", "head", 4, True): (1024, 1024, 1024, 896, 768, 704),
     ("bf16", "f32", "half", "full", 2, False): (640, 640, 640, 640, 512, 512),
     ("bf16", "bf16", "half", "full", 2, False): (896, 896, 896, 896, 640, 640),
-    ("bf16", "f32", "half", "full", 2, True): (768, 768, 768, 768, 640, 512),
+    ("bf16", "f32", "half", "full", 2, True): (896, 896, 896, 896, 640, 640),
     ("bf16", "bf16", "half", "full", 2, True): (896, 896, 896, 896, 768, 640),
     ("f16", "f32", "half", "full", 2, False): (640, 640, 640, 640, 512, 512),
     ("f16", "f16", "half", "full", 2, False): (768, 768, 768, 768, 640, 640),
-    ("f16", "f32", "half", "full", 2, True): (640, 640, 640, 640, 640, 512),
+    ("f16", "f32", "half", "full", 2, True): (896, 896, 896, 896, 640, 640),
     ("f16", "f16", "half", "full", 2, True): (768, 896, 896, 768, 768, 640),
 }
 # Variants that read a shared cos/sin slice once a row, after the sums, and hold it over the
@@ -136,6 +136,9 @@ ALL_HEADS_BOUNDS = {
 # busiest (perf-notes v32), by (rope, norm, K, shared table): plain RMS forms of natural width.
 # Their bound by (arch, dtype, table class, norm) where the held slice spilled.
 ONCE_TABLE_PATHS = {("half", "full", 2, True), ("half", "head", 2, False)}
+# Rows of all heads held whose fp32 slice, held once a row, held their warps down: read where used,
+# they fit more threads (ALL_HEADS_BOUNDS; perf-notes v38). By (table class, rope, norm, K).
+ALL_HEADS_TABLE_AT_USE = {("f32", "half", "full", 2)}
 ONCE_ARCH_BOUNDS = {(a, dtype, "f32", "full"): 640 for a in ("sm_86", "sm_89", "sm_90") for dtype in ("bf16", "f16")}
 ONCE_ARCH_BOUNDS.update({(a, "f16", "f16", "full"): 768 for a in ("sm_86", "sm_89", "sm_90")})
 # Per-head rows whose items hold more vectors than the rope needs: vectors -> (activation
@@ -189,7 +192,8 @@ class Variant:
     def once_table(self) -> bool:
         """Whether it reads a shared table slice once a row and holds it over its heads."""
         key = (self.rope, self.norm, self.heads_per_thread, self.shared_table)
-        return self.plain and self.source == "table" and key in ONCE_TABLE_PATHS
+        at_use = self.all_heads and (self.table, *key[:3]) in ALL_HEADS_TABLE_AT_USE
+        return self.plain and self.source == "table" and key in ONCE_TABLE_PATHS and not at_use
 
     @property
     def plain(self) -> bool:

@@ -735,6 +735,14 @@ __device__ __forceinline__ void prefetch_row(const Params& p, u32 tok, int d, in
     });
 }
 
+// A shared table slice asked into L1 by one head lane of the team instead of each: measured on
+// sm_90 (perf-notes v38); below it the predicate's register cost ptxas the 1024-thread bound.
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+constexpr bool SLICE_FROM_LANE_0 = true;
+#else
+constexpr bool SLICE_FROM_LANE_0 = false;
+#endif
+
 // Table slices read after the reduction: requested into L1 now, their latency overlaps the data
 // loads (full-dim weight slices lose that way: perf-notes v5).
 template <int PARTS, int K, typename T, typename C, typename O>
@@ -1015,10 +1023,11 @@ __device__ __forceinline__ void process_row(const Params& p, u32 tok, u32 row_in
         // Per-head tables into L1 in several-vector per-head items only: in the one-vector variants the
         // extra addressing made ptxas spill, and full-dim rows (LTX-2) wait on L2, which the request
         // and the later read would each cross (perf-notes v38). A late shared slice: one request
-        // serves all heads.
+        // serves all heads, from head lane 0 alone where SLICE_FROM_LANE_0.
         if (SRC == SRC_TABLE && ROPE != ROPE_NONE && live) {
             if (PARTS > 1 && NORM == NORM_HEAD && !shared_table) prefetch_head_tables<PARTS, K>(row, hl, th, stride);
-            else if (late_table && shared_table) prefetch_head_tables<PARTS, 1>(row, hl, th, stride);
+            else if (late_table && shared_table && (hl == 0 || !SLICE_FROM_LANE_0))
+                prefetch_head_tables<PARTS, 1>(row, hl, th, stride);
         }
         release_dependents();
 
