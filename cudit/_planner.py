@@ -1054,7 +1054,9 @@ def launch_config(w: Work, device: DeviceSpec, tuning: Tuning) -> LaunchConfig:
         w.dtype, w.rope, w.norm, k, parts, table, shared_table=k == shared_k and not (w.stats or w.layer),
         stats=w.stats, layer=w.layer, source=w.source, out=w.out)
     if k_ratio == 1 and all_heads_held(w, geo, lanes_d, tokens, rows_per_block * iters):
-        variant = _variants.BY_NAME.get(dataclasses.replace(variant, all_heads=True).name, variant)
+        # LayerNorm rows have a shared-slice form only there (_variants.LAYER_ONCE_PATHS)
+        alone = dataclasses.replace(variant, all_heads=True, shared_table=variant.shared_table or (w.layer and k == shared_k))
+        variant = _variants.BY_NAME.get(alone.name, variant)
     return LaunchConfig(variant, lanes_d, geo.tj, geo.th, geo.block, iters, grid, waves, k_ratio=k_ratio, k_th=k_th)
 
 

@@ -139,6 +139,13 @@ ONCE_TABLE_PATHS = {("half", "full", 2, True), ("half", "head", 2, False)}
 # Rows of all heads held whose fp32 slice, held once a row, held their warps down: read where used,
 # they fit more threads (ALL_HEADS_BOUNDS; perf-notes v38). By (table class, rope, norm, K).
 ALL_HEADS_TABLE_AT_USE = {("f32", "half", "full", 2)}
+# LayerNorm rows of all heads held with a shared slice, read once a row and held over the thread's
+# heads (suffix _st_ln_all): the general LayerNorm form reads it once a head, and L1 was its busiest
+# unit (perf-notes v39). By (rope, norm, K); their bounds by (dtype, table class), one a target in
+# ARCHS order.
+LAYER_ONCE_PATHS = {("interleaved", "head", 4)}
+LAYER_ONCE_BOUNDS = {(dtype, table): (768, 768, 768, 768, 640, 640) for dtype in ALL_HEADS_DTYPES
+                     for table in ("f32", dtype)}
 ONCE_ARCH_BOUNDS = {(a, dtype, "f32", "full"): 640 for a in ("sm_86", "sm_89", "sm_90") for dtype in ("bf16", "f16")}
 ONCE_ARCH_BOUNDS.update({(a, "f16", "f16", "full"): 768 for a in ("sm_86", "sm_89", "sm_90")})
 # Per-head rows whose items hold more vectors than the rope needs: vectors -> (activation
@@ -192,8 +199,15 @@ class Variant:
     def once_table(self) -> bool:
         """Whether it reads a shared table slice once a row and holds it over its heads."""
         key = (self.rope, self.norm, self.heads_per_thread, self.shared_table)
+        if self.layer_once:
+            return True
         at_use = self.all_heads and (self.table, *key[:3]) in ALL_HEADS_TABLE_AT_USE
         return self.plain and self.source == "table" and key in ONCE_TABLE_PATHS and not at_use
+
+    @property
+    def layer_once(self) -> bool:
+        """A LayerNorm form of all heads held whose shared slice is read once a row (LAYER_ONCE_PATHS)."""
+        return self.layer and self.shared_table and self.all_heads
 
     @property
     def plain(self) -> bool:
@@ -213,6 +227,9 @@ class Variant:
 
     def bound(self, arch: str = "") -> int:
         """The launch bound this variant is compiled with for an architecture ('': with no per-arch override)."""
+        if self.layer_once:
+            bounds = LAYER_ONCE_BOUNDS[(self.dtype, self.table)]
+            return bounds[ARCHS.index(arch)] if arch else min(bounds)
         if self.all_heads:
             bounds = ALL_HEADS_BOUNDS[(self.dtype, self.table, self.rope, self.norm, self.heads_per_thread,
                                        self.shared_table)]
@@ -306,6 +323,9 @@ def all_variants() -> tuple:
             if v.dtype in FP8_IN_DTYPES and v.source == "table" and not (v.layer or v.stats)]
     out += [dataclasses.replace(v, all_heads=True) for v in list(out) if v.plain and v.dtype in ALL_HEADS_DTYPES
             and (v.rope, v.norm, v.heads_per_thread, v.source, v.shared_table) in ALL_HEADS_PATHS]
+    out += [dataclasses.replace(v, shared_table=True, all_heads=True) for v in list(out)
+            if v.layer and v.dtype in ALL_HEADS_DTYPES and v.source == "table" and not v.out
+            and (v.rope, v.norm, v.heads_per_thread) in LAYER_ONCE_PATHS]
     return tuple(out)
 
 

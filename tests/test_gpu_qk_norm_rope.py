@@ -403,6 +403,35 @@ def test_rows_of_all_heads_alone(case, row_iters, alone, full_size_geometry):
     assert no == 0 if alone else no > 0, (yes, no)
 
 
+# LayerNorm rows of all heads held with a shared slice read once a row (cudit/_variants.py
+# LAYER_ONCE_PATHS): each table class, without a bias, text weights and split outputs, row groups;
+# where a head lane lacks a head or the table is per head, the general LayerNorm form. run_case
+# checks them against the reference.
+LAYER_ONCE_CASES = [
+    (Case("layer-once-cogvideox", heads=(48, 48, 48), D=64, layer=True, B=2, S=40), None, True),
+    (Case("layer-once-bf16-table-no-bias", heads=(24, 24, 24), layer=True, bias=False, table_dtype="bf16", S=38),
+     None, True),
+    (Case("layer-once-f16-text-split", heads=(24, 24, 24), D=64, layer=True, dtype="f16", table_dtype="f16",
+          split=True, out=True, n_txt=5, B=2, S=30), None, True),
+    (Case("layer-once-row-groups", heads=(48, 48, 48), D=64, layer=True, B=2, S=36), 3, True),
+    (Case("layer-once-lane-short", heads=(47, 47, 47), D=64, layer=True, S=40), None, False),
+    (Case("layer-once-perhead-table", heads=(48, 48, 48), D=64, layer=True, table="perhead", table_rows="T", S=40),
+     None, False),
+]
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("case,row_iters,once", LAYER_ONCE_CASES, ids=str)
+def test_layer_norm_rows_read_a_shared_slice_once(case, row_iters, once, full_size_geometry):
+    restore = tuned(fixed_row_iters=row_iters, full_grid=1) if row_iters else lambda: None
+    try:
+        (plan,) = launched_plans(case)
+    finally:
+        restore()
+    v = plan.config.variant
+    assert v.layer and v.layer_once == once, plan.kernel
+
+
 # rotate_half rows of two heads a thread whose variants read a shared table slice once a row
 # (cudit/_variants.py ONCE_TABLE_PATHS): each table dtype, and a per-head table, whose rows read
 # their own slices head by head in the same variant. run_case checks them against the reference.

@@ -736,6 +736,23 @@ def test_layer_norm_plans_bind_the_biases(n):
     assert not cfg(rms).variant.layer and not bind(rms, req).b[0]
 
 
+@pytest.mark.parametrize("heads,tokens,table_shape,once", [(48, 4096, (4096, 64), True),     # CogVideoX-like
+                                                            (47, 4096, (4096, 64), False),    # a head lane short
+                                                            (48, 4096, (4096, 48 * 64), False),   # per-head tables
+                                                            (48, 4095, (4095, 64), False)])   # a block short a row
+def test_layer_norm_rows_of_all_heads_read_a_shared_slice_once_a_row(heads, tokens, table_shape, once):
+    qw, kw = weights(64)
+    qb, kb = arr((64,), "bf16", ptr=BASE + 0x600000), arr((64,), "bf16", ptr=BASE + 0x700000)
+    req = Request(packed(b=1, s=tokens, h=heads, d=64), qw, kw, *table(table_shape), num_heads=heads,
+                  norm_type="layer", q_bias=qb, k_bias=kb)
+    knobs = Tuning(small_grid_threads=0, one_row_blocks_up_to=0, fixed_row_iters=2, full_grid=1)
+    p = make_plan(req, knobs)
+    v = cfg(p).variant
+    assert v.layer and v.heads_per_thread == 4 and v.layer_once == once and v.once_table == once, v.name
+    assert (bind(p, req).b[0], bind(p, req).b[1]) == (BASE + 0x600000, BASE + 0x700000)
+    visits_each_item_once(cfg(p), params(p), (heads, heads))
+
+
 def test_sums_blocks_stay_within_the_looping_variants_bound():
     req = Request(packed(b=1, s=4096, h=20), num_heads=20, sumsq=sums((4096, 2)), stats="sumsq")
     c = cfg(make_plan(req, Tuning().with_kind("block_targets", "sumsq/1", 4096)))

@@ -1,14 +1,15 @@
 """The variant table's entries for second forms of a variant (cudit/_variants.py EVERY_HEAD_PATHS,
-ALL_HEADS_PATHS, ONCE_TABLE_PATHS): no stale keys, and the flag reaches the kernel's instantiation."""
+ALL_HEADS_PATHS, ONCE_TABLE_PATHS, LAYER_ONCE_PATHS): no stale keys, and the flag reaches the kernel's instantiation."""
 import dataclasses
 
 from cudit._variants import (ALL_HEADS_BOUNDS, ALL_HEADS_PATHS, ARCHS, BY_NAME, EVERY_ARCH_BOUNDS,
-                             EVERY_HEAD_PATHS, EVERY_NONE, EVERY_ONLY, EVERY_TOO, ONCE_ARCH_BOUNDS,
-                             ONCE_TABLE_PATHS, TABLE_ONCE, TABLE_SHARED, all_variants)
+                             EVERY_HEAD_PATHS, EVERY_NONE, EVERY_ONLY, EVERY_TOO, LAYER_ONCE_BOUNDS,
+                             LAYER_ONCE_PATHS, ONCE_ARCH_BOUNDS, ONCE_TABLE_PATHS, TABLE_ONCE, TABLE_SHARED,
+                             all_variants)
 
 
 def every_path_variants(alone: bool) -> list:
-    return [v for v in all_variants() if v.every_path and v.all_heads == alone]
+    return [v for v in all_variants() if v.every_path and v.all_heads == alone and not v.layer_once]
 
 
 def path_key(v) -> tuple:
@@ -29,7 +30,7 @@ def test_every_head_path_bounds_each_name_a_variant_carrying_the_path():
 
 def test_only_plain_forms_carry_the_path_and_the_kernel_is_told():
     for v in all_variants():
-        assert not v.every_path or not (v.layer or v.out or v.stats)
+        assert not v.every_path or v.layer_once or not (v.layer or v.out or v.stats)
         every_arg = int(v.instantiation("sm_90").rstrip(")").split(", ")[-2])
         assert every_arg == (EVERY_ONLY if v.all_heads else EVERY_TOO if v.every_path else EVERY_NONE), v.name
 
@@ -41,7 +42,7 @@ def test_each_variant_of_all_heads_alone_has_its_general_form():
 
 
 def once_table_variants() -> list:
-    return [v for v in all_variants() if v.once_table]
+    return [v for v in all_variants() if v.once_table and not v.layer_once]
 
 
 def test_once_table_keys_each_name_a_built_variant():
@@ -56,6 +57,17 @@ def test_once_table_bounds_each_name_a_variant_carrying_the_form():
 
 def test_only_plain_table_forms_read_the_slice_once_and_the_kernel_is_told():
     for v in all_variants():
-        assert not v.once_table or (v.plain and v.source == "table")
+        assert not v.once_table or v.layer_once or (v.plain and v.source == "table")
         table_arg = int(v.instantiation("sm_90").rstrip(")").split(", ")[7])
         assert table_arg == TABLE_SHARED * v.shared_table | TABLE_ONCE * v.once_table, v.name
+
+
+def test_layernorm_once_forms_each_have_a_general_form_and_the_kernel_is_told():
+    forms = [v for v in all_variants() if v.layer_once]
+    assert {(v.rope, v.norm, v.heads_per_thread) for v in forms} == LAYER_ONCE_PATHS
+    assert {(v.dtype, v.table) for v in forms} == set(LAYER_ONCE_BOUNDS)
+    for v in forms:
+        assert dataclasses.replace(v, shared_table=False, all_heads=False).name in BY_NAME, v.name
+        assert v.source == "table" and not (v.out or v.stats)
+        args = v.instantiation("sm_90").rstrip(")").split(", ")
+        assert (int(args[7]), int(args[9]), int(args[-2])) == (TABLE_SHARED | TABLE_ONCE, 1, EVERY_ONLY), v.name
