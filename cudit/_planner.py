@@ -1055,8 +1055,8 @@ def launch_config(w: Work, device: DeviceSpec, tuning: Tuning) -> LaunchConfig:
         stats=w.stats, layer=w.layer, source=w.source, out=w.out)
     if k_ratio == 1 and all_heads_held(w, geo, lanes_d, tokens, rows_per_block * iters):
         # LayerNorm rows have a shared-slice form only there (_variants.LAYER_ONCE_PATHS)
-        alone = dataclasses.replace(variant, all_heads=True, shared_table=variant.shared_table or (w.layer and k == shared_k))
-        variant = _variants.BY_NAME.get(alone.name, variant)
+        shared = variant.shared_table or (w.layer and k == shared_k)
+        variant = _variants.BY_NAME.get(dataclasses.replace(variant, all_heads=True, shared_table=shared).name, variant)
     return LaunchConfig(variant, lanes_d, geo.tj, geo.th, geo.block, iters, grid, waves, k_ratio=k_ratio, k_th=k_th)
 
 

@@ -198,9 +198,9 @@ class Variant:
     @property
     def once_table(self) -> bool:
         """Whether it reads a shared table slice once a row and holds it over its heads."""
-        key = (self.rope, self.norm, self.heads_per_thread, self.shared_table)
         if self.layer_once:
             return True
+        key = (self.rope, self.norm, self.heads_per_thread, self.shared_table)
         at_use = self.all_heads and (self.table, *key[:3]) in ALL_HEADS_TABLE_AT_USE
         return self.plain and self.source == "table" and key in ONCE_TABLE_PATHS and not at_use
 
