@@ -363,6 +363,16 @@ def test_all_heads_held_path(case, taken, full_size_geometry):
     assert {"all": yes > 0 and no == 0, "some": yes > 0 and no > 0, "none": yes == 0 and no > 0}[taken], (yes, no)
 
 
+def launched_plan_in_row_groups(case, row_iters):
+    """The one plan a case launches, its blocks taking row_iters row groups where given."""
+    restore = tuned(fixed_row_iters=row_iters, full_grid=1) if row_iters else lambda: None
+    try:
+        (plan,) = launched_plans(case)
+    finally:
+        restore()
+    return plan
+
+
 # Rows where every block holds all its heads and rows: the variants built with only those rows
 # (cudit/_variants.py ALL_HEADS_PATHS: full-dim four heads a thread, per-head four with a shared
 # table, full-dim rotate_half two), each table class, a block of several rows, several row groups
@@ -393,11 +403,7 @@ ALL_HEADS_CASES = [
 @pytest.mark.gpu
 @pytest.mark.parametrize("case,row_iters,alone", ALL_HEADS_CASES, ids=str)
 def test_rows_of_all_heads_alone(case, row_iters, alone, full_size_geometry):
-    restore = tuned(fixed_row_iters=row_iters, full_grid=1) if row_iters else lambda: None
-    try:
-        (plan,) = launched_plans(case)
-    finally:
-        restore()
+    plan = launched_plan_in_row_groups(case, row_iters)
     assert plan.config.variant.all_heads == alone, plan.kernel
     yes, no = blocks_holding_all_heads(plan)
     assert no == 0 if alone else no > 0, (yes, no)
@@ -423,11 +429,7 @@ LAYER_ONCE_CASES = [
 @pytest.mark.gpu
 @pytest.mark.parametrize("case,row_iters,once", LAYER_ONCE_CASES, ids=str)
 def test_layer_norm_rows_read_a_shared_slice_once(case, row_iters, once, full_size_geometry):
-    restore = tuned(fixed_row_iters=row_iters, full_grid=1) if row_iters else lambda: None
-    try:
-        (plan,) = launched_plans(case)
-    finally:
-        restore()
+    plan = launched_plan_in_row_groups(case, row_iters)
     v = plan.config.variant
     assert v.layer and v.layer_once == once, plan.kernel
 
