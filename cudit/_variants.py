@@ -227,12 +227,9 @@ class Variant:
 
     def bound(self, arch: str = "") -> int:
         """The launch bound this variant is compiled with for an architecture ('': with no per-arch override)."""
-        if self.layer_once:
-            bounds = LAYER_ONCE_BOUNDS[(self.dtype, self.table)]
-            return bounds[ARCHS.index(arch)] if arch else min(bounds)
-        if self.all_heads:
-            bounds = ALL_HEADS_BOUNDS[(self.dtype, self.table, self.rope, self.norm, self.heads_per_thread,
-                                       self.shared_table)]
+        if self.all_heads:   # a bound a target (ALL_HEADS_BOUNDS, LAYER_ONCE_BOUNDS)
+            bounds = LAYER_ONCE_BOUNDS[(self.dtype, self.table)] if self.layer_once else ALL_HEADS_BOUNDS[
+                (self.dtype, self.table, self.rope, self.norm, self.heads_per_thread, self.shared_table)]
             return bounds[ARCHS.index(arch)] if arch else min(bounds)
         bound = self._rms_bound(arch)
         shape = (self.parts, self.norm, self.heads_per_thread)
@@ -324,7 +321,7 @@ def all_variants() -> tuple:
     out += [dataclasses.replace(v, all_heads=True) for v in list(out) if v.plain and v.dtype in ALL_HEADS_DTYPES
             and (v.rope, v.norm, v.heads_per_thread, v.source, v.shared_table) in ALL_HEADS_PATHS]
     out += [dataclasses.replace(v, shared_table=True, all_heads=True) for v in list(out)
-            if v.layer and v.dtype in ALL_HEADS_DTYPES and v.source == "table" and not v.out
+            if v.layer and v.dtype in ALL_HEADS_DTYPES and v.source == "table"
             and (v.rope, v.norm, v.heads_per_thread) in LAYER_ONCE_PATHS]
     return tuple(out)
 
