@@ -36,8 +36,10 @@ def fp8_bytes(s: Shape) -> int:
     return bytes_moved(s) - qk + 3 * v
 
 
-def fp8_call(s: Shape, torch, amax: bool = False):
-    import cudit
+def fp8_call(s: Shape, torch, amax: bool = False, cudit=None):
+    """One fp8 call of shape s through `cudit` (this package, or another copy for an A/B)."""
+    if cudit is None:
+        import cudit
 
     heads = (s.heads, s.hk, s.hk)
     # amax: per-tensor amax of Q, K and V too (the amax-tracking kernels), raised call after call

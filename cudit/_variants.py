@@ -131,6 +131,26 @@ ALL_HEADS_BOUNDS = {
     ("f16", "f32", "half", "full", 2, True): (896, 896, 896, 896, 640, 640),
     ("f16", "f16", "half", "full", 2, True): (768, 896, 896, 768, 768, 640),
 }
+# Their fp8 output forms (suffix _f8_all; issue #11), whose rows are issue-bound (perf-notes v40),
+# with bounds by the same key.
+ALL_HEADS_FP8_BOUNDS = {
+    ("bf16", "f32", "interleaved", "full", 4, False): (768, 768, 896, 896, 640, 768),
+    ("bf16", "bf16", "interleaved", "full", 4, False): (896, 896, 1024, 1024, 640, 640),
+    ("f16", "f32", "interleaved", "full", 4, False): (768, 768, 768, 768, 640, 768),
+    ("f16", "f16", "interleaved", "full", 4, False): (896, 896, 896, 896, 640, 640),
+    ("bf16", "f32", "interleaved", "head", 4, True): (1024, 1024, 768, 768, 640, 640),
+    ("bf16", "bf16", "interleaved", "head", 4, True): (1024, 1024, 768, 768, 640, 640),
+    ("f16", "f32", "interleaved", "head", 4, True): (1024, 1024, 768, 768, 640, 640),
+    ("f16", "f16", "interleaved", "head", 4, True): (1024, 1024, 768, 768, 640, 640),
+    ("bf16", "f32", "half", "full", 2, False): (640, 640, 640, 640, 512, 512),
+    ("bf16", "bf16", "half", "full", 2, False): (768, 768, 896, 896, 640, 512),
+    ("bf16", "f32", "half", "full", 2, True): (896, 896, 896, 896, 640, 640),
+    ("bf16", "bf16", "half", "full", 2, True): (896, 896, 768, 768, 640, 640),
+    ("f16", "f32", "half", "full", 2, False): (640, 640, 640, 640, 512, 512),
+    ("f16", "f16", "half", "full", 2, False): (768, 768, 768, 768, 640, 512),
+    ("f16", "f32", "half", "full", 2, True): (768, 768, 896, 896, 640, 640),
+    ("f16", "f16", "half", "full", 2, True): (896, 896, 896, 896, 640, 640),
+}
 # Variants that read a shared cos/sin slice once a row, after the sums, and hold it over the
 # thread's heads (TableKind TABLE_ONCE), where reading it again for each head kept L1's data pipe
 # busiest (perf-notes v32), by (rope, norm, K, shared table): plain RMS forms of natural width.
@@ -228,7 +248,8 @@ class Variant:
     def bound(self, arch: str = "") -> int:
         """The launch bound this variant is compiled with for an architecture ('': with no per-arch override)."""
         if self.all_heads:   # a bound a target (ALL_HEADS_BOUNDS, LAYER_ONCE_BOUNDS)
-            bounds = LAYER_ONCE_BOUNDS[(self.dtype, self.table)] if self.layer_once else ALL_HEADS_BOUNDS[
+            by_path = ALL_HEADS_FP8_BOUNDS if self.out else ALL_HEADS_BOUNDS
+            bounds = LAYER_ONCE_BOUNDS[(self.dtype, self.table)] if self.layer_once else by_path[
                 (self.dtype, self.table, self.rope, self.norm, self.heads_per_thread, self.shared_table)]
             return bounds[ARCHS.index(arch)] if arch else min(bounds)
         bound = self._rms_bound(arch)
@@ -287,6 +308,14 @@ def _built(dtype: str, rope: str, norm: str, k: int) -> bool:
     return k != 3 or norm == "full"   # three heads a thread: full-dim rows only
 
 
+def _all_heads_form(v: Variant) -> bool:
+    """Whether v is built a second time with the rows of all heads held alone: plain or fp8 rows
+    (no amax) of ALL_HEADS_PATHS."""
+    plain = v.plain or (v.out == FP8_OUT and dataclasses.replace(v, out="").plain)
+    key = (v.rope, v.norm, v.heads_per_thread, v.source, v.shared_table)
+    return plain and v.dtype in ALL_HEADS_DTYPES and key in ALL_HEADS_PATHS
+
+
 @functools.lru_cache(maxsize=None)
 def all_variants() -> tuple:
     """Every kernel the runtime may launch."""
@@ -318,8 +347,7 @@ def all_variants() -> tuple:
             if v.norm != "none" and not (v.shared_table or v.stats)]
     out += [dataclasses.replace(v, out=o) for v in list(out) for o in (FP8_OUT, FP8_AMAX_OUT)
             if v.dtype in FP8_IN_DTYPES and v.source == "table" and not (v.layer or v.stats)]
-    out += [dataclasses.replace(v, all_heads=True) for v in list(out) if v.plain and v.dtype in ALL_HEADS_DTYPES
-            and (v.rope, v.norm, v.heads_per_thread, v.source, v.shared_table) in ALL_HEADS_PATHS]
+    out += [dataclasses.replace(v, all_heads=True) for v in list(out) if _all_heads_form(v)]
     out += [dataclasses.replace(v, shared_table=True, all_heads=True) for v in list(out)
             if v.layer and v.dtype in ALL_HEADS_DTYPES and v.source == "table"
             and (v.rope, v.norm, v.heads_per_thread) in LAYER_ONCE_PATHS]

@@ -65,3 +65,15 @@ def pytest_collection_modifyitems(config, items):
     for item in items:
         if "gpu" in item.keywords:
             item.add_marker(skip)
+
+
+@pytest.fixture
+def full_size_geometry():
+    """Plan small GPU test shapes as production sizes are planned: without the rules for small
+    grids (two heads a thread, one row a block), so the three- and four-head variants and blocks
+    of several rows run."""
+    from gpu_cases import tuned
+
+    restore = tuned(small_grid_threads=0, one_row_blocks_up_to=0)
+    yield
+    restore()

@@ -320,3 +320,12 @@ def small_inputs(torch, dtype=None, B=2, S=33, H=4, D=128, seed=0):
     kw = torch.rand(D, device="cuda", generator=g) + 0.5
     ang = torch.rand(S, D, device="cuda", generator=g) * 6.2831853
     return qkv, qw, kw, torch.cos(ang), torch.sin(ang)
+
+
+def tuned(**knobs):
+    """Plan GPU 0's launches under its table with these fields changed; returns the undo."""
+    from cudit import _launch
+
+    base = _launch.device_state(0).tuning
+    before = _launch.set_tuning(base.with_knobs(**knobs))
+    return lambda: _launch.set_tuning(before)

@@ -1,14 +1,16 @@
 """fp8 output's planning on made-up arrays (issue #11): the variant, V's blocks and pointers, the
 scale and amax fields, and every bad argument named."""
+import dataclasses
+import itertools
 import struct
 
 import pytest
 
-from cudit import _planner
+from cudit import _planner, _variants
 from cudit._params import POINTERS, Params
 from cudit._planner import PlanError, Request
 from cudit._tuning import DeviceSpec, Tuning
-from fakes import BASE, arr
+from fakes import BASE, arr, blocks_holding_all_heads
 
 D = 128
 E4M3 = "float8_e4m3fn"
@@ -73,7 +75,31 @@ def test_fp8_plans_keep_every_other_field_of_the_bf16_plan():
 def test_any_amax_takes_the_amax_tracking_copy_of_the_same_kernel(role):
     plain = plan(**call()).config.variant
     tracking = plan(**call(**{role: arr((1,), "f32", ptr=BASE + 0xC00000)})).config.variant
-    assert (plain.out, tracking.out) == ("f8", "f8a") and tracking.name == plain.name + "a"
+    general = dataclasses.replace(plain, all_heads=False)   # amax copies have no all-heads form
+    assert (plain.out, tracking.out) == ("f8", "f8a") and tracking.name == general.name + "a"
+
+
+FP8_ALL_HEADS_PLANS = list(itertools.product(
+    ((12, 12, 12), (40, 40, 40), (10, 10, 10), (16, 8, 8)),   # heads: K lanes short of heads, GQA
+    (4096, 35),                                                # tokens: whole blocks or not
+    ("f32", "bf16"), ("full", "head"), (True, False),          # cos/sin; norm; interleaved or rotate_half
+))
+
+
+@pytest.mark.parametrize("heads,tokens,tab,norm,interleave", FP8_ALL_HEADS_PLANS, ids=str)
+def test_fp8_plans_take_the_all_heads_form_exactly_where_every_block_holds_them(heads, tokens, tab, norm,
+                                                                                interleave):
+    qkv = arr((1, tokens, sum(heads) * D), "bf16")
+    width = {"full": (heads[0] * D, heads[1] * D), "head": (D, D)}[norm]
+    qw, kw = arr((width[0],), "f32", ptr=BASE + 0x100000), arr((width[1],), "f32", ptr=BASE + 0x200000)
+    cos, sin = arr((tokens, D), tab, ptr=BASE + 0x300000), arr((tokens, D), tab, ptr=BASE + 0x400000)
+    p = _planner.make_plan(Request(qkv, qw, kw, cos, sin, num_heads=heads, interleave=interleave,
+                                   out=arr(qkv.shape, E4M3, ptr=BASE + 0x800000)),
+                           DeviceSpec(arch=(9, 0)), Tuning(small_grid_threads=0, one_row_blocks_up_to=0, full_grid=1))
+    v = p.config.variant
+    yes, no = blocks_holding_all_heads(p)
+    built = dataclasses.replace(v, all_heads=True).name in _variants.BY_NAME
+    assert v.out == "f8" and v.all_heads == (built and p.config.k_ratio == 1 and yes > 0 and no == 0), (v.name, yes, no)
 
 
 def test_scale_and_amax_arrays_set_their_head_strides_and_pointers():

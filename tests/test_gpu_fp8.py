@@ -228,6 +228,37 @@ def test_fp8_output(f):
     run_fp8(f)
 
 
+# fp8 rows where every block holds all its heads and rows, with no amax: the variants built with
+# only those rows (cudit/_variants.py ALL_HEADS_PATHS, _f8_all), each table class, V quantised,
+# text weights, split outputs and fp16; where a head lane lacks a head, or an amax is asked for,
+# the general fp8 variant.
+ALL_HEADS_FP8 = [
+    (F8(Case("all-heads-f8-full", heads=(40, 40, 40), norm="full", B=2, S=24), amax=""), True),
+    (F8(Case("all-heads-f8-full-bf16-table", heads=(12, 12, 12), norm="full", table_dtype="bf16", S=30),
+        "float8_e5m2", "head", ""), True),
+    (F8(Case("all-heads-f8-head-text", heads=(24, 24, 24), n_txt=7, B=2, S=32), scale="tensor", amax=""), True),
+    (F8(Case("all-heads-f8-head-split-f16", heads=(48, 48, 48), dtype="f16", split=True, S=37), amax="",
+        big=200.0), True),
+    (F8(Case("all-heads-f8-half-perhead", heads=(32, 32, 32), norm="full", rope="half", table="perhead",
+             table_rows="T", table_dtype="bf16", S=20), amax=""), True),
+    (F8(Case("all-heads-f8-half-shared-f16", heads=(12, 12, 12), norm="full", rope="half", dtype="f16", B=2,
+             S=33),
+        scale="head", amax=""), True),
+    (F8(Case("all-heads-f8-lane-short", heads=(10, 10, 10), norm="full", S=32), amax=""), False),
+    (F8(Case("all-heads-f8-amax", heads=(24, 24, 24), S=32), amax="head"), False),
+]
+
+
+@pytest.mark.parametrize("f,alone", ALL_HEADS_FP8, ids=str)
+def test_fp8_rows_of_all_heads_alone(f, alone, full_size_geometry):
+    from cudit import _launch
+
+    _launch._LAUNCHERS.clear()
+    run_fp8(f)
+    (plan,) = [key[1] for key in _launch._LAUNCHERS]
+    assert plan.config.variant.all_heads == alone and plan.config.variant.out, plan.kernel
+
+
 def _public_result(qkv, qw, kw, cos, sin, fmt, heads=4):
     """The public function's fp8 output and Q amax for the frameworks' tests to match."""
     import torch

@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 
 from fakes import blocks_holding_all_heads
-from gpu_cases import Case, run_case
+from gpu_cases import Case, run_case, tuned
 
 
 def cases():
@@ -185,25 +185,6 @@ MODELS = [
 ]
 
 CASES = cases()
-
-
-def tuned(**knobs):
-    """Plan GPU 0's launches under its table with these fields changed, until the test ends."""
-    from cudit import _launch
-
-    base = _launch.device_state(0).tuning
-    before = _launch.set_tuning(base.with_knobs(**knobs))
-    return lambda: _launch.set_tuning(before)
-
-
-@pytest.fixture
-def full_size_geometry():
-    """Plan these small test shapes as production sizes are planned: without the rules for small
-    grids (two heads a thread, one row a block), so the three- and four-head variants and blocks
-    of several rows run."""
-    restore = tuned(small_grid_threads=0, one_row_blocks_up_to=0)
-    yield
-    restore()
 
 
 @pytest.mark.gpu
