@@ -1,13 +1,14 @@
 """Device time of this tree's cudit against another copy's, shape by shape, in one process.
 
     PYTHONPATH=.:ab python benchmarks/kernel_ab.py PACKAGE [SHAPE,SHAPE ...] [--heads-per-thread K]
-                                                   [--row-iters N] [--fp8]
+                                                   [--row-iters N] [--fp8 [--amax]]
 
 PACKAGE: a copy written by benchmarks/ab_package.py (with --arch, to time that commit's
 kernels). Shapes: names from bench.production_shapes() (default: all). Each shape is
 timed three times each way, alternating, with the benchmark's method (graphs of rotating
 inputs, device events); the table gives medians, % of copy bandwidth and new / other. --fp8:
-the shapes of benchmarks/fp8_bench.py, Q, K and V written as fp8 in one call. The
+the shapes of benchmarks/fp8_bench.py, Q, K and V written as fp8 in one call (--amax: with
+per-tensor amaxes too). The
 tuning knobs (as benchmarks/bench.py has them) apply to this tree's planner only.
 """
 import argparse
@@ -27,11 +28,11 @@ def forward_kind(l2: int):
             bench.bytes_moved)
 
 
-def fp8_kind(l2: int):
+def fp8_kind(l2: int, amax: bool):
     """The same for fp8 output: four input sets, each with its own fp8 output, as fp8_bench rotates."""
     return (fp8_bench.SHAPES,
             lambda s: fp8_bench.with_fp8_buffers([bench.make_inputs(s, torch) for _ in range(4)], torch),
-            lambda s, pkg=None: fp8_bench.fp8_call(s, torch, cudit=pkg), fp8_bench.fp8_bytes)
+            lambda s, pkg=None: fp8_bench.fp8_call(s, torch, amax, cudit=pkg), fp8_bench.fp8_bytes)
 
 
 def main(argv) -> int:
@@ -41,6 +42,7 @@ def main(argv) -> int:
     ap.add_argument("--heads-per-thread", type=int, default=None)
     ap.add_argument("--row-iters", type=int, default=None)
     ap.add_argument("--fp8", action="store_true", help="fp8 output rows (fp8_bench's shapes)")
+    ap.add_argument("--amax", action="store_true", help="with --fp8: amaxes asked for too")
     args = ap.parse_args(argv)
     pkg = ab_package.import_package(args.package)
     bench.apply_knobs(args.heads_per_thread, args.row_iters)
@@ -48,7 +50,7 @@ def main(argv) -> int:
     l2 = torch.cuda.get_device_properties(0).L2_cache_size
     copy = bench.copy_bandwidth(torch)
     print(f"{torch.cuda.get_device_properties(0).name}; copy bandwidth {copy:.0f} GB/s; other: {pkg.__name__}")
-    shapes, make, call, moved = (fp8_kind if args.fp8 else forward_kind)(l2)
+    shapes, make, call, moved = fp8_kind(l2, args.amax) if args.fp8 else forward_kind(l2)
     for s in shapes:
         if only and s.name not in only:
             continue

@@ -131,8 +131,8 @@ ALL_HEADS_BOUNDS = {
     ("f16", "f32", "half", "full", 2, True): (896, 896, 896, 896, 640, 640),
     ("f16", "f16", "half", "full", 2, True): (768, 896, 896, 768, 768, 640),
 }
-# Their fp8 output forms (suffix _f8_all; issue #11), whose rows are issue-bound (perf-notes v40),
-# with bounds by the same key.
+# Their fp8 output forms (suffix _f8_all, and _f8a_all tracking the amax; issue #11), whose rows
+# are issue-bound (perf-notes v40), with bounds by output and then the same key.
 ALL_HEADS_FP8_BOUNDS = {
     ("bf16", "f32", "interleaved", "full", 4, False): (768, 768, 896, 896, 640, 768),
     ("bf16", "bf16", "interleaved", "full", 4, False): (896, 896, 1024, 1024, 640, 640),
@@ -151,6 +151,25 @@ ALL_HEADS_FP8_BOUNDS = {
     ("f16", "f32", "half", "full", 2, True): (768, 768, 896, 896, 640, 640),
     ("f16", "f16", "half", "full", 2, True): (896, 896, 896, 896, 640, 640),
 }
+ALL_HEADS_FP8_AMAX_BOUNDS = {
+    ("bf16", "f32", "interleaved", "full", 4, False): (896, 896, 896, 768, 640, 640),
+    ("bf16", "bf16", "interleaved", "full", 4, False): (1024, 1024, 1024, 896, 640, 768),
+    ("f16", "f32", "interleaved", "full", 4, False): (768, 768, 896, 768, 640, 640),
+    ("f16", "f16", "interleaved", "full", 4, False): (1024, 1024, 1024, 896, 640, 768),
+    ("bf16", "f32", "interleaved", "head", 4, True): (1024, 1024, 768, 640, 640, 640),
+    ("bf16", "bf16", "interleaved", "head", 4, True): (1024, 1024, 768, 768, 640, 640),
+    ("f16", "f32", "interleaved", "head", 4, True): (1024, 1024, 768, 640, 640, 640),
+    ("f16", "f16", "interleaved", "head", 4, True): (1024, 1024, 768, 768, 640, 640),
+    ("bf16", "f32", "half", "full", 2, False): (640, 640, 640, 640, 512, 512),
+    ("bf16", "bf16", "half", "full", 2, False): (768, 768, 896, 768, 640, 640),
+    ("bf16", "f32", "half", "full", 2, True): (896, 896, 896, 768, 640, 640),
+    ("bf16", "bf16", "half", "full", 2, True): (896, 896, 896, 768, 640, 640),
+    ("f16", "f32", "half", "full", 2, False): (512, 512, 640, 640, 512, 512),
+    ("f16", "f16", "half", "full", 2, False): (768, 768, 768, 768, 640, 640),
+    ("f16", "f32", "half", "full", 2, True): (1024, 1024, 896, 768, 640, 640),
+    ("f16", "f16", "half", "full", 2, True): (896, 896, 768, 768, 640, 640),
+}
+ALL_HEADS_OUT_BOUNDS = {"": ALL_HEADS_BOUNDS, FP8_OUT: ALL_HEADS_FP8_BOUNDS, FP8_AMAX_OUT: ALL_HEADS_FP8_AMAX_BOUNDS}
 # Variants that read a shared cos/sin slice once a row, after the sums, and hold it over the
 # thread's heads (TableKind TABLE_ONCE), where reading it again for each head kept L1's data pipe
 # busiest (perf-notes v32), by (rope, norm, K, shared table): plain RMS forms of natural width.
@@ -248,8 +267,7 @@ class Variant:
     def bound(self, arch: str = "") -> int:
         """The launch bound this variant is compiled with for an architecture ('': with no per-arch override)."""
         if self.all_heads:   # a bound a target (ALL_HEADS_BOUNDS, LAYER_ONCE_BOUNDS)
-            by_path = ALL_HEADS_FP8_BOUNDS if self.out else ALL_HEADS_BOUNDS
-            bounds = LAYER_ONCE_BOUNDS[(self.dtype, self.table)] if self.layer_once else by_path[
+            bounds = LAYER_ONCE_BOUNDS[(self.dtype, self.table)] if self.layer_once else ALL_HEADS_OUT_BOUNDS[self.out][
                 (self.dtype, self.table, self.rope, self.norm, self.heads_per_thread, self.shared_table)]
             return bounds[ARCHS.index(arch)] if arch else min(bounds)
         bound = self._rms_bound(arch)
@@ -310,8 +328,8 @@ def _built(dtype: str, rope: str, norm: str, k: int) -> bool:
 
 def _all_heads_form(v: Variant) -> bool:
     """Whether v is built a second time with the rows of all heads held alone: plain or fp8 rows
-    (no amax) of ALL_HEADS_PATHS."""
-    plain = v.plain or (v.out == FP8_OUT and dataclasses.replace(v, out="").plain)
+    of ALL_HEADS_PATHS."""
+    plain = dataclasses.replace(v, out="").plain
     key = (v.rope, v.norm, v.heads_per_thread, v.source, v.shared_table)
     return plain and v.dtype in ALL_HEADS_DTYPES and key in ALL_HEADS_PATHS
 

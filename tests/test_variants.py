@@ -2,8 +2,8 @@
 ALL_HEADS_PATHS, ONCE_TABLE_PATHS, LAYER_ONCE_PATHS): no stale keys, and the flag reaches the kernel's instantiation."""
 import dataclasses
 
-from cudit._variants import (ALL_HEADS_BOUNDS, ALL_HEADS_FP8_BOUNDS, ALL_HEADS_PATHS, ARCHS, BY_NAME, EVERY_ARCH_BOUNDS,
-                             EVERY_HEAD_PATHS, EVERY_NONE, EVERY_ONLY, EVERY_TOO, FP8_OUT, LAYER_ONCE_BOUNDS,
+from cudit._variants import (ALL_HEADS_OUT_BOUNDS, ALL_HEADS_PATHS, ARCHS, BY_NAME, EVERY_ARCH_BOUNDS,
+                             EVERY_HEAD_PATHS, EVERY_NONE, EVERY_ONLY, EVERY_TOO, LAYER_ONCE_BOUNDS,
                              LAYER_ONCE_PATHS, ONCE_ARCH_BOUNDS, ONCE_TABLE_PATHS, TABLE_ONCE, TABLE_SHARED,
                              all_variants)
 
@@ -24,7 +24,7 @@ def test_every_head_path_keys_each_name_a_built_variant():
 def test_every_head_path_bounds_each_name_a_variant_carrying_the_path():
     carried = {(a, v.dtype, v.table, v.norm, v.heads_per_thread) for v in every_path_variants(False) for a in ARCHS}
     assert set(EVERY_ARCH_BOUNDS) <= carried
-    for out, bounds in (("", ALL_HEADS_BOUNDS), (FP8_OUT, ALL_HEADS_FP8_BOUNDS)):
+    for out, bounds in ALL_HEADS_OUT_BOUNDS.items():
         alone = {(v.dtype, v.table, v.rope, v.norm, v.heads_per_thread, v.shared_table)
                  for v in every_path_variants(True) if v.out == out}
         assert set(bounds) == alone and all(len(b) == len(ARCHS) for b in bounds.values()), out
@@ -32,8 +32,7 @@ def test_every_head_path_bounds_each_name_a_variant_carrying_the_path():
 
 def test_only_plain_and_fp8_forms_carry_the_path_and_the_kernel_is_told():
     for v in all_variants():
-        fp8_alone = v.all_heads and v.out == FP8_OUT
-        assert not v.every_path or v.layer_once or fp8_alone or not (v.layer or v.out or v.stats)
+        assert not v.every_path or v.layer_once or v.all_heads and v.out or not (v.layer or v.out or v.stats)
         every_arg = int(v.instantiation("sm_90").rstrip(")").split(", ")[-2])
         assert every_arg == (EVERY_ONLY if v.all_heads else EVERY_TOO if v.every_path else EVERY_NONE), v.name
 
