@@ -6,10 +6,10 @@
 PACKAGE: a copy written by benchmarks/ab_package.py (with --arch, to time that commit's
 kernels). Shapes: names from bench.production_shapes() (default: all). Each shape is
 timed three times each way, alternating, with the benchmark's method (graphs of rotating
-inputs, device events); the table gives medians, % of copy bandwidth and new / other. --fp8:
-the shapes of benchmarks/fp8_bench.py, Q, K and V written as fp8 in one call (--amax: with
-per-tensor amaxes too). The
-tuning knobs (as benchmarks/bench.py has them) apply to this tree's planner only.
+inputs, device events); the table gives medians, % of copy bandwidth and new / other. The
+tuning knobs (as benchmarks/bench.py has them) apply to this tree's planner only. --fp8: the
+shapes of benchmarks/fp8_bench.py, Q, K and V written as fp8 in one call (--amax: with
+per-tensor amaxes too).
 """
 import argparse
 import statistics

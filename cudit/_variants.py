@@ -264,7 +264,7 @@ class Variant:
 
     def bound(self, arch: str = "") -> int:
         """The launch bound this variant is compiled with for an architecture ('': with no per-arch override)."""
-        if self.all_heads:   # a bound a target (ALL_HEADS_BOUNDS, LAYER_ONCE_BOUNDS)
+        if self.all_heads:   # a bound a target (ALL_HEADS_OUT_BOUNDS, LAYER_ONCE_BOUNDS)
             bounds = LAYER_ONCE_BOUNDS[(self.dtype, self.table)] if self.layer_once else ALL_HEADS_OUT_BOUNDS[self.out][
                 (self.dtype, self.table, self.rope, self.norm, self.heads_per_thread, self.shared_table)]
             return bounds[ARCHS.index(arch)] if arch else min(bounds)
