@@ -140,9 +140,9 @@ ALL_HEADS_FP8_BOUNDS = {
     ("bf16", "bf16", "interleaved", "full", 4, False): (896, 896, 1024, 1024, 640, 640),
     ("f16", "f32", "interleaved", "full", 4, False): (768, 768, 768, 768, 640, 768),
     ("f16", "f16", "interleaved", "full", 4, False): (896, 896, 896, 896, 640, 640),
-    ("bf16", "f32", "interleaved", "head", 4, True): (1024, 1024, 768, 768, 640, 640),
+    ("bf16", "f32", "interleaved", "head", 4, True): (896, 896, 768, 768, 640, 640),
     ("bf16", "bf16", "interleaved", "head", 4, True): (1024, 1024, 768, 768, 640, 640),
-    ("f16", "f32", "interleaved", "head", 4, True): (1024, 1024, 768, 768, 640, 640),
+    ("f16", "f32", "interleaved", "head", 4, True): (896, 896, 768, 768, 640, 640),
     ("f16", "f16", "interleaved", "head", 4, True): (1024, 1024, 768, 768, 640, 640),
     ("bf16", "f32", "half", "full", 2, False): (640, 640, 640, 640, 512, 512),
     ("bf16", "bf16", "half", "full", 2, False): (768, 768, 896, 896, 640, 512),
@@ -154,17 +154,17 @@ ALL_HEADS_FP8_BOUNDS = {
     ("f16", "f16", "half", "full", 2, True): (896, 896, 896, 896, 640, 640),
 }
 ALL_HEADS_FP8_AMAX_BOUNDS = {
-    ("bf16", "f32", "interleaved", "full", 4, False): (896, 896, 896, 768, 640, 640),
-    ("bf16", "bf16", "interleaved", "full", 4, False): (1024, 1024, 1024, 896, 640, 768),
+    ("bf16", "f32", "interleaved", "full", 4, False): (768, 768, 896, 768, 640, 640),
+    ("bf16", "bf16", "interleaved", "full", 4, False): (896, 896, 1024, 896, 640, 768),
     ("f16", "f32", "interleaved", "full", 4, False): (768, 768, 896, 768, 640, 640),
-    ("f16", "f16", "interleaved", "full", 4, False): (1024, 1024, 1024, 896, 640, 768),
+    ("f16", "f16", "interleaved", "full", 4, False): (896, 896, 1024, 896, 640, 768),
     ("bf16", "f32", "half", "full", 2, False): (640, 640, 640, 640, 512, 512),
     ("bf16", "bf16", "half", "full", 2, False): (768, 768, 896, 768, 640, 640),
     ("bf16", "f32", "half", "full", 2, True): (896, 896, 896, 768, 640, 640),
     ("bf16", "bf16", "half", "full", 2, True): (896, 896, 896, 768, 640, 640),
     ("f16", "f32", "half", "full", 2, False): (512, 512, 640, 640, 512, 512),
     ("f16", "f16", "half", "full", 2, False): (768, 768, 768, 768, 640, 640),
-    ("f16", "f32", "half", "full", 2, True): (1024, 1024, 896, 768, 640, 640),
+    ("f16", "f32", "half", "full", 2, True): (896, 896, 896, 768, 640, 640),
     ("f16", "f16", "half", "full", 2, True): (896, 896, 768, 768, 640, 640),
 }
 ALL_HEADS_OUT_BOUNDS = {"": ALL_HEADS_BOUNDS, FP8_OUT: ALL_HEADS_FP8_BOUNDS, FP8_AMAX_OUT: ALL_HEADS_FP8_AMAX_BOUNDS}
