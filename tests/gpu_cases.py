@@ -329,3 +329,12 @@ def tuned(**knobs):
     base = _launch.device_state(0).tuning
     before = _launch.set_tuning(base.with_knobs(**knobs))
     return lambda: _launch.set_tuning(before)
+
+
+def plans_launched_by(run, *args) -> list:
+    """run(*args) on fresh launchers; the plans they were built for."""
+    from cudit import _launch
+
+    _launch._LAUNCHERS.clear()
+    run(*args)
+    return [key[1] for key in _launch._LAUNCHERS]

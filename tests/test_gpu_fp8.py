@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from cudit.reference import FP8_FORMATS, qk_norm_rope_ref, quantize_fp8
-from gpu_cases import Case, _layouts, _tables, _to, _weights
+from gpu_cases import Case, _layouts, _tables, _to, _weights, plans_launched_by
 
 pytestmark = pytest.mark.gpu
 
@@ -253,11 +253,7 @@ ALL_HEADS_FP8 = [
 
 @pytest.mark.parametrize("f,alone", ALL_HEADS_FP8, ids=str)
 def test_fp8_rows_of_all_heads_alone(f, alone, full_size_geometry):
-    from cudit import _launch
-
-    _launch._LAUNCHERS.clear()
-    run_fp8(f)
-    (plan,) = [key[1] for key in _launch._LAUNCHERS]
+    (plan,) = plans_launched_by(run_fp8, f)
     assert plan.config.variant.all_heads == alone and plan.config.variant.out, plan.kernel
 
 

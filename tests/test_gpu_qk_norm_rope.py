@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 
 from fakes import blocks_holding_all_heads
-from gpu_cases import Case, run_case, tuned
+from gpu_cases import Case, plans_launched_by, run_case, tuned
 
 
 def cases():
@@ -214,11 +214,8 @@ def test_model_launch_bound_geometry(case):
 def launched_plans(case) -> list:
     """Run a case on fresh launchers; the plans they were built for."""
     import cudit
-    from cudit import _launch
 
-    _launch._LAUNCHERS.clear()
-    run_case(case, cudit.qk_norm_rope)
-    return [key[1] for key in _launch._LAUNCHERS]
+    return plans_launched_by(run_case, case, cudit.qk_norm_rope)
 
 
 @pytest.fixture
