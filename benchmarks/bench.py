@@ -30,6 +30,7 @@ class Shape:
     norm: str = "full"    # full / head
     rope: str = "interleaved"
     table: str = "shared"  # shared [S, D] (broadcast over the batch) or perhead [T, H*D]
+    half_table: bool = False  # rotate_half tables of half heads: [1, S, 1, D/2] or [B, S, H, D/2]
     table_dtype: str = "f32"
     split: bool = False
     dtype: str = "bf16"
@@ -55,6 +56,8 @@ def production_shapes(quick: bool = False) -> list:
         Shape("WAN-14B", 40, 128, 32760),
         Shape("WAN-14B-720p", 40, 128, 75600),
         Shape("LTX-2-video", 32, 128, 13500, rope="half", table="perhead", table_dtype="bf16"),
+        Shape("LTX-2-video-split", 32, 128, 13500, rope="half", table="perhead", table_dtype="bf16", half_table=True,
+              compile=False),
         Shape("FLUX.1", 24, 128, 4608, norm="head", n_txt=512),
         Shape("FLUX.2", 48, 128, 4608, norm="head", n_txt=512),
         Shape("HunyuanVideo", 24, 128, 118800, norm="head"),
@@ -100,7 +103,7 @@ def bytes_moved(s: Shape) -> int:
     t = s.batch * s.tokens
     qk = t * (s.heads + s.hk) * s.d * item * 2
     rows = t if s.table == "perhead" else s.tokens
-    width = s.heads * s.d if s.table == "perhead" else s.d
+    width = (s.heads * s.d if s.table == "perhead" else s.d) // (2 if s.half_table else 1)
     tables = 0 if s.source == "grid" else 2 * rows * width * titem
     ids = 4 * t if s.source == "pos" else 0
     wlen = s.d if s.norm == "head" else (s.heads + s.hk) * s.d // 2
@@ -127,8 +130,13 @@ def make_inputs(s: Shape, torch, device="cuda"):
     qw = torch.rand(wq_len, device=device, generator=g) + 0.5
     kw = torch.rand(wk_len, device=device, generator=g) + 0.5
     rows, width = (t, s.heads * s.d) if s.table == "perhead" else (s.tokens, s.d)
+    if s.half_table:
+        width //= 2
     ang = torch.rand(rows, width, device=device, generator=g) * 6.2831853
     cos, sin = torch.cos(ang).to(dt[s.table_dtype]), torch.sin(ang).to(dt[s.table_dtype])
+    if s.half_table:
+        view = (s.batch, s.tokens, s.heads, s.d // 2) if s.table == "perhead" else (1, s.tokens, 1, s.d // 2)
+        cos, sin = cos.view(view), sin.view(view)
 
     def like(t):   # from the seeded generator too: the same inputs at every call
         return torch.rand(t.shape, device=device, generator=g)
@@ -176,6 +184,9 @@ def eager_fn(s: Shape, torch):
 
     def rope(x, cos, sin):
         xf = x.float()
+        if s.half_table:   # the split form: one entry for values i and i + D/2
+            a, b = xf.chunk(2, dim=-1)
+            return torch.cat((a * cos - b * sin, b * cos + a * sin), dim=-1).to(x.dtype)
         if s.rope == "interleaved":
             a, b = xf.unflatten(-1, (-1, 2)).unbind(-1)
             rot = torch.stack((-b, a), dim=-1).flatten(-2)
@@ -196,10 +207,11 @@ def eager_fn(s: Shape, torch):
             y = rms(xh, w, bias)
             if w_txt is not None:
                 y = torch.cat((rms(xh[:, :s.n_txt], w_txt), y[:, s.n_txt:]), dim=1)
+        width = s.d // 2 if s.half_table else s.d
         if s.table == "perhead":
-            c, sn = cos.view(b, t, heads, s.d), sin.view(b, t, heads, s.d)
+            c, sn = cos.view(b, t, heads, width), sin.view(b, t, heads, width)
         else:
-            c, sn = cos.view(1, t, 1, s.d), sin.view(1, t, 1, s.d)
+            c, sn = cos.view(1, t, 1, width), sin.view(1, t, 1, width)
         return rope(y, c.float(), sn.float())
 
     def fn(qkv, qw, kw, cos, sin, q_add_weight=None, k_add_weight=None, num_txt_tokens=0, norm="rms", q_bias=None,

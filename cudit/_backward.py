@@ -133,7 +133,7 @@ def _legal_team(tj: int, th: int) -> bool:
 
 
 def _geometry(lanes_d: int, d: int, heads: int, full: bool, dtype: str, rope: str, norm: str, shared: bool,
-              device: DeviceSpec, tuning: Tuning):
+              half: bool, device: DeviceSpec, tuning: Tuning):
     """(variant, tj, th, chunks): each head lane one chunk where a variant's block holds the row:
     of the tuning's stages if one fits (their values in flight without registers: perf-notes v28),
     else held in registers; of those, the fewest idle head slots (a team's head lanes come in
@@ -144,7 +144,7 @@ def _geometry(lanes_d: int, d: int, heads: int, full: bool, dtype: str, rope: st
     if stages and norm not in STAGED_NORMS:
         raise _fail("tuning", f"backward_stages for the norms built staged ({', '.join(STAGED_NORMS)})",
                     f"{stages} for {norm!r} ({tuning.name})")
-    built = [v for v in (BackwardVariant(dtype, rope, norm, i, shared, sg) for sg in dict.fromkeys((stages, 0))
+    built = [v for v in (BackwardVariant(dtype, rope, norm, i, shared, sg, half) for sg in dict.fromkeys((stages, 0))
                          for i in reversed(BACKWARD_ITEMS))
              if v.name in BACKWARD_BY_NAME and tuning.backward_items in (None, v.items)]
     fits = []
@@ -196,8 +196,9 @@ def plan_backward(req: Request, dout, dx, grads: dict, device: DeviceSpec, tunin
     lanes_d = d // (vec * natural_parts(rope))
     # One table row for every head: held a row, where that form is built.
     shared = rope in SHARED_TABLE_ROPES and cos_t.hs == 0 and sin_t.hs == 0
+    half = cos_t is not None and cos_t.half
     sides = [_Side(name, side, gy, gx, _geometry(lanes_d, d, side.heads, norm == "full", dtype, rope, norm, shared,
-                                                 device, tuning), getattr(req, f"{name}_weight"))
+                                                 half, device, tuning), getattr(req, f"{name}_weight"))
              for name, side, gy, gx in (("q", q, gq, xq), ("k", k, gk, xk))]
     # Both sides in one launch where their rows are alike (not under GQA): one ramp and one tail.
     groups = [sides] if _alike(*sides) else [[s] for s in sides]

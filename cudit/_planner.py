@@ -668,10 +668,17 @@ class Table:
     rs: int
     hs: int
     offset: int = 0  # elements from the array's pointer to the first row read
+    half: bool = False   # rotate_half: the table holds half a head, one entry for values i and i + D/2
 
 
 def _table_layout(role: str, t: ArrayInfo, d: int, q: Side, k: Side, tokens: Tokens, start, rotary: int,
-                  by_position: bool) -> Table:
+                  by_position: bool, interleave: bool) -> Table:
+    if _holds_half_heads(t, d):
+        if interleave or by_position or rotary < d:
+            why = "interleave=True" if interleave else "position ids" if by_position else f"rotary_dim {rotary}"
+            raise _fail(role, f"a last axis of head_dim {d} with {why} (half-head tables are for rotate_half "
+                              "tables by token)", f"shape {t.shape}")
+        return dataclasses.replace(_full_table_layout(role, t, d // 2, q, k, tokens, start), half=True)
     if rotary < d or by_position:   # one [rows, rotary_dim] table for all heads
         if t.ndim != 2 or t.shape[1] != rotary:
             why = "position ids" if by_position else f"rotary_dim {rotary} < head_dim {d}"
@@ -682,6 +689,12 @@ def _table_layout(role: str, t: ArrayInfo, d: int, q: Side, k: Side, tokens: Tok
             return Table(t.shape[0], t.shape[0], 0, _stride(t, 0), 0)
         return _full_table_layout(role, t, rotary, q, k, tokens, start)   # rows by token, as a [rows, D] table's
     return _full_table_layout(role, t, d, q, k, tokens, start)
+
+
+def _holds_half_heads(t: ArrayInfo, d: int) -> bool:
+    """A 4-D [B, S, H, D/2] table: rotate_half's entries for values i and i + D/2 are one (LTX-2's split
+    RoPE); 2-D and 3-D tables hold whole heads, or rotary_dim values."""
+    return t.ndim == 4 and t.shape[3] * 2 == d
 
 
 def _full_table_layout(role: str, t: ArrayInfo, d: int, q: Side, k: Side, tokens: Tokens, start) -> Table:
@@ -707,7 +720,8 @@ def _full_table_layout(role: str, t: ArrayInfo, d: int, q: Side, k: Side, tokens
             outer, inner, rb, rs = t.shape[0], t.shape[1], _stride(t, 0), _stride(t, 1)
     elif t.ndim == 4:
         if t.shape[3] != d:
-            raise _fail(role, f"a last axis of head_dim {d}", f"shape {t.shape}")
+            raise _fail(role, f"a last axis of head_dim {d}, or {d // 2} (half a head, rotate_half)",
+                        f"shape {t.shape}")
         hs = heads_stride(t.shape[2], _stride(t, 2))
         outer, inner, rb, rs = t.shape[0], t.shape[1], _stride(t, 0), _stride(t, 1)
     else:
@@ -770,7 +784,7 @@ def _rope_tables(req: Request, d: int, q: Side, k: Side, tokens: Tokens, vec: in
     tables = []
     for role, t in (("cos", c), ("sin", s)):
         _check_last_contiguous(role, t)
-        lay = _table_layout(role, t, d, q, k, tokens, start, rotary, req.positions is not None)
+        lay = _table_layout(role, t, d, q, k, tokens, start, rotary, req.positions is not None, req.interleave)
         _check_aligned(role, t.ptr + lay.offset * t.itemsize, (lay.rb, lay.rs, lay.hs), t.itemsize,
                        min(16, vec * t.itemsize))
         tables.append(lay)
@@ -1001,6 +1015,7 @@ class Work:
     out: str = ""            # _variants.OUT_CODES: fp8 output, with or without the amax
     k_heads: int = 0         # K's heads where fewer than `heads` (GQA), else 0
     q_heads: int = 0         # Q's heads where fewer than K's, else 0
+    half_table: bool = False  # rotate_half tables of half heads
 
 
 def launch_config(w: Work, device: DeviceSpec, tuning: Tuning) -> LaunchConfig:
@@ -1052,7 +1067,7 @@ def launch_config(w: Work, device: DeviceSpec, tuning: Tuning) -> LaunchConfig:
     waves = _ahead_waves(iters, w.norm, parts, tuning, head_tables)
     variant = Variant(
         w.dtype, w.rope, w.norm, k, parts, table, shared_table=k == shared_k and not (w.stats or w.layer),
-        stats=w.stats, layer=w.layer, source=w.source, out=w.out)
+        stats=w.stats, layer=w.layer, source=w.source, out=w.out, half_table=w.half_table)
     if k_ratio == 1 and all_heads_held(w, geo, lanes_d, tokens, rows_per_block * iters):
         # LayerNorm rows have a shared-slice form only there (_variants.LAYER_ONCE_PATHS)
         shared = variant.shared_table or (w.layer and k == shared_k)
@@ -1156,7 +1171,8 @@ def make_plan(req: Request, device: DeviceSpec, tuning: Tuning) -> Plan:
     shared = cos_t is not None and cos_t.hs == 0 and sin_t.hs == 0
     work = Work(data.dtype, rope, norm, req.cos.dtype if cos_t else None, shared, d, max(q.heads, k.heads),
                 2 * tokens.count, req.stats, layer, source, _out_variant(req, quant),
-                k.heads if k.heads < q.heads else 0, q.heads if q.heads < k.heads else 0)
+                k.heads if k.heads < q.heads else 0, q.heads if q.heads < k.heads else 0,
+                cos_t is not None and cos_t.half)
     cfg = launch_config(work, device, tuning)
     if quant and quant.v_in:
         cfg = dataclasses.replace(cfg, v_blocks=-(-quant.v_in.heads * (d // vec) // cfg.block) * -(-tokens.count // V_TOKENS))

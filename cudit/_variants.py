@@ -30,7 +30,7 @@ STATS_CODES = {"": 0, "sumsq": 1, "given": 2, "exchange": 3}
 # picked by position ids, rotating only the table's width (partial rotary); or 3-D RoPE angles
 # computed from each token's place on a video grid (no table). Suffixes of the last two.
 ROPE_SOURCES = {"table": 0, "pos": 1, "grid": 2}
-TABLE_SHARED, TABLE_ONCE = 1, 2   # kernels/qk_norm_rope.cu TableKind flags
+TABLE_SHARED, TABLE_ONCE, TABLE_HALF = 1, 2, 4   # kernels/qk_norm_rope.cu TableKind flags
 EVERY_NONE, EVERY_TOO, EVERY_ONLY = 0, 1, 2   # kernels/qk_norm_rope.cu EveryPath
 POS_TABLES = ("f32", "x16")
 # fp8 output (float8_e4m3fn or float8_e5m2, told apart at launch) from 16-bit activations, V
@@ -222,13 +222,15 @@ class Variant:
     source: str = "table"        # ROPE_SOURCES
     out: str = ""                # OUT_CODES: the activations' dtype, or fp8 (with the amax tracked)
     all_heads: bool = False      # only rows of all heads held (ALL_HEADS_PATHS)
+    half_table: bool = False     # rotate_half tables of half heads (a twin of every rotate_half variant by table)
 
     @property
     def name(self) -> str:
         suffix = (f"_p{self.parts}" if self.parts != natural_parts(self.rope) else "") + \
             ("_st" if self.shared_table else "") + (f"_{self.stats}" if self.stats else "") + \
             ("_ln" if self.layer else "") + ("" if self.source == "table" else f"_{self.source}") + \
-            (f"_{self.out}" if self.out else "") + ("_all" if self.all_heads else "")
+            (f"_{self.out}" if self.out else "") + ("_all" if self.all_heads else "") + \
+            ("_ht" if self.half_table else "")
         table = f"_{self.table}" if self.table else ""
         return f"qknr_{self.dtype}_{self.rope}{table}_{self.norm}_k{self.heads_per_thread}{suffix}"
 
@@ -303,7 +305,7 @@ class Variant:
     @property
     def table_kind(self) -> int:
         """kernels/qk_norm_rope.cu TableKind: its flags."""
-        return TABLE_SHARED * self.shared_table | TABLE_ONCE * self.once_table
+        return TABLE_SHARED * self.shared_table | TABLE_ONCE * self.once_table | TABLE_HALF * self.half_table
 
     def instantiation(self, arch: str = "") -> str:
         """The line kernels/qk_norm_rope.cu expands into this variant (CUDIT_QKNR)."""
@@ -367,7 +369,14 @@ def all_variants() -> tuple:
     out += [dataclasses.replace(v, shared_table=True, all_heads=True) for v in list(out)
             if v.layer and v.dtype in ALL_HEADS_DTYPES and v.source == "table"
             and (v.rope, v.norm, v.heads_per_thread) in LAYER_ONCE_PATHS]
+    out += [dataclasses.replace(v, half_table=True) for v in list(out) if has_half_twin(v)]
     return tuple(out)
+
+
+def has_half_twin(v) -> bool:
+    """Whether a variant (forward or backward) is built again for tables of half heads: rotate_half
+    rows by table."""
+    return v.rope == "half" and getattr(v, "source", "table") == "table"
 
 
 BY_NAME = {v.name: v for v in all_variants()}
@@ -407,11 +416,12 @@ class BackwardVariant:
     items: int                   # heads a thread holds
     shared_table: bool = False   # one cos/sin row for every head, read once a row and held
     stages: int = 0              # 2: x and dy staged through shared memory, the next row's in flight
+    half_table: bool = False     # as Variant's
 
     @property
     def name(self) -> str:
         return (f"qknr_bwd_{self.dtype}_{self.rope}_{self.norm}_i{self.items}" + ("_st" if self.shared_table else "")
-                + (f"_s{self.stages}" if self.stages else ""))
+                + (f"_s{self.stages}" if self.stages else "") + ("_ht" if self.half_table else ""))
 
     @property
     def vec(self) -> int:
@@ -446,17 +456,18 @@ class BackwardVariant:
 
     def instantiation(self, arch: str = "") -> str:
         args = (self.name, C_TYPES[self.dtype], ROPE_CODES[self.rope], NORM_CODES[self.norm], self.items,
-                str(self.shared_table).lower(), self.stages, self.bound(arch))
+                str(self.shared_table).lower(), self.stages, str(self.half_table).lower(), self.bound(arch))
         return f"CUDIT_QKNR_BWD({', '.join(str(a) for a in args)})"
 
 
 @functools.lru_cache(maxsize=None)
 def backward_variants() -> tuple:
-    return tuple(v for v in (BackwardVariant(dt, rope, norm, items, st, sg) for dt, rope, norm, items, st, sg in
-                             itertools.product(ACT_DTYPES, ROPE_CODES, NORM_CODES, BACKWARD_ITEMS, (False, True),
-                                               BACKWARD_STAGES))
-                 if not (v.rope == "none" and v.norm == "none") and v.shape in BACKWARD_BOUNDS
-                 and (not v.shared_table or v.rope in SHARED_TABLE_ROPES) and (not v.stages or v.norm in STAGED_NORMS))
+    out = [v for v in (BackwardVariant(dt, rope, norm, items, st, sg) for dt, rope, norm, items, st, sg in
+                       itertools.product(ACT_DTYPES, ROPE_CODES, NORM_CODES, BACKWARD_ITEMS, (False, True),
+                                         BACKWARD_STAGES))
+           if not (v.rope == "none" and v.norm == "none") and v.shape in BACKWARD_BOUNDS
+           and (not v.shared_table or v.rope in SHARED_TABLE_ROPES) and (not v.stages or v.norm in STAGED_NORMS)]
+    return tuple(out + [dataclasses.replace(v, half_table=True) for v in out if has_half_twin(v)])
 
 
 BACKWARD_BY_NAME = {v.name: v for v in backward_variants()}

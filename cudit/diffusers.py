@@ -316,8 +316,13 @@ class _SelfAttentionProcessor(_Processor):
         attention_mask = self._mask(attn, attention_mask, hidden_states)
         q, k, v = _separate_projections(attn, hidden_states)
         d = _inner_head_dim(attn)
-        q, k = self._norm_rope(attn, q, k, rotary, d, interleave=self.interleave)
+        rotary, interleave = self._tables(attn, rotary)
+        q, k = self._norm_rope(attn, q, k, rotary, d, interleave=interleave)
         return self._attend(q, k, v, attention_mask, d)
+
+    def _tables(self, attn, rotary):
+        """The module's (cos, sin) as cudit reads them, and whether they pair values 2i and 2i + 1."""
+        return rotary, self.interleave
 
     def _mask(self, attn, attention_mask, hidden_states):
         return attention_mask
@@ -355,14 +360,15 @@ class LTXVideoProcessor(_SelfAttentionProcessor):
 class LTX2Processor(LTXVideoProcessor):
     """LTX-2's video and audio self-attention (LTX2Attention), per-head gates included."""
 
-    recipe = "RMSNorm across heads (weights or none), interleaved RoPE from a table per head"
+    recipe = "RMSNorm across heads (weights or none), interleaved or split RoPE from a table per head"
     weightless_norms = True
 
-    @classmethod
-    def problem(cls, attn) -> str | None:
-        if attn.rope_type != "interleaved":
-            return f"{attn.rope_type} RoPE (its tables hold half a head, cudit's a whole one)"
-        return super().problem(attn)
+    def _tables(self, attn, rotary):
+        if attn.rope_type != "split":
+            return rotary, True
+        # split RoPE: [B, H, T, D/2] views of [B, T, H, D/2] rows, one entry for values i and i + D/2:
+        # cudit's 4-D half-head tables once the view is turned back (no copy).
+        return tuple(t.transpose(1, 2) for t in rotary), False
 
     def __call__(self, attn, hidden_states, encoder_hidden_states=None, attention_mask=None, query_rotary_emb=None,
                  key_rotary_emb=None, **kwargs):

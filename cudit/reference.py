@@ -65,6 +65,15 @@ def _table_rows(t: np.ndarray, d: int) -> np.ndarray:
     return t.reshape(t.shape[0], t.shape[1] // d, d)
 
 
+def _whole_heads(t, d: int):
+    """A 4-D table of half heads [B, S, H, D/2] (rotate_half: values i and i + D/2 read one entry)
+    as whole heads [B, S, H, D]; any other table as it is."""
+    if t is None or np.ndim(t) != 4 or np.shape(t)[3] * 2 != d:
+        return t
+    t = _f64(t)
+    return np.concatenate([t, t], axis=-1)
+
+
 def _token_tables(cos, sin, b: int, s: int, d: int):
     """cos and sin rows of every token (token t reads row t mod R), [B, S, Hc, D]."""
     rows_c, rows_s = _table_rows(cos, d), _table_rows(sin, d)
@@ -120,6 +129,7 @@ def _side(x, w, w_add, cos, sin, *, n_txt, eps, interleave, mean_sq=None, rope_o
     if w is not None:
         full = mean_sq is not None or (np.asarray(w).size == h * d and h > 1)
         x = _rms_norm(x, w, w_add, n_txt, full, eps, mean_sq, layer)
+    cos, sin = _whole_heads(cos, d), _whole_heads(sin, d)
     if rope is not None:
         cos, sin = grid_tables(rope, s, d, interleave, rope_offset)
         rope_offset = None
@@ -218,6 +228,7 @@ def _side_vjp(x, dy, w, w_add, cos, sin, *, n_txt, eps, interleave, rope_offset=
     weights (None without them; dw_add None unless the text tokens have their own)."""
     b, s, h, d = x.shape
     dz = dy
+    cos, sin = _whole_heads(cos, d), _whole_heads(sin, d)
     if cos is not None:
         if rope_offset is not None:
             cos, sin = _sequence_rows(cos, rope_offset, s), _sequence_rows(sin, rope_offset, s)

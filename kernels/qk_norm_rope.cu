@@ -31,7 +31,10 @@ namespace cudit {
 // TABLE_SHARED: the planner promises one [S, D] slice for all heads (cos_hs == sin_hs == 0).
 // TABLE_ONCE: a shared slice is read once a row, after the sums, and held over the thread's heads
 // (fewer L1 wavefronts for more registers: cudit/_variants.py ONCE_TABLE_PATHS).
-enum TableKind : int { TABLE_ANY = 0, TABLE_SHARED = 1, TABLE_ONCE = 2 };
+// TABLE_HALF: a rotate_half table of half heads, one entry for values i and i + D/2 (a twin of
+// each rotate_half variant by table: one form carrying both spilled, a run-time flag cost the
+// whole-head rows up to 15%: perf-notes v41).
+enum TableKind : int { TABLE_ANY = 0, TABLE_SHARED = 1, TABLE_ONCE = 2, TABLE_HALF = 4 };
 // Rows of all heads held without per-head predicates (every_head_held): EVERY_NONE, not compiled;
 // EVERY_TOO, beside the general rows, taken block by block; EVERY_ONLY, alone, where the planner
 // has shown that every block's rows qualify (cudit/_variants.py EVERY_HEAD_PATHS, ALL_HEADS_PATHS).
@@ -226,16 +229,22 @@ __device__ __forceinline__ void rotate_pairs(float (&x)[N], const float (&c)[N],
     }
 }
 
-// cos/sin of one head at this thread's d + q * D/PARTS.
-template <typename C, int VEC, int PARTS> struct TableSlice {
+// cos/sin of one head at this thread's d + q * D/PARTS. HALF: a rotate_half table of half heads,
+// whose entries at d serve both vectors.
+template <typename C, int VEC, int PARTS, bool HALF> struct TableSlice {
     Packet<C, VEC> c[PARTS], s[PARTS];
     int dtype;   // DTypeCode, for Bits16 storage
 
     __device__ __forceinline__ void load(const C* cos, const C* sin, int stride) {
 #pragma unroll
         for (int q = 0; q < PARTS; ++q) {
-            c[q].load_ro(cos + q * stride);
-            s[q].load_ro(sin + q * stride);
+            if (q > 0 && HALF) {
+                c[q] = c[0];
+                s[q] = s[0];
+            } else {
+                c[q].load_ro(cos + q * stride);
+                s[q].load_ro(sin + q * stride);
+            }
         }
     }
     __device__ __forceinline__ void get(int q, float (&cf)[VEC], float (&sf)[VEC]) const {
@@ -245,15 +254,16 @@ template <typename C, int VEC, int PARTS> struct TableSlice {
 };
 
 // The same slice read vector by vector where it is used: nothing held across the item.
-template <typename C, int VEC> struct TableAt {
+template <typename C, int VEC, bool HALF = false> struct TableAt {
     const C* cos;
     const C* sin;
     int stride;
     int dtype;
     __device__ __forceinline__ void get(int q, float (&cf)[VEC], float (&sf)[VEC]) const {
         Packet<C, VEC> c, s;
-        c.load_ro(cos + q * stride);
-        s.load_ro(sin + q * stride);
+        const int at = HALF ? 0 : q * stride;   // as TableSlice's
+        c.load_ro(cos + at);
+        s.load_ro(sin + at);
         packet_floats(c, dtype, cf);
         packet_floats(s, dtype, sf);
     }
@@ -940,6 +950,8 @@ __device__ __forceinline__ void process_row(const Params& p, u32 tok, u32 row_in
     const Place place = lane_place<T, ROPE, SRC, PARTS>(p, j);
     const int stride = place.stride;
     const int d = place.d;
+    constexpr bool half_tab = (TABLE & TABLE_HALF) != 0;
+    constexpr int TPARTS = half_tab ? 1 : PARTS;   // table vectors of a head's slice
     const int head_elems = SRC == SRC_POS ? p.head_dim : 0;
     // Threads of a missing row or past the head dim still take part in shuffles and barriers.
     const bool active = tok < (p.total_rows >> 1) && (int)j < p.lanes_d;
@@ -964,7 +976,7 @@ __device__ __forceinline__ void process_row(const Params& p, u32 tok, u32 row_in
     constexpr bool late_table = (TABLE & TABLE_SHARED) || (NORM == NORM_HEAD && (PARTS > 1 || (K == 4 && sizeof(T) == 2)));
     const bool early_table = SRC == SRC_TABLE && shared_table && !late_table;
     const bool once_table = (TABLE & TABLE_ONCE) && shared_table;
-    TableSlice<C, VEC, PARTS> tab;
+    TableSlice<C, VEC, PARTS, half_tab> tab;
     tab.dtype = p.tab_dtype;
     HeadWeights<VEC, PARTS, LN> hw;
     // Three-vector items read table and weights vector by vector where used: held, they would
@@ -995,9 +1007,10 @@ __device__ __forceinline__ void process_row(const Params& p, u32 tok, u32 row_in
         } else if constexpr (SRC == SRC_POS) {
             finish_with(pos_slice);
         } else if constexpr (at_use) {
-            finish_with(TableAt<C, VEC>{row.cos + h * row.cos_hs, row.sin + h * row.sin_hs, stride, p.tab_dtype});
-        } else if constexpr (TABLE == TABLE_SHARED) {   // not TABLE_ONCE: read where used
-            finish_with(TableAt<C, VEC>{row.cos, row.sin, stride, p.tab_dtype});
+            finish_with(
+                TableAt<C, VEC, half_tab>{row.cos + h * row.cos_hs, row.sin + h * row.sin_hs, stride, p.tab_dtype});
+        } else if constexpr ((TABLE & ~TABLE_HALF) == TABLE_SHARED) {   // not TABLE_ONCE: read where used
+            finish_with(TableAt<C, VEC, half_tab>{row.cos, row.sin, stride, p.tab_dtype});
         } else {
             finish_with(tab);
         }
@@ -1025,9 +1038,10 @@ __device__ __forceinline__ void process_row(const Params& p, u32 tok, u32 row_in
         // and the later read would each cross (perf-notes v38). A late shared slice: one request
         // serves all heads, from head lane 0 alone where SLICE_FROM_LANE_0.
         if (SRC == SRC_TABLE && ROPE != ROPE_NONE && live) {
-            if (PARTS > 1 && NORM == NORM_HEAD && !shared_table) prefetch_head_tables<PARTS, K>(row, hl, th, stride);
+            if (PARTS > 1 && NORM == NORM_HEAD && !shared_table)
+                prefetch_head_tables<TPARTS, K>(row, hl, th, stride);
             else if (late_table && shared_table && (hl == 0 || !SLICE_FROM_LANE_0))
-                prefetch_head_tables<PARTS, 1>(row, hl, th, stride);
+                prefetch_head_tables<TPARTS, 1>(row, hl, th, stride);
         }
         release_dependents();
 
@@ -1227,6 +1241,7 @@ __device__ __forceinline__ void qk_norm_rope_body(const Params& p) {
     static_assert(STATS == STATS_NONE || (NORM == NORM_FULL && !LN), "sums of squares are full-dim RMS rows'");
     static_assert(SRC == SRC_TABLE || (ROPE != ROPE_NONE && TABLE == TABLE_ANY && STATS == STATS_NONE),
                   "position ids and grids are the plain variants' other rope sources");
+    static_assert(!(TABLE & TABLE_HALF) || (ROPE == ROPE_HALF && SRC == SRC_TABLE), "half heads: rotate_half tables");
     static_assert(!OUT || (sizeof(T) == 2 && STATS == STATS_NONE), "fp8 output: 16-bit input, no sums");
     clear_block_amax<OUT>();
     // V's blocks come after Q's and K's (spread among them, they measured slower: perf-notes v21).

@@ -157,7 +157,8 @@ __device__ __forceinline__ RowAt<T, ROPE> row_at(const BwdParams& p, u32 side, u
 // works on the current one, and read there where used; 0: held in registers between the halves.
 // side: the launch's side this block takes, its fields indexed where read (a copy of the code a
 // side ran slower: perf-notes v29); block: the block among that side's `blocks`.
-template <typename T, int ROPE, int NORM, int ITEMS, bool SHARED, int STAGES>
+// HALF: a rotate_half table of half heads, one entry for values i and i + D/2.
+template <typename T, int ROPE, int NORM, int ITEMS, bool SHARED, int STAGES, bool HALF>
 __device__ __forceinline__ void backward(const BwdParams& p, float4* acc, u32 side, u32 block, u32 blocks) {
     __shared__ float2 scratch[2][32];
     constexpr int VEC = 16 / (int)sizeof(T);
@@ -173,6 +174,7 @@ __device__ __forceinline__ void backward(const BwdParams& p, float4* acc, u32 si
 
     const u32 j = threadIdx.x % (u32)p.tj, hl = threadIdx.x / (u32)p.tj;
     const int stride = p.head_dim / PARTS;   // rotate_half: part 1 sits D/2 after part 0
+    const int tab_stride = HALF ? 0 : stride;   // and its table entries
     const int d = (int)j * VEC;
     const bool lane_ok = (int)j < p.lanes_d;
     const u32 width = NORM == NORM_FULL ? blockDim.x : (u32)p.tj;
@@ -255,7 +257,7 @@ __device__ __forceinline__ void backward(const BwdParams& p, float4* acc, u32 si
         T* const dx = r.dx;
         const i64 cos_at = r.cos_at, sin_at = r.sin_at;
         float tc[PARTS][VEC], tsn[PARTS][VEC];   // SHARED: this thread's slice of the token's table row
-        if (SHARED && ROPE != ROPE_NONE && row_ok && lane_ok) load_table<PARTS, VEC>(p, cos_at, sin_at, stride, tc, tsn);
+        if (SHARED && ROPE != ROPE_NONE && row_ok && lane_ok) load_table<PARTS, VEC>(p, cos_at, sin_at, tab_stride, tc, tsn);
 
         // Per head (and with no norm) a thread takes its heads ITEMS at a time; full-dim rows fit one chunk.
         for (int chunk = 0; chunk < p.chunks; ++chunk) {
@@ -304,7 +306,7 @@ __device__ __forceinline__ void backward(const BwdParams& p, float4* acc, u32 si
                     float dz[PARTS][VEC];
                     Packet<T, VEC> y[PARTS];
                     dy_of(m, y);
-                    item_dz<T, ROPE, PARTS, VEC, SHARED>(p, y, cos_at + h * cos_hs, sin_at + h * sin_hs, stride, tc, tsn, dz);
+                    item_dz<T, ROPE, PARTS, VEC, SHARED>(p, y, cos_at + h * cos_hs, sin_at + h * sin_hs, tab_stride, tc, tsn, dz);
 #pragma unroll
                     for (int q = 0; q < PARTS; ++q) {
                         Packet<T, VEC> out;
@@ -326,7 +328,7 @@ __device__ __forceinline__ void backward(const BwdParams& p, float4* acc, u32 si
                 float dz[PARTS][VEC], w[PARTS][VEC];
                 Packet<T, VEC> y[PARTS];
                 dy_of(m, y);
-                item_dz<T, ROPE, PARTS, VEC, SHARED>(p, y, cos_at + h * cos_hs, sin_at + h * sin_hs, stride, tc, tsn, dz);
+                item_dz<T, ROPE, PARTS, VEC, SHARED>(p, y, cos_at + h * cos_hs, sin_at + h * sin_hs, tab_stride, tc, tsn, dz);
                 if (NORM == NORM_FULL && !HOLD_W) item_weight<NORM, PARTS, VEC>(p, wp, h, d, stride, w);
 #pragma unroll
                 for (int q = 0; q < PARTS; ++q) {
@@ -381,7 +383,7 @@ __device__ __forceinline__ void backward(const BwdParams& p, float4* acc, u32 si
                 } else {
                     Packet<T, VEC> y[PARTS];
                     dy_of(m, y);
-                    item_dz<T, ROPE, PARTS, VEC, SHARED>(p, y, cos_at + h * cos_hs, sin_at + h * sin_hs, stride, tc, tsn, dz);
+                    item_dz<T, ROPE, PARTS, VEC, SHARED>(p, y, cos_at + h * cos_hs, sin_at + h * sin_hs, tab_stride, tc, tsn, dz);
                 }
                 if (NORM == NORM_FULL && !HOLD_W) item_weight<NORM, PARTS, VEC>(p, wp, h, d, stride, w);
 #pragma unroll
@@ -492,11 +494,11 @@ __device__ __forceinline__ void reduce_slots(const ReduceParams& p) {
 }  // namespace cudit
 
 // One entry point a variant; the build (cudit/_variants.py BackwardVariant) writes these lines.
-#define CUDIT_QKNR_BWD(NAME, T, ROPE, NORM, ITEMS, SHARED, STAGES, MAX_THREADS)                                 \
+#define CUDIT_QKNR_BWD(NAME, T, ROPE, NORM, ITEMS, SHARED, STAGES, HALF, MAX_THREADS)                           \
     extern "C" __global__ void __launch_bounds__(MAX_THREADS, 1) NAME(const cudit::BwdParams p) {         \
         extern __shared__ float4 cudit_sums[];                                                             \
         const cudit::u32 k = blockIdx.x >= p.side_blocks;                                                  \
-        cudit::bwd::backward<T, ROPE, NORM, ITEMS, SHARED, STAGES>(                                        \
+        cudit::bwd::backward<T, ROPE, NORM, ITEMS, SHARED, STAGES, HALF>(                                  \
             p, cudit_sums, k, k ? blockIdx.x - p.side_blocks : blockIdx.x, k ? gridDim.x - p.side_blocks : p.side_blocks); \
     }
 

@@ -82,7 +82,8 @@ def ltx_video(dtype=torch.float32, device="cpu", heads=2, head_dim=32, seed=0):
     return model, _to(inputs, device, dtype)
 
 
-def ltx2(dtype=torch.float32, device="cpu", heads=2, head_dim=32, seed=0, affine=False, gated=False):
+def ltx2(dtype=torch.float32, device="cpu", heads=2, head_dim=32, seed=0, affine=False, gated=False,
+         rope_type="interleaved"):
     from diffusers import LTX2VideoTransformer3DModel
 
     torch.manual_seed(seed)
@@ -90,7 +91,8 @@ def ltx2(dtype=torch.float32, device="cpu", heads=2, head_dim=32, seed=0, affine
                                         cross_attention_dim=64, audio_in_channels=8, audio_out_channels=8,
                                         audio_num_attention_heads=heads, audio_attention_head_dim=head_dim,
                                         audio_cross_attention_dim=64, num_layers=1, caption_channels=32,
-                                        norm_elementwise_affine=affine, gated_attn=gated, audio_gated_attn=gated)
+                                        norm_elementwise_affine=affine, gated_attn=gated, audio_gated_attn=gated,
+                                        rope_type=rope_type)
     model = _cast(model, device, dtype)
     g = torch.Generator().manual_seed(seed + 1)
     inputs = dict(hidden_states=torch.randn(1, 2 * 4 * 4, 8, generator=g), audio_hidden_states=torch.randn(1, 5, 8, generator=g),
@@ -103,6 +105,11 @@ def ltx2(dtype=torch.float32, device="cpu", heads=2, head_dim=32, seed=0, affine
 def ltx2_gated(dtype=torch.float32, device="cpu", **kw):
     """LTX-2 with norm weights and per-head gates (the LTX-2.3 settings)."""
     return ltx2(dtype, device, affine=True, gated=True, **kw)
+
+
+def ltx2_split(dtype=torch.float32, device="cpu", **kw):
+    """LTX-2 with its checkpoints' split RoPE: per-head tables of half a head."""
+    return ltx2(dtype, device, affine=True, rope_type="split", **kw)
 
 
 def hunyuan_video(dtype=torch.float32, device="cpu", heads=2, head_dim=32, seed=0):

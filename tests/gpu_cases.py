@@ -46,6 +46,7 @@ class Case:
     table_form: str = "2d"        # 2d / 3d / 4d
     table_rows: str = "S"         # S: one row per position, broadcast over the batch; T: one per token
     table_dtype: str = "f32"
+    half_table: bool = False      # rotate_half 4-D tables of half heads [Bc, S, Hc, D/2] (LTX-2's split RoPE)
     table_pad: int = 0            # extra elements per table row (strided rows)
     w_dtype: str = "f32"
     n_txt: int = 0
@@ -159,6 +160,8 @@ def _tables(c: Case, rng):
     hc = 1 if c.table == "shared" else hq
     bc = 1 if c.table_rows == "S" else c.B
     shape = {"2d": (bc * c.S, hc * c.D), "3d": (bc, c.S, hc * c.D), "4d": (bc, c.S, hc, c.D)}[c.table_form]
+    if c.half_table:
+        shape = (bc, c.S, hc, c.D // 2)
     out = []
     for fn in (np.cos, np.sin):
         full = list(shape)

@@ -1,6 +1,7 @@
 """The backward's planner on the CPU: what it launches for a call, and every bad input named
 before anything runs."""
 import ctypes
+import dataclasses
 
 import pytest
 
@@ -9,7 +10,7 @@ from cudit._backward import plan_backward
 from cudit._params import BWD_POINTERS, BwdParams, bwd_pointer
 from cudit._planner import Request
 from cudit._tuning import DeviceSpec, Tuning
-from cudit._variants import BACKWARD_BOUNDS
+from cudit._variants import BACKWARD_BOUNDS, BACKWARD_BY_NAME
 from fakes import arr
 
 H100 = DeviceSpec(arch=(9, 0))
@@ -249,6 +250,17 @@ def test_a_table_shared_by_every_head_takes_the_variant_that_holds_it(cos_shape,
     cos = arr(cos_shape, "f32", ptr=0x7F2000000000)
     req, x = packed(q_weight=weights(), k_weight=weights(), cos=cos, sin=cos, **rope_kw)
     assert {s.variant.shared_table for s in plan(req).segments} == {shared}
+
+
+@pytest.mark.parametrize("heads_axis", [1, 4])
+def test_half_head_tables_take_the_half_table_twins(heads_axis):
+    half = arr((1, 64, heads_axis, D // 2), "f32", ptr=0x7F2000000000)
+    req, x = packed(q_weight=weights(), k_weight=weights(), cos=half, sin=half, interleave=False)
+    twins = [s.variant for s in plan(req).segments]
+    assert all(v.half_table and v.name in BACKWARD_BY_NAME for v in twins)
+    whole = arr((1, 64, heads_axis, D), "f32", ptr=0x7F2000000000)
+    req, x = packed(q_weight=weights(), k_weight=weights(), cos=whole, sin=whole, interleave=False)
+    assert [s.variant for s in plan(req).segments] == [dataclasses.replace(v, half_table=False) for v in twins]
 
 
 def test_plans_keep_to_the_least_bound_of_any_architecture():

@@ -66,14 +66,10 @@ def test_ltx2_self_attention_is_swapped_and_its_cross_attention_kept():
         assert "cross-attention" in report[f"transformer_blocks.0.{name}"].why
 
 
-def test_ltx2_split_rope_keeps_the_stock_processor():
-    model, _ = tiny.ltx2()
-    for m in model.modules():
-        if hasattr(m, "rope_type"):
-            m.rope_type = "split"
+def test_ltx2_split_rope_self_attention_is_swapped():
+    model, _ = tiny.ltx2_split()
     report = {s.name: s for s in cd.enable(model)}
-    assert not any(s.swapped for s in report.values())
-    assert "split RoPE (its tables hold half a head" in report["transformer_blocks.0.attn1"].why
+    assert {n for n, s in report.items() if s.swapped} == {"transformer_blocks.0.attn1", "transformer_blocks.0.audio_attn1"}
 
 
 @pytest.mark.parametrize("build,swapped", [
@@ -172,7 +168,8 @@ def _reference_kernel(qk, q_weight, k_weight, cos=None, sin=None, **kw):
 
 
 @pytest.mark.parametrize("build", [tiny.wan, tiny.flux, tiny.flux2, tiny.hunyuan_video, tiny.cosmos,
-                                   tiny.ltx_video, tiny.ltx2, tiny.ltx2_gated, tiny.lumina2, tiny.qwen_image])
+                                   tiny.ltx_video, tiny.ltx2, tiny.ltx2_gated, tiny.ltx2_split, tiny.lumina2,
+                                   tiny.qwen_image])
 def test_processors_pass_the_modules_weights_tables_and_text_tokens_as_the_stock_uses_them(build, monkeypatch):
     # The kernel replaced by the float64 reference (the GPU tests check the kernel against it):
     # whole fp32 transformers then agree with the stock processors to fp32 rounding.

@@ -28,18 +28,21 @@ def all_plans(device):
     dtypes = ("bf16", "f16", "f32")
     tuning = tuning_for(device)
     # 16 tokens: launch-bound grids (two heads a thread); 65536: every other variant.
-    # Tables [S, D] shared by the heads, or [S, H*D] per head (variants differ: _st).
-    for dtype, tdtype, d, h, norm, rope, tokens, per_head in itertools.product(
+    # Tables [S, D] shared by the heads, or [S, H*D] per head (variants differ: _st); rotate_half
+    # tables of half heads too, [1, S, 1 or H, D/2] (the _ht twins).
+    for dtype, tdtype, d, h, norm, rope, tokens, per_head, half in itertools.product(
             dtypes, dtypes, HEAD_DIMS, HEADS, ("head", "full", "none"), ("interleaved", "half", "none"),
-            (16, 65536), (False, True)):
-        if (norm == "none" and rope == "none") or (rope == "none" and (tdtype != "f32" or per_head)):
+            (16, 65536), (False, True), (False, True)):
+        if (norm == "none" and rope == "none") or (rope == "none" and (tdtype != "f32" or per_head)) \
+                or (half and rope != "half"):
             continue
         wl = {"head": d, "full": h * d}.get(norm)
         w = arr((wl,), "bf16", ptr=BASE + 0x100000) if wl else None
-        c = arr((tokens, h * d if per_head else d), tdtype, ptr=BASE + 0x200000) if rope != "none" else None
+        shape = (1, tokens, h if per_head else 1, d // 2) if half else (tokens, h * d if per_head else d)
+        c = arr(shape, tdtype, ptr=BASE + 0x200000) if rope != "none" else None
         qkv = arr((1, tokens, 3 * h * d), dtype)
         sources = [dict(cos=c, sin=c)]
-        if rope != "none" and not per_head:   # position ids into the table, and 3-D RoPE with no table
+        if rope != "none" and not (per_head or half):   # position ids into the table, and 3-D RoPE with no table
             ids = arr((1, tokens), "int32", ptr=BASE + 0x400000)
             side = int(tokens ** 0.5)
             grid = cudit.Rope3D((1, side, tokens // side), (d - 4 * (d // 6), 2 * (d // 6), 2 * (d // 6)))

@@ -141,6 +141,15 @@ def cases() -> list:
         dict(name="long", S=2049, B=1, heads=(2, 2, 2)),
         # rows a block takes in turn: the staged form's next row in flight while one is worked
         dict(name="long-full", S=1500, B=1, heads=(12, 12, 0), norm="full", split=True),
+        # rotate_half tables of half heads (LTX-2's split RoPE): shared and per head, each norm kind,
+        # the staged full-dim rows, a 16-bit table and fp32 data
+        dict(name="half-table-head", rope="half", half_table=True),
+        dict(name="half-table-perhead-full", rope="half", half_table=True, table="perhead", norm="full"),
+        dict(name="half-table-none-bf16", rope="half", half_table=True, norm="none", table_dtype="bf16"),
+        dict(name="half-table-long-full", rope="half", half_table=True, S=1500, B=1, heads=(12, 12, 0), norm="full",
+             split=True),
+        dict(name="half-table-f32-perhead", rope="half", half_table=True, dtype="f32", table="perhead",
+             table_rows="T"),
     ]
     out += [replace(base, **kw) for kw in named]
     return out

@@ -26,8 +26,8 @@ def _rel_err(got, want) -> float:
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 @pytest.mark.parametrize("build,swapped", [(tiny.wan, 2), (tiny.flux, 2), (tiny.flux2, 1), (tiny.hunyuan_video, 2), (tiny.cosmos, 2),
-                                             (tiny.ltx_video, 2), (tiny.ltx2, 2), (tiny.ltx2_gated, 2), (tiny.lumina2, 3),
-                                             (tiny.qwen_image, 2)])
+                                             (tiny.ltx_video, 2), (tiny.ltx2, 2), (tiny.ltx2_gated, 2), (tiny.ltx2_split, 2),
+                                             (tiny.lumina2, 3), (tiny.qwen_image, 2)])
 def test_transformer_matches_the_stock_processors(build, swapped, dtype):
     model, inputs = build(dtype=dtype, device="cuda")
     want = tiny.run(model, inputs)

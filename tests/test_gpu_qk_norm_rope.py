@@ -433,6 +433,49 @@ def test_table_read_once_a_row(case, full_size_geometry):
     assert plan.config.variant.once_table, plan.kernel
 
 
+# rotate_half tables of half heads ([Bc, S, Hc, D/2], LTX-2's split RoPE): one entry serves values
+# i and i + D/2 in every form that reads a table: norms, table kinds and dtypes, activation
+# dtypes, layouts, head dims, the looping rows, the all-heads forms and the slices read once a row.
+def _half(name, **kw):
+    return Case(f"half-table-{name}", rope="half", half_table=True, **kw)
+
+
+HALF_TABLE_CASES = [
+    (_half("head-shared", B=2, S=13), None),
+    (_half("head-perhead-bf16-T-rows", table="perhead", table_rows="T", table_dtype="bf16", B=2, S=11), None),
+    (_half("full-shared", norm="full", B=2, S=13), None),
+    (_half("none-perhead", norm="none", table="perhead", B=2, S=9), None),
+    (_half("f16-f16-table", dtype="f16", table_dtype="f16", S=9), None),
+    (_half("f32-f16-table-full", dtype="f32", table_dtype="f16", norm="full", S=9), None),
+    (_half("split-out-strided", split=True, out=True, pad=8, table_pad=16, S=11), None),
+    (_half("dual-full", norm="full", n_txt=5, B=2, S=19), None),
+    (_half("layer-head", layer=True, S=9), None),
+    (_half("gqa-shared-split", split=True, heads=(8, 2, 2), norm="full", S=21), None),
+    (_half("d96-full", heads=(16, 16, 16), D=96, norm="full", S=7), None),
+    (_half("d256-f32", D=256, dtype="f32", S=9), None),
+    (_half("loop-many-heads", heads=(200, 200, 0), D=224, dtype="f32", S=2), None),
+    (_half("loop-x16-table", heads=(200, 200, 0), D=224, table_dtype="f16", S=2), None),
+    (_half("ltx2-video", heads=(32, 32, 32), norm="full", table="perhead", table_rows="T", table_dtype="bf16",
+           S=151), None),
+    (_half("ltx2-audio", heads=(32, 32, 32), D=64, norm="full", table="perhead", table_rows="T", S=129), None),
+    (_half("all-heads-shared", heads=(12, 12, 12), norm="full", B=2, S=33), "all_heads"),
+    (_half("all-heads-perhead-bf16", heads=(32, 32, 32), norm="full", table="perhead", table_rows="T",
+           table_dtype="bf16", S=20), "all_heads"),
+    (_half("all-heads-f16", heads=(40, 40, 40), norm="full", dtype="f16", table_dtype="f16", out=True, S=29),
+     "all_heads"),
+    (_half("once-full-shared", heads=(11, 11, 11), norm="full", B=2, S=33), "once_table"),
+    (_half("once-head-shared-text", heads=(24, 24, 24), n_txt=5, B=2, S=41), "once_table"),
+]
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("case,form", HALF_TABLE_CASES, ids=str)
+def test_half_head_tables(case, form, full_size_geometry):
+    (plan,) = launched_plans(case)   # run_case checks each against the reference
+    assert plan.config.variant.half_table, plan.kernel
+    assert not form or getattr(plan.config.variant, form), plan.kernel
+
+
 # Planted inf, NaN and fp16's extremes (gpu_cases.SPECIAL_VALUES) through each conversion path:
 # the heads a thread the plan must take, where the variant matters; RMS and LayerNorm rows.
 SPECIAL_CASES = [

@@ -59,10 +59,10 @@ def test_codes_the_kernels_switch_on_match_the_python_tables():
 
 
 def test_table_kind_flags_match_the_kernel():
-    from cudit._variants import TABLE_ONCE, TABLE_SHARED
+    from cudit._variants import TABLE_HALF, TABLE_ONCE, TABLE_SHARED
 
     kinds = _enum(HEADER.parent / "qk_norm_rope.cu", "TableKind")
-    assert kinds == {"TABLE_ANY": 0, "TABLE_SHARED": TABLE_SHARED, "TABLE_ONCE": TABLE_ONCE}
+    assert kinds == {"TABLE_ANY": 0, "TABLE_SHARED": TABLE_SHARED, "TABLE_ONCE": TABLE_ONCE, "TABLE_HALF": TABLE_HALF}
 
 
 def test_every_path_codes_match_the_kernel():

@@ -224,6 +224,31 @@ def test_per_head_tables_and_batch_tables():
     assert prm.cos_hs == D and prm.tab_rows.d == 128 and prm.tab_inner.d == 64 and prm.cos_rb == 64 * 4 * D
 
 
+@pytest.mark.parametrize("norm", ["head", "full"])
+def test_half_head_tables_take_the_half_table_twin(norm):
+    n = D if norm == "head" else 4 * D
+    qw, kw = weights(n)
+    c, s = table((1, 64, 4, D // 2))           # LTX-2's split RoPE: [B, S, H, D/2]
+    p = make_plan(Request(packed(), qw, kw, c, s, num_heads=4, interleave=False))
+    prm = params(p)
+    assert p.config.variant.half_table and p.kernel.endswith("_ht") and p.kernel in _variants.BY_NAME
+    assert prm.cos_hs == D // 2 and 4 * D // 2 in (prm.cos_rb, prm.cos_rs)
+    c, s = table((1, 64, 1, D // 2))           # one half-head row for all heads
+    p = make_plan(Request(packed(), qw, kw, c, s, num_heads=4, interleave=False))
+    assert p.config.variant.half_table and params(p).cos_hs == 0 and D // 2 in (params(p).cos_rb, params(p).cos_rs)
+    whole = dataclasses.replace(p.config.variant, half_table=False)
+    c, s = table((1, 64, 1, D))                # whole heads: the same variant without the twin's flag
+    assert make_plan(Request(packed(), qw, kw, c, s, num_heads=4, interleave=False)).config.variant == whole
+
+
+def test_half_head_tables_are_for_rotate_half_tables_by_token():
+    half = dict(cos=arr((1, 64, 4, D // 2), "f32"), sin=arr((1, 64, 4, D // 2), "f32"))
+    bad(r"cos: expected a last axis of head_dim 128 with interleave=True \(half-head tables", **half)
+    bad(r"cos: expected a last axis of head_dim 128 with rotary_dim 64", interleave=False, rotary_dim=64, **half)
+    bad(r"cos: expected a last axis of head_dim 128, or 64 \(half a head, rotate_half\), got shape",
+        cos=arr((1, 64, 4, 48), "f32"), sin=arr((1, 64, 4, 48), "f32"), interleave=False)
+
+
 def test_dual_stream_points_text_rows_at_add_weights():
     qw, kw = weights(D)
     qa, ka = arr((D,), "f32", ptr=BASE + 0x500000), arr((D,), "f32", ptr=BASE + 0x600000)

@@ -44,6 +44,19 @@ def test_rotate_half_pairs_i_with_i_plus_half():
     np.testing.assert_allclose(qo, [[-3.0, 2.0, 1.0, 4.0]])
 
 
+def test_half_head_tables_give_values_i_and_i_plus_half_one_entry():
+    rng = np.random.default_rng(5)
+    b, s, h, d = 2, 3, 2, 8
+    x = rng.standard_normal((b, s, h, d))
+    cos, sin = rng.standard_normal((2, b, s, h, d // 2))      # [B, S, H, D/2], as LTX-2's split RoPE
+    qo, _ = qk_norm_rope_ref((x, x), None, None, cos, sin, interleave=False)
+    lo, hi = x[..., :d // 2], x[..., d // 2:]                   # LTX-2's formula, worked here
+    np.testing.assert_allclose(qo, np.concatenate([lo * cos - hi * sin, hi * cos + lo * sin], axis=-1))
+    dq, _ = qk_norm_rope_ref_vjp((x, x), (x, x), None, None, cos, sin, interleave=False)[0]
+    whole = np.concatenate([cos, cos], -1), np.concatenate([sin, sin], -1)
+    np.testing.assert_allclose(dq, qk_norm_rope_ref_vjp((x, x), (x, x), None, None, *whole, interleave=False)[0][0])
+
+
 def test_rope_reads_each_elements_own_table_index():
     q = np.array([[1.0, 1.0]])
     cos = np.array([[2.0, 3.0]])

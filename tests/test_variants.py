@@ -2,10 +2,10 @@
 ALL_HEADS_PATHS, ONCE_TABLE_PATHS, LAYER_ONCE_PATHS): no stale keys, and the flag reaches the kernel's instantiation."""
 import dataclasses
 
-from cudit._variants import (ALL_HEADS_OUT_BOUNDS, ALL_HEADS_PATHS, ARCHS, BY_NAME, EVERY_ARCH_BOUNDS,
-                             EVERY_HEAD_PATHS, EVERY_NONE, EVERY_ONLY, EVERY_TOO, LAYER_ONCE_BOUNDS,
-                             LAYER_ONCE_PATHS, ONCE_ARCH_BOUNDS, ONCE_TABLE_PATHS, TABLE_ONCE, TABLE_SHARED,
-                             all_variants)
+from cudit._variants import (ALL_HEADS_OUT_BOUNDS, ALL_HEADS_PATHS, ARCHS, BACKWARD_BY_NAME, BY_NAME,
+                             EVERY_ARCH_BOUNDS, EVERY_HEAD_PATHS, EVERY_NONE, EVERY_ONLY, EVERY_TOO,
+                             LAYER_ONCE_BOUNDS, LAYER_ONCE_PATHS, ONCE_ARCH_BOUNDS, ONCE_TABLE_PATHS, TABLE_HALF,
+                             TABLE_ONCE, TABLE_SHARED, all_variants)
 
 
 def every_path_variants(alone: bool) -> list:
@@ -61,7 +61,16 @@ def test_only_plain_table_forms_read_the_slice_once_and_the_kernel_is_told():
     for v in all_variants():
         assert not v.once_table or v.layer_once or (v.plain and v.source == "table")
         table_arg = int(v.instantiation("sm_90").rstrip(")").split(", ")[7])
-        assert table_arg == TABLE_SHARED * v.shared_table | TABLE_ONCE * v.once_table, v.name
+        assert table_arg == TABLE_SHARED * v.shared_table | TABLE_ONCE * v.once_table | TABLE_HALF * v.half_table, v.name
+
+
+def test_every_rotate_half_variant_by_table_has_a_half_table_twin_built_alike():
+    for table in (BY_NAME, BACKWARD_BY_NAME):
+        twins = [v for v in table.values() if v.half_table]
+        assert twins and all(v.rope == "half" and getattr(v, "source", "table") == "table" for v in twins)
+        whole = {dataclasses.replace(v, half_table=False) for v in twins}
+        assert whole == {v for v in table.values() if v.rope == "half" and getattr(v, "source", "table") == "table"
+                         and not v.half_table}
 
 
 def test_layernorm_once_forms_each_have_a_general_form_and_the_kernel_is_told():
