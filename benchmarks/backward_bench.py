@@ -25,6 +25,7 @@ SHAPES = [
     Shape("FLUX.1", 24, 128, 4608, norm="head", n_txt=512, split=True),
     Shape("HunyuanVideo", 24, 128, 118800, norm="head", split=True),
     Shape("LTX-2-video", 32, 128, 13500, rope="half", split=True),
+    Shape("LTX-2-video-half-table", 32, 128, 13500, rope="half", split=True, half_table=True),
 ]
 
 
@@ -32,7 +33,7 @@ def backward_bytes(s: Shape) -> int:
     """Read x and dy, write dx (Q and K), plus one read of the table and the weights."""
     item = {"bf16": 2, "f16": 2, "f32": 4}[s.dtype]
     qk = s.batch * s.tokens * (s.heads + s.hk) * s.d * item
-    table = 2 * s.tokens * s.d * 4
+    table = 2 * s.tokens * s.d * 4 // (2 if s.half_table else 1)
     wlen = s.d if s.norm == "head" else (s.heads + s.hk) * s.d // 2
     return 3 * qk + table + 2 * 2 * wlen * 4 * (2 if s.n_txt else 1)
 

@@ -56,14 +56,14 @@ def production_shapes(quick: bool = False) -> list:
         Shape("WAN-14B", 40, 128, 32760),
         Shape("WAN-14B-720p", 40, 128, 75600),
         Shape("LTX-2-video", 32, 128, 13500, rope="half", table="perhead", table_dtype="bf16"),
-        Shape("LTX-2-video-split", 32, 128, 13500, rope="half", table="perhead", table_dtype="bf16", half_table=True,
-              compile=False),
         Shape("FLUX.1", 24, 128, 4608, norm="head", n_txt=512),
         Shape("FLUX.2", 48, 128, 4608, norm="head", n_txt=512),
         Shape("HunyuanVideo", 24, 128, 118800, norm="head"),
         Shape("Cosmos", 32, 128, 28000, norm="head", rope="half", kv_heads=8),
         Shape("Lumina-2", 24, 96, 4096, norm="head", kv_heads=8),
         Shape("CogVideoX-5B", 48, 64, 17550 + 226, norm="head", layer=True),
+        # LTX-2's checkpoints (split RoPE): the same rows with its own tables, of half heads
+        Shape("LTX-2-video-split", 32, 128, 13500, rope="half", table="perhead", table_dtype="bf16", half_table=True),
     ]
     if quick:
         return [base[0], base[6]]
