@@ -60,8 +60,8 @@ def main(argv=None) -> int:
             torch.cuda.empty_cache()
             row.append((ms, 100 * bench.bytes_moved(s) / ms / 1e6 / copy, 100 * mul / ms))
         (w, wc, wm), (h, hc, hm) = row
-        print(f"{whole.name:<28}{w * 1e3:>10.1f}{h * 1e3:>10.1f}{h / w:>11.3f}{wc:>7.1f}->{hc:<6.1f}{wm:>7.1f}->{hm:<6.1f}"
-              f"{'same' if same_bits(half, torch) else 'DIFF':>6}", flush=True)
+        print(f"{whole.name:<28}{w * 1e3:>10.1f}{h * 1e3:>10.1f}{h / w:>11.3f}{wc:>7.1f}->{hc:<6.1f}"
+              f"{wm:>7.1f}->{hm:<6.1f}{'same' if same_bits(half, torch) else 'DIFF':>6}", flush=True)
     return 0
 
 

@@ -31,9 +31,8 @@ namespace cudit {
 // TABLE_SHARED: the planner promises one [S, D] slice for all heads (cos_hs == sin_hs == 0).
 // TABLE_ONCE: a shared slice is read once a row, after the sums, and held over the thread's heads
 // (fewer L1 wavefronts for more registers: cudit/_variants.py ONCE_TABLE_PATHS).
-// TABLE_HALF: a rotate_half table of half heads, one entry for values i and i + D/2 (a twin of
-// each rotate_half variant by table: one form carrying both spilled, a run-time flag cost the
-// whole-head rows up to 15%: perf-notes v41).
+// TABLE_HALF: a rotate_half table of half heads, one entry for values i and i + D/2 (each rotate_half
+// variant by table has such a twin: perf-notes v41).
 enum TableKind : int { TABLE_ANY = 0, TABLE_SHARED = 1, TABLE_ONCE = 2, TABLE_HALF = 4 };
 // Rows of all heads held without per-head predicates (every_head_held): EVERY_NONE, not compiled;
 // EVERY_TOO, beside the general rows, taken block by block; EVERY_ONLY, alone, where the planner
